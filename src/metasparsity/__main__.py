@@ -1,0 +1,3 @@
+from metasparsity.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The ``metasparsity`` command.
+
+Each sub-command lives in ``metasparsity/commands/<name>.py`` and defines
+``register(subparsers)``; only modules listed in :data:`COMMAND_MODULES` appear in ``--help``,
+so ``--help`` lists only commands that exist.  Any :class:`UserError` (bad config, missing
+file, existing run directory…) is printed as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from metasparsity import __version__
+from metasparsity.utils.errors import UserError
+
+COMMAND_MODULES = [
+    "config",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metasparsity",
+        description="Meta-sparsity: multi-task networks whose shared backbone becomes channel-sparse, "
+        "with the sparsity strength λ learned by meta-learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"metasparsity {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"metasparsity.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as e:
+        print(f"metasparsity {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metasparsity {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

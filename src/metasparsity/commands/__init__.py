@@ -1,0 +1,1 @@
+"""Sub-commands of the ``metasparsity`` CLI (one module each, see :mod:`metasparsity.cli`)."""

@@ -1,0 +1,24 @@
+"""``metasparsity config``: print the fully resolved config, or every key with its type and range."""
+
+from __future__ import annotations
+
+import argparse
+
+from metasparsity.commands.common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved config (or --keys: every key, type and range)")
+    add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every key with type, default, range")
+    p.set_defaults(func=run, resume=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keys:
+        from metasparsity.config import describe
+
+        print(describe())
+        return 0
+    print(config_from_args(args).to_yaml(), end="")
+    return 0

@@ -1,0 +1,95 @@
+"""Data sets and the task registry.
+
+Public API:
+    ``build_dataset(cfg, split)`` -> ``torch.utils.data.Dataset`` yielding ``(image, {task: target})``
+    with ``image`` float32 ``[3, H, W]`` (normalised) and targets as in :mod:`metasparsity.data.tasks`.
+    ``resolve_tasks(cfg, names)`` -> ``{name: Task}`` with the data set's channels / classes.
+    ``TASKS``: the task registry; ``DATASETS``: the data-set registry.
+
+Register your own data set without editing the package::
+
+    from metasparsity.data import DATASETS, DatasetSpec
+    DATASETS.register("mine", DatasetSpec(build=my_builder, tasks=my_tasks))
+
+where ``my_builder(data_cfg, split)`` returns a Dataset and ``my_tasks(data_cfg)`` returns
+``{name: Task}`` for every task it can serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from metasparsity.data.tasks import IGNORE_INDEX, LOSSES, TASKS, Task, register_loss, register_task
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.registry import Registry
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build a data set (``build(data_cfg, split)``) and which tasks it serves."""
+
+    build: Callable[[Any, str], Dataset]
+    tasks: Callable[[Any], dict[str, Task]]
+    description: str = ""
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data set")
+
+
+def _data_cfg(cfg: Any) -> Any:
+    return getattr(cfg, "data", cfg)
+
+
+def resolve_tasks(cfg: Any, names: Sequence[str] | None = None) -> dict[str, Task]:
+    """``{name: Task}`` for ``names`` (default ``data.tasks``) as served by the configured data set."""
+    d = _data_cfg(cfg)
+    spec = DATASETS.get(d.name)
+    available = spec.tasks(d)
+    names = list(d.tasks if names is None else names)
+    bad = [n for n in names if n not in available]
+    if bad:
+        raise UserError(
+            f"data.tasks: {bad} not served by data set {d.name!r}; available: {', '.join(available)}")
+    return {n: available[n] for n in names}
+
+
+def build_dataset(cfg: Any, split: str) -> Dataset:
+    """Build the configured data set's ``split`` (``train``, ``val`` or ``test``)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    d = _data_cfg(cfg)
+    resolve_tasks(d)
+    return DATASETS.get(d.name).build(d, split)
+
+
+def _register_builtin() -> None:
+    # Imported here so that registering happens once, on first import of the package.
+    for mod in ("synthscenes", "nyuv2", "celebamaskhq"):
+        try:
+            __import__(f"metasparsity.data.{mod}")
+        except ModuleNotFoundError as e:  # only while those modules are not written yet
+            if e.name != f"metasparsity.data.{mod}":
+                raise
+
+
+_register_builtin()
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "IGNORE_INDEX",
+    "LOSSES",
+    "SPLITS",
+    "TASKS",
+    "Task",
+    "build_dataset",
+    "register_loss",
+    "register_task",
+    "resolve_tasks",
+]

@@ -1,0 +1,164 @@
+"""Task registry: what a task predicts, its loss, and which metric scores it.
+
+Conventions for targets (one sample; a batch adds a leading ``B``):
+
+=============  =======  =================================  ======================================
+type           kind     target                             prediction (model output)
+=============  =======  =================================  ======================================
+segmentation   dense    int64 ``[H, W]``, 255 = ignore      logits ``[B, C, H, W]``
+depth          dense    float32 ``[1, H, W]``, 0 = invalid  ``[B, 1, H, W]``
+normal         dense    float32 ``[3, H, W]`` unit vectors, ``[B, 3, H, W]`` (normalised by the
+                        all-zero = invalid                  loss / metric)
+edge           dense    float32 ``[1, H, W]`` in {0, 1}     logits ``[B, 1, H, W]``
+binary         image    float32 ``[]`` in {0, 1}            logits ``[B, 1]``
+=============  =======  =================================  ======================================
+
+Losses: cross-entropy with ignore label; L1 on valid depth pixels; ``1 − cos`` on valid normal
+pixels; class-balanced BCE for edges (positives weighted by the share of negatives in the batch,
+as in HED); BCE with logits for binary attributes.  A batch with no valid pixel gives a zero loss
+that is still connected to the graph.
+
+Register your own with :func:`register_task` (and :func:`register_loss` for a new loss type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from metasparsity.utils.registry import Registry
+
+IGNORE_INDEX = 255
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES: Registry[LossFn] = Registry("loss")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task.
+
+    Attributes:
+        name: task name, e.g. ``"segment"``.
+        kind: ``"dense"`` (per-pixel, ASPP head) or ``"image"`` (image-level, classification head).
+        type: selects the loss (``LOSSES``) and the metric (``metasparsity.eval.metrics.METRICS``):
+            ``segmentation``, ``depth``, ``normal``, ``edge``, ``binary`` or a registered one.
+        channels: output channels of the head (classes for segmentation, 1 for depth/edge/binary,
+            3 for normals).
+        num_classes: classes of a segmentation task (None otherwise).
+        description: one line for docs and reports.
+    """
+
+    name: str
+    kind: str
+    type: str
+    channels: int
+    num_classes: int | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("dense", "image"):
+            raise ValueError(f"task {self.name!r}: kind must be 'dense' or 'image', got {self.kind!r}")
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of a batch prediction against its target (see the module docstring)."""
+        return LOSSES.get(self.type)(pred, target)
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        """Turn raw head output into a prediction: labels, depth, unit normals, probabilities."""
+        if self.type == "segmentation":
+            return out.argmax(1)
+        if self.type == "normal":
+            return F.normalize(out, dim=1, eps=1e-12)
+        if self.type in ("edge", "binary"):
+            return torch.sigmoid(out)
+        return out
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task, overwrite: bool = False) -> Task:
+    """Add a task to :data:`TASKS` (its ``type`` must have a loss in :data:`LOSSES`)."""
+    TASKS.register(task.name, task, overwrite=overwrite)
+    return task
+
+
+def register_loss(type_name: str, fn: LossFn | None = None, overwrite: bool = False):
+    """Register the loss of a task type: ``fn(pred, target) -> scalar``."""
+    return LOSSES.register(type_name, fn, overwrite=overwrite)
+
+
+def _zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
+    return pred.sum() * 0.0
+
+
+@register_loss("segmentation")
+def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over valid pixels. pred ``[B, C, H, W]`` logits, target ``[B, H, W]``."""
+    if not (target != IGNORE_INDEX).any():
+        return _zero_like_graph(pred)
+    return F.cross_entropy(pred, target.long(), ignore_index=IGNORE_INDEX)
+
+
+@register_loss("depth")
+def depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``|p − g|`` over valid pixels (``g > 0``). Shapes ``[B, 1, H, W]``."""
+    mask = target > 0
+    n = mask.sum()
+    if n == 0:
+        return _zero_like_graph(pred)
+    return ((pred - target).abs() * mask).sum() / n
+
+
+@register_loss("normal")
+def normal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 − cos(p, g)`` over valid pixels (``|g| > 0``), p L2-normalised. ``[B, 3, H, W]``."""
+    mask = target.abs().sum(1) > 0
+    n = mask.sum()
+    if n == 0:
+        return _zero_like_graph(pred)
+    cos = (F.normalize(pred, dim=1, eps=1e-12) * target).sum(1)
+    return ((1.0 - cos) * mask).sum() / n
+
+
+@register_loss("edge")
+def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE (HED): positives weighted by β = share of negatives, negatives by 1 − β.
+
+    pred ``[B, 1, H, W]`` logits, target ``[B, 1, H, W]`` in {0, 1}; pixels equal to 255 ignored.
+    """
+    valid = target != IGNORE_INDEX
+    t = torch.where(valid, target, torch.zeros_like(target)).float()
+    n = valid.sum()
+    if n == 0:
+        return _zero_like_graph(pred)
+    beta = 1.0 - (t * valid).sum() / n
+    w = torch.where(t > 0.5, beta, 1.0 - beta) * valid
+    return F.binary_cross_entropy_with_logits(pred, t, weight=w, reduction="sum") / n
+
+
+@register_loss("binary")
+def binary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE with logits. pred ``[B, 1]`` (or ``[B]``), target ``[B]`` in {0, 1}."""
+    return F.binary_cross_entropy_with_logits(pred.reshape(-1), target.reshape(-1).float())
+
+
+# The SynthScenes tasks (DESIGN §3.1).  Other data sets override channels/classes through their
+# own task tables (see ``metasparsity.data.DATASETS``).
+SYNTH_CLASSES = ["floor", "wall", "ceiling", "sphere", "box", "cylinder"]
+
+for _t in (
+    Task("segment", "dense", "segmentation", len(SYNTH_CLASSES), len(SYNTH_CLASSES),
+         "semantic classes: " + ", ".join(SYNTH_CLASSES)),
+    Task("depth", "dense", "depth", 1, None, "z-depth in scene units"),
+    Task("normal", "dense", "normal", 3, None, "unit surface normal in the camera frame"),
+    Task("edge", "dense", "edge", 1, None, "1-px boundaries where class, depth or normal change"),
+    Task("has_sphere", "image", "binary", 1, None, "a sphere is visible"),
+    Task("many_objects", "image", "binary", 1, None, "three or more objects are visible"),
+    Task("light_left", "image", "binary", 1, None, "the light is left of the camera axis"),
+):
+    register_task(_t)

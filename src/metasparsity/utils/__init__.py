@@ -1,0 +1,6 @@
+"""Bottom layer: errors, registries, file I/O, run directories, devices, seeding."""
+
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.registry import Registry
+
+__all__ = ["UserError", "Registry"]

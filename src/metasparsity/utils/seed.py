@@ -1,0 +1,42 @@
+"""Seeding and device selection, decided once at the recipe boundary."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from metasparsity.utils.errors import UserError
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name!r} but CUDA is not available on this machine")
+    return dev
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Set torch's intra-op threads (default: the number of cores available, at most 8)."""
+    if num_threads is None or num_threads <= 0:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            num_threads = os.cpu_count() or 1
+        num_threads = min(num_threads, 8)
+    torch.set_num_threads(num_threads)
