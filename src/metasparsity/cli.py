@@ -17,6 +17,16 @@ from metasparsity import __version__
 from metasparsity.utils.errors import UserError
 
 COMMAND_MODULES = [
+    "demo",
+    "train",
+    "evaluate",
+    "sweep",
+    "metatrain",
+    "finetune",
+    "compare",
+    "prune",
+    "predict",
+    "data",
     "config",
 ]
 

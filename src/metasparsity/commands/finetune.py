@@ -1,0 +1,46 @@
+"""``metasparsity finetune RUN_DIR --tasks ...``: meta-testing on seen / unseen tasks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from metasparsity.utils.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a (meta-)trained run on seen or unseen tasks, zero groups kept",
+        description="Fine-tune RUN_DIR's best checkpoint on --tasks (default: its seen tasks "
+        "together). Unseen tasks get fresh heads; zero groups of the backbone stay zero. "
+        "Options via finetune.* overrides: steps, epochs, lr, fraction (few-shot), freeze_backbone.")
+    p.add_argument("source", metavar="RUN_DIR", help="run to start from")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (seen or unseen)")
+    p.add_argument("--out", metavar="OUT_DIR", help="run directory (default RUN_DIR/finetune_<tasks>)")
+    p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted fine-tuning run")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the source run's config, e.g. finetune.fraction=0.1")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metasparsity.config import load_config
+    from metasparsity.report.tables import metrics_table
+    from metasparsity.train.finetune import run_finetune
+    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir, require_run_dir
+
+    src = require_run_dir(args.source)
+    cfg = load_config(Path(src) / CONFIG_FILE, args.overrides)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.tasks is not None and not tasks:
+        raise UserError("--tasks: give at least one task name")
+    if args.resume:
+        out = check_run_dir(args.resume, resume=True)
+    else:
+        out = Path(args.out) if args.out else Path(src) / f"finetune_{'+'.join(tasks or ['seen'])}"
+        check_run_dir(out, overwrite=args.overwrite)
+    res = run_finetune(src, tasks, out, cfg=cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    print(metrics_table(res["test"]))
+    print(f"group sparsity {100 * res['sparsity']['group_sparsity']:.1f} % kept; results in {out / 'results.json'}")
+    return 0

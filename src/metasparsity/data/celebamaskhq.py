@@ -1,0 +1,609 @@
+"""CelebAMask-HQ (DESIGN §3.3): a ``prepare`` step for the raw release and the prepared data set.
+
+**Raw release** (what :func:`prepare_celebamaskhq` reads)::
+
+    <src>/
+      CelebA-HQ-img/<i>.jpg                          1024×1024 RGB, i = 0..29999
+      CelebAMask-HQ-mask-anno/<k>/<i:05d>_<part>.png  512×512 binary part masks, k = i // 2000
+      CelebAMask-HQ-attribute-anno.txt               line 1: count; line 2: 40 attribute names;
+                                                     then "<i>.jpg" and 40 values in {-1, 1}
+      CelebA-HQ-to-CelebA-mapping.txt                (optional) idx, orig_idx, orig_file
+
+**Merging part masks.** A part's mask is its non-zero pixels (an absent file: the part is not
+there).  The 19-class map is painted in the order of the official ``g_mask.py``, later parts
+overwriting earlier ones: ``skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth,
+u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth`` -> labels 1..18, background 0.  The
+3-class map (background 0, hair 1, face 2), the background/hair/face-skin split of the authors'
+work, is derived from the 19-class map: face = skin, nose, eye_g (eyeglasses), both eyes, both
+brows, both ears, mouth, upper and lower lip; hair = hair; everything else (hat, earring ``ear_r``,
+necklace ``neck_l``, neck, cloth) is background.  So overlaps follow the same priority (hair over
+skin, hat over hair).
+
+**Splits** (``split=``):
+
+* ``celeba`` — the standard split (24,183 / 2,993 / 2,824 on the full release): each image
+  follows its original CelebA image's official partition, read from
+  ``CelebA-HQ-to-CelebA-mapping.txt`` (CelebA files ``000001``–``162770`` train,
+  ``162771``–``182637`` val, ``182638``–``202599`` test);
+* ``fixed`` — ids sorted numerically: the last ``test_fraction`` (10 %) test, the
+  ``val_fraction`` (10 %) before them val, the rest train;
+* ``auto`` (default) — ``celeba`` when the mapping file is there, else ``fixed``.
+
+**Prepared folder** (``data.root`` of the data set)::
+
+    <out>/
+      images/<i>.jpg        size×size RGB (bilinear, JPEG quality 95)
+      labels/<i>.png        size×size class indices (nearest), 8-bit
+      attributes.csv        image_id, then the 40 attributes as 0/1 (-1 -> 0, 1 -> 1)
+      splits/{train,val,test}.txt
+      meta.json             classes, class names, size, attributes, split rule and sizes
+
+The data set serves ``segment`` (3 or 19 classes, from ``meta.json``) and one binary image-level
+task per attribute, named as in the file (``Male``, ``Smiling``…); ``data.attributes`` restricts
+which (empty: all 40).  ``data.train_size`` / ``val_size`` / ``test_size`` cap the prepared splits
+(first ``n`` of a fixed seed-0 order).  Training augmentation (``data.augment``): a random zoom of
+1–1.25 (small, so hats, earrings and neckties that attributes describe stay in view) and a
+horizontal flip that swaps left/right classes of the 19-class map.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from metasparsity.data import DATASETS, DatasetSpec
+from metasparsity.data.loading import (
+    cap_ids,
+    check_files,
+    natural_key,
+    read_label_png,
+    read_mask_png,
+    read_rgb,
+)
+from metasparsity.data.tasks import TASKS, Task
+from metasparsity.data.transforms import IMAGE_KEY, SampleTransform
+from metasparsity.utils.errors import UserError
+
+PARTS = ["skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
+         "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
+CLASSES_19 = ["background", *PARTS]
+CLASSES_3 = ["background", "hair", "face"]
+FACE_PARTS = PARTS[:12]
+# 19-class label -> 3-class label.
+TO_THREE = np.array([0] + [2] * len(FACE_PARTS) + [1] + [0] * 5, dtype=np.uint8)
+# 19-class label -> its mirror image's label (left/right parts swap under a horizontal flip).
+FLIP_19 = list(range(256))
+for _a, _b in (("l_eye", "r_eye"), ("l_brow", "r_brow"), ("l_ear", "r_ear")):
+    _ia, _ib = CLASSES_19.index(_a), CLASSES_19.index(_b)
+    FLIP_19[_ia], FLIP_19[_ib] = _ib, _ia
+
+ATTRIBUTES = [
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
+    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
+    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
+    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
+    "Wearing_Necktie", "Young",
+]
+
+IMG_DIR = "CelebA-HQ-img"
+MASK_DIR = "CelebAMask-HQ-mask-anno"
+ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
+MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+SPLIT_RULES = ("auto", "celeba", "fixed")
+# Last CelebA file number of its official train and val partitions.
+CELEBA_TRAIN_END, CELEBA_VAL_END = 162770, 182637
+TRAIN_SCALE_RANGE = (1.0, 1.25)
+
+RAW_LAYOUT = (
+    "CelebAMask-HQ raw release:\n"
+    f"  <src>/{IMG_DIR}/<i>.jpg\n"
+    f"  <src>/{MASK_DIR}/<i // 2000>/<i:05d>_<part>.png\n"
+    f"  <src>/{ATTR_FILE}\n"
+    f"  <src>/{MAPPING_FILE}   (optional: the standard CelebA split)")
+PREPARED_LAYOUT = (
+    "prepared CelebAMask-HQ folder (made by `metasparsity data prepare celebamaskhq "
+    "--src RAW --out DIR`):\n"
+    "  <root>/images/<i>.jpg\n"
+    "  <root>/labels/<i>.png\n"
+    "  <root>/attributes.csv\n"
+    "  <root>/splits/{train,val,test}.txt\n"
+    f"  <root>/{META_FILE}")
+
+
+# ----------------------------------------------------------------------------- raw files
+
+def read_attribute_file(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Parse ``CelebAMask-HQ-attribute-anno.txt`` -> ``(names, {image id: int8 values in {-1, 1}})``.
+
+    Line 1 is the number of images, line 2 the attribute names, then one line per image:
+    ``<i>.jpg`` and one value per name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing attribute file: {path}\n{RAW_LAYOUT}")
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read attribute file {path}: {e}") from None
+    if len(lines) < 2:
+        raise UserError(f"attribute file {path}: expected a count line and a names line")
+    try:
+        count = int(lines[0].split()[0])
+    except ValueError:
+        raise UserError(f"attribute file {path}, line 1: expected the number of images, "
+                        f"got {lines[0]!r}") from None
+    names = lines[1].split()
+    rows: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(lines[2:], start=3):
+        tok = line.split()
+        if len(tok) != len(names) + 1:
+            raise UserError(f"attribute file {path}, line {lineno}: expected an image name and "
+                            f"{len(names)} values, got {len(tok)} fields")
+        image_id = Path(tok[0]).stem
+        try:
+            vals = np.array([int(v) for v in tok[1:]], dtype=np.int8)
+        except ValueError:
+            raise UserError(f"attribute file {path}, line {lineno}: values must be -1 or 1") from None
+        bad = ~np.isin(vals, (-1, 1))
+        if bad.any():
+            raise UserError(f"attribute file {path}, line {lineno}: value {int(vals[bad][0])} for "
+                            f"{names[int(np.flatnonzero(bad)[0])]}; values must be -1 or 1")
+        rows[image_id] = vals
+    if count != len(rows):
+        raise UserError(f"attribute file {path}: line 1 announces {count} images but "
+                        f"{len(rows)} are listed")
+    return names, rows
+
+
+def read_mapping_file(path: str | os.PathLike) -> dict[str, int]:
+    """Parse ``CelebA-HQ-to-CelebA-mapping.txt`` -> ``{HQ image id: original CelebA file number}``.
+
+    Columns ``idx orig_idx orig_file``; the number is taken from ``orig_file`` (``119614.jpg``).
+    """
+    path = Path(path)
+    out: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read mapping file {path}: {e}") from None
+    for lineno, line in enumerate(lines, start=1):
+        tok = line.split()
+        if not tok or (lineno == 1 and not tok[0].isdigit()):
+            continue
+        if len(tok) < 3 or not tok[0].isdigit() or not Path(tok[2]).stem.isdigit():
+            raise UserError(f"mapping file {path}, line {lineno}: expected 'idx orig_idx orig_file', "
+                            f"got {line!r}")
+        out[tok[0]] = int(Path(tok[2]).stem)
+    return out
+
+
+def celeba_partition(file_number: int) -> str:
+    """The official CelebA partition of original image ``<file_number>.jpg``."""
+    if file_number <= CELEBA_TRAIN_END:
+        return "train"
+    return "val" if file_number <= CELEBA_VAL_END else "test"
+
+
+def mask_path(src: str | os.PathLike, image_id: int, part: str) -> Path:
+    """``<src>/CelebAMask-HQ-mask-anno/<i // 2000>/<i:05d>_<part>.png``."""
+    return Path(src) / MASK_DIR / str(image_id // 2000) / f"{image_id:05d}_{part}.png"
+
+
+def merge_part_masks(masks: dict[str, np.ndarray], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Paint part masks (bool ``[H, W]`` by part name) into a 19-class uint8 map, in :data:`PARTS`
+    order (later parts win).  Parts not in ``masks`` are absent."""
+    if shape is None:
+        if not masks:
+            raise ValueError("merge_part_masks: no masks and no shape")
+        shape = next(iter(masks.values())).shape
+    label = np.zeros(shape, dtype=np.uint8)
+    for idx, part in enumerate(PARTS, start=1):
+        m = masks.get(part)
+        if m is not None:
+            label[m] = idx
+    return label
+
+
+def to_three_classes(label19: np.ndarray) -> np.ndarray:
+    """19-class map -> background 0 / hair 1 / face 2 (see the module docstring)."""
+    return TO_THREE[label19]
+
+
+def make_splits(ids: Sequence[str], rule: str = "fixed", mapping: dict[str, int] | None = None,
+                val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[str]]:
+    """``{"train", "val", "test": ids}`` by ``rule`` (``celeba`` or ``fixed``, module docstring)."""
+    ordered = sorted(ids, key=natural_key)
+    if rule == "celeba":
+        if mapping is None:
+            raise UserError("split rule 'celeba' needs CelebA-HQ-to-CelebA-mapping.txt")
+        missing = [i for i in ordered if i not in mapping]
+        if missing:
+            raise UserError(f"{MAPPING_FILE} has no entry for image(s) {missing[:5]}")
+        out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for i in ordered:
+            out[celeba_partition(mapping[i])].append(i)
+        return out
+    if rule != "fixed":
+        raise UserError(f"unknown split rule {rule!r}; choose {', '.join(SPLIT_RULES)}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise UserError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in "
+                        f"[0, 1) with a sum below 1")
+    n = len(ordered)
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    if n - n_test - n_val < 1:
+        raise UserError(f"{n} images are too few for a {val_fraction:.0%} val / {test_fraction:.0%} "
+                        f"test split with at least one training image")
+    return {"train": ordered[:n - n_val - n_test], "val": ordered[n - n_val - n_test:n - n_test],
+            "test": ordered[n - n_test:]}
+
+
+def _resized_rgb(path: Path, size: int) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size (fast)
+            im = im.convert("RGB")
+            return im.resize((size, size), Image.Resampling.BILINEAR)
+    except FileNotFoundError:
+        raise UserError(f"missing image file: {path}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: corrupt or not an image ({e})") from None
+
+
+def _prepare_one(src: Path, tmp: Path, image_id: str, classes: int, size: int,
+                 mask_files: dict[str, set[str]]) -> bool:
+    """Write ``images/<i>.jpg`` and ``labels/<i>.png`` for one image; return whether it had masks."""
+    i = int(image_id)
+    _resized_rgb(src / IMG_DIR / f"{image_id}.jpg", size).save(
+        tmp / "images" / f"{image_id}.jpg", quality=95)
+    masks: dict[str, np.ndarray] = {}
+    folder = str(i // 2000)
+    for part in PARTS:
+        name = f"{i:05d}_{part}.png"
+        if name in mask_files.get(folder, ()):
+            path = src / MASK_DIR / folder / name
+            m = read_mask_png(path)
+            if masks and m.shape != next(iter(masks.values())).shape:
+                raise UserError(f"mask {path} is {m.shape[1]}x{m.shape[0]}, unlike the other masks "
+                                f"of image {image_id}")
+            masks[part] = m
+    label = merge_part_masks(masks, None if masks else (size, size))
+    if classes == 3:
+        label = to_three_classes(label)
+    Image.fromarray(label).resize((size, size), Image.Resampling.NEAREST).save(
+        tmp / "labels" / f"{image_id}.png")
+    return bool(masks)
+
+
+def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes: int = 3,
+                         size: int = 256, split: str = "auto", val_fraction: float = 0.1,
+                         test_fraction: float = 0.1, overwrite: bool = False,
+                         progress: bool = True, workers: int | None = None) -> Path:
+    """Turn the raw CelebAMask-HQ release at ``src`` into the prepared folder ``out``.
+
+    Args:
+        src: the raw release (module docstring).
+        out: output folder; must not exist or be empty, unless ``overwrite``.
+        classes: 3 (background / hair / face) or 19 (background + 18 parts).
+        size: output side of images and label maps (pixels).
+        split: ``auto``, ``celeba`` or ``fixed`` (module docstring).
+        val_fraction, test_fraction: shares of the ``fixed`` rule.
+        overwrite: replace a non-empty ``out``.
+        progress: show a tqdm progress bar.
+        workers: threads reading and writing images (default: CPU count, at most 8).
+
+    Everything is written into a temporary folder beside ``out`` that is renamed to ``out`` only
+    when complete, so an interrupted run leaves no half-prepared data set.  Returns ``out``.
+    """
+    src, out = Path(src), Path(out).resolve()
+    if classes not in (3, 19):
+        raise UserError(f"classes={classes}; choose 3 (background/hair/face) or 19")
+    if size < 16:
+        raise UserError(f"size={size} is too small; use at least 16")
+    if split not in SPLIT_RULES:
+        raise UserError(f"split={split!r}; choose {', '.join(SPLIT_RULES)}")
+    if not src.is_dir() or not (src / IMG_DIR).is_dir():
+        raise UserError(f"{src} is not the raw CelebAMask-HQ release; expected\n{RAW_LAYOUT}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"output folder {out} exists and is not empty; pass overwrite "
+                        f"(--overwrite) to replace it")
+    if (src / MASK_DIR).resolve() == out.resolve() or src.resolve() == out.resolve():
+        raise UserError(f"--out {out} must not be the source folder")
+
+    ids = sorted((p.stem for p in (src / IMG_DIR).glob("*.jpg") if p.stem.isdigit()),
+                 key=natural_key)
+    if not ids:
+        raise UserError(f"no <i>.jpg images in {src / IMG_DIR}\n{RAW_LAYOUT}")
+    names, attrs = read_attribute_file(src / ATTR_FILE)
+    no_attr = [i for i in ids if i not in attrs]
+    if no_attr:
+        raise UserError(f"{src / ATTR_FILE} has no row for image(s) {no_attr[:5]}"
+                        + (f" and {len(no_attr) - 5} more" if len(no_attr) > 5 else ""))
+    mapping_path = src / MAPPING_FILE
+    rule = ("celeba" if mapping_path.is_file() else "fixed") if split == "auto" else split
+    if rule == "celeba" and not mapping_path.is_file():
+        raise UserError(f"split='celeba' needs {mapping_path}")
+    mapping = read_mapping_file(mapping_path) if rule == "celeba" else None
+    splits = make_splits(ids, rule, mapping, val_fraction, test_fraction)
+
+    mask_root = src / MASK_DIR
+    if not mask_root.is_dir():
+        raise UserError(f"missing mask folder {mask_root}\n{RAW_LAYOUT}")
+    mask_files = {d.name: set(os.listdir(d)) for d in mask_root.iterdir() if d.is_dir()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        (tmp / "splits").mkdir()
+        from tqdm.auto import tqdm
+
+        n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(max_workers=max(1, n_workers))
+        try:
+            results = pool.map(lambda i: _prepare_one(src, tmp, i, classes, size, mask_files), ids)
+            had_masks = list(tqdm(results, total=len(ids), desc="celebamaskhq", unit="img",
+                                  disable=not progress))
+        except BaseException:
+            # Fail at the first bad file instead of after every queued image has been processed.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+        without = [i for i, ok in zip(ids, had_masks) if not ok]
+        if without:
+            warnings.warn(f"{len(without)} image(s) have no part mask at all and are labelled "
+                          f"background everywhere, e.g. {without[:5]}", stacklevel=2)
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image_id", *names])
+        for i in ids:
+            writer.writerow([i, *((attrs[i] > 0).astype(int).tolist())])
+        (tmp / "attributes.csv").write_text(buf.getvalue(), encoding="utf-8")
+        for name, members in splits.items():
+            (tmp / "splits" / f"{name}.txt").write_text("".join(f"{i}\n" for i in members),
+                                                         encoding="utf-8")
+        meta = {
+            "dataset": "celebamaskhq",
+            "format_version": FORMAT_VERSION,
+            "classes": classes,
+            "class_names": CLASSES_3 if classes == 3 else CLASSES_19,
+            "size": size,
+            "attributes": names,
+            "num_images": len(ids),
+            "split_rule": rule,
+            "split_sizes": {k: len(v) for k, v in splits.items()},
+            "merge_order": PARTS,
+            "images_without_masks": without,
+            "source": str(src),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``, replacing whatever ``out`` was."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+# ----------------------------------------------------------------------------- prepared data set
+
+def read_meta(root: str | os.PathLike | None) -> dict[str, Any]:
+    """``meta.json`` of a prepared folder; a missing folder or file explains the expected layout."""
+    if root is None:
+        raise UserError("data.root is not set: CelebAMask-HQ needs a prepared folder\n"
+                        + PREPARED_LAYOUT)
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"CelebAMask-HQ data folder {root} does not exist; expected a\n"
+                        + PREPARED_LAYOUT)
+    path = root / META_FILE
+    if not path.is_file():
+        hint = (f"\n{root} looks like the raw release: prepare it first with "
+                f"`metasparsity data prepare celebamaskhq --src {root} --out DIR`"
+                if (root / IMG_DIR).is_dir() else "")
+        raise UserError(f"missing file: {path}; expected a\n{PREPARED_LAYOUT}{hint}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("classes") not in (3, 19) or not isinstance(
+            meta.get("attributes"), list):
+        raise UserError(f"{path} is not a prepared CelebAMask-HQ meta file (needs classes 3 or 19 "
+                        f"and an attribute list)")
+    return meta
+
+
+def _selected_attributes(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    if not wanted:
+        return list(available)
+    bad = [a for a in wanted if a not in available]
+    if bad:
+        hints = [f"{a!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(a, available, 1))
+                 else repr(a) for a in bad]
+        raise UserError(f"data.attributes: unknown attribute(s) {', '.join(hints)}; available: "
+                        f"{', '.join(available)}")
+    return list(wanted)
+
+
+def _tasks_from_meta(meta: dict[str, Any], attributes: Sequence[str] | None) -> dict[str, Task]:
+    c = int(meta["classes"])
+    out = {"segment": dataclasses.replace(
+        TASKS["segment"], channels=c, num_classes=c,
+        description=f"CelebAMask-HQ face parsing, {c} classes: " + ", ".join(meta.get(
+            "class_names", CLASSES_3 if c == 3 else CLASSES_19)))}
+    for a in _selected_attributes(meta["attributes"], attributes):
+        out[a] = Task(a, "image", "binary", 1, None, f"CelebA attribute {a} (1 = present)")
+    return out
+
+
+def celebamaskhq_tasks(data_cfg: Any) -> dict[str, Task]:
+    """``segment`` (classes from ``meta.json``) and one binary task per selected attribute."""
+    meta = read_meta(data_cfg.root)
+    n = getattr(data_cfg, "num_classes", None)
+    if n is not None and n != meta["classes"]:
+        raise UserError(f"data.num_classes={n}, but {data_cfg.root} was prepared with "
+                        f"{meta['classes']} classes; prepare it again with --classes {n} "
+                        f"or set data.num_classes=null")
+    return _tasks_from_meta(meta, getattr(data_cfg, "attributes", None))
+
+
+def _read_attributes_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise UserError(f"missing file: {path}; expected a\n{PREPARED_LAYOUT}")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not rows or rows[0][:1] != ["image_id"]:
+        raise UserError(f"{path}: the first line must be 'image_id,<attribute names>'")
+    names = rows[0][1:]
+    out: dict[str, np.ndarray] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(names) + 1 or any(v not in ("0", "1") for v in row[1:]):
+            raise UserError(f"{path}, line {lineno}: expected an image id and {len(names)} "
+                            f"values in {{0, 1}}")
+        out[row[0]] = np.array([float(v) for v in row[1:]], dtype=np.float32)
+    return names, out
+
+
+class CelebAMaskHQ(Dataset):
+    """A split of a prepared CelebAMask-HQ folder as ``(image, {task: target})``.
+
+    Args:
+        root: prepared folder (:func:`prepare_celebamaskhq`).
+        split: ``train``, ``val`` or ``test``.
+        tasks: ``segment`` and/or attribute names.
+        image_size: output side (square).
+        train_size, val_size, test_size: caps on the prepared splits (None = all).
+        augment: random zoom (``scale_range``) and a left/right-aware flip (``train`` only).
+        attributes: the attributes that may be served (None or empty: all).
+
+    Items: image float32 ``[3, S, S]`` (ImageNet-normalised); ``segment`` int64 ``[S, S]``;
+    each attribute a float32 scalar tensor in {0, 1}.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, tasks: Sequence[str],
+                 image_size: int = 256, train_size: int | None = None,
+                 val_size: int | None = None, test_size: int | None = None,
+                 augment: bool = False, attributes: Sequence[str] | None = None,
+                 scale_range: tuple[float, float] = TRAIN_SCALE_RANGE) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.meta = read_meta(self.root)
+        self.num_classes = int(self.meta["classes"])
+        served = _tasks_from_meta(self.meta, attributes)
+        bad = [t for t in tasks if t not in served]
+        if bad:
+            raise UserError(f"CelebAMask-HQ does not serve {bad}; available: {', '.join(served)}")
+        self.tasks = {t: served[t] for t in tasks}
+        if split not in ("train", "val", "test"):
+            raise UserError(f"unknown split {split!r}; choose train, val or test")
+        split_file = self.root / "splits" / f"{split}.txt"
+        if not split_file.is_file():
+            raise UserError(f"missing split file: {split_file}; expected a\n{PREPARED_LAYOUT}")
+        ids = [ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        cap = {"train": train_size, "val": val_size, "test": test_size}[split]
+        self.ids = cap_ids(ids, cap)
+        self.attr_names = [t for t in self.tasks if t != "segment"]
+        self._attr_values: dict[str, np.ndarray] = {}
+        if self.attr_names:
+            names, values = _read_attributes_csv(self.root / "attributes.csv")
+            cols = [names.index(a) for a in self.attr_names if a in names]
+            if len(cols) != len(self.attr_names):
+                raise UserError(f"{self.root / 'attributes.csv'} lacks attribute(s) "
+                                f"{[a for a in self.attr_names if a not in names]}")
+            missing = [i for i in self.ids if i not in values]
+            if missing:
+                raise UserError(f"{self.root / 'attributes.csv'} has no row for image(s) {missing[:5]}")
+            self._attr_values = {i: values[i][cols] for i in self.ids}
+        paths = [self.root / "images" / f"{i}.jpg" for i in self.ids]
+        if "segment" in self.tasks:
+            paths += [self.root / "labels" / f"{i}.png" for i in self.ids]
+        check_files(paths, f"CelebAMask-HQ {split} split in {self.root}")
+        types = {"segment": "segmentation"} if "segment" in self.tasks else {}
+        luts = {"segment": FLIP_19} if "segment" in self.tasks and self.num_classes == 19 else {}
+        self.transform = SampleTransform(types, image_size, train=augment and split == "train",
+                                         scale_range=scale_range, flip_luts=luts)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` at the prepared resolution, before any transform."""
+        i = self.ids[index]
+        image = torch.from_numpy(read_rgb(self.root / "images" / f"{i}.jpg")).permute(2, 0, 1)
+        sample: dict[str, Any] = {IMAGE_KEY: image.float() / 255.0}
+        if "segment" in self.tasks:
+            path = self.root / "labels" / f"{i}.png"
+            label = read_label_png(path)
+            bad = (label < 0) | (label >= self.num_classes)
+            if bad.any():
+                raise UserError(f"segmentation label out of range in {path}: value(s) "
+                                f"{sorted(set(label[bad].tolist()))[:5]}; expected 0..{self.num_classes - 1}")
+            sample["segment"] = torch.from_numpy(label)
+        for k, a in enumerate(self.attr_names):
+            sample[a] = torch.tensor(self._attr_values[i][k], dtype=torch.float32)
+        return sample
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if index < 0:
+            index += len(self)
+        return self.transform(self.load(index))
+
+    def __repr__(self) -> str:
+        return f"CelebAMaskHQ(split={self.split!r}, n={len(self)}, tasks={list(self.tasks)})"
+
+
+def build_celebamaskhq(data_cfg: Any, split: str) -> CelebAMaskHQ:
+    """``DatasetSpec.build`` for CelebAMask-HQ: the config's ``data`` section -> dataset."""
+    celebamaskhq_tasks(data_cfg)  # class-count and attribute-name checks
+    return CelebAMaskHQ(data_cfg.root, split, list(data_cfg.tasks), image_size=data_cfg.image_size,
+                        train_size=data_cfg.train_size, val_size=data_cfg.val_size,
+                        test_size=data_cfg.test_size, augment=data_cfg.augment,
+                        attributes=data_cfg.attributes)
+
+
+DATASETS.register("celebamaskhq", DatasetSpec(
+    build=build_celebamaskhq, tasks=celebamaskhq_tasks,
+    description="CelebAMask-HQ (prepared): face parsing (3 or 19 classes) + 40 binary attributes"))

@@ -1,0 +1,335 @@
+"""Compact (pruned) models on disk: save, load without the training config, and their cost.
+
+A *model directory* holds::
+
+    model.safetensors   every parameter and buffer (no code runs on load)
+    model.json          the architecture (module tree with per-layer shapes), the tasks, the
+                        input size and normalisation, and where the model came from
+    cost.json, cost.md  (written by ``metasparsity prune``) dense vs pruned parameters, MACs and
+                        latency
+
+``model.json``'s ``architecture`` is a tree of module specs.  A *leaf* (``Conv2d``,
+``BatchNorm2d``, ``Linear``, ``GroupNorm``, ``ReLU``, ``MaxPool2d``, ``AdaptiveAvgPool2d``,
+``Dropout``, ``Identity``) is ``{"class", "args"}`` with its constructor arguments, so a pruned conv
+is rebuilt with its own channel counts.  A *container* (``MultiTaskNet``, ``ResNet``,
+``BasicBlock``, ``Bottleneck``, the registered heads, ``Sequential``, ``ModuleList``,
+``ModuleDict``) is ``{"class", "attrs", "children"}``: its plain attributes (``stride``,
+``rates``, ``downsample: null``, …) and its sub-modules in order.  Containers are rebuilt without
+calling their constructors (their ``forward`` only needs the attributes and children), which is
+what lets a pruned ResNet, whose blocks no longer have the widths the constructor would give,
+come back exactly.  Only the classes named above are ever instantiated.
+
+``meta`` (the rest of ``model.json``): ``tasks`` (``name``, ``kind``, ``type``, ``channels``,
+``num_classes``, ``description``), ``image_size``, ``normalization`` (``mean``, ``std``: the input
+is RGB in [0, 1], normalised per channel as ``(x − mean) / std``), plus whatever the writer adds
+(``source``, ``sparsity``, ``pruning``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import to_jsonable
+
+FORMAT = "metasparsity-compact-model"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+COST_JSON = "cost.json"
+COST_MD = "cost.md"
+
+_LEAVES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                           "dilation", "groups", "bias", "padding_mode")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine",
+                                     "track_running_stats")),
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
+    "ReLU": (nn.ReLU, ("inplace",)),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation",
+                                 "return_indices", "ceil_mode")),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+    "Dropout": (nn.Dropout, ("p", "inplace")),
+    "Identity": (nn.Identity, ()),
+}
+
+
+def _containers() -> dict[str, type[nn.Module]]:
+    from metasparsity.models import HEADS, MultiTaskNet, ResNet
+    from metasparsity.models.heads import ASPPPooling
+    from metasparsity.models.resnet import BasicBlock, Bottleneck
+
+    table: dict[str, type[nn.Module]] = {
+        c.__name__: c
+        for c in (MultiTaskNet, ResNet, BasicBlock, Bottleneck, ASPPPooling, nn.Sequential,
+                  nn.ModuleList, nn.ModuleDict)
+    }
+    for _, cls in HEADS.items():
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            table.setdefault(cls.__name__, cls)
+    return table
+
+
+# ----------------------------------------------------------------------------- spec <-> module
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def module_spec(module: nn.Module, path: str = "") -> dict[str, Any]:
+    """The JSON spec of ``module`` (see the module docstring)."""
+    name = type(module).__name__
+    if type(module) in {cls for cls, _ in _LEAVES.values()}:
+        _, fields = _LEAVES[name]
+        args = {f: (getattr(module, f) is not None) if f == "bias" else getattr(module, f)
+                for f in fields}
+        return {"class": name, "args": to_jsonable(args)}
+    if _containers().get(name) is not type(module):
+        raise UserError(
+            f"cannot export module {path or '<root>'} of class {name}: compact models support "
+            f"{', '.join(sorted(set(_LEAVES) | set(_containers())))}")
+    if module._parameters or module._buffers:
+        raise UserError(f"cannot export {path or '<root>'} ({name}): a container with its own "
+                        "parameters or buffers")
+    attrs: dict[str, Any] = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if not _plain(value):
+            raise UserError(f"cannot export attribute {path}.{key} of {name}: "
+                            f"{type(value).__name__} is not a plain JSON value")
+        attrs[key] = value
+    children: dict[str, Any] = {}
+    for child_name, child in module._modules.items():
+        sub = f"{path}.{child_name}" if path else child_name
+        children[child_name] = None if child is None else module_spec(child, sub)
+    return {"class": name, "attrs": to_jsonable(attrs), "children": children}
+
+
+def build_from_spec(spec: Mapping[str, Any], path: str = "") -> nn.Module:
+    """Rebuild a module (with freshly initialised tensors) from :func:`module_spec`'s output."""
+    if not isinstance(spec, Mapping) or "class" not in spec:
+        raise UserError(f"invalid architecture entry at {path or '<root>'}: {spec!r:.80}")
+    name = spec["class"]
+    if name in _LEAVES:
+        cls, fields = _LEAVES[name]
+        args = {k: _tuples(v) for k, v in dict(spec.get("args", {})).items()}
+        unknown = set(args) - set(fields)
+        if unknown:
+            raise UserError(f"invalid arguments {sorted(unknown)} for {name} at {path}")
+        return cls(**args)
+    cls = _containers().get(name)
+    if cls is None:
+        raise UserError(f"unknown module class {name!r} at {path or '<root>'} in the architecture")
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in dict(spec.get("attrs", {})).items():
+        setattr(module, key, _tuples(value))
+    for child_name, child in dict(spec.get("children", {})).items():
+        sub = f"{path}.{child_name}" if path else child_name
+        module.add_module(child_name, None if child is None else build_from_spec(child, sub))
+    return module
+
+
+# ----------------------------------------------------------------------------- directories
+
+@contextmanager
+def staged_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``final``; on success it replaces ``final``.
+
+    Nothing is left behind if the body raises.  An existing non-empty ``final`` is an error unless
+    ``overwrite``; it is then replaced only after the new content is complete.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} exists and is not a directory")
+    if final.is_dir() and any(final.iterdir()) and not overwrite:
+        raise UserError(f"{final} already exists; pass --overwrite to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        old.rmdir()
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def write_compact_model(model: nn.Module, directory: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    from metasparsity import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = module_spec(model)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / MODEL_FILE))
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, "metasparsity_version": __version__,
+           **to_jsonable(dict(meta)), "architecture": spec}
+    (directory / SPEC_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return directory
+
+
+def save_compact_model(model: nn.Module, model_dir: str | Path, meta: Mapping[str, Any], *,
+                       overwrite: bool = False) -> Path:
+    """:func:`write_compact_model` into ``model_dir`` atomically (see :func:`staged_directory`)."""
+    with staged_directory(model_dir, overwrite=overwrite) as tmp:
+        write_compact_model(model, tmp, meta)
+    return Path(model_dir)
+
+
+def load_compact_model(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` of a model directory; the model is in eval mode on the CPU.
+
+    Raises:
+        UserError: missing directory or files, an unknown format, or weights that do not fit.
+    """
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise UserError(f"model directory {d} does not exist")
+    for f in (SPEC_FILE, MODEL_FILE):
+        if not (d / f).is_file():
+            raise UserError(f"{d} is not a compact model directory: {f} is missing")
+    try:
+        doc = json.loads((d / SPEC_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {d / SPEC_FILE}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UserError(f"{d / SPEC_FILE} is not a {FORMAT} file")
+    if int(doc.get("version", 0)) > FORMAT_VERSION:
+        raise UserError(f"{d / SPEC_FILE} has format version {doc.get('version')}; this "
+                        f"metasparsity reads up to {FORMAT_VERSION}")
+    model = build_from_spec(doc["architecture"])
+    try:
+        state = load_file(str(d / MODEL_FILE))
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"cannot read {d / MODEL_FILE}: {e}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{d / MODEL_FILE} does not fit the architecture in {SPEC_FILE}: "
+                        f"{str(e).splitlines()[0]}") from None
+    model.eval()
+    meta = {k: v for k, v in doc.items() if k != "architecture"}
+    return model, meta
+
+
+# ----------------------------------------------------------------------------- meta
+
+def task_meta(task: Any) -> dict[str, Any]:
+    """The JSON description of a ``metasparsity.data.Task``."""
+    return {"name": task.name, "kind": task.kind, "type": task.type, "channels": task.channels,
+            "num_classes": task.num_classes, "description": task.description}
+
+
+def input_normalization(cfg: Any) -> dict[str, list[float]]:
+    """Mean / std that the configured data set normalises images with.
+
+    Every built-in data set (SynthScenes, NYU-v2, CelebAMask-HQ) uses ImageNet's statistics; a
+    registered data set may declare its own as ``mean`` / ``std`` on its ``DatasetSpec``.
+    """
+    from metasparsity.data import DATASETS
+    from metasparsity.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    spec = DATASETS.get(cfg.data.name)
+    mean = getattr(spec, "mean", None) or IMAGENET_MEAN
+    std = getattr(spec, "std", None) or IMAGENET_STD
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+# ----------------------------------------------------------------------------- cost
+
+def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
+                    batch_sizes: Sequence[int] = (1, 16), repeats: int = 10, warmup: int = 2,
+                    latency: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Parameters, MACs (per image) and CPU/GPU latency of ``dense`` and ``pruned``.
+
+    MACs come from :func:`metasparsity.eval.cost_table` on one ``[1, 3, S, S]`` input (FLOPs / 2 of
+    ``torch.utils.flop_counter``); latency from :func:`metasparsity.eval.measure_latency` (median
+    of ``repeats`` timed passes after ``warmup``) at every batch size, with the models run in
+    alternation per batch size so that background load affects both alike.  Ratios are
+    ``dense / pruned`` (> 1 = the pruned model is smaller / faster).
+    """
+    from metasparsity.eval.cost import cost_table, measure_latency
+
+    g = torch.Generator().manual_seed(seed)
+    device = next(dense.parameters()).device
+    x1 = torch.randn(1, 3, image_size, image_size, generator=g).to(device)
+    out: dict[str, Any] = {"image_size": image_size, "threads": torch.get_num_threads(),
+                           "device": str(device), "torch": torch.__version__}
+    tables = {"dense": cost_table(dense, x1), "pruned": cost_table(pruned, x1)}
+    for k, t in tables.items():
+        out[k] = {part: t[part] for part in ("backbone", "heads", "total")}
+        out[k]["per_head"] = t["per_head"]
+    out["ratio"] = {
+        part: {q: _ratio(out["dense"][part][q], out["pruned"][part][q]) for q in ("params", "macs")}
+        for part in ("backbone", "heads", "total")}
+    if latency:
+        lat: dict[str, Any] = {}
+        for b in batch_sizes:
+            x = torch.randn(b, 3, image_size, image_size, generator=g).to(device)
+            d = measure_latency(dense, x, warmup=warmup, repeats=repeats)
+            p = measure_latency(pruned, x, warmup=warmup, repeats=repeats)
+            lat[str(b)] = {"dense_ms": d["median_ms"], "pruned_ms": p["median_ms"],
+                           "speedup": _ratio(d["median_ms"], p["median_ms"]),
+                           "dense": d, "pruned": p}
+        out["latency"] = lat
+        out["repeats"], out["warmup"] = repeats, warmup
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("inf")
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def cost_markdown(cost: Mapping[str, Any]) -> str:
+    """A markdown table of :func:`cost_comparison`'s result."""
+    s = cost["image_size"]
+    lines = [f"Input {s}×{s}; MACs per image (FLOPs / 2, torch.utils.flop_counter); "
+             f"latency = median ms on {cost['device']} with {cost['threads']} threads.", "",
+             "| | dense | pruned | dense / pruned |", "|---|---:|---:|---:|"]
+    for part in ("backbone", "heads", "total"):
+        for q, label in (("params", "parameters"), ("macs", "MACs")):
+            d, p = cost["dense"][part][q], cost["pruned"][part][q]
+            lines.append(f"| {part} {label} | {_human(d)} | {_human(p)} | "
+                         f"{cost['ratio'][part][q]:.2f}× |")
+    for b, row in cost.get("latency", {}).items():
+        lines.append(f"| latency, batch {b} (ms) | {row['dense_ms']:.2f} | {row['pruned_ms']:.2f} "
+                     f"| {row['speedup']:.2f}× |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""The learned sparsity strength ``λ = exp(ρ)`` (DESIGN §2.3).
+
+``ρ`` is one trainable scalar (``scope="global"``) or one per grouped conv layer (``scope="layer"``),
+initialised to ``log λ0``.  λ is kept in ``[λ_min, λ_max]`` in log space::
+
+    λ = exp(clamp(ρ, log λ_min, log λ_max))
+
+Clamping choice: the clamp passes the gradient unchanged inside the range (and on its boundary),
+and :meth:`LearnedLambda.clamp_rho_` puts ``ρ`` itself back into the range after every optimizer
+step (``outer_update`` calls it).  So ``ρ`` never sits outside the range, the clamp's zero-gradient
+region is never reached, and a λ pinned at a bound can still move back inside.
+
+``λ0 = 0`` means "no sparsity": the module is *disabled*, ``forward`` returns zeros, there is no
+penalty and nothing to learn (``learnable`` is forced to False).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SCOPES = ("global", "layer")
+
+
+def broadcast_lambda(lam: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """λ of shape ``[1]`` (global) or ``[L]`` (per layer) as a ``[L]`` tensor (differentiable)."""
+    lam = lam.reshape(-1)
+    if lam.numel() == 1:
+        return lam.expand(num_layers)
+    if lam.numel() != num_layers:
+        raise ValueError(f"λ has {lam.numel()} values but there are {num_layers} grouped layers")
+    return lam
+
+
+class LearnedLambda(nn.Module):
+    """``λ = exp(clamp(ρ, log λ_min, log λ_max))``, shape ``[1]`` or ``[L]``.
+
+    Args:
+        lambda_init: λ0 (> 0), or 0 for a disabled λ ≡ 0 (meta-learning without sparsity).
+        scope: ``"global"`` (one λ) or ``"layer"`` (one λ per grouped layer).
+        num_layers: number of grouped layers ``L`` (needed for ``scope="layer"``).
+        lambda_min, lambda_max: the allowed range; λ0 must lie inside it.
+        learnable: train ρ (False keeps λ at λ0: ``rho.requires_grad`` is False).
+    """
+
+    def __init__(self, lambda_init: float = 1e-3, scope: str = "global", num_layers: int = 1,
+                 lambda_min: float = 1e-6, lambda_max: float = 1.0, learnable: bool = True) -> None:
+        super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"lambda scope must be one of {SCOPES}, got {scope!r}")
+        if not 0.0 < lambda_min <= lambda_max:
+            raise ValueError(f"need 0 < lambda_min <= lambda_max, got {lambda_min}, {lambda_max}")
+        if lambda_init < 0:
+            raise ValueError(f"lambda_init must be >= 0, got {lambda_init}")
+        if lambda_init > 0 and not lambda_min <= lambda_init <= lambda_max:
+            raise ValueError(f"lambda_init={lambda_init} is outside [lambda_min, lambda_max] = "
+                             f"[{lambda_min}, {lambda_max}]")
+        if scope == "layer" and num_layers < 1:
+            raise ValueError("scope 'layer' needs num_layers >= 1")
+        self.scope = scope
+        self.num_layers = num_layers
+        self.lambda_min = float(lambda_min)
+        self.lambda_max = float(lambda_max)
+        self.enabled = lambda_init > 0
+        self.learnable = bool(learnable) and self.enabled
+        n = num_layers if scope == "layer" else 1
+        rho0 = math.log(lambda_init) if self.enabled else math.log(lambda_min)
+        self.rho = nn.Parameter(torch.full((n,), rho0, dtype=torch.float64),
+                                requires_grad=self.learnable)
+
+    @classmethod
+    def disabled(cls, scope: str = "global", num_layers: int = 1) -> LearnedLambda:
+        """λ ≡ 0: no penalty, nothing learned."""
+        return cls(0.0, scope=scope, num_layers=num_layers, learnable=False)
+
+    @property
+    def log_bounds(self) -> tuple[float, float]:
+        return math.log(self.lambda_min), math.log(self.lambda_max)
+
+    def forward(self) -> torch.Tensor:
+        """λ, shape ``[1]`` or ``[L]`` (zeros when disabled); differentiable in ρ."""
+        if not self.enabled:
+            return torch.zeros_like(self.rho)
+        lo, hi = self.log_bounds
+        return torch.exp(torch.clamp(self.rho, lo, hi))
+
+    def per_layer(self, num_layers: int | None = None) -> torch.Tensor:
+        """λ as ``[L]`` (a global λ broadcast to every layer)."""
+        return broadcast_lambda(self(), self.num_layers if num_layers is None else num_layers)
+
+    def value(self) -> float | list[float]:
+        """λ as a float (global) or a list of floats (per layer), for logs and checkpoints."""
+        v = self().detach().cpu().tolist()
+        return v[0] if self.scope == "global" else v
+
+    @torch.no_grad()
+    def clamp_rho_(self) -> None:
+        """Put ρ back into ``[log λ_min, log λ_max]`` (call after every optimizer step on ρ)."""
+        if self.enabled:
+            lo, hi = self.log_bounds
+            self.rho.clamp_(lo, hi)
+
+    def extra_repr(self) -> str:
+        return (f"scope={self.scope}, enabled={self.enabled}, learnable={self.learnable}, "
+                f"range=[{self.lambda_min:g}, {self.lambda_max:g}]")

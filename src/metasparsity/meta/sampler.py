@@ -1,0 +1,85 @@
+"""Meta-tasks: task subsets ``S ⊆ T`` sampled for each outer step (DESIGN §2.4)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from metasparsity.utils.errors import UserError
+
+
+class TaskSubsetSampler:
+    """Uniform sampler over task subsets, deterministic given ``seed`` and resumable.
+
+    Args:
+        tasks: the seen tasks ``T`` (order fixes the order inside every subset tuple).
+        min_size: smallest subset size (default 1: all ``2^|T| − 1`` non-empty subsets).
+        subsets: an explicit list of subsets instead (``min_size`` is then not applied); each is
+            stored as a tuple in the order of ``tasks``, duplicates removed.
+        seed: seed of the sampler's own NumPy generator.
+
+    ``sample(M)`` draws ``M`` subsets uniformly without replacement when ``M`` is at most the
+    number of subsets; for a larger ``M`` it concatenates random permutations of all subsets, so
+    every subset appears ``⌊M/n⌋`` or ``⌈M/n⌉`` times.
+    """
+
+    def __init__(self, tasks: Sequence[str], min_size: int = 1,
+                 subsets: Iterable[Iterable[str]] | None = None, seed: int = 0) -> None:
+        self.tasks = tuple(tasks)
+        if not self.tasks:
+            raise UserError("meta-training needs at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise UserError(f"duplicate task names in {list(self.tasks)}")
+        order = {t: i for i, t in enumerate(self.tasks)}
+        if subsets is None:
+            if not 1 <= min_size <= len(self.tasks):
+                raise UserError(f"meta.min_subset_size={min_size} must be between 1 and the number "
+                                f"of tasks ({len(self.tasks)})")
+            self.subsets = [c for k in range(min_size, len(self.tasks) + 1)
+                            for c in itertools.combinations(self.tasks, k)]
+        else:
+            seen: list[tuple[str, ...]] = []
+            for s in subsets:
+                s = list(s)
+                unknown = [t for t in s if t not in order]
+                if unknown:
+                    raise UserError(f"meta.subsets: unknown task(s) {unknown}; "
+                                    f"tasks are {list(self.tasks)}")
+                if not s:
+                    raise UserError("meta.subsets: a subset must not be empty")
+                t = tuple(sorted(set(s), key=order.__getitem__))
+                if t not in seen:
+                    seen.append(t)
+            if not seen:
+                raise UserError("meta.subsets: the list of subsets is empty")
+            self.subsets = seen
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def __len__(self) -> int:
+        return len(self.subsets)
+
+    def sample(self, m: int) -> list[tuple[str, ...]]:
+        """``m`` subsets (see the class docstring for ``m`` larger than the number of subsets)."""
+        if m < 1:
+            raise ValueError(f"meta-batch size must be >= 1, got {m}")
+        n = len(self.subsets)
+        idx: list[int] = []
+        while len(idx) < m:
+            take = min(n, m - len(idx))
+            idx.extend(self._rng.permutation(n)[:take].tolist())
+        return [self.subsets[i] for i in idx]
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "subsets": [list(s) for s in self.subsets],
+                "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        subsets = [tuple(s) for s in state["subsets"]]
+        if subsets != self.subsets:
+            raise UserError("cannot resume the task sampler: the task subsets differ from the "
+                            "checkpoint's")
+        self.seed = int(state["seed"])
+        self._rng.bit_generator.state = state["rng"]

@@ -1,0 +1,1 @@
+"""Tables and plots for runs, sweeps and comparisons (matplotlib imported lazily)."""

@@ -1,0 +1,175 @@
+"""``report.md`` and plots of a comparison, generated from ``results.json`` alone (plus the
+saved ``samples.npz`` and the runs' ``metrics.jsonl`` for the pictures), so that
+``metasparsity report RUN_DIR`` reproduces them without retraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metasparsity.eval.delta import delta_m
+from metasparsity.report.tables import fmt, markdown_table
+from metasparsity.utils.io import atomic_write_text, read_jsonl
+
+METHOD_NAMES = {
+    "stl": "STL (one model per task)",
+    "mtl": "dense MTL",
+    "fixed_lambda": "fixed-λ sparse MTL (grid, chosen on val)",
+    "optuna": "λ tuned by Optuna (TPE)",
+    "meta_dense": "meta-learning, λ = 0",
+    "meta_sparsity": "meta-sparsity (learned λ)",
+}
+
+
+def mean_std(cell: dict[str, float] | None, n_seeds: int, scale: float = 1.0) -> str:
+    """``mean ± std`` (std only with several seeds), numbers formatted with :func:`fmt`."""
+    if cell is None or cell.get("mean") is None or cell["mean"] != cell["mean"]:
+        return "–"
+    m = cell["mean"] * scale
+    if n_seeds > 1:
+        return f"{fmt(m)} ± {fmt(cell['std'] * scale)}"
+    return fmt(m)
+
+
+def _lam_cell(agg: dict, n: int) -> str:
+    if "lambda_final" in agg:
+        return "learned " + mean_std(agg["lambda_final"], n)
+    if "selected_lambda" in agg:
+        return "chosen " + mean_std(agg["selected_lambda"], n)
+    return "–"
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    n = len(results["seeds"])
+    header = ["method", "Δm seen %", "Δm unseen %", "Δm all %", "group sp. %", "param sp. %",
+              "params (pruned, M)", "MACs (pruned, M)", "wall time s", "λ"]
+    rows = []
+    for name in results["methods"]:
+        a = results["summary"][name]
+        rows.append([
+            METHOD_NAMES.get(name, name), mean_std(a["delta_m_seen"], n),
+            mean_std(a["delta_m_unseen"], n), mean_std(a["delta_m_all"], n),
+            mean_std(a["group_sparsity"], n), mean_std(a["param_sparsity"], n),
+            mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
+            mean_std(a["wall_time_s"], n), _lam_cell(a, n),
+        ])
+    return markdown_table(header, rows)
+
+
+def task_table(results: dict[str, Any]) -> str:
+    n = len(results["seeds"])
+    spec = {**results["spec"]["seen"], **results["spec"]["unseen"]}
+    cols = [(t, m, hib) for t, ms in spec.items() for m, hib in ms.items()]
+    header = ["method"] + [f"{t} {m} {'↑' if hib else '↓'}" for t, m, hib in cols]
+    rows = []
+    for name in results["methods"]:
+        a = results["summary"][name]["metrics"]
+        rows.append([METHOD_NAMES.get(name, name)]
+                    + [mean_std(a.get(t, {}).get(m), n) for t, m, _ in cols])
+    return markdown_table(header, rows)
+
+
+def grid_points(results: dict[str, Any], seed: str | None = None) -> list[dict[str, Any]]:
+    """The fixed-λ grid of one seed with Δm (seen tasks, test) against that seed's STL."""
+    seed = seed or str(results["seeds"][0])
+    rows = results["per_seed"][seed]
+    if "fixed_lambda" not in rows:
+        return []
+    stl = rows["stl"]["seen"]["test"]
+    spec = results["spec"]["seen"]
+    return [{"label": f"λ={p['lam']:g}", "group_sparsity": p["group_sparsity"],
+             "delta_m": delta_m(p["test"], stl, spec)} for p in rows["fixed_lambda"]["grid"]]
+
+
+def method_points(results: dict[str, Any], seed: str | None = None) -> list[dict[str, Any]]:
+    seed = seed or str(results["seeds"][0])
+    pts = []
+    for name, row in results["per_seed"][seed].items():
+        if name == "stl":
+            continue
+        pts.append({"label": METHOD_NAMES.get(name, name),
+                    "group_sparsity": row["sparsity"]["group_sparsity"],
+                    "delta_m": row["delta_m"]["seen"]})
+    return pts
+
+
+def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
+    from metasparsity.report import plots
+
+    made: dict[str, str] = {}
+    seed = str(results["seeds"][0])
+    rows = results["per_seed"][seed]
+    pts = grid_points(results, seed)
+    plots.plot_delta_vs_sparsity(pts, out / "delta_vs_sparsity.png",
+                                 title="Δm (seen tasks, test) against group sparsity",
+                                 extra=method_points(results, seed))
+    made["delta_vs_sparsity"] = "delta_vs_sparsity.png"
+    per_layer = {METHOD_NAMES.get(m, m): rows[m]["sparsity"]["per_layer"]
+                 for m in ("fixed_lambda", "optuna", "meta_sparsity") if m in rows}
+    if per_layer:
+        plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")
+        made["per_layer_sparsity"] = "per_layer_sparsity.png"
+    runs = []
+    for s in results["seeds"]:
+        r = results["per_seed"][str(s)].get("meta_sparsity")
+        if r and Path(r["meta_run_dir"], "metrics.jsonl").is_file():
+            rec = [x for x in read_jsonl(Path(r["meta_run_dir"]) / "metrics.jsonl") if x.get("kind") == "meta"]
+            runs.append({"label": f"seed {s}", "records": rec})
+    if runs:
+        plots.plot_meta_training(runs if len(runs) > 1 else runs[0]["records"], out / "lambda.png",
+                                 title="meta-sparsity: λ and sparsity over meta-training")
+        made["lambda"] = "lambda.png"
+    if (out / "samples.npz").is_file():
+        plots.plot_samples(out / "samples.npz", out / "samples.png")
+        made["samples"] = "samples.png"
+    return made
+
+
+def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
+    c = results["config"]
+    spec = results["spec"]
+    spec_txt = "; ".join(f"{t}: {', '.join(ms)}" for part in ("seen", "unseen") for t, ms in spec[part].items())
+    lines = [
+        f"# Comparison: {c['name']}",
+        "",
+        f"Data: {c['data']['name']} at {c['data']['image_size']}×{c['data']['image_size']}, "
+        f"seen tasks {', '.join(results['seen_tasks'])}; unseen tasks "
+        f"{', '.join(results['unseen_tasks']) or '–'}. Model: ResNet-{c['model']['depth']} "
+        f"width {c['model']['width']}, output stride {c['model']['output_stride']}. "
+        f"Seeds: {', '.join(map(str, results['seeds']))}"
+        + (" (mean ± std)." if len(results["seeds"]) > 1 else "."),
+        "",
+        f"Budgets: train {c['train']['max_steps']} steps (batch {c['train']['batch_size']}); "
+        f"meta-train {c['meta']['steps']} steps (meta-batch {c['meta']['meta_batch']}, "
+        f"K = {c['meta']['inner_steps']}, {c['meta']['meta_grad']}) + fine-tune "
+        f"{c['finetune']['steps']} steps; λ grid {', '.join(f'{g:g}' for g in c['compare']['lambda_grid'])}. "
+        f"Total wall time {fmt(results['total_wall_time_s'])} s.",
+        "",
+        "Δm (%, higher is better) is against the single-task models on the test split, over: "
+        f"{spec_txt}. Sparsity is of the shared backbone's input-channel groups; parameters and "
+        "MACs are of the deployed seen-task model after removing zero channels (STL: all its "
+        "single-task models together). Wall time includes every run a method needs (a λ grid "
+        "of 5 costs 5 trainings).",
+        "",
+        summary_table(results),
+        "",
+        "## Per-task test metrics",
+        "",
+        task_table(results),
+        "",
+    ]
+    captions = {
+        "delta_vs_sparsity": "Δm against sparsity, with the λ grid's Pareto front",
+        "per_layer_sparsity": "Per-layer group sparsity",
+        "lambda": "λ over meta-training",
+        "samples": "Sample predictions (meta-sparsity) beside the ground truth",
+    }
+    for key, fname in images.items():
+        lines += [f"## {captions[key]}", "", f"![{captions[key]}]({fname})", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: str | Path, results: dict[str, Any]) -> Path:
+    out = Path(out)
+    images = write_plots(out, results)
+    return atomic_write_text(out / "report.md", report_markdown(results, images))

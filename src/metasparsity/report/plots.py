@@ -1,0 +1,170 @@
+"""Plots: λ and sparsity over meta-training, per-layer sparsity, Δm against sparsity with the
+Pareto front, sample predictions.  matplotlib is imported lazily (Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from metasparsity.utils.io import atomic_write
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _plt()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when both coordinates are to be maximised."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
+                           title: str = "Δm against group sparsity",
+                           extra: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """``rows``: dicts with ``label``, ``group_sparsity`` (0–1) and ``delta_m`` (%) — the λ grid,
+    joined by a line and with its Pareto front marked; ``extra``: other methods as single points."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    pts = [(100 * r["group_sparsity"], r["delta_m"]) for r in rows]
+    if pts:
+        order = sorted(range(len(pts)), key=lambda i: pts[i][0])
+        ax.plot([pts[i][0] for i in order], [pts[i][1] for i in order], "o-", color="0.6",
+                label="fixed λ grid")
+        for r, (x, y) in zip(rows, pts):
+            ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "s--", color="tab:red",
+                mfc="none", ms=10, label="Pareto front (grid)")
+    markers = "D^v<>P*X"
+    for k, r in enumerate(extra):
+        ax.plot(100 * r["group_sparsity"], r["delta_m"], markers[k % len(markers)], ms=9,
+                label=str(r["label"]))
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("group sparsity of the shared backbone (%)")
+    ax.set_ylabel("Δm (%) — higher is better")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_per_layer_sparsity(per_layer: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+                            path: str | Path, title: str = "per-layer group sparsity") -> Path:
+    """Bar chart of the share of zero input-channel groups in each backbone conv.
+
+    ``per_layer``: the ``per_layer`` list of :func:`sparsity_stats`, or ``{label: list}`` to
+    compare several models side by side."""
+    plt = _plt()
+    series = per_layer if isinstance(per_layer, Mapping) else {"": per_layer}
+    names = [layer["name"] for layer in next(iter(series.values()))]
+    short = [n.replace("backbone.", "").replace(".weight", "") for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names) * max(1, len(series)) ** 0.5), 4))
+    width = 0.8 / len(series)
+    for k, (label, layers) in enumerate(series.items()):
+        xs = [i + k * width for i in range(len(layers))]
+        ax.bar(xs, [100 * layer["group_sparsity"] for layer in layers], width=width, label=label or None)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+    ax.set_xticklabels(short, rotation=90, fontsize=7)
+    ax.set_ylabel("zero groups (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
+                       title: str = "meta-training") -> Path:
+    """λ (log scale), λ's gradient (explicit / implicit parts) and group sparsity per step.
+
+    ``records``: the ``kind == "meta"`` lines of ``metrics.jsonl`` (or several runs as
+    ``{"label": ..., "records": [...]}`` dicts, drawn on the same axes)."""
+    plt = _plt()
+    runs = records if records and "records" in records[0] else [{"label": "", "records": records}]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for run in runs:
+        rec = run["records"]
+        steps = [r["step"] for r in rec]
+        lam = [r["lambda"] if not isinstance(r["lambda"], list) else sum(r["lambda"]) / len(r["lambda"]) for r in rec]
+        axes[0].plot(steps, lam, label=run["label"] or "λ")
+        axes[2].plot(steps, [100 * r["group_sparsity"] for r in rec], label=run["label"] or None)
+        if len(runs) == 1:
+            axes[1].plot(steps, [r["grad_lambda_implicit"] for r in rec], lw=0.8, label="implicit (through the inner loop)")
+            axes[1].plot(steps, [r["grad_lambda_explicit"] for r in rec], lw=0.8, label="explicit (outer penalty)")
+        else:
+            axes[1].plot(steps, [r["grad_lambda_implicit"] + r["grad_lambda_explicit"] for r in rec], lw=0.8,
+                         label=run["label"])
+    axes[0].set_yscale("log")
+    axes[0].set_title("λ (log scale)")
+    axes[1].set_title("dL_query/dλ (negative ⇒ λ grows)")
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set_yscale("symlog", linthresh=1e-3)
+    axes[2].set_title("group sparsity (%)")
+    for ax in axes:
+        ax.set_xlabel("meta step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_samples(npz_path: str | Path, path: str | Path) -> Path:
+    """Grid: one row per sample; input, then ground truth / prediction pairs per dense task.
+
+    ``npz``: ``image`` [N, H, W, 3] in [0, 1], ``tasks`` names, and per task ``gt_<t>`` /
+    ``pred_<t>`` arrays ([N, H, W] labels or values, or [N, H, W, 3] normals)."""
+    import numpy as np
+
+    plt = _plt()
+    data = np.load(npz_path, allow_pickle=False)
+    tasks = [str(t) for t in data["tasks"]]
+    kinds = {str(t): str(k) for t, k in zip(data["tasks"], data["types"])}
+    n = data["image"].shape[0]
+    cols = 1 + 2 * len(tasks)
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(data["image"][i])
+        if i == 0:
+            axes[i, 0].set_title("input", fontsize=8)
+        for j, t in enumerate(tasks):
+            for k, which in enumerate(("gt", "pred")):
+                ax = axes[i, 1 + 2 * j + k]
+                arr = data[f"{which}_{t}"][i]
+                kind = kinds[t]
+                if kind == "segmentation":
+                    ax.imshow(arr, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+                elif kind == "normal":
+                    ax.imshow(np.clip((arr + 1) / 2, 0, 1))
+                elif kind == "depth":
+                    g = data[f"gt_{t}"][i]
+                    ax.imshow(arr, cmap="viridis", vmin=float(g[g > 0].min()) if (g > 0).any() else None,
+                              vmax=float(g.max()))
+                else:
+                    ax.imshow(arr, cmap="gray", vmin=0, vmax=1)
+                if i == 0:
+                    ax.set_title(f"{t} {'GT' if which == 'gt' else 'pred'}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)

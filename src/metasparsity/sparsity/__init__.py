@@ -1,0 +1,40 @@
+"""Channel-group sparsity of the shared backbone (DESIGN §2.2): groups, Ω, prox, statistics."""
+
+from metasparsity.sparsity.groups import (
+    ConvGroups,
+    SparsityStats,
+    apply_masks_,
+    channel_groups,
+    group_norms,
+    group_penalty,
+    mask_zero_group_grads_,
+    penalty,
+    penalty_grad,
+    penalty_per_layer,
+    prox,
+    prox_,
+    prox_params,
+    sparsity_stats,
+    zero_group_masks,
+)
+from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report
+
+__all__ = [
+    "ConvGroups",
+    "SparsityStats",
+    "apply_masks_",
+    "channel_groups",
+    "group_norms",
+    "group_penalty",
+    "mask_zero_group_grads_",
+    "penalty",
+    "penalty_grad",
+    "penalty_per_layer",
+    "prox",
+    "prox_",
+    "prox_params",
+    "prune_zero_channels",
+    "pruning_report",
+    "sparsity_stats",
+    "zero_group_masks",
+]

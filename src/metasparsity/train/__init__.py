@@ -1,0 +1,1 @@
+"""Recipes: dense / fixed-λ multi-task training, meta-training, fine-tuning, comparison."""

@@ -1,0 +1,422 @@
+"""Recipe: every method under one protocol, budget and data split (DESIGN §5).
+
+For each seed:
+
+* ``stl``: one dense single-task model per task (seen and unseen), ``train.max_steps`` each —
+  the baseline of Δm;
+* ``mtl``: dense multi-task on the seen tasks;
+* ``fixed_lambda``: fixed-λ group-sparse MTL for every λ of ``compare.lambda_grid``; the grid
+  point with the best validation Δm is kept, and its cost includes the whole grid;
+* ``optuna``: λ tuned by Optuna's TPE sampler over ``[min grid, max grid]`` (log scale),
+  ``compare.optuna_trials`` trials with the same per-trial budget;
+* ``meta_dense``: meta-training with λ = 0, then fine-tuning on the seen tasks together;
+* ``meta_sparsity``: meta-training with learned λ, then fine-tuning on the seen tasks together.
+
+Seen-task metrics come from the method's final model; unseen-task metrics from fine-tuning that
+model's backbone on the unseen tasks with fresh heads (``finetune.*`` budget, zero groups kept).
+Δm is computed on the test split against STL over the primary metrics of each task (the spec is
+saved with the results).  Sparsity, parameters and MACs after physical pruning, and wall time
+(tuning included) are reported beside.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metasparsity.config import Config
+from metasparsity.data import resolve_tasks
+from metasparsity.eval.delta import default_spec, delta_m
+from metasparsity.train.finetune import run_finetune
+from metasparsity.train.metatrain import MetaTrainer
+from metasparsity.train.sweep import train_or_load
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import read_json, write_json
+from metasparsity.utils.registry import Registry
+from metasparsity.utils.rundir import create_run_dir
+
+RESULTS = "results.json"
+
+
+@dataclass
+class Context:
+    cfg: Config
+    out: Path
+    seed: int
+    stl: dict[str, Any]  # STL results (val/test per task), filled first
+    spec_seen: dict
+    spec_unseen: dict
+
+    @property
+    def seen(self) -> list[str]:
+        return list(self.cfg.data.seen_tasks)
+
+    @property
+    def unseen(self) -> list[str]:
+        return list(self.cfg.data.unseen_tasks)
+
+    def dir(self, *parts: str) -> Path:
+        return self.out / f"seed_{self.seed}" / Path(*parts)
+
+
+MethodFn = Callable[[Context], dict[str, Any]]
+METHODS: Registry[MethodFn] = Registry("comparison method")
+
+
+def _timed(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    t0 = time.time()
+    res = fn()
+    return res, res.get("wall_time_s") or (time.time() - t0)
+
+
+def _finetune(ctx: Context, source: Path, tasks: list[str], name: str) -> tuple[dict, float]:
+    out = source / name
+    if (out / RESULTS).is_file():
+        res = read_json(out / RESULTS)
+        return res, res.get("wall_time_s", res.get("train_time_s", 0.0))
+    resume = (out / "checkpoints" / "last").is_file()
+    t0 = time.time()
+    cfg = ctx.cfg.copy()
+    cfg.train.seed = ctx.seed
+    res = run_finetune(source, tasks, out, cfg=cfg, resume=resume, overwrite=not resume)
+    res["wall_time_s"] = round(time.time() - t0, 2)
+    write_json(out / RESULTS, res)
+    return res, res["wall_time_s"]
+
+
+def _unseen(ctx: Context, source: Path) -> tuple[dict, float]:
+    if not ctx.unseen:
+        return {"test": {}, "val": {}}, 0.0
+    return _finetune(ctx, source, ctx.unseen, "finetune_unseen")
+
+
+def _val_delta(ctx: Context, res: dict) -> float:
+    return delta_m(res["val"], ctx.stl["val"], ctx.spec_seen)
+
+
+def _row(source: Path, seen: dict, unseen: dict, wall: float, extra: dict | None = None) -> dict:
+    return {"run_dir": str(source), "seen": {"val": seen["val"], "test": seen["test"]},
+            "unseen": {"val": unseen.get("val", {}), "test": unseen.get("test", {})},
+            "sparsity": seen["sparsity"], "wall_time_s": round(wall, 2), **(extra or {})}
+
+
+@METHODS.register("stl")
+def method_stl(ctx: Context) -> dict[str, Any]:
+    val, test, wall, per = {}, {}, 0.0, {}
+    sp = None
+    for task in ctx.seen + ctx.unseen:
+        res, w = _timed(lambda task=task: train_or_load(ctx.cfg, ctx.dir("stl", task), 0.0, "stl",
+                                                        [task], seed=ctx.seed))
+        val[task], test[task] = res["val"][task], res["test"][task]
+        wall += w
+        per[task] = str(ctx.dir("stl", task))
+        sp = sp or res["sparsity"]
+    ctx.stl.update({"val": val, "test": test})
+    seen = {"val": {t: val[t] for t in ctx.seen}, "test": {t: test[t] for t in ctx.seen}, "sparsity": sp}
+    unseen = {"val": {t: val[t] for t in ctx.unseen}, "test": {t: test[t] for t in ctx.unseen}}
+    return _row(ctx.dir("stl"), seen, unseen, wall, {"runs": per, "models": len(per)})
+
+
+@METHODS.register("mtl")
+def method_mtl(ctx: Context) -> dict[str, Any]:
+    src = ctx.dir("mtl")
+    seen, w1 = _timed(lambda: train_or_load(ctx.cfg, src, 0.0, "mtl", ctx.seen, seed=ctx.seed))
+    unseen, w2 = _unseen(ctx, src)
+    return _row(src, seen, unseen, w1 + w2)
+
+
+def _fixed(ctx: Context, lam: float, name: str) -> tuple[dict, float, Path]:
+    d = ctx.dir(name, f"lam_{lam:g}")
+    res, w = _timed(lambda: train_or_load(ctx.cfg, d, lam, "fixed_lambda", ctx.seen, seed=ctx.seed))
+    return res, w, d
+
+
+@METHODS.register("fixed_lambda")
+def method_fixed_lambda(ctx: Context) -> dict[str, Any]:
+    grid = list(ctx.cfg.compare.lambda_grid)
+    if not grid:
+        raise UserError("compare.lambda_grid is empty but method fixed_lambda was asked for")
+    points, wall = [], 0.0
+    for lam in grid:
+        res, w, d = _fixed(ctx, lam, "fixed_lambda")
+        wall += w
+        points.append({"lam": lam, "run_dir": str(d), "val_delta_m": _val_delta(ctx, res),
+                       "test": res["test"], "group_sparsity": res["sparsity"]["group_sparsity"],
+                       "param_sparsity": res["sparsity"]["param_sparsity"], "wall_time_s": w,
+                       "_res": res})
+    best = max(points, key=lambda p: p["val_delta_m"])
+    unseen, w2 = _unseen(ctx, Path(best["run_dir"]))
+    seen = best["_res"]
+    for p in points:
+        p.pop("_res")
+    return _row(Path(best["run_dir"]), seen, unseen, wall + w2,
+                {"selected_lambda": best["lam"], "grid": points, "models": len(grid)})
+
+
+@METHODS.register("optuna")
+def method_optuna(ctx: Context) -> dict[str, Any]:
+    n = ctx.cfg.compare.optuna_trials
+    if n <= 0:
+        raise UserError("method optuna needs compare.optuna_trials > 0")
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        raise UserError("method optuna needs the optuna package (pip install optuna)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = list(ctx.cfg.compare.lambda_grid) or [1e-4, 1e-2]
+    lo, hi = min(grid), max(grid)
+    trials: list[dict] = []
+
+    def objective(trial) -> float:
+        lam = trial.suggest_float("lam", lo, hi, log=True)
+        res, w, d = _fixed(ctx, lam, "optuna")
+        trials.append({"lam": lam, "run_dir": str(d), "val_delta_m": _val_delta(ctx, res),
+                       "group_sparsity": res["sparsity"]["group_sparsity"], "wall_time_s": w,
+                       "_res": res})
+        return trials[-1]["val_delta_m"]
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=ctx.seed))
+    study.optimize(objective, n_trials=n)
+    best = max(trials, key=lambda p: p["val_delta_m"])
+    unseen, w2 = _unseen(ctx, Path(best["run_dir"]))
+    seen = best["_res"]
+    for p in trials:
+        p.pop("_res")
+    return _row(Path(best["run_dir"]), seen, unseen, sum(t["wall_time_s"] for t in trials) + w2,
+                {"selected_lambda": best["lam"], "trials": trials, "models": n})
+
+
+def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
+    cfg = ctx.cfg.copy()
+    cfg.train.seed = ctx.seed
+    if lambda_init is not None:
+        cfg.meta.lambda_init = lambda_init
+    src = ctx.dir(name)
+    t0 = time.time()
+    if (src / RESULTS).is_file():
+        meta_res = read_json(src / RESULTS)
+    else:
+        resume = (src / "checkpoints" / "last").is_file()
+        tr = MetaTrainer(cfg, src, resume=resume, overwrite=not resume, kind=name)
+        tr.setup()
+        meta_res = tr.train()
+        meta_res["wall_time_s"] = round(time.time() - t0, 2)
+        write_json(src / RESULTS, meta_res)
+    w0 = meta_res.get("wall_time_s", meta_res.get("train_time_s", 0.0))
+    seen, w1 = _finetune(ctx, src, ctx.seen, "finetune_seen")
+    unseen, w2 = _unseen(ctx, src)
+    lam = meta_res["lambda_final"]
+    return _row(src / "finetune_seen", seen, unseen, w0 + w1 + w2,
+                {"meta_run_dir": str(src), "lambda_init": meta_res["lambda_init"],
+                 "lambda_final": lam, "meta_sparsity": meta_res["sparsity"]["group_sparsity"]})
+
+
+@METHODS.register("meta_dense")
+def method_meta_dense(ctx: Context) -> dict[str, Any]:
+    return _meta(ctx, "meta_dense", 0.0)
+
+
+@METHODS.register("meta_sparsity")
+def method_meta_sparsity(ctx: Context) -> dict[str, Any]:
+    if ctx.cfg.meta.lambda_init <= 0:
+        raise UserError("method meta_sparsity needs meta.lambda_init > 0")
+    return _meta(ctx, "meta_sparsity", None)
+
+
+# ----------------------------------------------------------------------------- cost after pruning
+
+
+def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
+    """Parameters and MACs of a run's best model, dense and after removing its zero channels."""
+    from metasparsity.eval.cost import count_macs, count_parameters
+    from metasparsity.sparsity import prune_zero_channels
+    from metasparsity.train.evaluate import load_run_model
+
+    _, model, _ = load_run_model(run_dir)
+    model.eval()
+    x = torch.zeros(1, 3, image_size, image_size)
+    pruned = prune_zero_channels(model, x)
+    return {"params_dense": count_parameters(model), "params": count_parameters(pruned),
+            "macs_dense": count_macs(model, x), "macs": count_macs(pruned, x),
+            "backbone_params": count_parameters(pruned.backbone),
+            "backbone_params_dense": count_parameters(model.backbone)}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen: dict,
+              stl_by_seed: dict[str, Any]) -> dict[str, Any]:
+    """Δm per method and seed (test split, against that seed's STL), then mean ± std."""
+    methods: dict[str, Any] = {}
+    for seed, rows in per_seed.items():
+        stl = stl_by_seed[seed]
+        for name, row in rows.items():
+            d_seen = delta_m(row["seen"]["test"], stl["test"], spec_seen)
+            d_unseen = delta_m(row["unseen"]["test"], stl["test"], spec_unseen) if spec_unseen else None
+            spec_all = {**spec_seen, **spec_unseen}
+            both = {**row["seen"]["test"], **row["unseen"]["test"]}
+            d_all = delta_m(both, stl["test"], spec_all)
+            row["delta_m"] = {"seen": d_seen, "unseen": d_unseen, "all": d_all}
+            methods.setdefault(name, []).append(row)
+    out = {}
+    for name, rows in methods.items():
+        def col(f, rows=rows):
+            return _mean_std([f(r) for r in rows])
+
+        agg = {
+            "delta_m_seen": col(lambda r: r["delta_m"]["seen"]),
+            "delta_m_unseen": col(lambda r: r["delta_m"]["unseen"]),
+            "delta_m_all": col(lambda r: r["delta_m"]["all"]),
+            "group_sparsity": col(lambda r: 100 * r["sparsity"]["group_sparsity"]),
+            "param_sparsity": col(lambda r: 100 * r["sparsity"]["param_sparsity"]),
+            "wall_time_s": col(lambda r: r["wall_time_s"]),
+            "params": col(lambda r: r.get("cost", {}).get("params")),
+            "macs": col(lambda r: r.get("cost", {}).get("macs")),
+            "metrics": {},
+        }
+        tasks = list(rows[0]["seen"]["test"]) + list(rows[0]["unseen"]["test"])
+        for t in tasks:
+            part = "seen" if t in rows[0]["seen"]["test"] else "unseen"
+            agg["metrics"][t] = {m: col(lambda r, t=t, m=m, part=part: r[part]["test"][t][m])
+                                 for m in rows[0][part]["test"][t]}
+        if "lambda_final" in rows[0]:
+            agg["lambda_final"] = col(lambda r: _lam_scalar(r["lambda_final"]))
+        if "selected_lambda" in rows[0]:
+            agg["selected_lambda"] = col(lambda r: r["selected_lambda"])
+        out[name] = agg
+    return out
+
+
+def _lam_scalar(v) -> float:
+    return float(sum(v) / len(v)) if isinstance(v, list) else float(v)
+
+
+def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                progress: Callable[[str], None] = print) -> dict[str, Any]:
+    out = Path(out_dir)
+    methods = list(cfg.compare.methods)
+    for m in methods:
+        METHODS.get(m)  # unknown names fail before anything is written
+    if "stl" not in methods:
+        methods = ["stl"] + methods  # Δm needs the single-task baselines
+    methods = ["stl"] + [m for m in methods if m != "stl"]
+    if "optuna" in methods and cfg.compare.optuna_trials <= 0:
+        raise UserError("compare.methods has optuna but compare.optuna_trials is 0")
+    tasks = resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
+    types = {t: task.type for t, task in tasks.items()}
+    spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
+    spec_unseen = default_spec({t: types[t] for t in cfg.data.unseen_tasks}) if cfg.data.unseen_tasks else {}
+    if not resume:
+        create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
+    t_start = time.time()
+    per_seed: dict[str, dict[str, Any]] = {}
+    stl_by_seed: dict[str, Any] = {}
+    for seed in cfg.compare.seeds:
+        ctx = Context(cfg, out, seed, {}, spec_seen, spec_unseen)
+        rows: dict[str, Any] = {}
+        for name in methods:
+            progress(f"[compare] seed {seed}: {name}")
+            row = METHODS.get(name)(ctx)
+            row["cost"] = _row_cost(row, cfg.data.image_size)
+            rows[name] = row
+        per_seed[str(seed)] = rows
+        stl_by_seed[str(seed)] = dict(ctx.stl)
+    summary = summarize(per_seed, spec_seen, spec_unseen, stl_by_seed)
+    results = {
+        "config": cfg.to_dict(),
+        "methods": methods,
+        "seeds": list(cfg.compare.seeds),
+        "seen_tasks": list(cfg.data.seen_tasks),
+        "unseen_tasks": list(cfg.data.unseen_tasks),
+        "spec": {"seen": spec_seen, "unseen": spec_unseen},
+        "summary": summary,
+        "per_seed": per_seed,
+        "total_wall_time_s": round(time.time() - t_start, 1),
+    }
+    write_json(out / RESULTS, results)
+    save_samples(out, results, cfg)
+    from metasparsity.report.compare import write_report
+
+    write_report(out, results)
+    return results
+
+
+def _row_cost(row: dict, image_size: int) -> dict[str, Any]:
+    """Cost of what the method deploys for the seen tasks (STL: all its seen-task models)."""
+    if row.get("runs"):
+        costs = [pruned_cost(d, image_size) for t, d in row["runs"].items() if t in row["seen"]["test"]]
+        return {k: sum(c[k] for c in costs) for k in costs[0]}
+    return pruned_cost(row["run_dir"], image_size)
+
+
+def save_samples(out: Path, results: dict[str, Any], cfg: Config, n: int = 4) -> Path | None:
+    """Predictions of the main method on ``n`` test images, for the report's sample figure."""
+    import numpy as np
+
+    from metasparsity.data import build_dataset
+    from metasparsity.train.evaluate import load_run_model
+
+    seed = str(results["seeds"][0])
+    rows = results["per_seed"][seed]
+    name = next((m for m in ("meta_sparsity", "fixed_lambda", "mtl") if m in rows), None)
+    if name is None:
+        return None
+    row = rows[name]
+    sources = [row["run_dir"]]
+    if row["unseen"]["test"]:
+        sources.append(str(Path(row["run_dir"]).parent / "finetune_unseen")
+                       if name.startswith("meta") else str(Path(row["run_dir"]) / "finetune_unseen"))
+    test = build_dataset(cfg, "test")
+    n = min(n, len(test))
+    xs, ys = zip(*[test[i] for i in range(n)])
+    x = torch.stack(xs)
+    arrays: dict[str, Any] = {}
+    img = x.permute(0, 2, 3, 1).numpy()
+    lo = img.min(axis=(1, 2, 3), keepdims=True)
+    hi = img.max(axis=(1, 2, 3), keepdims=True)
+    arrays["image"] = (img - lo) / np.maximum(hi - lo, 1e-8)
+    tasks, types = [], []
+    for src in sources:
+        if not Path(src, "config.yaml").is_file():
+            continue
+        _, model, _ = load_run_model(src)
+        model.eval()
+        task_objs = resolve_tasks(cfg, [t for t in model.tasks if t in cfg.data.tasks])
+        dense = [t for t, task in task_objs.items() if task.kind == "dense" and t not in tasks]
+        with torch.no_grad():
+            out_ = model(x, tasks=dense) if dense else {}
+        for t in dense:
+            task = task_objs[t]
+            pred = task.predict(out_[t])
+            gt = torch.stack([y[t] for y in ys])
+            if task.type == "normal":
+                pred, gt = pred.permute(0, 2, 3, 1), gt.permute(0, 2, 3, 1)
+            elif pred.dim() == 4:
+                pred, gt = pred[:, 0], gt[:, 0]
+            arrays[f"pred_{t}"] = pred.numpy()
+            arrays[f"gt_{t}"] = gt.numpy()
+            tasks.append(t)
+            types.append(task.type)
+    if not tasks:
+        return None
+    arrays["tasks"] = np.array(tasks)
+    arrays["types"] = np.array(types)
+    path = out / "samples.npz"
+    np.savez_compressed(path, **arrays)
+    return path

@@ -1,0 +1,70 @@
+"""Recipe: meta-testing — fine-tune a (meta-)trained run on seen or unseen tasks (DESIGN §2.5).
+
+The source run's backbone (and the heads of requested tasks it already has) initialise the
+model; unseen tasks get freshly initialised heads.  Zero groups of the source backbone are kept
+at zero (their gradients are masked and the weights re-masked after every step), so the sparse
+structure learned in meta-training is what gets evaluated.  Options: share of the training data
+(few-shot), steps or epochs, frozen backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metasparsity.config import Config, load_config
+from metasparsity.data import resolve_tasks
+from metasparsity.train.checkpoint import load_run_checkpoint
+from metasparsity.train.mtl import Trainer, TrainSettings
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
+
+
+def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = None) -> TrainSettings:
+    f = cfg.finetune
+    steps = f.steps
+    if f.epochs is not None:
+        if n_train is None:
+            raise ValueError("finetune.epochs needs the training-set size")
+        per_epoch = max(1, int(round(n_train * f.fraction)) // f.batch_size)
+        steps = max(1, math.ceil(f.epochs * per_epoch))
+    return TrainSettings(
+        tasks=list(tasks), max_steps=steps, batch_size=f.batch_size, lr=f.lr,
+        val_every=min(f.val_every, steps), weight_decay=cfg.train.weight_decay,
+        lr_schedule=cfg.train.lr_schedule, warmup_steps=0, log_every=cfg.train.log_every,
+        loss_weighting=cfg.train.loss_weighting, seed=cfg.train.seed, data_fraction=f.fraction,
+        keep_zero_groups=True, freeze_backbone=f.freeze_backbone, kind="finetune")
+
+
+def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Path, *,
+                 overrides: Sequence[str] = (), cfg: Config | None = None, resume: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune the best checkpoint of run ``source`` on ``tasks`` into run directory ``out``.
+
+    ``tasks``: names (seen or unseen); None = the source's seen tasks together.
+    """
+    source = require_run_dir(source)
+    if cfg is None:
+        cfg = load_config(Path(source) / CONFIG_FILE, overrides)
+    tasks = list(tasks) if tasks else list(cfg.data.seen_tasks)
+    resolve_tasks(cfg, tasks)
+    ck = load_run_checkpoint(source, "best")
+    src_tasks = list(ck.meta.get("tasks") or [])
+    keep = [t for t in tasks if t in src_tasks]
+    state = {k: v for k, v in ck.model.items()
+             if k.startswith("backbone.") or any(k.startswith(f"heads.{t}.") for t in keep)}
+    if not any(k.startswith("backbone.") for k in state):
+        raise UserError(f"{source}: the checkpoint holds no backbone weights")
+    from metasparsity.data import build_dataset
+
+    n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
+    settings = finetune_settings(cfg, tasks, n_train)
+    settings.recalibrate_bn = bool(ck.meta.get("needs_bn_recalibration"))
+    settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
+                              "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}
+    trainer = Trainer(cfg, out, settings, resume=resume, overwrite=overwrite,
+                      init_state=state, init_tasks=keep, source=str(source))
+    trainer.setup()
+    return trainer.train()

@@ -1,0 +1,288 @@
+"""Pieces every recipe shares: resumable batch streams, LR schedules, loss weighting,
+evaluation over a split, the run logger and the progress bar."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import JsonlWriter
+
+# ----------------------------------------------------------------------------- data
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class BatchStream:
+    """Endless batches over ``dataset``: every epoch a permutation drawn from ``(seed, epoch)``.
+
+    Its whole state is ``(epoch, batch position)``, so a resumed run sees exactly the batches
+    that the uninterrupted run would have seen (``state_dict`` / ``load_state_dict``).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
+                 shuffle: bool = True, indices: Sequence[int] | None = None,
+                 pin_memory: bool = False) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        if not self.indices:
+            raise UserError("the training split is empty")
+        self.batch_size = min(batch_size, len(self.indices))
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self.pos = 0
+        self._it: Iterator | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return self.indices
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.indices), generator=g).tolist()
+        return [self.indices[i] for i in perm]
+
+    def _start(self) -> None:
+        order = self._order()
+        n = self.batches_per_epoch
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.pos, n)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            worker_init_fn=_worker_init if self.num_workers else None,
+                            pin_memory=self.pin_memory,
+                            persistent_workers=False)
+        self._it = iter(loader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._start()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.pos = 0
+            self._start()
+            batch = next(self._it)
+        self.pos += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._it = None
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      worker_init_fn=_worker_init if num_workers else None)
+
+
+def to_device(batch, device: torch.device):
+    x, y = batch
+    return x.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in y.items()}
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def lr_factor(schedule: str, step: int, max_steps: int, warmup: int) -> float:
+    """Multiplier of the base LR at ``step`` (0-based): linear warm-up then the schedule."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, max_steps - warmup)
+    t = min(max(t, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    if schedule == "step":
+        return 0.1 ** int(t * 3)  # /10 at 1/3 and 2/3 of training
+    raise UserError(f"unknown lr schedule {schedule!r}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, schedule: str, max_steps: int, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(schedule, s, max_steps, warmup))
+
+
+class LossWeighting(nn.Module):
+    """Combine per-task losses: ``equal`` (Σ L_t) or ``uncertainty`` (Kendall et al.):
+
+        L = Σ_t exp(−s_t)·L_t + s_t,   s_t = log σ_t² learned (initialised at 0).
+    """
+
+    def __init__(self, tasks: Sequence[str], method: str = "equal") -> None:
+        super().__init__()
+        if method not in ("equal", "uncertainty"):
+            raise UserError(f"train.loss_weighting: {method!r}; choose equal or uncertainty")
+        self.method = method
+        self.log_vars = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(())) for t in tasks} if method == "uncertainty" else {})
+
+    def add_task(self, task: str) -> None:
+        if self.method == "uncertainty" and task not in self.log_vars:
+            self.log_vars[task] = nn.Parameter(torch.zeros((), device=self._device()))
+
+    def _device(self) -> torch.device:
+        for p in self.log_vars.values():
+            return p.device
+        return torch.device("cpu")
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.method == "equal":
+            return sum(losses.values())
+        return sum(torch.exp(-self.log_vars[t]) * v + self.log_vars[t] for t, v in losses.items())
+
+    def weights(self) -> dict[str, float]:
+        if self.method == "equal":
+            return {}
+        return {t: float(torch.exp(-v)) for t, v in self.log_vars.items()}
+
+
+def task_losses(tasks: Mapping[str, Any], outputs: Mapping[str, torch.Tensor],
+                targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {t: tasks[t].loss(outputs[t], targets[t]) for t in outputs}
+
+
+def check_finite(losses: Mapping[str, torch.Tensor], step: int, what: str = "loss") -> None:
+    """Stop with a message naming the step and task when a loss is NaN or infinite."""
+    for t, v in losses.items():
+        if not torch.isfinite(torch.as_tensor(v)).all():
+            raise NonFiniteError(f"non-finite {what} at step {step} for task {t!r} ({float(v)}); "
+                                 "the last good checkpoint is kept")
+
+
+class NonFiniteError(UserError):
+    """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, tasks: Mapping[str, Any],
+             device: torch.device, progress: bool = False, desc: str = "eval") -> dict[str, dict]:
+    """Per-task metrics (DESIGN §4) and mean loss over a whole split, in eval mode."""
+    from metasparsity.eval.metrics import build_metrics
+
+    was_training = model.training
+    model.eval()
+    metrics = build_metrics(tasks)
+    loss_sum = {t: 0.0 for t in tasks}
+    n = 0
+    for batch in progress_bar(loader, desc=desc, enabled=progress, leave=False):
+        x, y = to_device(batch, device)
+        out = model(x, tasks=list(tasks))
+        for t in tasks:
+            metrics[t].update(out[t], y[t])
+            loss_sum[t] += float(tasks[t].loss(out[t], y[t])) * x.shape[0]
+        n += x.shape[0]
+    model.train(was_training)
+    res = {t: metrics[t].compute() for t in tasks}
+    for t in tasks:
+        res[t]["loss"] = loss_sum[t] / max(n, 1)
+    return res
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, stream: BatchStream, device: torch.device, batches: int) -> None:
+    """Recompute BatchNorm running statistics on training batches (no gradients).
+
+    A meta-trained model never updates its running statistics (the inner loop uses batch
+    statistics), so before evaluating it without fine-tuning we re-estimate them with a
+    cumulative moving average over ``batches`` training batches.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for _ in range(batches):
+        x, _y = to_device(next(stream), device)
+        model.forward_features(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
+def selection_score(val: Mapping[str, Mapping[str, float]]) -> float:
+    """Lower is better: the mean validation loss over tasks (chooses the best checkpoint)."""
+    return float(sum(v["loss"] for v in val.values()) / max(len(val), 1))
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def progress_bar(it, *, enabled: bool = True, **kw):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, dynamic_ncols=True, **kw)
+
+
+class RunLogger:
+    """``metrics.jsonl`` (always) and TensorBoard (when installed) for one run."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.jsonl = JsonlWriter(Path(run_dir) / "metrics.jsonl", enabled=enabled)
+        self.tb = None
+        self.t0 = time.time()
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def log(self, step: int, kind: str, values: Mapping[str, Any]) -> None:
+        rec = {"step": step, "kind": kind, "time": round(time.time() - self.t0, 3), **values}
+        self.jsonl.write(rec)
+        if self.tb is not None:
+            for k, v in _flatten(values).items():
+                if isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out

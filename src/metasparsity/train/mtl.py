@@ -1,0 +1,297 @@
+"""Recipe: dense single-task (STL) / multi-task (MTL) training, and fixed-λ group-sparse MTL.
+
+One plain loop, no callbacks:  forward all tasks once through the shared backbone → per-task
+losses → weighting → Adam step → LR schedule → (fixed λ) proximal step on the shared groups
+with threshold ``lr_t · λ · w_g`` → (fine-tuning) zero groups kept at zero.  Validation every
+``val_every`` steps chooses the best checkpoint (lowest mean validation loss); the best weights
+are evaluated on the test split at the end and written to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metasparsity.config import Config
+from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.models import build_model
+from metasparsity.sparsity import (
+    apply_masks_,
+    channel_groups,
+    mask_zero_group_grads_,
+    prox_,
+    sparsity_stats,
+    zero_group_masks,
+)
+from metasparsity.train.checkpoint import (
+    load_run_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from metasparsity.train.loop import (
+    BatchStream,
+    LossWeighting,
+    RunLogger,
+    build_scheduler,
+    check_finite,
+    eval_loader,
+    evaluate,
+    progress_bar,
+    recalibrate_bn,
+    selection_score,
+    task_losses,
+    to_device,
+)
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import write_json
+from metasparsity.utils.rundir import create_run_dir
+from metasparsity.utils.seed import resolve_device, seed_everything, set_threads
+
+BN_RECALIBRATION_BATCHES = 20
+
+
+@dataclass
+class TrainSettings:
+    """Plain arguments of one training run (built from ``cfg.train`` or ``cfg.finetune``)."""
+
+    tasks: list[str]
+    max_steps: int
+    batch_size: int
+    lr: float
+    val_every: int
+    lam: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    log_every: int = 10
+    ckpt_every: int = 0
+    loss_weighting: str = "equal"
+    seed: int = 0
+    data_fraction: float = 1.0
+    keep_zero_groups: bool = False
+    freeze_backbone: bool = False
+    recalibrate_bn: bool = False
+    kind: str = "train"
+    extra_results: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
+    t = cfg.train
+    return TrainSettings(
+        tasks=list(tasks or cfg.train_tasks), max_steps=t.max_steps, batch_size=t.batch_size,
+        lr=t.lr, val_every=t.val_every, lam=cfg.sparsity.lam, weight_decay=t.weight_decay,
+        lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, log_every=t.log_every,
+        ckpt_every=t.ckpt_every, loss_weighting=t.loss_weighting, seed=t.seed)
+
+
+class Trainer:
+    """Train ``settings.tasks`` on the configured data; see the module docstring.
+
+    ``init_state``/``init_tasks``: start from these weights (fine-tuning), with heads for the
+    tasks in ``init_tasks`` taken from it and fresh heads for the others.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, settings: TrainSettings, *,
+                 resume: bool = False, overwrite: bool = False,
+                 init_state: dict[str, torch.Tensor] | None = None,
+                 init_tasks: list[str] | None = None, source: str | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.s = settings
+        self.resume = resume
+        self.overwrite = overwrite
+        self.init_state = init_state
+        self.init_tasks = list(init_tasks or [])
+        self.source = source
+        self.progress = cfg.train.progress
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, s = self.cfg, self.s
+        set_threads(cfg.train.num_threads)
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(s.seed)
+        self.tasks = resolve_tasks(cfg, s.tasks)
+        self.train_set = build_dataset(cfg, "train")
+        self.val_set = build_dataset(cfg, "val")
+        self.test_set = build_dataset(cfg, "test")
+        n_train = len(self.train_set)
+        n_use = max(1, int(round(s.data_fraction * n_train)))
+        g = torch.Generator().manual_seed(10_007 + s.seed)
+        indices = sorted(torch.randperm(n_train, generator=g)[:n_use].tolist()) if n_use < n_train else None
+        self.stream = BatchStream(self.train_set, s.batch_size, s.seed,
+                                  num_workers=cfg.data.num_workers, indices=indices,
+                                  pin_memory=self.device.type == "cuda")
+        self.val_loader = eval_loader(self.val_set, cfg.train.eval_batch_size, cfg.data.num_workers)
+        self.test_loader = eval_loader(self.test_set, cfg.train.eval_batch_size, cfg.data.num_workers)
+
+        model_tasks = list(dict.fromkeys(self.init_tasks + list(self.tasks)))
+        self.model = build_model(cfg, model_tasks)
+        if self.init_state is not None:
+            missing, unexpected = self.model.load_state_dict(self.init_state, strict=False)
+            fresh = {f"heads.{t}." for t in model_tasks if t not in self.init_tasks}
+            bad = [k for k in missing if not any(k.startswith(f) for f in fresh)]
+            if bad or unexpected:
+                raise UserError(f"source weights do not fit the model: missing {bad[:3]}, "
+                                f"unexpected {list(unexpected)[:3]}")
+        self.model.to(self.device)
+        self.weighting = LossWeighting(list(self.tasks), s.loss_weighting).to(self.device)
+        self.masks = zero_group_masks(self.model) if s.keep_zero_groups else None
+        if s.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        params = [p for t in self.tasks for p in self.model.task_parameters(t)]
+        if not s.freeze_backbone:
+            params = list(self.model.shared_parameters()) + params
+        params += list(self.weighting.parameters())
+        self.opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+        self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
+        self.groups = channel_groups(self.model) if s.lam > 0 else None
+        self.step = 0
+        self.best_score = float("inf")
+        self.best_step = -1
+        self.history: list[dict] = []
+        self.train_time = 0.0
+
+        if self.resume:
+            self._load_resume()
+        else:
+            if s.recalibrate_bn:
+                # meta-trained weights come with unusable running statistics (DESIGN §2.4)
+                recalibrate_bn(self.model, self.stream, self.device, BN_RECALIBRATION_BATCHES)
+                self.stream.load_state_dict({"epoch": 0, "pos": 0})
+            create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
+        self.logger = RunLogger(self.run_dir)
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.s.freeze_backbone:
+            self.model.backbone.eval()  # a frozen backbone keeps its BN statistics too
+
+    def _load_resume(self) -> None:
+        ck = load_run_checkpoint(self.run_dir, "last")
+        self.model.load_state_dict(ck.model)
+        self.opt.load_state_dict(ck.state["opt"])
+        self.sched.load_state_dict(ck.state["sched"])
+        if "weighting" in ck.state:
+            self.weighting.load_state_dict(ck.state["weighting"])
+        set_rng_state(ck.state["rng"])
+        m = ck.meta
+        self.step = int(m["step"])
+        self.stream.load_state_dict(m["stream"])
+        self.best_score = float(m["best_score"])
+        self.best_step = int(m["best_step"])
+        self.history = list(m.get("history", []))
+        self.train_time = float(m.get("train_time", 0.0))
+
+    # ------------------------------------------------------------------ loop
+    def _save(self, best: bool) -> None:
+        state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                 "weighting": self.weighting.state_dict(), "rng": rng_state()}
+        meta = {"kind": self.s.kind, "tasks": self.model.tasks, "stream": self.stream.state_dict(),
+                "best_score": self.best_score, "best_step": self.best_step,
+                "history": self.history, "train_time": self.train_time, "lam": self.s.lam}
+        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
+
+    def _validate(self) -> None:
+        val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+        score = selection_score(val)
+        best = score < self.best_score
+        if best:
+            self.best_score, self.best_step = score, self.step
+        rec: dict[str, Any] = {"val": val, "score": score}
+        if self.groups is not None or self.masks is not None:
+            st = sparsity_stats(self.model)
+            rec["sparsity"] = {"group": st.group_sparsity, "param": st.param_sparsity,
+                               "per_layer": [layer["group_sparsity"] for layer in st.per_layer]}
+        self.history.append({"step": self.step, "score": score})
+        self.logger.log(self.step, "val", rec)
+        self._save(best)
+
+    def train(self) -> dict[str, Any]:
+        s = self.s
+        self._set_train_mode()
+        bar = progress_bar(range(self.step, s.max_steps), enabled=self.progress,
+                           desc=f"{s.kind} {'+'.join(self.tasks)}", initial=self.step,
+                           total=s.max_steps)
+        t_last = time.perf_counter()
+        for _ in bar:
+            x, y = to_device(next(self.stream), self.device)
+            out = self.model(x, tasks=list(self.tasks))
+            losses = task_losses(self.tasks, out, y)
+            check_finite(losses, self.step + 1)
+            total = self.weighting(losses)
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            if self.masks is not None:
+                mask_zero_group_grads_(self.model, self.masks)
+            self.opt.step()
+            lr_now = self.opt.param_groups[0]["lr"]
+            self.sched.step()
+            if self.groups is not None:
+                prox_(self.model, lr_now, s.lam)
+            if self.masks is not None:
+                apply_masks_(self.model, self.masks)
+            self.step += 1
+            now = time.perf_counter()
+            self.train_time += now - t_last
+            t_last = now
+            if self.step % s.log_every == 0 or self.step == s.max_steps:
+                rec = {"loss": float(total.detach()), "lr": lr_now,
+                       "losses": {t: float(v) for t, v in losses.items()}}
+                if self.groups is not None:
+                    rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
+                if s.loss_weighting != "equal":
+                    rec["weights"] = self.weighting.weights()
+                self.logger.log(self.step, "train", rec)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            if self.step % s.val_every == 0 or self.step == s.max_steps:
+                self._validate()
+                self._set_train_mode()
+                t_last = time.perf_counter()
+            elif s.ckpt_every and self.step % s.ckpt_every == 0:
+                self._save(best=False)
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        ck = load_run_checkpoint(self.run_dir, "best")
+        self.model.load_state_dict(ck.model)
+        val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+        test = evaluate(self.model, self.test_loader, self.tasks, self.device,
+                        progress=False)
+        st = sparsity_stats(self.model)
+        results = {
+            "kind": self.s.kind,
+            "tasks": list(self.tasks),
+            "best_step": self.best_step,
+            "steps": self.step,
+            "lam": self.s.lam,
+            "val": val,
+            "test": test,
+            "sparsity": st.to_dict(),
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "train_time_s": round(self.train_time, 2),
+            **self.s.extra_results,
+        }
+        if self.source:
+            results["source"] = self.source
+        write_json(self.run_dir / "results.json", results)
+        self.logger.log(self.step, "test", {"test": test})
+        self.logger.close()
+        return results
+
+
+def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
+              overwrite: bool = False, tasks: list[str] | None = None) -> dict[str, Any]:
+    """``metasparsity train``: STL when one task, MTL otherwise; fixed λ when ``sparsity.lam > 0``."""
+    settings = settings_from_config(cfg, tasks)
+    settings.kind = "fixed_lambda" if settings.lam > 0 else ("stl" if len(settings.tasks) == 1 else "mtl")
+    trainer = Trainer(cfg, run_dir, settings, resume=resume, overwrite=overwrite)
+    trainer.setup()
+    return trainer.train()
