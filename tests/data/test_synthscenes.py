@@ -319,7 +319,8 @@ def test_splits_are_disjoint_and_sized_by_the_config():
         SynthScenes(size=24, length=10_000_001)
 
 
-def test_cache_returns_identical_arrays(tmp_path):
+def test_cache_returns_identical_arrays(tmp_path, monkeypatch):
+    monkeypatch.setenv("METASPARSITY_SYNTH_MEMO_MB", "0")  # exercise the disk, not the memory
     cached = SynthScenes(size=24, length=4, split="test", seed=9, cache_dir=tmp_path)
     fresh = SynthScenes(size=24, length=4, split="test", seed=9)
     first = cached.raw(1)
@@ -363,3 +364,23 @@ def test_registered_and_built_from_the_config():
     assert targets["has_sphere"].shape == () and targets["has_sphere"].dtype == torch.float32
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch[0].shape == (4, 3, 24, 24) and batch[1]["has_sphere"].shape == (4,)
+
+
+def test_in_process_memory_serves_the_same_sample_once_rendered(monkeypatch):
+    from metasparsity.data import synthscenes
+
+    calls = []
+    real = synthscenes.render_sample
+    monkeypatch.setattr(synthscenes, "render_sample",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(synthscenes, "_MEMO", synthscenes._Memo())
+    ds = SynthScenes(size=16, length=3, split="val", seed=123)
+    a, b = ds.raw(2), ds.raw(2)
+    assert len(calls) == 1 and a is b
+    assert not a["depth"].flags.writeable  # shared arrays cannot be changed by a consumer
+    x, t = ds[2]
+    t["depth"] += 1.0  # tensors handed out are copies
+    np.testing.assert_array_equal(ds.raw(2)["depth"], real(123, ds.global_index(2), 16)["depth"])
+    monkeypatch.setenv("METASPARSITY_SYNTH_MEMO_MB", "0")
+    ds.raw(2)
+    assert len(calls) == 2

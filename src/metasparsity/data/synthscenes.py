@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,15 @@ class SynthScenes(Dataset):
         ``[n_objects]`` (class index of every object placed, visible or not).
         """
         g = self.global_index(i)
+        key = (self.seed, g, self.size)
+        hit = _MEMO.get(key)
+        if hit is not None:
+            return hit
+        sample = self._render_or_load(g)
+        _MEMO.put(key, sample)
+        return sample
+
+    def _render_or_load(self, g: int) -> dict[str, np.ndarray]:
         if self.cache_dir is None:
             return render_sample(self.seed, g, self.size)
         path = self.cache_dir / f"{g:08d}.npz"
@@ -142,7 +152,45 @@ class SynthScenes(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.raw(i)
         image = torch.from_numpy(normalize(s["image"]))
-        return image, {t: torch.from_numpy(np.asarray(s[t])) for t in self.tasks}
+        return image, {t: torch.from_numpy(np.array(s[t])) for t in self.tasks}
+
+
+class _Memo:
+    """In-process memory of rendered samples, bounded in bytes (oldest first out).
+
+    Training revisits every sample once per epoch and a comparison trains many models on the
+    same splits, so each process renders a sample once.  The bound is
+    ``METASPARSITY_SYNTH_MEMO_MB`` (default 2048; 0 turns the memory off).  Samples are pure
+    functions of ``(seed, index, size)``, so what is remembered is exactly what would be rendered.
+    """
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self.bytes = 0
+
+    @property
+    def limit(self) -> int:
+        return int(float(os.environ.get("METASPARSITY_SYNTH_MEMO_MB", "2048")) * 2**20)
+
+    def get(self, key: tuple) -> dict[str, np.ndarray] | None:
+        return self.items.get(key) if self.limit > 0 else None
+
+    def put(self, key: tuple, sample: dict[str, np.ndarray]) -> None:
+        limit = self.limit
+        size = sum(np.asarray(v).nbytes for v in sample.values())
+        if size > limit or key in self.items:
+            return
+        for v in sample.values():
+            if isinstance(v, np.ndarray):
+                v.setflags(write=False)  # shared: nobody may change a remembered sample
+        self.items[key] = sample
+        self.bytes += size
+        while self.bytes > limit:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= sum(np.asarray(v).nbytes for v in old.values())
+
+
+_MEMO = _Memo()
 
 
 def _save(path: Path, sample: dict[str, np.ndarray]) -> None:

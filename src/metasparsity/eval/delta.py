@@ -88,3 +88,18 @@ def default_spec(task_types: Mapping[str, str]) -> dict[str, dict[str, bool]]:
         cls = METRICS.get(task_type)
         spec[task] = {key: cls.higher_is_better[key] for key in cls.primary}
     return spec
+
+
+def usable_spec(spec: dict, baseline: dict) -> tuple[dict, list[str]]:
+    """``spec`` without the metrics whose baseline is 0 or not finite (Δm is undefined there),
+    and the list of ``task.metric`` names left out (reported beside Δm)."""
+    kept: dict = {}
+    dropped: list[str] = []
+    for t, ms in spec.items():
+        for m, hib in ms.items():
+            b = baseline.get(t, {}).get(m)
+            if b is None or not math.isfinite(b) or b == 0:
+                dropped.append(f"{t}.{m}")
+            else:
+                kept.setdefault(t, {})[m] = hib
+    return kept, dropped

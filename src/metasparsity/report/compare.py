@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metasparsity.eval.delta import delta_m
+from metasparsity.eval.delta import delta_m, usable_spec
 from metasparsity.report.tables import fmt, markdown_table
 from metasparsity.utils.io import atomic_write_text, read_jsonl
 
@@ -76,7 +76,7 @@ def grid_points(results: dict[str, Any], seed: str | None = None) -> list[dict[s
     if "fixed_lambda" not in rows:
         return []
     stl = rows["stl"]["seen"]["test"]
-    spec = results["spec"]["seen"]
+    spec, _ = usable_spec(results["spec"]["seen"], stl)
     return [{"label": f"λ={p['lam']:g}", "group_sparsity": p["group_sparsity"],
              "delta_m": delta_m(p["test"], stl, spec)} for p in rows["fixed_lambda"]["grid"]]
 
@@ -151,6 +151,12 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         "single-task models together). Wall time includes every run a method needs (a λ grid "
         "of 5 costs 5 trainings).",
         "",
+    ]
+    left_out = sorted({m for rows in results["per_seed"].values() for r in rows.values()
+                       for m in r.get("delta_m", {}).get("left_out", [])})
+    if left_out:
+        lines += [f"Left out of Δm because the STL baseline is 0 or undefined: {', '.join(left_out)}.", ""]
+    lines += [
         summary_table(results),
         "",
         "## Per-task test metrics",

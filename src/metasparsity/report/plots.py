@@ -113,8 +113,11 @@ def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
         else:
             axes[1].plot(steps, [r["grad_lambda_implicit"] + r["grad_lambda_explicit"] for r in rec], lw=0.8,
                          label=run["label"])
-    axes[0].set_yscale("log")
-    axes[0].set_title("λ (log scale)")
+    if all(line.get_ydata().min() > 0 for line in axes[0].get_lines()):
+        axes[0].set_yscale("log")
+        axes[0].set_title("λ (log scale)")
+    else:
+        axes[0].set_title("λ")
     axes[1].set_title("dL_query/dλ (negative ⇒ λ grows)")
     axes[1].axhline(0, color="k", lw=0.5)
     axes[1].set_yscale("symlog", linthresh=1e-3)

@@ -33,7 +33,7 @@ import torch
 
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
-from metasparsity.eval.delta import default_spec, delta_m
+from metasparsity.eval.delta import default_spec, delta_m, usable_spec
 from metasparsity.train.finetune import run_finetune
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.sweep import train_or_load
@@ -98,7 +98,8 @@ def _unseen(ctx: Context, source: Path) -> tuple[dict, float]:
 
 
 def _val_delta(ctx: Context, res: dict) -> float:
-    return delta_m(res["val"], ctx.stl["val"], ctx.spec_seen)
+    spec, _ = usable_spec(ctx.spec_seen, ctx.stl["val"])
+    return delta_m(res["val"], ctx.stl["val"], spec)
 
 
 def _row(source: Path, seen: dict, unseen: dict, wall: float, extra: dict | None = None) -> dict:
@@ -266,13 +267,15 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
     methods: dict[str, Any] = {}
     for seed, rows in per_seed.items():
         stl = stl_by_seed[seed]
+        s_seen, drop_seen = usable_spec(spec_seen, stl["test"])
+        s_unseen, drop_unseen = usable_spec(spec_unseen, stl["test"])
         for name, row in rows.items():
-            d_seen = delta_m(row["seen"]["test"], stl["test"], spec_seen)
-            d_unseen = delta_m(row["unseen"]["test"], stl["test"], spec_unseen) if spec_unseen else None
-            spec_all = {**spec_seen, **spec_unseen}
+            d_seen = delta_m(row["seen"]["test"], stl["test"], s_seen)
+            d_unseen = delta_m(row["unseen"]["test"], stl["test"], s_unseen) if s_unseen else None
             both = {**row["seen"]["test"], **row["unseen"]["test"]}
-            d_all = delta_m(both, stl["test"], spec_all)
-            row["delta_m"] = {"seen": d_seen, "unseen": d_unseen, "all": d_all}
+            d_all = delta_m(both, stl["test"], {**s_seen, **s_unseen})
+            row["delta_m"] = {"seen": d_seen, "unseen": d_unseen, "all": d_all,
+                              "left_out": drop_seen + drop_unseen}
             methods.setdefault(name, []).append(row)
     out = {}
     for name, rows in methods.items():
