@@ -47,15 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # ``finetune RUN --tasks t key=value``: argparse cannot match positionals split by an
+    # option, so key=value words left over are taken as the command's overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         result = args.func(args)
     except UserError as e:
         print(f"metasparsity {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"metasparsity {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from metasparsity.commands.common import interrupt_message
+
+        print(f"metasparsity {args.command}: {interrupt_message(args, e)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(result or 0)
 
 

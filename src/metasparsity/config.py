@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -240,6 +241,8 @@ def _check_field(key: str, value: Any, meta: dict) -> None:
     for v in vals:
         if not isinstance(v, (int, float)):
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}: {v!r} is not allowed; it must be a finite number")
         if lo is not None and (v < lo or (meta.get("min_open") and v <= lo)):
             op = ">" if meta.get("min_open") else ">="
             raise ConfigError(f"{key}: {v!r} is out of range; it must be {op} {lo}")

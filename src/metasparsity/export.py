@@ -268,28 +268,52 @@ def input_normalization(cfg: Any) -> dict[str, list[float]]:
 
 # ----------------------------------------------------------------------------- cost
 
+class _Features(nn.Module):
+    """``model.forward_features`` as a module, so that its MACs can be counted alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def model_cost(model: nn.Module, example_input: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Parameters and MACs of a multi-task model's ``backbone``, ``heads`` and ``total``.
+
+    MACs are :func:`metasparsity.eval.count_macs` (FLOPs / 2 of ``torch.utils.flop_counter``) of
+    ``model(x)`` and of ``model.forward_features(x)``; the heads' share is the difference.
+    """
+    from metasparsity.eval.cost import count_macs, count_parameters
+
+    total = count_macs(model, example_input)
+    backbone = count_macs(_Features(model), example_input)
+    p_total, p_backbone = count_parameters(model), count_parameters(model.backbone)
+    return {"backbone": {"params": p_backbone, "macs": backbone},
+            "heads": {"params": count_parameters(model.heads), "macs": total - backbone},
+            "total": {"params": p_total, "macs": total}}
+
+
 def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
                     batch_sizes: Sequence[int] = (1, 16), repeats: int = 10, warmup: int = 2,
                     latency: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Parameters, MACs (per image) and CPU/GPU latency of ``dense`` and ``pruned``.
+    """Parameters, MACs (per image) and latency of ``dense`` and ``pruned``.
 
-    MACs come from :func:`metasparsity.eval.cost_table` on one ``[1, 3, S, S]`` input (FLOPs / 2 of
-    ``torch.utils.flop_counter``); latency from :func:`metasparsity.eval.measure_latency` (median
-    of ``repeats`` timed passes after ``warmup``) at every batch size, with the models run in
-    alternation per batch size so that background load affects both alike.  Ratios are
-    ``dense / pruned`` (> 1 = the pruned model is smaller / faster).
+    MACs: :func:`model_cost` on one ``[1, 3, S, S]`` input.  Latency:
+    :func:`metasparsity.eval.measure_latency` (median of ``repeats`` timed passes after
+    ``warmup``, eval mode, ``torch.inference_mode``, the current ``torch.get_num_threads()``) at
+    every batch size, dense and pruned measured back to back so that background load affects both
+    alike.  Ratios are ``dense / pruned`` (> 1: the pruned model is smaller / faster).
     """
-    from metasparsity.eval.cost import cost_table, measure_latency
+    from metasparsity.eval.cost import measure_latency
 
     g = torch.Generator().manual_seed(seed)
     device = next(dense.parameters()).device
     x1 = torch.randn(1, 3, image_size, image_size, generator=g).to(device)
     out: dict[str, Any] = {"image_size": image_size, "threads": torch.get_num_threads(),
-                           "device": str(device), "torch": torch.__version__}
-    tables = {"dense": cost_table(dense, x1), "pruned": cost_table(pruned, x1)}
-    for k, t in tables.items():
-        out[k] = {part: t[part] for part in ("backbone", "heads", "total")}
-        out[k]["per_head"] = t["per_head"]
+                           "device": str(device), "torch": torch.__version__,
+                           "dense": model_cost(dense, x1), "pruned": model_cost(pruned, x1)}
     out["ratio"] = {
         part: {q: _ratio(out["dense"][part][q], out["pruned"][part][q]) for q in ("params", "macs")}
         for part in ("backbone", "heads", "total")}

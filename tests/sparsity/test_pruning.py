@@ -9,7 +9,17 @@ from torch import nn
 from metasparsity.data import TASKS
 from metasparsity.models import build_model_from_tasks
 from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
-from metasparsity.sparsity.pruning import channel_groups_of, plan_pruning
+from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on shared, busy cores two threads spin-wait on each other (slow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TASK_NAMES = ("segment", "depth", "has_sphere")  # two ASPP heads, one mlp head
 SIZE = 32
@@ -105,7 +115,7 @@ def test_structured_pattern_removes_every_unread_channel():
     x = torch.randn(1, 3, SIZE, SIZE)
     g = torch.Generator().manual_seed(3)
     removed = {}
-    for grp in channel_groups_of(dense, x):
+    for grp in feature_map_groups(dense, x):
         if grp.blocked or any(not c.name.startswith("backbone.") for c in grp.consumers):
             continue
         chosen = torch.randperm(grp.size, generator=g)[: grp.size // 2].tolist()
@@ -174,7 +184,7 @@ def test_layer_with_all_groups_zero(depth):
 def test_dense_model_is_not_pruned_and_plan_is_empty():
     dense = make_model(18, 0.125, 32)
     x = torch.randn(1, 3, SIZE, SIZE)
-    plans = plan_pruning(dense, channel_groups_of(dense, x))
+    plans = plan_pruning(dense, feature_map_groups(dense, x))
     assert plans and all(not p.remove for p in plans)
     pruned = prune_zero_channels(dense, x)
     report = pruning_report(dense, pruned)

@@ -26,20 +26,51 @@ def add_run_args(p: argparse.ArgumentParser, *, default_config: str | None = Non
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Load the config (a resumed run's own config when ``--resume``), overrides applied."""
+    """Load the config, overrides applied.
+
+    With ``--resume RUN_DIR`` it is the run's own ``config.yaml`` (the resolved config of its
+    last invocation) with the new overrides on top, e.g. ``--resume DIR train.max_steps=2000``
+    to train longer; the recipe then rewrites ``config.yaml`` with the result.
+    """
     if getattr(args, "resume", None):
-        cfg_path = Path(args.resume) / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise UserError(f"--resume {args.resume}: not a run directory (no {CONFIG_FILE})")
-        return load_config(cfg_path, args.overrides)
+        if getattr(args, "config", None):
+            raise UserError("--config and --resume both given: a resumed run uses its own "
+                            f"{CONFIG_FILE}; change it with key=value overrides")
+        check_run_dir(args.resume, resume=True)
+        return load_config(Path(args.resume) / CONFIG_FILE, args.overrides)
     return load_config(args.config, args.overrides)
 
 
 def run_dir_from_args(args: argparse.Namespace, cfg: Config) -> Path:
-    """Validate and return the run directory (nothing is created here)."""
+    """Validate and return the run directory (nothing is created here).
+
+    ``args.out`` is set to it, so that an interrupted command can say where to resume.
+    """
     if getattr(args, "resume", None):
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        return check_run_dir(args.resume, resume=True)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    return check_run_dir(out, overwrite=args.overwrite)
+        out = check_run_dir(args.resume, resume=True)
+    else:
+        out = check_run_dir(Path(args.out) if args.out else Path("runs") / cfg.name,
+                            overwrite=args.overwrite)
+    args.out = str(out)
+    return out
+
+
+def interrupt_message(args: argparse.Namespace, exc: BaseException) -> str:
+    """``interrupted at step N; resume with: metasparsity CMD --resume DIR`` for Ctrl-C."""
+    from metasparsity.utils.rundir import RunInterrupted, is_run_dir
+
+    top = getattr(args, "resume", None) or getattr(args, "out", None)
+    if isinstance(exc, RunInterrupted):
+        top = top or str(exc.run_dir)
+        where = f"at step {exc.step}"
+        if Path(exc.run_dir) != Path(top):
+            where += f" of {exc.run_dir}"
+    else:
+        where = ""
+    if not top or not is_run_dir(top):
+        return "interrupted" + (f" {where}" if where else "")
+    source = f" {args.source}" if getattr(args, "source", None) else ""
+    return (f"interrupted{' ' + where if where else ''}; resume with: "
+            f"metasparsity {args.command}{source} --resume {top}")

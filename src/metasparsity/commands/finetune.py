@@ -31,15 +31,21 @@ def run(args: argparse.Namespace) -> int:
     from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir, require_run_dir
 
     src = require_run_dir(args.source)
-    cfg = load_config(Path(src) / CONFIG_FILE, args.overrides)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if args.tasks is not None and not tasks:
         raise UserError("--tasks: give at least one task name")
     if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise UserError("--out and --resume name different directories; give only --resume")
         out = check_run_dir(args.resume, resume=True)
+        # the interrupted run's own resolved config (it records the tasks), new overrides on top
+        cfg = load_config(out / CONFIG_FILE, args.overrides)
+        tasks = tasks or cfg.train.tasks
     else:
+        cfg = load_config(Path(src) / CONFIG_FILE, args.overrides)
         out = Path(args.out) if args.out else Path(src) / f"finetune_{'+'.join(tasks or ['seen'])}"
         check_run_dir(out, overwrite=args.overwrite)
+    args.out = str(out)  # where an interrupted run can be resumed from
     res = run_finetune(src, tasks, out, cfg=cfg, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["test"]))
     print(f"group sparsity {100 * res['sparsity']['group_sparsity']:.1f} % kept; results in {out / 'results.json'}")

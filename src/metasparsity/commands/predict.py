@@ -7,6 +7,7 @@ with the model's mean / std.  Predictions are at the model's input resolution; f
 
 ==============  =============================================================================
 segmentation    ``<stem>_<t>.png``: palette PNG, pixel value = class id, colours = VOC palette
+                (16-bit grey class ids beyond 256 classes)
 depth           ``<stem>_<t>.png``: 16-bit grey, value = depth · ``DEPTH_PNG_SCALE`` (clipped to
                 65535); ``<stem>_<t>.npy``: float32 ``[H, W]`` depth in the data's units
 normal          ``<stem>_<t>.png``: RGB = (n + 1) / 2 of the unit normal
@@ -100,9 +101,13 @@ def _write_dense(out: Any, task: Mapping[str, Any], stem: str, d: Path) -> dict[
 
     name, ttype = task["name"], task["type"]
     base = f"{stem}_{name}"
+    if ttype == "segmentation" and out.shape[0] > 256:  # too many classes for a palette
+        Image.fromarray(out.argmax(0).to(torch.int32).numpy().astype(np.uint16)).save(
+            d / f"{base}.png")
+        return {"png": f"{base}.png"}
     if ttype == "segmentation":
         labels = out.argmax(0).to(torch.uint8).numpy()
-        im = Image.fromarray(labels, mode="P")
+        im = Image.fromarray(labels)  # "L"; putpalette turns it into "P"
         im.putpalette(voc_palette())
         im.save(d / f"{base}.png")
         return {"png": f"{base}.png"}
@@ -115,12 +120,12 @@ def _write_dense(out: Any, task: Mapping[str, Any], stem: str, d: Path) -> dict[
     if ttype == "normal":
         n = torch.nn.functional.normalize(out, dim=0, eps=1e-12)
         rgb = ((n + 1.0) * 0.5 * 255.0).round().clamp(0, 255).to(torch.uint8)
-        Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy(), mode="RGB").save(d / f"{base}.png")
+        Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(d / f"{base}.png")
         return {"png": f"{base}.png"}
     if ttype == "edge":
         prob = torch.sigmoid(out[0])
         grey = (prob * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-        Image.fromarray(grey, mode="L").save(d / f"{base}.png")
+        Image.fromarray(grey).save(d / f"{base}.png")
         return {"png": f"{base}.png"}
     np.save(d / f"{base}.npy", out.numpy().astype(np.float32))
     return {"npy": f"{base}.npy"}

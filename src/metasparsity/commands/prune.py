@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         write_compact_model,
     )
     from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
+    from metasparsity.sparsity.pruning import max_output_difference
     from metasparsity.train.evaluate import load_run_model
     from metasparsity.utils.io import to_jsonable
     from metasparsity.utils.rundir import require_run_dir
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     cost["sparsity"] = {"group_sparsity": stats.group_sparsity,
                         "param_sparsity": stats.param_sparsity,
                         "num_groups": stats.num_groups, "num_zero_groups": stats.num_zero_groups}
+    check = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    cost["max_abs_output_difference"] = max_output_difference(model, pruned, check)
     cost["layers"] = report["layers"]
     tasks = resolve_tasks(cfg, model.tasks)
     meta = {
@@ -135,5 +138,6 @@ def run(args: argparse.Namespace) -> int:
                                    encoding="utf-8")
     print(table, end="")
     print(f"group sparsity {100 * stats.group_sparsity:.1f} %; removed "
-          f"{report['conv_channels_removed']} conv channels; compact model in {out}")
+          f"{report['conv_channels_removed']} conv channels (outputs within "
+          f"{cost['max_abs_output_difference']:.1g} of the dense model's); compact model in {out}")
     return 0

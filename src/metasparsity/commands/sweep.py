@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     grid = args.grid or list(cfg.compare.lambda_grid)
     if not grid:
         raise UserError("no λ grid: pass --grid or set compare.lambda_grid")
+    cfg.compare.lambda_grid = list(grid)  # recorded in config.yaml, so --resume needs no --grid
     from metasparsity.train.sweep import run_sweep
 
     summary = run_sweep(cfg, out, grid, resume=bool(args.resume), overwrite=args.overwrite)

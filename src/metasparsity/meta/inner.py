@@ -24,6 +24,17 @@ Gradient modes (``mode``):
 * ``first_order``: everything is a constant, λ included: plain first-order MAML.  λ gets no
   gradient, so :func:`meta_step` refuses this mode when λ is learnable.
 
+:func:`inner_loop` returns ``φ_K`` as a tensor differentiable in θ and λ in every mode (the
+reference formulation).  :func:`meta_step` evaluates ``lambda_path`` and ``first_order`` in closed
+form instead, since there ``dφ_K/dθ = I`` and ``dφ_K/dλ_l = −α Σ_k ∇Ω_l(φ_k)`` are known: the inner
+loop runs without any graph, the query loss is differentiated once with respect to ``φ_K`` (a
+leaf), and::
+
+    ∂/∂θ  = ∂L_q/∂φ_K,        ∂/∂λ_l = −α ⟨∂L_q/∂φ_K|_l, Σ_k ∇Ω_l(φ_k)⟩   (+ Ω_l(φ_K) with outer_penalty)
+
+(for a global λ, the sum over layers).  That is the same value autograd gives through the reference
+``φ_K``, at the cost of two plain forward/backward passes for ``K = 1``.
+
 BatchNorm: every functional forward pass (support and query) gets the model's buffers with each
 BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` replaced by ``None``
 (:func:`batch_stat_buffers`).  PyTorch's BatchNorm then normalises with the batch statistics and
@@ -49,7 +60,13 @@ from torch import nn
 from torch.func import functional_call
 
 from metasparsity.meta.lam import LearnedLambda, broadcast_lambda
-from metasparsity.sparsity import ConvGroups, penalty_grad, penalty_per_layer, prox_
+from metasparsity.sparsity import (
+    ConvGroups,
+    group_norms,
+    penalty_grad,
+    penalty_per_layer,
+    prox_,
+)
 
 MODES = ("second_order", "lambda_path", "first_order")
 
@@ -108,6 +125,33 @@ def _forward(model: nn.Module, params: Mapping[str, torch.Tensor],
     return functional_call(model, (dict(params), dict(buffers)), (x,), {"tasks": list(tasks)})
 
 
+def _support_grads(model: nn.Module, run: Mapping[str, torch.Tensor],
+                   buffers: Mapping[str, torch.Tensor | None], x: torch.Tensor, y: Targets,
+                   tasks: Sequence[str], loss_fn: LossFn, wrt: Sequence[torch.Tensor],
+                   create_graph: bool, info: dict[str, list]) -> tuple[torch.Tensor | None, ...]:
+    """``∇_wrt L_S(run; x, y)`` (None for unused tensors); logs the loss in ``info``."""
+    out = _forward(model, run, buffers, x, tasks)
+    total, per_task = loss_fn(out, y, tasks)
+    grads = torch.autograd.grad(total, list(wrt), create_graph=create_graph, allow_unused=True)
+    info["losses"].append(float(total.detach()))
+    info["task_losses"].append({t: float(v.detach()) for t, v in per_task.items()})
+    return grads
+
+
+@torch.no_grad()
+def _penalty_direction(weight: torch.Tensor,
+                       group_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(∇Ω_l(W), Ω_l(W))`` of one layer as constants, from one pass over the group norms.
+
+    The same arithmetic as :func:`metasparsity.sparsity.penalty_grad` and
+    :func:`metasparsity.sparsity.penalty_per_layer`: ``W[:, c]·w_g/||W[:, c]||`` (a zero group is
+    all zeros, so it stays zero without a mask) and ``w_g Σ_c ||W[:, c]||``.
+    """
+    norms = group_norms(weight)
+    scale = group_weight / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return weight * scale.reshape(1, -1, 1, 1), group_weight * norms.sum()
+
+
 def inner_loop(model: nn.Module, params: Mapping[str, torch.Tensor],
                buffers: Mapping[str, torch.Tensor | None] | None,
                lam_layers: torch.Tensor | None, layers: Sequence[ConvGroups],
@@ -153,12 +197,8 @@ def inner_loop(model: nn.Module, params: Mapping[str, torch.Tensor],
         else:
             inputs = {n: phi[n].detach().requires_grad_() for n in adapt}
             run = {**phi, **inputs}
-        out = _forward(model, run, buffers, support_x, tasks)
-        total, per_task = loss_fn(out, support_y, tasks)
-        grads = torch.autograd.grad(total, list(inputs.values()), create_graph=create_graph,
-                                    allow_unused=True)
-        info["losses"].append(float(total.detach()))
-        info["task_losses"].append({t: float(v.detach()) for t, v in per_task.items()})
+        grads = _support_grads(model, run, buffers, support_x, support_y, tasks, loss_fn,
+                               list(inputs.values()), create_graph, info)
 
         new = dict(phi)
         for name, g in zip(adapt, grads):
@@ -171,6 +211,52 @@ def inner_loop(model: nn.Module, params: Mapping[str, torch.Tensor],
                 new[name] = phi[name] - inner_lr * g
         phi = new
     return phi, info
+
+
+def _constant_inner_loop(model: nn.Module, params: Mapping[str, torch.Tensor],
+                         buffers: Mapping[str, torch.Tensor | None],
+                         lam_layers: torch.Tensor | None, layers: Sequence[ConvGroups],
+                         support_x: torch.Tensor, support_y: Targets, tasks: Sequence[str],
+                         loss_fn: LossFn, inner_lr: float, steps: int, adapt: Sequence[str],
+                         theta_directions: Mapping[str, torch.Tensor] | None = None,
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """The inner loop of ``lambda_path`` / ``first_order`` without any autograd graph.
+
+    Computes the same ``φ_K`` values as :func:`inner_loop` (same operations in the same order)
+    with every step a constant, and ``D = {name: Σ_k ∇Ω(φ_k)}`` for the grouped weights it adapts
+    (``dφ_K/dλ_l = −α·D`` on layer ``l``).  ``lam_layers`` (``[L]``) is used as a constant.
+    ``theta_directions`` (optional, ``{name: ∇Ω(θ)}``) are reused for the first step, where
+    ``φ_0 = θ`` for every subset.
+
+    Returns ``(φ_K, D, info)``: ``φ_K`` holds the adapted names only (detached tensors), ``info``
+    as in :func:`inner_loop`.
+    """
+    layer_of = ({g.name: (i, g) for i, g in enumerate(layers)} if lam_layers is not None
+                else {})
+    lam_c = None if lam_layers is None else lam_layers.detach()
+    phi = {n: params[n].detach() for n in adapt}
+    directions: dict[str, torch.Tensor] = {}
+    info: dict[str, list] = {"losses": [], "task_losses": []}
+    for k in range(steps):
+        inputs = {n: phi[n].requires_grad_() for n in adapt}
+        grads = _support_grads(model, {**params, **inputs}, buffers, support_x, support_y, tasks,
+                               loss_fn, list(inputs.values()), False, info)
+        with torch.no_grad():
+            new = {}
+            for name, g in zip(adapt, grads):
+                w = phi[name].detach()
+                if name in layer_of:
+                    idx, grp = layer_of[name]
+                    if k == 0 and theta_directions is not None and name in theta_directions:
+                        d = theta_directions[name]
+                    else:
+                        d = _penalty_direction(w, grp.group_weight)[0]
+                    directions[name] = d if k == 0 else directions[name] + d
+                    pen = lam_c[idx] * d
+                    g = pen if g is None else g + pen
+                new[name] = w if g is None else w - inner_lr * g
+            phi = new
+    return {n: t.detach() for n, t in phi.items()}, directions, info
 
 
 @dataclass
@@ -264,18 +350,29 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
 
     use_pen = lam.enabled and num_layers > 0
     track_lam = use_pen and mode != "first_order"
+    closed_form = mode != "second_order"
     lam_leaf = lam_layers = None
     if use_pen:
         lam_leaf = lam().detach().to(dtype=ref.dtype, device=ref.device)
-        lam_leaf.requires_grad_(track_lam)
+        lam_leaf.requires_grad_(track_lam and not closed_form)
         lam_layers = broadcast_lambda(lam_leaf, num_layers)
 
+    # ∇Ω(θ) and Ω(θ): the first inner step's penalty direction in the closed form (φ_0 = θ for
+    # every subset) and the logged penalty, from one pass over the group norms.
+    theta_dirs: dict[str, torch.Tensor] | None = None
+    omega_theta: torch.Tensor | None = None
+    if closed_form and use_pen and inner_steps > 0:
+        pairs = [_penalty_direction(params[g.name], g.group_weight) for g in layers]
+        theta_dirs = {g.name: d for g, (d, _) in zip(layers, pairs)}
+        omega_theta = torch.stack([o for _, o in pairs])
+
     inputs = [params[n] for n in theta_names] + list(extra.values())
-    if track_lam:
+    if track_lam and not closed_form:
         inputs.append(lam_leaf)
 
     grads: list[torch.Tensor | None] = [None] * len(inputs)
     explicit = torch.zeros(num_layers, dtype=ref.dtype, device=ref.device)
+    implicit = torch.zeros(num_layers, dtype=ref.dtype, device=ref.device)
     loss_total = query_total = 0.0
     q_sum: dict[str, float] = {}
     s_sum: dict[str, float] = {}
@@ -284,8 +381,18 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
     for subset, sx, sy, qx, qy in batches:
         subset = tuple(subset)
         subsets.append(subset)
-        phi, info = inner_loop(model, params, buffers, lam_layers, layers, sx, sy, subset,
-                               loss_fn, inner_lr, inner_steps, mode)
+        if closed_form:
+            adapt = adapted_names(model, subset)
+            phi_k, directions, info = _constant_inner_loop(
+                model, params, buffers, lam_layers, layers, sx, sy, subset, loss_fn, inner_lr,
+                inner_steps, adapt, theta_dirs)
+            leaves = {n: t.requires_grad_() for n, t in phi_k.items()}
+            phi = {**params, **leaves}
+            wrt = [leaves.get(n, params[n]) for n in theta_names] + list(extra.values())
+        else:
+            phi, info = inner_loop(model, params, buffers, lam_layers, layers, sx, sy, subset,
+                                   loss_fn, inner_lr, inner_steps, mode)
+            wrt = inputs
         out = _forward(model, phi, buffers, qx, subset)
         q, q_tasks = loss_fn(out, qy, subset)
         obj = q
@@ -293,8 +400,15 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
             omega = penalty_per_layer(phi, layers)
             obj = obj + (lam_layers * omega).sum()
             explicit = explicit + omega.detach()
-        g = torch.autograd.grad(obj, inputs, allow_unused=True)
+        g = torch.autograd.grad(obj, wrt, allow_unused=True)
         grads = [_add(a, b) for a, b in zip(grads, g)]
+        if closed_form and track_lam:
+            # dL/dλ_l through φ_K = −α ⟨∂L/∂φ_K, Σ_k ∇Ω(φ_k)⟩ on layer l
+            by_name = dict(zip(theta_names, g))
+            dots = [torch.zeros((), dtype=ref.dtype, device=ref.device)
+                    if by_name.get(grp.name) is None or grp.name not in directions
+                    else (by_name[grp.name] * directions[grp.name]).sum() for grp in layers]
+            implicit = implicit - inner_lr * torch.stack(dots)
 
         loss_total += float(obj.detach())
         query_total += float(q.detach())
@@ -309,9 +423,14 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
     grads_extra = dict(zip(extra, grads[n_theta:n_theta + len(extra)]))
     grad_lam = grad_expl = grad_impl = grad_rho = None
     if track_lam:
-        grad_lam = grads[-1] if grads[-1] is not None else torch.zeros_like(lam_leaf)
-        grad_expl = explicit.sum().reshape(1) if lam_leaf.numel() == 1 else explicit
-        grad_impl = grad_lam - grad_expl
+        per_layer = lam_leaf.numel() != 1
+        grad_expl = explicit if per_layer else explicit.sum().reshape(1)
+        if closed_form:
+            grad_impl = implicit if per_layer else implicit.sum().reshape(1)
+            grad_lam = grad_expl + grad_impl
+        else:
+            grad_lam = grads[-1] if grads[-1] is not None else torch.zeros_like(lam_leaf)
+            grad_impl = grad_lam - grad_expl
         rho_grad_out = grad_lam.detach().to(dtype=lam.rho.dtype, device=lam.rho.device)
         with torch.enable_grad():
             rho = lam.rho.detach().requires_grad_()
@@ -319,8 +438,12 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
             (grad_rho,) = torch.autograd.grad(torch.exp(torch.clamp(rho, lo, hi)), rho,
                                               grad_outputs=rho_grad_out)
 
-    with torch.no_grad():
-        pen_theta = float(penalty_per_layer(params, layers).sum()) if num_layers else 0.0
+    pen_theta = 0.0
+    if omega_theta is not None:
+        pen_theta = float(omega_theta.sum())
+    elif num_layers:
+        with torch.no_grad():
+            pen_theta = float(penalty_per_layer(params, layers).sum())
     return MetaStepResult(
         mode=mode, subsets=subsets, loss=loss_total, query_total=query_total,
         query_loss={t: q_sum[t] / count[t] for t in q_sum},

@@ -3,7 +3,7 @@
 A zero group ``W_l[:, c]`` of conv ``l`` means that conv never reads feature map ``c``.  Feature map
 ``c`` of a *producer* (the conv that computes it, with its BN, ReLU, pooling, residual additions on
 the way) can be deleted only when **every** consumer ignores it.  Torch-Pruning's dependency graph
-finds, for the out channels of each producing conv, the coupled *channel group*: every producer
+finds, for the out channels of each producing conv, the coupled *feature-map group*: every producer
 whose out channels are tied to them (all convs and BNs feeding one residual stream are added
 together) and every consumer that reads them (convs' / linears' input channels: the next block's
 ``conv1``, the ``downsample`` conv, the heads' first convs, …).  We decide ourselves which indices
@@ -58,7 +58,7 @@ VERIFY_RTOL = 1e-4
 
 @dataclass(frozen=True)
 class Consumer:
-    """A layer that reads a channel group: ``pairs`` = ``(local input index, root channel)``."""
+    """A layer that reads a feature-map group: ``pairs`` = ``(local input index, root channel)``."""
 
     name: str
     kind: str  # "conv" or "linear"
@@ -66,7 +66,7 @@ class Consumer:
 
 
 @dataclass(frozen=True)
-class ChannelGroup:
+class FeatureMapGroup:
     """The channels produced by ``root`` (its out channels) and every layer coupled to them.
 
     Attributes:
@@ -88,7 +88,7 @@ class ChannelGroup:
 class GroupPlan:
     """What :func:`plan_pruning` decided for one group."""
 
-    group: ChannelGroup
+    group: FeatureMapGroup
     removable: list[int] = field(default_factory=list)  # root channels no consumer reads
     remove: list[int] = field(default_factory=list)  # what is removed (all but one if all go)
 
@@ -134,7 +134,7 @@ def _root_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 
 def _analyse_group(dg: Any, group: Any, names: dict[nn.Module, str], root: str,
-                   size: int) -> tuple[ChannelGroup, list[nn.Module]]:
+                   size: int) -> tuple[FeatureMapGroup, list[nn.Module]]:
     import torch_pruning as tp
 
     ops = tp.ops.OPTYPE
@@ -172,17 +172,17 @@ def _analyse_group(dg: Any, group: Any, names: dict[nn.Module, str], root: str,
             blocked = blocked or f"it touches {label} ({type(module).__name__}), not handled"
     if not consumers and blocked is None:
         blocked = "no conv or linear reads it (its channels reach a model output)"
-    cg = ChannelGroup(root=root, size=size, producers=tuple(producers),
-                      consumers=tuple(consumers), blocked=blocked)
+    cg = FeatureMapGroup(root=root, size=size, producers=tuple(producers),
+                         consumers=tuple(consumers), blocked=blocked)
     return cg, producer_modules
 
 
-def _groups_of(dg: Any, model: nn.Module) -> list[ChannelGroup]:
+def _groups_of(dg: Any, model: nn.Module) -> list[FeatureMapGroup]:
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
     seen: set[int] = set()
-    out: list[ChannelGroup] = []
+    out: list[FeatureMapGroup] = []
     for name, conv in _root_convs(model):
         if id(conv) in seen or conv not in dg.module2node:
             continue
@@ -195,8 +195,8 @@ def _groups_of(dg: Any, model: nn.Module) -> list[ChannelGroup]:
     return out
 
 
-def channel_groups_of(model: nn.Module, example_input: Inputs) -> list[ChannelGroup]:
-    """Every channel group of the feature maps produced by ``model``'s (backbone's) convs.
+def feature_map_groups(model: nn.Module, example_input: Inputs) -> list[FeatureMapGroup]:
+    """The coupled groups of the feature maps produced by ``model``'s (backbone's) convs.
 
     ``example_input`` (e.g. ``[1, 3, H, W]``) is run once to trace the graph; the model's modes
     and ``requires_grad`` flags are restored afterwards and no weight changes.
@@ -206,7 +206,7 @@ def channel_groups_of(model: nn.Module, example_input: Inputs) -> list[ChannelGr
         return _groups_of(dg, model)
 
 
-def removable_channels(model: nn.Module, group: ChannelGroup) -> list[int]:
+def removable_channels(model: nn.Module, group: FeatureMapGroup) -> list[int]:
     """Root channels of ``group`` that no consumer reads (all their input weights exactly 0)."""
     if group.blocked is not None:
         return []
@@ -221,7 +221,7 @@ def removable_channels(model: nn.Module, group: ChannelGroup) -> list[int]:
     return [c for c in range(group.size) if c not in read]
 
 
-def plan_pruning(model: nn.Module, groups: Sequence[ChannelGroup]) -> list[GroupPlan]:
+def plan_pruning(model: nn.Module, groups: Sequence[FeatureMapGroup]) -> list[GroupPlan]:
     """For each group, the removable channels and the ones actually removed (one kept if all go)."""
     plans = []
     for g in groups:

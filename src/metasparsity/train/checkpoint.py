@@ -10,9 +10,17 @@ Layout inside a run directory::
       last                    text file naming the newest complete checkpoint directory
       best                    text file naming the best-on-validation checkpoint directory
 
-A checkpoint is written into ``<name>.tmp/`` and renamed into place; only then are the ``last``
-/ ``best`` pointers (atomically) updated.  A process killed at any moment therefore leaves the
-previous pointer aimed at a complete checkpoint.
+A checkpoint is written into ``.<name>.tmp/``, its files are fsync'ed, and the directory is
+renamed into place; only then are the ``last`` / ``best`` pointers (atomically) updated.  A
+process killed at any moment therefore leaves the previous pointer aimed at a complete
+checkpoint.  Saving a step that already exists moves the old copy aside to ``.<name>.old/``
+first; a reader that finds the pointer's directory missing (killed between the two renames)
+uses that copy.
+
+Loading never executes code from the files: weights come from safetensors, the optimizer / RNG
+state from ``torch.load(weights_only=True)`` (which refuses any pickled object other than
+tensors and plain containers), the rest from JSON.  A file that would run code is refused with
+a :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +78,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if final.exists():
-        # Same step saved again (e.g. validation and periodic save coincide): replace it.
+        # Same step saved again (e.g. an interrupt right after a validation save): replace it.
         old = root / f".{name}.old"
         if old.exists():
             shutil.rmtree(old)
@@ -76,11 +87,25 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+    _fsync_dir(root)
     atomic_write_text(root / "last", name + "\n")
     if best:
         atomic_write_text(root / "best", name + "\n")
     _prune(root, keep)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pointer(root: Path, which: str) -> str | None:
@@ -99,28 +124,55 @@ def _prune(root: Path, keep: int) -> None:
     for name in extra[: max(0, len(extra) - max(0, keep - 1))]:
         shutil.rmtree(root / name, ignore_errors=True)
     for d in root.iterdir():  # leftovers of a killed save
-        if d.is_dir() and d.name.endswith(".tmp"):
+        if not d.is_dir():
+            continue
+        if d.name.endswith(".tmp"):
             shutil.rmtree(d, ignore_errors=True)
+        elif d.name.endswith(".old"):
+            name = d.name[1:-4]
+            if (root / name).is_dir() or name not in protected:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path | None:
     """Path of the ``last`` or ``best`` checkpoint of a run, or None if there is none."""
     root = Path(run_dir) / CKPT_DIR
     name = _pointer(root, which)
-    if name is None or not (root / name / "model.safetensors").is_file():
+    if name is None:
         return None
-    return root / name
+    for cand in (root / name, root / f".{name}.old"):
+        if (cand / "model.safetensors").is_file():
+            return cand
+    return None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a checkpoint directory, from its name (``step_0000200`` -> 200)."""
+    m = re.search(r"step_(\d+)", Path(path).name)
+    if m is None:
+        raise UserError(f"{path} is not a checkpoint directory (expected a name like step_0000200)")
+    return int(m.group(1))
+
+
+def kept_checkpoint_note(run_dir: str | Path) -> str:
+    """``"the last good checkpoint (step N) is kept in DIR"``, or that none was saved yet."""
+    p = checkpoint_path(run_dir, "last")
+    if p is None:
+        return f"no checkpoint had been saved yet in {run_dir}"
+    return f"the last good checkpoint (step {checkpoint_step(p)}) is kept in {p}"
 
 
 def _safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise UserError(
-            f"refusing to load {path}: it contains objects that would run code when unpickled "
-            f"({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read checkpoint file {path}: {e}") from None
+            f"refusing to load {path}: it holds pickled objects that could run code when loaded "
+            f"(checkpoints are read as plain tensors only"
+            + (f"; it asks for {found.group(1)}" if found else "") + ")") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read checkpoint file {path}: {str(e).splitlines()[0]}") from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -150,6 +202,30 @@ def load_run_checkpoint(run_dir: str | Path, which: str = "best") -> Checkpoint:
     return load_checkpoint(p)
 
 
+def resume_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The ``last`` checkpoint of a run being resumed, or None when it has none yet (a run
+    stopped before its first save simply starts again from step 0 in the same directory)."""
+    p = checkpoint_path(run_dir, "last")
+    return None if p is None else load_checkpoint(p)
+
+
+def load_model_state(model: torch.nn.Module, ck: Checkpoint, run_dir: str | Path) -> None:
+    """``model.load_state_dict(ck.model)`` with a clear :class:`UserError` when they differ."""
+    own = model.state_dict()
+    problems = []
+    for what, keys in (
+            ("missing", [k for k in own if k not in ck.model]),
+            ("unexpected", [k for k in ck.model if k not in own]),
+            ("of another shape", [k for k in own if k in ck.model and own[k].shape != ck.model[k].shape])):
+        if keys:
+            problems.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})")
+    if problems:
+        raise UserError(
+            f"cannot resume {run_dir}: the checkpoint {ck.path.name} does not fit the model built "
+            f"from the config (were model.* or the tasks changed?): tensors {'; '.join(problems)}")
+    model.load_state_dict(ck.model)
+
+
 def rng_state() -> dict[str, Any]:
     """Torch / NumPy / Python RNG states as tensors (safe with weights_only=True)."""
     import random
@@ -164,6 +240,8 @@ def rng_state() -> dict[str, Any]:
         "numpy_pos": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
         "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
         "python": torch.tensor(py_state[1], dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if py_state[2] is None else py_state[2]],
+                                     dtype=torch.float64),
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
@@ -179,6 +257,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype("uint32"),
                          int(state["numpy_pos"][0]), int(state["numpy_pos"][1]),
                          float(state["numpy_gauss"][0])))
-    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
+    gauss = float(state["python_gauss"][0]) if "python_gauss" in state else float("nan")
+    random.setstate((3, tuple(int(x) for x in state["python"].tolist()),
+                     None if gauss != gauss else gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (validation, BN re-estimation) without consuming the global RNG streams.
+
+    Whatever the block draws from torch / NumPy / Python's RNGs, they are put back afterwards,
+    so training after it sees the same random numbers whether or not (or when) it ran: a run
+    validated at different steps, or resumed, stays bit-identical.
+    """
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)

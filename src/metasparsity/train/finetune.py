@@ -49,7 +49,13 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     if cfg is None:
         cfg = load_config(Path(source) / CONFIG_FILE, overrides)
     tasks = list(tasks) if tasks else list(cfg.data.seen_tasks)
+    bad = [t for t in tasks if t not in cfg.data.tasks]
+    if bad:
+        raise UserError(f"--tasks: {bad} not among the tasks of the data ({', '.join(cfg.data.tasks)})")
     resolve_tasks(cfg, tasks)
+    # the fine-tuning run's config.yaml records its tasks, so that --resume needs no --tasks
+    cfg = cfg.copy()
+    cfg.train.tasks = list(tasks)
     ck = load_run_checkpoint(source, "best")
     src_tasks = list(ck.meta.get("tasks") or [])
     keep = [t for t in tasks if t in src_tasks]

@@ -4,6 +4,8 @@ evaluation over a split, the run logger and the progress bar."""
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -62,9 +64,13 @@ class BatchStream:
         order = self._order()
         n = self.batches_per_epoch
         batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.pos, n)]
+        # The loader's own generator (a function of the stream state) seeds its workers, so
+        # starting an iterator never draws from the global RNG that training uses.
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.pos)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             worker_init_fn=_worker_init if self.num_workers else None,
-                            pin_memory=self.pin_memory,
+                            pin_memory=self.pin_memory, generator=g,
                             persistent_workers=False)
         self._it = iter(loader)
 
@@ -93,8 +99,10 @@ class BatchStream:
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """In-order batches of a whole split; iterating it leaves the global RNG untouched."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      worker_init_fn=_worker_init if num_workers else None)
+                      worker_init_fn=_worker_init if num_workers else None,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def to_device(batch, device: torch.device):
@@ -158,7 +166,7 @@ class LossWeighting(nn.Module):
     def weights(self) -> dict[str, float]:
         if self.method == "equal":
             return {}
-        return {t: float(torch.exp(-v)) for t, v in self.log_vars.items()}
+        return {t: float(torch.exp(-v.detach())) for t, v in self.log_vars.items()}
 
 
 def task_losses(tasks: Mapping[str, Any], outputs: Mapping[str, torch.Tensor],
@@ -167,15 +175,60 @@ def task_losses(tasks: Mapping[str, Any], outputs: Mapping[str, torch.Tensor],
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int, what: str = "loss") -> None:
-    """Stop with a message naming the step and task when a loss is NaN or infinite."""
+    """Raise :class:`NonFiniteError` naming the step and task when a loss is NaN or infinite."""
     for t, v in losses.items():
-        if not torch.isfinite(torch.as_tensor(v)).all():
-            raise NonFiniteError(f"non-finite {what} at step {step} for task {t!r} ({float(v)}); "
-                                 "the last good checkpoint is kept")
+        v = torch.as_tensor(v).detach()
+        if not torch.isfinite(v).all():
+            raise NonFiniteError(f"non-finite {what} at step {step} for task {t!r} "
+                                 f"({float(v.float().sum())})", step=step, task=t)
 
 
 class NonFiniteError(UserError):
-    """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint."""
+    """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
+
+    ``step``: the (1-based) step whose loss was not finite; ``task``: the task (or ``"λ"``).
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, task: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.task = task
+
+
+class DeferInterrupt:
+    """Hold Ctrl-C (SIGINT) back while a block runs, and raise it when the block is done.
+
+    Used around the in-place update of a training step (optimizer, scheduler, prox, masks and
+    the step counter), so that an interrupt never leaves the parameters half-updated: the
+    checkpoint saved after it describes exactly the last completed step.  Outside the main
+    thread (where signal handlers cannot be set), or where SIGINT is ignored, it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._old = None
+        self._pending = False
+
+    def _handler(self, signum, frame) -> None:
+        self._pending = True
+
+    def __enter__(self) -> DeferInterrupt:
+        self._pending = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.getsignal(signal.SIGINT)
+            # None: a handler set outside Python (cannot be restored); SIG_IGN: Ctrl-C is
+            # ignored on purpose (e.g. a background job), and must stay so.
+            if old is not None and old is not signal.SIG_IGN:
+                self._old = old
+                signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        if self._pending and exc[0] is None:
+            raise KeyboardInterrupt
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -218,17 +271,19 @@ def recalibrate_bn(model: nn.Module, stream: BatchStream, device: torch.device, 
     if not bns:
         return
     saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
     was_training = model.training
-    model.train()
-    for _ in range(batches):
-        x, _y = to_device(next(stream), device)
-        model.forward_features(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was_training)
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for _ in range(batches):
+            x, _y = to_device(next(stream), device)
+            model.forward_features(x)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
 
 
 def selection_score(val: Mapping[str, Mapping[str, float]]) -> float:

@@ -13,6 +13,7 @@ meta-learning without sparsity (the "meta_dense" baseline).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,17 @@ from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer
 from metasparsity.models import build_model
 from metasparsity.sparsity import channel_groups, sparsity_stats
 from metasparsity.train.checkpoint import (
-    load_run_checkpoint,
+    kept_checkpoint_note,
+    load_model_state,
+    preserved_rng,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from metasparsity.train.loop import (
     BatchStream,
+    DeferInterrupt,
     LossWeighting,
     NonFiniteError,
     RunLogger,
@@ -42,8 +47,9 @@ from metasparsity.train.loop import (
     recalibrate_bn,
     to_device,
 )
-from metasparsity.utils.io import read_jsonl, write_json
-from metasparsity.utils.rundir import create_run_dir
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import read_jsonl, truncate_jsonl, write_json
+from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
 from metasparsity.utils.seed import resolve_device, seed_everything, set_threads
 
 BN_RECALIBRATION_BATCHES = 20
@@ -58,6 +64,15 @@ def support_query_split(n: int, seed: int) -> tuple[list[int], list[int]]:
 
 
 class MetaTrainer:
+    """Meta-training recipe (``setup`` / ``train`` / ``finish``); see the module docstring.
+
+    ``resume=True`` continues from the run's ``last`` checkpoint: θ, ρ (λ), both Adam states,
+    loss weights, the support / query data order, the subset sampler, the RNG states and the
+    step.  Validation re-estimates the BN statistics always from the same training batches and
+    draws nothing from the global RNGs, so stopping after any step and resuming gives
+    bit-identical θ and λ on CPU.  ``train.ckpt_every`` adds checkpoints between validations.
+    """
+
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, kind: str | None = None) -> None:
         self.cfg = cfg
@@ -77,8 +92,6 @@ class MetaTrainer:
         self.tasks = resolve_tasks(cfg, cfg.data.seen_tasks)
         self.train_set = build_dataset(cfg, "train")
         if len(self.train_set) < 2:
-            from metasparsity.utils.errors import UserError
-
             raise UserError("data.train_size: meta-training needs at least 2 training samples")
         sup, qry = support_query_split(len(self.train_set), seed)
         nw = cfg.data.num_workers
@@ -102,24 +115,40 @@ class MetaTrainer:
                                          subsets=m.subsets, seed=seed)
         self.step = 0
         self.train_time = 0.0
+        ck = resume_checkpoint(self.run_dir) if self.resume else None
+        if ck is not None:
+            self._load_resume(ck)
         if self.resume:
-            self._load_resume()
+            changed = update_run_config(self.run_dir, cfg.to_yaml())
+            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
         else:
             create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
         self.logger = RunLogger(self.run_dir)
+        if self.resume:
+            self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
+        self._saved_step = self.step if ck is not None else None
+        self._mark_boundary()
 
     # ------------------------------------------------------------------ pieces
     def loss_fn(self, outputs, targets, subset):
         losses = {t: self.tasks[t].loss(outputs[t], targets[t]) for t in subset}
         return self.weighting(losses), losses
 
+    def _mark_boundary(self) -> None:
+        """Remember the data-order, sampler and RNG state right after the last completed step."""
+        self._boundary = {"step": self.step, "support": self.support.state_dict(),
+                          "query": self.query.state_dict(), "sampler": self.sampler.state_dict(),
+                          "rng": rng_state()}
+
     def _state(self) -> tuple[dict, dict]:
+        b = self._boundary
+        assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
         state = {"opt_theta": self.opt_theta.state_dict(), "lam": self.lam.state_dict(),
-                 "weighting": self.weighting.state_dict(), "rng": rng_state()}
+                 "weighting": self.weighting.state_dict(), "rng": b["rng"]}
         if self.opt_rho is not None:
             state["opt_rho"] = self.opt_rho.state_dict()
-        meta = {"kind": self.kind, "tasks": self.model.tasks, "support": self.support.state_dict(),
-                "query": self.query.state_dict(), "sampler": self.sampler.state_dict(),
+        meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
+                "query": b["query"], "sampler": b["sampler"],
                 "train_time": self.train_time, "lambda": self.lam.value(),
                 "needs_bn_recalibration": True}
         return state, meta
@@ -127,77 +156,128 @@ class MetaTrainer:
     def _save(self) -> None:
         state, meta = self._state()
         save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=True)
+        self._saved_step = self.step
 
-    def _load_resume(self) -> None:
-        ck = load_run_checkpoint(self.run_dir, "last")
-        self.model.load_state_dict(ck.model)
-        self.opt_theta.load_state_dict(ck.state["opt_theta"])
-        self.lam.load_state_dict(ck.state["lam"])
-        self.weighting.load_state_dict(ck.state["weighting"])
-        if self.opt_rho is not None:
-            self.opt_rho.load_state_dict(ck.state["opt_rho"])
-        set_rng_state(ck.state["rng"])
-        self.step = int(ck.meta["step"])
-        self.support.load_state_dict(ck.meta["support"])
-        self.query.load_state_dict(ck.meta["query"])
-        self.sampler.load_state_dict(ck.meta["sampler"])
+    def _load_resume(self, ck) -> None:
+        m = self.cfg.meta
+        load_model_state(self.model, ck, self.run_dir)
+        try:
+            self.opt_theta.load_state_dict(ck.state["opt_theta"])
+            self.lam.load_state_dict(ck.state["lam"])
+            self.weighting.load_state_dict(ck.state["weighting"])
+            if self.opt_rho is not None:
+                self.opt_rho.load_state_dict(ck.state["opt_rho"])
+            set_rng_state(ck.state["rng"])
+            self.step = int(ck.meta["step"])
+            self.support.load_state_dict(ck.meta["support"])
+            self.query.load_state_dict(ck.meta["query"])
+            self.sampler.load_state_dict(ck.meta["sampler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
+                            f"run's config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
         self.train_time = float(ck.meta.get("train_time", 0.0))
+        # the config of this invocation decides the learning rates from here on
+        for group in self.opt_theta.param_groups:
+            group["lr"] = m.outer_lr
+        if self.opt_rho is not None:
+            for group in self.opt_rho.param_groups:
+                group["lr"] = m.lambda_lr
 
     def validate(self) -> dict[str, Any]:
-        """Validation metrics of the meta-parameters, BN statistics re-estimated first."""
-        recalibrate_bn(self.model, self.bn_stream, self.device, BN_RECALIBRATION_BATCHES)
-        return evaluate(self.model, self.val_loader, self.tasks, self.device)
+        """Validation metrics of the meta-parameters, BN statistics re-estimated first.
+
+        The statistics always come from the first ``BN_RECALIBRATION_BATCHES`` batches of the
+        same stream, and the global RNGs are left as they were, so validating changes nothing
+        that later training uses and its result depends only on the weights.
+        """
+        self.bn_stream.load_state_dict({"epoch": 0, "pos": 0})
+        with preserved_rng():
+            recalibrate_bn(self.model, self.bn_stream, self.device, BN_RECALIBRATION_BATCHES)
+            return evaluate(self.model, self.val_loader, self.tasks, self.device)
 
     # ------------------------------------------------------------------ loop
-    def train(self) -> dict[str, Any]:
+    def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Meta-train up to ``meta.steps`` and return :meth:`finish`'s results.
+
+        ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
+        results (returns None).  Ctrl-C saves a checkpoint of the last completed step and raises
+        :class:`RunInterrupted`; a non-finite query loss or λ raises :class:`NonFiniteError`.
+        """
         cfg, m = self.cfg, self.cfg.meta
+        ckpt_every = cfg.train.ckpt_every
+        end = m.steps if stop_after is None else max(self.step, min(m.steps, stop_after))
         self.model.train()
-        bar = progress_bar(range(self.step, m.steps), enabled=cfg.train.progress,
+        bar = progress_bar(range(self.step, end), enabled=cfg.train.progress,
                            desc=f"meta-train ({self.kind})", initial=self.step, total=m.steps)
         t_last = time.perf_counter()
-        for _ in bar:
-            subsets = self.sampler.sample(m.meta_batch)
-            batches = []
-            for s in subsets:
-                sx, sy = to_device(next(self.support), self.device)
-                qx, qy = to_device(next(self.query), self.device)
-                batches.append((tuple(s), sx, sy, qx, qy))
-            res = meta_step(self.model, self.lam, self.layers, batches, self.loss_fn,
-                            inner_lr=m.inner_lr, inner_steps=m.inner_steps, mode=m.meta_grad,
-                            outer_penalty=m.outer_penalty,
-                            extra_params=dict(self.weighting.named_parameters()))
-            check_finite(res.query_loss, self.step + 1, "query loss")
-            outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
-                         prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
-                         extra_params=dict(self.weighting.named_parameters()))
-            lam_now = self.lam.value()
-            lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
-            if not all(v == v and abs(v) != float("inf") for v in lam_list):
-                raise NonFiniteError(f"λ became non-finite at step {self.step + 1}")
-            self.step += 1
-            now = time.perf_counter()
-            self.train_time += now - t_last
-            t_last = now
-            if self.step % m.log_every == 0 or self.step == m.steps:
-                st = sparsity_stats(self.model)
-                rec = {
-                    "lambda": lam_now,
-                    "grad_lambda_explicit": _scalar(res.grad_lambda_explicit),
-                    "grad_lambda_implicit": _scalar(res.grad_lambda_implicit),
-                    "group_sparsity": st.group_sparsity,
-                    "param_sparsity": st.param_sparsity,
-                    "query_loss": {t: float(v) for t, v in res.query_loss.items()},
-                    "inner_loss": {t: float(v) for t, v in res.inner_loss.items()},
-                    "subsets": ["+".join(s) for s in subsets],
-                }
-                self.logger.log(self.step, "meta", rec)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(lam=f"{_mean(lam_list):.2e}", sparsity=f"{100 * st.group_sparsity:.0f}%")
-            if self.step % m.val_every == 0 or self.step == m.steps:
-                val = self.validate()
-                self.logger.log(self.step, "val", {"val": val})
+        try:
+            for _ in bar:
+                subsets = self.sampler.sample(m.meta_batch)
+                batches = []
+                for s in subsets:
+                    sx, sy = to_device(next(self.support), self.device)
+                    qx, qy = to_device(next(self.query), self.device)
+                    batches.append((tuple(s), sx, sy, qx, qy))
+                res = meta_step(self.model, self.lam, self.layers, batches, self.loss_fn,
+                                inner_lr=m.inner_lr, inner_steps=m.inner_steps, mode=m.meta_grad,
+                                outer_penalty=m.outer_penalty,
+                                extra_params=dict(self.weighting.named_parameters()))
+                check_finite(res.query_loss, self.step + 1, "query loss")
+                with DeferInterrupt():  # the in-place update is all or nothing
+                    outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
+                                 prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
+                                 extra_params=dict(self.weighting.named_parameters()))
+                    lam_now = self.lam.value()
+                    lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
+                    if not all(math.isfinite(v) for v in lam_list):
+                        raise NonFiniteError(f"λ became non-finite at step {self.step + 1} "
+                                             f"({lam_now})", step=self.step + 1, task="λ")
+                    self.step += 1
+                    self._mark_boundary()
+                now = time.perf_counter()
+                self.train_time += now - t_last
+                t_last = now
+                if self.step % m.log_every == 0 or self.step == m.steps:
+                    st = sparsity_stats(self.model)
+                    rec = {
+                        "lambda": lam_now,
+                        "grad_lambda_explicit": _scalar(res.grad_lambda_explicit),
+                        "grad_lambda_implicit": _scalar(res.grad_lambda_implicit),
+                        "group_sparsity": st.group_sparsity,
+                        "param_sparsity": st.param_sparsity,
+                        "query_loss": {t: float(v) for t, v in res.query_loss.items()},
+                        "inner_loss": {t: float(v) for t, v in res.inner_loss.items()},
+                        "subsets": ["+".join(s) for s in subsets],
+                    }
+                    self.logger.log(self.step, "meta", rec)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(lam=f"{_mean(lam_list):.2e}",
+                                        sparsity=f"{100 * st.group_sparsity:.0f}%")
+                if self.step % m.val_every == 0 or self.step == m.steps:
+                    val = self.validate()
+                    self.logger.log(self.step, "val", {"val": val})
+                    self._save()
+                    self.model.train()
+                    t_last = time.perf_counter()
+                elif ckpt_every and self.step % ckpt_every == 0:
+                    self._save()
+        except KeyboardInterrupt:
+            if self._saved_step != self.step:
                 self._save()
-                t_last = time.perf_counter()
+            self.logger.close()
+            raise RunInterrupted(self.step, self.run_dir) from None
+        except NonFiniteError as e:
+            self.logger.close()
+            raise NonFiniteError(f"{e}; {kept_checkpoint_note(self.run_dir)}",
+                                 step=e.step, task=e.task) from None
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        if self.step < m.steps:
+            if self._saved_step != self.step:
+                self._save()
+            self.logger.close()
+            return None
         return self.finish()
 
     def finish(self) -> dict[str, Any]:

@@ -28,19 +28,26 @@ from metasparsity.sparsity import (
     zero_group_masks,
 )
 from metasparsity.train.checkpoint import (
+    kept_checkpoint_note,
+    load_model_state,
     load_run_checkpoint,
+    preserved_rng,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from metasparsity.train.loop import (
     BatchStream,
+    DeferInterrupt,
     LossWeighting,
+    NonFiniteError,
     RunLogger,
     build_scheduler,
     check_finite,
     eval_loader,
     evaluate,
+    lr_factor,
     progress_bar,
     recalibrate_bn,
     selection_score,
@@ -48,8 +55,8 @@ from metasparsity.train.loop import (
     to_device,
 )
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import write_json
-from metasparsity.utils.rundir import create_run_dir
+from metasparsity.utils.io import truncate_jsonl, write_json
+from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
 from metasparsity.utils.seed import resolve_device, seed_everything, set_threads
 
 BN_RECALIBRATION_BATCHES = 20
@@ -94,6 +101,12 @@ class Trainer:
 
     ``init_state``/``init_tasks``: start from these weights (fine-tuning), with heads for the
     tasks in ``init_tasks`` taken from it and fresh heads for the others.
+
+    ``resume=True`` continues the run in ``run_dir`` from its ``last`` checkpoint: weights,
+    Adam and LR-schedule state, loss weights, the data order, the RNG states, the best score so
+    far and the step.  The LR and weight decay of the (possibly changed) config are re-applied,
+    so ``train.max_steps`` can be raised to train longer.  With the config unchanged, stopping
+    after any step and resuming gives bit-identical weights on CPU (``num_workers = 0``).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, settings: TrainSettings, *,
@@ -158,48 +171,75 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time = 0.0
 
+        ck = resume_checkpoint(self.run_dir) if self.resume else None
+        if ck is not None:
+            self._load_resume(ck)
+        elif s.recalibrate_bn:
+            # meta-trained weights come with unusable running statistics (DESIGN §2.4)
+            recalibrate_bn(self.model, self.stream, self.device, BN_RECALIBRATION_BATCHES)
+            self.stream.load_state_dict({"epoch": 0, "pos": 0})
         if self.resume:
-            self._load_resume()
+            changed = update_run_config(self.run_dir, cfg.to_yaml())
+            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
         else:
-            if s.recalibrate_bn:
-                # meta-trained weights come with unusable running statistics (DESIGN §2.4)
-                recalibrate_bn(self.model, self.stream, self.device, BN_RECALIBRATION_BATCHES)
-                self.stream.load_state_dict({"epoch": 0, "pos": 0})
             create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
         self.logger = RunLogger(self.run_dir)
+        if self.resume:
+            self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
+        self._saved_step = self.step if ck is not None else None
+        self._mark_boundary()
 
     def _set_train_mode(self) -> None:
         self.model.train()
         if self.s.freeze_backbone:
             self.model.backbone.eval()  # a frozen backbone keeps its BN statistics too
 
-    def _load_resume(self) -> None:
-        ck = load_run_checkpoint(self.run_dir, "last")
-        self.model.load_state_dict(ck.model)
-        self.opt.load_state_dict(ck.state["opt"])
-        self.sched.load_state_dict(ck.state["sched"])
-        if "weighting" in ck.state:
-            self.weighting.load_state_dict(ck.state["weighting"])
-        set_rng_state(ck.state["rng"])
-        m = ck.meta
-        self.step = int(m["step"])
-        self.stream.load_state_dict(m["stream"])
-        self.best_score = float(m["best_score"])
-        self.best_step = int(m["best_step"])
-        self.history = list(m.get("history", []))
-        self.train_time = float(m.get("train_time", 0.0))
+    def _load_resume(self, ck) -> None:
+        s = self.s
+        load_model_state(self.model, ck, self.run_dir)
+        try:
+            self.opt.load_state_dict(ck.state["opt"])
+            self.sched.load_state_dict(ck.state["sched"])
+            if "weighting" in ck.state:
+                self.weighting.load_state_dict(ck.state["weighting"])
+            set_rng_state(ck.state["rng"])
+            m = ck.meta
+            self.step = int(m["step"])
+            self.stream.load_state_dict(m["stream"])
+            self.best_score = float(m["best_score"])
+            self.best_step = int(m["best_step"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
+                            f"run's config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        self.history = list(ck.meta.get("history", []))
+        self.train_time = float(ck.meta.get("train_time", 0.0))
+        # The config of this invocation decides the LR schedule and weight decay from here on.
+        self.sched.base_lrs = [s.lr for _ in self.opt.param_groups]
+        for group in self.opt.param_groups:
+            group["initial_lr"] = s.lr
+            group["weight_decay"] = s.weight_decay
+            group["lr"] = s.lr * lr_factor(s.lr_schedule, self.step, s.max_steps, s.warmup_steps)
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ checkpoints
+    def _mark_boundary(self) -> None:
+        """Remember the data-order and RNG state right after the last completed step."""
+        self._boundary = {"step": self.step, "stream": self.stream.state_dict(), "rng": rng_state()}
+
     def _save(self, best: bool) -> None:
+        b = self._boundary
+        assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
         state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "weighting": self.weighting.state_dict(), "rng": rng_state()}
-        meta = {"kind": self.s.kind, "tasks": self.model.tasks, "stream": self.stream.state_dict(),
-                "best_score": self.best_score, "best_step": self.best_step,
-                "history": self.history, "train_time": self.train_time, "lam": self.s.lam}
+                 "weighting": self.weighting.state_dict(), "rng": b["rng"]}
+        meta = {"kind": self.s.kind, "tasks": self.model.tasks, "train_tasks": list(self.tasks),
+                "stream": b["stream"], "best_score": self.best_score, "best_step": self.best_step,
+                "history": self.history, "train_time": self.train_time, "lam": self.s.lam,
+                "source": self.source, "needs_bn_recalibration": False}
         save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
+        self._saved_step = self.step
 
     def _validate(self) -> None:
-        val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+        with preserved_rng():
+            val = evaluate(self.model, self.val_loader, self.tasks, self.device)
         score = selection_score(val)
         best = score < self.best_score
         if best:
@@ -213,50 +253,81 @@ class Trainer:
         self.logger.log(self.step, "val", rec)
         self._save(best)
 
-    def train(self) -> dict[str, Any]:
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Train up to ``max_steps`` and return :meth:`finish`'s results.
+
+        ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
+        results (returns None); the schedule still follows ``max_steps``.
+        Ctrl-C saves a checkpoint of the last completed step and raises :class:`RunInterrupted`;
+        a NaN / infinite loss raises :class:`NonFiniteError` and keeps the last checkpoint.
+        """
         s = self.s
+        end = s.max_steps if stop_after is None else max(self.step, min(s.max_steps, stop_after))
         self._set_train_mode()
-        bar = progress_bar(range(self.step, s.max_steps), enabled=self.progress,
+        bar = progress_bar(range(self.step, end), enabled=self.progress,
                            desc=f"{s.kind} {'+'.join(self.tasks)}", initial=self.step,
                            total=s.max_steps)
         t_last = time.perf_counter()
-        for _ in bar:
-            x, y = to_device(next(self.stream), self.device)
-            out = self.model(x, tasks=list(self.tasks))
-            losses = task_losses(self.tasks, out, y)
-            check_finite(losses, self.step + 1)
-            total = self.weighting(losses)
-            self.opt.zero_grad(set_to_none=True)
-            total.backward()
-            if self.masks is not None:
-                mask_zero_group_grads_(self.model, self.masks)
-            self.opt.step()
-            lr_now = self.opt.param_groups[0]["lr"]
-            self.sched.step()
-            if self.groups is not None:
-                prox_(self.model, lr_now, s.lam)
-            if self.masks is not None:
-                apply_masks_(self.model, self.masks)
-            self.step += 1
-            now = time.perf_counter()
-            self.train_time += now - t_last
-            t_last = now
-            if self.step % s.log_every == 0 or self.step == s.max_steps:
-                rec = {"loss": float(total.detach()), "lr": lr_now,
-                       "losses": {t: float(v) for t, v in losses.items()}}
-                if self.groups is not None:
-                    rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
-                if s.loss_weighting != "equal":
-                    rec["weights"] = self.weighting.weights()
-                self.logger.log(self.step, "train", rec)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(total.detach()):.3f}")
-            if self.step % s.val_every == 0 or self.step == s.max_steps:
-                self._validate()
-                self._set_train_mode()
-                t_last = time.perf_counter()
-            elif s.ckpt_every and self.step % s.ckpt_every == 0:
+        try:
+            for _ in bar:
+                x, y = to_device(next(self.stream), self.device)
+                out = self.model(x, tasks=list(self.tasks))
+                losses = task_losses(self.tasks, out, y)
+                check_finite(losses, self.step + 1)
+                total = self.weighting(losses)
+                self.opt.zero_grad(set_to_none=True)
+                total.backward()
+                with DeferInterrupt():  # the in-place update is all or nothing
+                    if self.masks is not None:
+                        mask_zero_group_grads_(self.model, self.masks)
+                    self.opt.step()
+                    lr_now = self.opt.param_groups[0]["lr"]
+                    self.sched.step()
+                    if self.groups is not None:
+                        prox_(self.model, lr_now, s.lam)
+                    if self.masks is not None:
+                        apply_masks_(self.model, self.masks)
+                    self.step += 1
+                    self._mark_boundary()
+                now = time.perf_counter()
+                self.train_time += now - t_last
+                t_last = now
+                if self.step % s.log_every == 0 or self.step == s.max_steps:
+                    total_f = float(total.detach())
+                    rec = {"loss": total_f, "lr": lr_now,
+                           "losses": {t: float(v.detach()) for t, v in losses.items()}}
+                    if self.groups is not None:
+                        rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
+                    if s.loss_weighting != "equal":
+                        rec["weights"] = self.weighting.weights()
+                    self.logger.log(self.step, "train", rec)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{total_f:.3f}")
+                if self.step % s.val_every == 0 or self.step == s.max_steps:
+                    self._validate()
+                    self._set_train_mode()
+                    t_last = time.perf_counter()
+                elif s.ckpt_every and self.step % s.ckpt_every == 0:
+                    self._save(best=False)
+        except KeyboardInterrupt:
+            if self._saved_step != self.step:
+                # an interrupted validation save may have been the best one: keep it so
+                self._save(best=self.best_step == self.step)
+            self.logger.close()
+            raise RunInterrupted(self.step, self.run_dir) from None
+        except NonFiniteError as e:
+            self.logger.close()
+            raise NonFiniteError(f"{e}; {kept_checkpoint_note(self.run_dir)}",
+                                 step=e.step, task=e.task) from None
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        if self.step < s.max_steps:
+            if self._saved_step != self.step:
                 self._save(best=False)
+            self.logger.close()
+            return None
         return self.finish()
 
     def finish(self) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from metasparsity.eval.delta import default_spec, delta_m
 from metasparsity.report.tables import markdown_table
 from metasparsity.train.mtl import Trainer, settings_from_config
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import read_json, write_json
-from metasparsity.utils.rundir import create_run_dir
+from metasparsity.utils.io import atomic_write_text, read_json, write_json
+from metasparsity.utils.rundir import create_run_dir, is_run_dir, update_run_config
 
 
 def lam_label(lam: float) -> str:
@@ -30,14 +30,15 @@ def lam_label(lam: float) -> str:
 def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list[str] | None = None,
                   seed: int | None = None) -> dict[str, Any]:
     """Train one fixed-λ (or dense) model into ``run_dir``; reuse it when it already finished,
-    continue it when it has a checkpoint (so a whole sweep / comparison can be resumed)."""
+    continue it when it was started (so a whole sweep / comparison can be resumed: finished
+    sub-runs are reused as they are, an interrupted one continues from its last checkpoint)."""
     if (run_dir / "results.json").is_file():
         return read_json(run_dir / "results.json")
     s = settings_from_config(cfg, tasks)
     s.lam, s.kind = lam, kind
     if seed is not None:
         s.seed = seed
-    resume = (run_dir / "checkpoints" / "last").is_file()
+    resume = is_run_dir(run_dir)
     t0 = time.time()
     trainer = Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume)
     trainer.setup()
@@ -59,7 +60,9 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         raise UserError(f"--grid: give positive λ values, got {grid}")
     tasks = resolve_tasks(cfg, cfg.train_tasks)
     spec = default_spec({t: task.type for t, task in tasks.items()})
-    if not resume:
+    if resume:
+        update_run_config(out, cfg.to_yaml())
+    else:
         create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
     dense = train_or_load(cfg, out / "dense_mtl", 0.0, "mtl")
     rows = []
@@ -84,7 +87,7 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         "total_wall_time_s": sum(r["wall_time_s"] or 0 for r in rows),
     }
     write_json(out / "sweep.json", summary)
-    (out / "sweep.md").write_text(sweep_markdown(summary))
+    atomic_write_text(out / "sweep.md", sweep_markdown(summary))
     from metasparsity.report.plots import plot_delta_vs_sparsity, plot_per_layer_sparsity
 
     plot_delta_vs_sparsity(rows, out / "delta_vs_sparsity.png",

@@ -97,10 +97,31 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSON-lines file; a last line cut short by a killed process is skipped."""
     out = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+        lines = [line.strip() for line in f]
+    lines = [line for line in lines if line]
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise
     return out
+
+
+def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
+    """Drop the records with ``step > max_step`` (atomically); return how many were dropped.
+
+    A resumed run calls this so that what was logged after its checkpoint is not logged twice.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    records = read_jsonl(p)
+    keep = [r for r in records if int(r.get("step", 0)) <= max_step]
+    if len(keep) != len(records) or p.read_bytes()[-1:] not in (b"", b"\n"):
+        atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(records) - len(keep)

@@ -32,7 +32,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(num_threads: int | None) -> None:
-    """Set torch's intra-op threads (default: the number of cores available, at most 8)."""
+    """Set torch's intra-op threads: ``num_threads``, else ``$METASPARSITY_NUM_THREADS``, else the
+    number of cores available (at most 8)."""
+    if (num_threads is None or num_threads <= 0) and os.environ.get("METASPARSITY_NUM_THREADS"):
+        num_threads = int(os.environ["METASPARSITY_NUM_THREADS"])
     if num_threads is None or num_threads <= 0:
         try:
             num_threads = len(os.sched_getaffinity(0))

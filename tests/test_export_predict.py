@@ -1,0 +1,211 @@
+"""Compact models: save / load without the config, ``metasparsity prune`` and ``predict``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from metasparsity.cli import main
+from metasparsity.config import load_config
+from metasparsity.export import load_compact_model, save_compact_model
+from metasparsity.models import build_model
+from metasparsity.sparsity import prune_zero_channels, sparsity_stats
+from metasparsity.train.checkpoint import save_checkpoint
+from metasparsity.utils.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on shared, busy cores two threads spin-wait on each other (slow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TASKS = ["segment", "depth", "normal", "edge", "has_sphere"]
+OVERRIDES = ["model.depth=18", "model.width=0.125", "model.output_stride=16",
+             "model.head_channels=8", "model.aspp_rates=[1,2,3]", "data.image_size=32",
+             "train.num_threads=2"]
+
+
+def sparse_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(load_config(None, OVERRIDES), TASKS)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            if isinstance(m, nn.Conv2d) and name.startswith("backbone.layer"):
+                m.weight[:, torch.rand(m.in_channels, generator=g) < 0.5] = 0.0
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs") / "tiny"
+    d.mkdir()
+    (d / "config.yaml").write_text(load_config(None, OVERRIDES).to_yaml())
+    model = sparse_model()
+    save_checkpoint(d, 7, model.state_dict(), {}, {"tasks": TASKS}, best=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(run_dir):
+    rc = main(["prune", str(run_dir), "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0",
+               "--threads", "1"])
+    assert rc == 0
+    return run_dir / "pruned"
+
+
+def images(tmp_path, n=2):
+    paths = []
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 56), (32, 32), (20, 24)][:n]):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_compact_model_round_trip(tmp_path):
+    dense = sparse_model()
+    x = torch.randn(2, 3, 32, 32)
+    pruned = prune_zero_channels(dense, x[:1])
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in dense.parameters())
+    meta = {"tasks": [{"name": t} for t in TASKS], "image_size": 32}
+    save_compact_model(pruned, tmp_path / "m", meta)
+    loaded, got = load_compact_model(tmp_path / "m")
+    assert got["image_size"] == 32 and [t["name"] for t in got["tasks"]] == TASKS
+    assert not loaded.training
+    with torch.no_grad():
+        a, b = pruned.eval()(x), loaded(x)
+    for t in TASKS:
+        assert torch.equal(a[t], b[t]), t
+    # the rebuilt modules have the pruned (non-standard) widths
+    assert loaded.backbone.layer1[0].conv1.out_channels == pruned.backbone.layer1[0].conv1.out_channels
+    with pytest.raises(UserError, match="already exists"):
+        save_compact_model(pruned, tmp_path / "m", meta)
+
+
+def test_load_refuses_unknown_classes_and_missing_files(tmp_path):
+    save_compact_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), tmp_path / "m", {})
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    doc["architecture"]["children"]["1"]["class"] = "os.system"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="unknown module class"):
+        load_compact_model(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="model.safetensors is missing"):
+        load_compact_model(tmp_path / "m")
+
+
+def test_prune_command_writes_compact_model_and_costs(run_dir, pruned_dir):
+    assert sorted(p.name for p in pruned_dir.iterdir()) == [
+        "cost.json", "cost.md", "model.json", "model.safetensors"]
+    cost = json.loads((pruned_dir / "cost.json").read_text())
+    assert cost["pruned"]["backbone"]["params"] < cost["dense"]["backbone"]["params"]
+    assert cost["pruned"]["backbone"]["macs"] < cost["dense"]["backbone"]["macs"]
+    assert cost["pruned"]["heads"] == cost["dense"]["heads"]  # heads are never pruned
+    assert cost["ratio"]["total"]["macs"] > 1.0
+    assert set(cost["latency"]) == {"1", "2"}
+    assert all(v["dense_ms"] > 0 and v["pruned_ms"] > 0 for v in cost["latency"].values())
+    assert "latency, batch 2" in (pruned_dir / "cost.md").read_text()
+    assert 0.0 <= cost["max_abs_output_difference"] <= 1e-5
+    rows = {r["name"]: r for r in cost["layers"]}
+    assert rows["backbone.layer1.0.conv1"]["out_after"] < rows["backbone.layer1.0.conv1"]["out_before"]
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".pruned")]  # no temp left
+
+    model, meta = load_compact_model(pruned_dir)
+    assert meta["image_size"] == 32
+    assert meta["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert {t["name"]: t["type"] for t in meta["tasks"]}["normal"] == "normal"
+    dense = sparse_model()
+    assert meta["sparsity"]["group_sparsity"] == pytest.approx(sparsity_stats(dense).group_sparsity)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b = dense(x), model(x)
+    for t in TASKS:
+        assert (a[t] - b[t]).abs().max().item() <= 1e-5, t
+
+
+def test_prune_command_refuses_bad_inputs(run_dir, pruned_dir, tmp_path, capsys):
+    assert main(["prune", str(tmp_path / "nope")]) == 2
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    (empty / "config.yaml").write_text(load_config(None, OVERRIDES).to_yaml())
+    assert main(["prune", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    stamp = (pruned_dir / "model.safetensors").stat().st_mtime_ns
+    assert main(["prune", str(run_dir)]) == 2  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert (pruned_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "old.txt").write_text("previous content")
+    assert main(["prune", str(run_dir), "--out", str(out), "--no-latency"]) == 2
+    assert main(["prune", str(run_dir), "--out", str(out), "--no-latency", "--overwrite",
+                 "--threads", "1"]) == 0
+    assert not (out / "old.txt").exists()
+    assert "latency" not in json.loads((out / "cost.json").read_text())
+
+
+def test_predict_writes_every_task(pruned_dir, tmp_path):
+    paths = images(tmp_path, 3)
+    out = tmp_path / "pred"
+    assert main(["predict", str(pruned_dir), *map(str, paths), "--out", str(out),
+                 "--batch-size", "2", "--threads", "1"]) == 0
+    names = {p.name for p in out.iterdir()}
+    for i in range(3):
+        for t in ("segment", "depth", "normal", "edge"):
+            assert f"img{i}_{t}.png" in names
+        assert f"img{i}_depth.npy" in names
+    seg = Image.open(out / "img0_segment.png")
+    assert seg.mode == "P" and seg.size == (32, 32)
+    assert np.asarray(seg).max() < 6  # class ids of SynthScenes
+    depth = Image.open(out / "img0_depth.png")
+    assert depth.mode.startswith("I") and depth.size == (32, 32)
+    assert np.load(out / "img0_depth.npy").shape == (32, 32)
+    assert Image.open(out / "img1_normal.png").mode == "RGB"
+    assert Image.open(out / "img2_edge.png").mode == "L"
+    pred = json.loads((out / "predictions.json").read_text())
+    assert [r["image"] for r in pred["images"]] == [str(p) for p in paths]
+    prob = pred["images"][0]["outputs"]["has_sphere"]["probability"]
+    assert 0.0 <= prob <= 1.0
+
+    # same result as running the model on the preprocessed image directly
+    from metasparsity.commands.predict import read_image
+
+    model, meta = load_compact_model(pruned_dir)
+    x = read_image(paths[0], 32, meta["normalization"]["mean"], meta["normalization"]["std"])
+    with torch.no_grad():
+        logit = model(x[None])["has_sphere"].reshape(-1)[0]
+    assert prob == pytest.approx(torch.sigmoid(logit).item(), abs=1e-6)
+    labels = model(x[None])["segment"].argmax(1)[0].numpy()
+    assert np.array_equal(np.asarray(seg), labels)
+
+
+def test_predict_bad_image_writes_nothing(pruned_dir, tmp_path, capsys):
+    good = images(tmp_path, 1)[0]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    out = tmp_path / "pred"
+    assert main(["predict", str(pruned_dir), str(good), str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
+    assert main(["predict", str(pruned_dir), str(tmp_path / "missing.jpg"), "--out", str(out)]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "no_model"), str(good), "--out", str(out)]) == 2
+    assert not out.exists()

@@ -1,0 +1,197 @@
+"""Property tests of the config parser: any valid ``key=value`` override is applied and survives
+``Config.to_yaml()`` -> ``load_config``; any invalid one raises ConfigError naming the key.
+
+(The metrics have their own property tests in ``tests/eval/test_metrics.py``.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import string
+import tempfile
+import types
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metasparsity.config import Config, load_config
+from metasparsity.utils.errors import ConfigError
+
+# Keys whose valid values depend on other keys (checked together after all overrides).
+CROSS_CHECKED = {"data.tasks", "data.seen_tasks", "data.unseen_tasks", "train.tasks", "meta.subsets",
+                 "meta.min_subset_size", "meta.lambda_init", "meta.lambda_min", "meta.lambda_max",
+                 "model.width", "meta.meta_grad"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    key: str
+    tp: typing.Any
+    choices: tuple | None
+    lo: float | None
+    hi: float | None
+    open_lo: bool
+
+    @property
+    def base(self):
+        """The type without ``| None``."""
+        args = [a for a in typing.get_args(self.tp) if a is not type(None)]
+        return args[0] if typing.get_origin(self.tp) in (typing.Union, types.UnionType) else self.tp
+
+    @property
+    def nullable(self) -> bool:
+        return type(None) in typing.get_args(self.tp)
+
+
+def _fields() -> list[Field]:
+    out = []
+    cfg = Config()
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        if not dataclasses.is_dataclass(obj):
+            continue
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            m = f.metadata
+            out.append(Field(f"{sec.name}.{f.name}", hints[f.name],
+                             tuple(m["choices"]) if m.get("choices") else None,
+                             m.get("min"), m.get("max"), bool(m.get("min_open"))))
+    return out
+
+
+FIELDS = _fields()
+FREE = [f for f in FIELDS if f.key not in CROSS_CHECKED]
+SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + "_-./", min_size=1, max_size=12)
+WORDS = st.text(alphabet=string.ascii_letters, min_size=1, max_size=10).filter(
+    lambda s: isinstance(yaml.safe_load(s), str) and s.lower() not in ("nan", "inf", "infinity"))
+
+
+def _number(f: Field, integer: bool):
+    lo = f.lo if f.lo is not None else -1e9
+    hi = f.hi if f.hi is not None else 1e9
+    if integer:
+        return st.integers(min_value=int(math.ceil(lo)) + (1 if f.open_lo and lo == int(lo) else 0),
+                           max_value=int(hi))
+    return st.floats(min_value=lo, max_value=hi, exclude_min=f.open_lo, allow_nan=False,
+                     allow_infinity=False)
+
+
+def valid(f: Field):
+    base = f.base
+    if f.choices:
+        s = st.sampled_from(f.choices)
+    elif base is bool:
+        s = st.booleans()
+    elif base is int:
+        s = _number(f, integer=True)
+    elif base is float:
+        s = _number(f, integer=False)
+    elif base is str:
+        s = SAFE_TEXT
+    else:
+        (inner,) = typing.get_args(base)
+        elem = {int: st.integers(-10**6, 10**6), str: SAFE_TEXT,
+                float: st.floats(allow_nan=False, allow_infinity=False)}[inner]
+        s = st.lists(elem, max_size=4)
+    return st.one_of(st.none(), s) if f.nullable else s
+
+
+def invalid(f: Field):
+    base = f.base
+    bad = [st.lists(st.integers(), min_size=1, max_size=2)] if typing.get_origin(base) is not list else []
+    if f.choices:
+        bad.append(WORDS.filter(lambda w: w not in f.choices))
+        bad.append(st.integers(200, 10**4) if isinstance(f.choices[0], int) else WORDS.map(lambda w: w + "_"))
+    elif base is bool:
+        bad += [st.integers(), WORDS]
+    elif base in (int, float):
+        bad += [WORDS, st.booleans(), st.sampled_from([math.nan, math.inf, -math.inf])]
+        if base is int:
+            bad.append(st.floats(0.1, 1e6).filter(lambda v: not v.is_integer()))
+        if f.lo is not None:
+            below = st.floats(max_value=f.lo, allow_nan=False, allow_infinity=False,
+                              exclude_max=not f.open_lo)
+            bad.append(below.map(lambda v: int(math.floor(v)) - (0 if f.open_lo else 1)) if base is int
+                       else below)
+        if f.hi is not None:
+            bad.append(st.floats(min_value=f.hi, exclude_min=True, allow_nan=False,
+                                 allow_infinity=False))
+    elif base is str:
+        bad += [st.integers(), st.booleans()]
+    else:
+        (inner,) = typing.get_args(base)
+        bad.append(st.lists(WORDS if inner in (int, float) else st.integers(), min_size=1, max_size=3))
+    return st.one_of(*bad)
+
+
+def _override(key: str, value) -> str:
+    """``key=<value as YAML>``, e.g. ``train.lr=0.001``, ``model.aspp_rates=[1, 2]``."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return f"{key}={text.removesuffix('...' + chr(10)).strip()}"
+
+
+def _get(cfg: Config, key: str):
+    sec, name = key.split(".")
+    return getattr(getattr(cfg, sec), name)
+
+
+def _round_trip(cfg: Config) -> Config:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "config.yaml"
+        p.write_text(cfg.to_yaml())
+        return load_config(p)
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same type (an int field gives an int, a float field a float)."""
+    return a == b and type(a) is type(b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(FREE).flatmap(lambda f: st.tuples(st.just(f), valid(f))))
+def test_valid_override_is_applied_and_round_trips(case):
+    f, value = case
+    cfg = load_config(None, [_override(f.key, value)])
+    got = _get(cfg, f.key)
+    expected = float(value) if f.base is float and value is not None else value
+    assert _same(got, expected), (f.key, value, got)
+    again = _round_trip(cfg)
+    assert again.to_dict() == cfg.to_dict()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f), invalid(f))))
+def test_invalid_override_names_the_key(case):
+    f, value = case
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [_override(f.key, value)])
+    assert f.key in str(e.value), (f.key, value, str(e.value))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(FREE), min_size=2, max_size=8, unique=True).flatmap(
+    lambda fs: st.tuples(st.just(fs), st.tuples(*[valid(f) for f in fs]))))
+def test_many_overrides_at_once_round_trip_through_yaml(case):
+    fields, values = case
+    cfg = load_config(None, [_override(f.key, v) for f, v in zip(fields, values)])
+    for f, v in zip(fields, values):
+        assert _same(_get(cfg, f.key), float(v) if f.base is float and v is not None else v)
+    assert _round_trip(cfg).to_dict() == cfg.to_dict()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from(["data", "model", "train", "meta", "finetune", "compare"]),
+       st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12))
+def test_unknown_keys_are_named(section, name):
+    known = {f.key for f in FIELDS}
+    key = f"{section}.{name}"
+    if key in known:
+        return
+    with pytest.raises(ConfigError, match="unknown key") as e:
+        load_config(None, [f"{key}=1"])
+    assert key in str(e.value)

@@ -1,0 +1,31 @@
+"""Micro budgets for end-to-end recipe tests (a few seconds each on one CPU thread)."""
+
+from __future__ import annotations
+
+import torch
+
+from metasparsity.cli import main
+
+# 32 px SynthScenes, ResNet-18 at width 0.125 (8 base channels), 8-channel heads.
+MICRO = [
+    "data.image_size=32", "data.train_size=32", "data.val_size=16", "data.test_size=16",
+    "model.width=0.125", "model.head_channels=8", "model.aspp_rates=[1,2,3]",
+    "train.batch_size=8", "train.eval_batch_size=16", "train.max_steps=4", "train.val_every=2",
+    "train.log_every=1", "train.progress=false", "train.num_threads=1",
+    "meta.steps=4", "meta.val_every=2", "meta.meta_batch=2", "meta.batch_size=4",
+    "finetune.steps=4", "finetune.batch_size=8", "finetune.val_every=2",
+]
+
+
+def cli(*args: str) -> int:
+    """``metasparsity ARGS`` in-process; argparse's own errors come back as their exit code."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """Names whose tensors are not bit-identical (empty list: identical state dicts)."""
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]

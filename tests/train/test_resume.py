@@ -1,0 +1,241 @@
+"""Resuming: N steps straight == N/2 steps, stop (or Ctrl-C), resume, N/2 steps — bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tests.train.micro import MICRO, cli, same_tensors
+
+from metasparsity.config import load_config
+from metasparsity.train.checkpoint import checkpoint_step, load_run_checkpoint
+from metasparsity.train.metatrain import MetaTrainer
+from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.utils.io import read_json, read_jsonl
+
+# Everything that carries state across steps: warm-up + cosine LR, Adam, learned loss weights,
+# the fixed-λ prox, and (meta) both Adam states, ρ, the subset sampler, support/query streams.
+RESUME = MICRO + ["train.max_steps=6", "train.val_every=4", "train.warmup_steps=2",
+                  "sparsity.lam=0.05", "train.loss_weighting=uncertainty",
+                  "data.train_size=24", "meta.steps=6", "meta.val_every=4"]
+
+
+def _last(run_dir: Path):
+    return load_run_checkpoint(run_dir, "last")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """6 steps without interruption, through the command line, for train and meta-train."""
+    root = tmp_path_factory.mktemp("straight")
+    torch.set_num_threads(1)
+    assert cli("train", "--out", root / "train", *RESUME) == 0
+    assert cli("meta-train", "--out", root / "meta", *RESUME) == 0
+    return {"train": _last(root / "train"), "meta": _last(root / "meta"), "root": root}
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # 4: the stop coincides with a validation
+def test_train_stop_and_resume_is_bit_identical(straight, tmp_path, stop):
+    cfg = load_config(None, RESUME)
+    tr = Trainer(cfg, tmp_path / "r", settings_from_config(cfg))
+    tr.setup()
+    assert tr.train(stop_after=stop) is None
+    assert _last(tmp_path / "r").meta["step"] == stop
+    assert not (tmp_path / "r" / "results.json").exists()
+
+    tr = Trainer(cfg, tmp_path / "r", settings_from_config(cfg), resume=True)
+    tr.setup()
+    assert tr.step == stop
+    res = tr.train()
+    assert res["steps"] == 6  # stops at max_steps, not stop + 6
+    a, b = straight["train"], _last(tmp_path / "r")
+    assert b.meta["step"] == 6
+    assert same_tensors(a.model, b.model) == []  # parameters and BN buffers
+    assert same_tensors(a.state["weighting"], b.state["weighting"]) == []
+    sa, sb = a.state["opt"]["state"], b.state["opt"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    assert a.meta["best_step"] == b.meta["best_step"]
+    # metrics.jsonl: one train record per step, the resume noted once
+    recs = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["from_step"] for r in recs if r["kind"] == "resume"] == [stop]
+
+
+def test_meta_train_stop_and_resume_is_bit_identical(straight, tmp_path):
+    cfg = load_config(None, RESUME)
+    mt = MetaTrainer(cfg, tmp_path / "m")
+    mt.setup()
+    # stop right after the validation at step 4: its BN re-estimation must not leak into the rest
+    assert mt.train(stop_after=4) is None
+    mt = MetaTrainer(cfg, tmp_path / "m", resume=True)
+    mt.setup()
+    res = mt.train()
+    a, b = straight["meta"], _last(tmp_path / "m")
+    assert res["steps"] == 6 and b.meta["step"] == 6
+    assert same_tensors(a.model, b.model) == []
+    assert torch.equal(a.state["lam"]["rho"], b.state["lam"]["rho"])
+    assert a.meta["lambda"] == b.meta["lambda"] != 0.05  # λ was learned, identically
+    assert a.meta["sampler"] == b.meta["sampler"]
+    lam_steps = [r["step"] for r in res["lambda_trajectory"]]
+    assert lam_steps == [1, 2, 3, 4, 5, 6]
+
+
+def _interrupt_on_call(monkeypatch, module: str, k: int):
+    """Make the recipe's k-th batch transfer raise KeyboardInterrupt (Ctrl-C mid-step)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    real = mod.to_device
+    calls = {"n": 0}
+
+    def flaky(batch, device):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise KeyboardInterrupt
+        return real(batch, device)
+
+    monkeypatch.setattr(mod, "to_device", flaky)
+
+
+def test_ctrl_c_saves_last_step_and_resume_matches(straight, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 3)  # during step 3
+    assert cli("train", "--out", run, *RESUME) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted at step 2; resume with: metasparsity train --resume {run}" in err
+    assert "Traceback" not in err
+    assert _last(run).meta["step"] == 2  # the last completed step, saved on the way out
+    monkeypatch.undo()
+    assert cli("train", "--resume", run) == 0
+    assert same_tensors(straight["train"].model, _last(run).model) == []
+    assert read_json(run / "results.json")["steps"] == 6
+
+
+def test_ctrl_c_in_meta_train_then_resume_matches(straight, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "meta"
+    # each meta step moves 2 subsets x (support, query) = 4 batches: call 13 is in step 4
+    _interrupt_on_call(monkeypatch, "metasparsity.train.metatrain", 13)
+    assert cli("meta-train", "--out", run, *RESUME) == 130
+    assert (f"interrupted at step 3; resume with: metasparsity meta-train --resume {run}"
+            in capsys.readouterr().err)
+    assert _last(run).meta["step"] == 3
+    monkeypatch.undo()
+    assert cli("meta-train", "--resume", run) == 0
+    b = _last(run)
+    assert same_tensors(straight["meta"].model, b.model) == []
+    assert torch.equal(straight["meta"].state["lam"]["rho"], b.state["lam"]["rho"])
+
+
+def test_resume_into_a_longer_run_updates_config(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *MICRO) == 0
+    assert cli("train", "--resume", run, "train.max_steps=6") == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 6
+    assert read_json(run / "results.json")["steps"] == 6
+    assert checkpoint_step(_last(run).path) == 6
+    resume = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "resume"]
+    assert resume == [{**resume[0], "from_step": 4, "changed": {"train.max_steps": [4, 6]}}]
+    # a finished run resumed without changes just re-scores itself; no step is trained again
+    assert cli("train", "--resume", run) == 0
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"] == \
+        [1, 2, 3, 4, 5, 6]
+
+
+def test_real_sigint_saves_and_exits_130(tmp_path):
+    """A real Ctrl-C (SIGINT) to the console command, mid-run."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
+         "train.max_steps=100000", "train.val_every=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and sum(1 for _ in log.open()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    msg = next(line for line in err.splitlines() if "interrupted at step" in line)
+    step = int(msg.split("interrupted at step ")[1].split(";")[0])
+    assert step >= 3 and f"resume with: metasparsity train --resume {run}" in msg
+    ck = _last(run)
+    st = ck.meta["stream"]  # 32 samples / batch 8: 4 batches per epoch
+    assert ck.meta["step"] == step and st["epoch"] * 4 + st["pos"] == step
+    assert not (run / "results.json").exists()
+
+
+def test_sweep_resume_reuses_finished_and_continues_unfinished(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sweep"
+    # dense MTL takes calls 1-4; the first λ run is interrupted during its step 2
+    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 6)
+    assert cli("sweep-lambda", "--out", out, "--grid", "0.01,30", *MICRO) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted at step 1 of {out / 'lam_0.01'}; resume with: " \
+        f"metasparsity sweep-lambda --resume {out}" in err
+    dense_mtime = (out / "dense_mtl" / "results.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    assert cli("sweep-lambda", "--resume", out) == 0  # the grid comes from config.yaml
+    assert (out / "dense_mtl" / "results.json").stat().st_mtime_ns == dense_mtime  # reused
+    recs = read_jsonl(out / "lam_0.01" / "metrics.jsonl")
+    assert [r["from_step"] for r in recs if r["kind"] == "resume"] == [1]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
+    summary = read_json(out / "sweep.json")
+    assert [r["lam"] for r in summary["rows"]] == [0.01, 30.0]
+
+
+def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
+        tmp_path, monkeypatch, capsys):
+    from metasparsity.train import mtl
+
+    out = tmp_path / "cmp"
+    target = out / "seed_0" / "meta_sparsity" / "finetune_unseen"
+    real_train = mtl.Trainer.train
+
+    def train(self, stop_after=None):
+        if self.run_dir == target:  # Ctrl-C during step 2 of the last fine-tuning
+            _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 2)
+        return real_train(self, stop_after)
+
+    monkeypatch.setattr(mtl.Trainer, "train", train)
+    micro = [*MICRO, "data.train_size=16", "data.val_size=8", "data.test_size=8",
+             "train.max_steps=2", "meta.steps=2", "finetune.steps=2", "finetune.val_every=1",
+             "data.tasks=[segment,has_sphere,depth]", "data.seen_tasks=[segment,has_sphere]",
+             "data.unseen_tasks=[depth]", "compare.methods=[mtl,meta_sparsity]"]
+    assert cli("compare", "--out", out, *micro) == 130
+    assert (f"interrupted at step 1 of {target}; resume with: metasparsity compare --resume {out}"
+            in capsys.readouterr().err)
+    finished = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    assert len(finished) == 7  # 3 STL; MTL + its unseen fine-tuning; meta-training + seen FT
+    monkeypatch.undo()
+    assert cli("compare", "--resume", out) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # reused as they were
+    recs = read_jsonl(target / "metrics.jsonl")
+    assert [r["from_step"] for r in recs if r["kind"] == "resume"] == [1]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
+    res = read_json(out / "results.json")
+    assert set(res["summary"]) == {"stl", "mtl", "meta_sparsity"}
+    assert "depth" in res["per_seed"]["0"]["meta_sparsity"]["unseen"]["test"]
+
+
+def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp_path,
+                                                                   monkeypatch, capsys):
+    src, out = straight["root"] / "meta", tmp_path / "ft"
+    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 3)  # during step 3
+    assert cli("finetune", src, "--tasks", "normal", "--out", out) == 130
+    assert (f"interrupted at step 2; resume with: metasparsity finetune {src} --resume {out}"
+            in capsys.readouterr().err)
+    monkeypatch.undo()
+    assert cli("finetune", src, "--resume", out) == 0  # no --tasks: taken from out/config.yaml
+    res = read_json(out / "results.json")
+    assert res["tasks"] == ["normal"] and res["steps"] == 4
+    assert [r["from_step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "resume"] == [2]
