@@ -97,7 +97,7 @@ def test_preview_default_location(tmp_path, monkeypatch):
 
 def test_demo_writes_preview_and_summary(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--samples", "24", *SMALL]) == 0
+    assert main(["demo", "--out", str(out), "--samples", "24", "--data-only", *SMALL]) == 0
     assert (out / "preview.png").is_file()
     summary = json.loads((out / "data_summary.json").read_text())
     assert summary["samples"] == 24 and summary["image_size"] == 32

@@ -1,52 +1,95 @@
-"""``metasparsity demo``: a first look at the built-in data, with no download.
+"""``metasparsity demo``: the main job on the built-in SynthScenes data, no download.
 
-Generates a few hundred SynthScenes samples (progress bar), reports the generation speed, the
-share of each class's pixels and of each attribute's positives, and writes ``preview.png`` and
-``data_summary.json`` into the output folder (default ``runs/demo``).
+1. generates SynthScenes samples (progress bar), prints their statistics and writes
+   ``preview.png`` / ``data_summary.json``;
+2. runs a compact ``compare`` (every method, one seed, CPU-sized budgets from the packaged preset
+   ``metasparsity/presets/synthscenes_demo.yaml``) and prints the comparison table;
+3. says where the report (``report.md`` with its plots) is.
+
+The output folder (default ``runs/demo``) is a compare run directory: running the demo again
+continues / reuses it (finished runs are not retrained); ``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from metasparsity.commands.common import add_config_args
 from metasparsity.utils.errors import UserError
 
 DEFAULT_OUT = Path("runs") / "demo"
+PRESET = Path(__file__).resolve().parent.parent / "presets" / "synthscenes_demo.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="generate SynthScenes samples and write a preview (no download)",
-                       description="Generate SynthScenes training samples, print statistics and "
-                       "write preview.png and data_summary.json into --out.")
-    add_config_args(p)
+    p = sub.add_parser(
+        "demo", help="the main job on SynthScenes: data preview + every method compared (CPU, ~10 min)",
+        description="Generate SynthScenes samples and a preview, then compare STL, dense MTL, "
+        "fixed-λ sparse MTL over a λ grid, meta-learning with λ = 0 and meta-sparsity under one "
+        "CPU-sized budget; print the table and write report.md with plots into --out.")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=f"config (default: the packaged preset {PRESET.name})")
     p.add_argument("--out", metavar="DIR", default=None, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--samples", type=int, default=300, metavar="N",
-                   help="samples to generate (default 300)")
+    p.add_argument("--samples", type=int, default=200, metavar="N",
+                   help="samples for the data statistics (default 200)")
+    p.add_argument("--data-only", action="store_true", help="stop after the data preview")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous demo in --out")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from metasparsity.config import load_config
-    from metasparsity.data import build_dataset
-    from metasparsity.data.preview import preview_dataset
-    from metasparsity.utils.io import write_json
+    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir
 
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
     out = Path(args.out) if args.out else DEFAULT_OUT
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    cfg = load_config(args.config, args.overrides)
-    dataset = build_dataset(cfg, "train")
-    n = min(args.samples, len(dataset))
+    resume = (out / CONFIG_FILE).is_file() and not args.overwrite
+    if resume:
+        if args.config:
+            raise UserError(f"{out} holds a previous demo: drop --config to continue it, "
+                            "or pass --overwrite to start again")
+        cfg = load_config(out / CONFIG_FILE, args.overrides)
+    else:
+        cfg = load_config(args.config or PRESET, args.overrides)
+        check_run_dir(out, overwrite=args.overwrite)
+        if args.overwrite and out.is_dir():
+            shutil.rmtree(out)
+    summarize_data(cfg, args.samples, out)
+    if args.data_only:
+        return 0
 
+    from metasparsity.report.compare import summary_table
+    from metasparsity.train.compare import run_compare
+
+    if resume:
+        print(f"continuing the demo in {out} (finished runs are reused; --overwrite starts again)")
+    t0 = time.time()
+    res = run_compare(cfg, out, resume=resume, overwrite=False)
+    print()
+    print(summary_table(res))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s. Report with plots: {out / 'report.md'}; "
+          f"numbers: {out / 'results.json'}; data preview: {out / 'preview.png'}")
+    return 0
+
+
+def summarize_data(cfg, samples: int, out: Path) -> None:
+    """Statistics of ``samples`` training samples, ``preview.png`` and ``data_summary.json``."""
+    from tqdm import tqdm
+
+    from metasparsity.data import build_dataset
+    from metasparsity.data.preview import preview_dataset
+    from metasparsity.utils.io import write_json
+
+    dataset = build_dataset(cfg, "train")
+    n = min(samples, len(dataset))
     names = list(getattr(dataset, "class_names", []))
     class_pixels = np.zeros(max(len(names), 1), np.int64)
     positives: dict[str, float] = {}
@@ -87,4 +130,3 @@ def run(args: argparse.Namespace) -> int:
             f"{k} {100 * v:.0f} %" for k, v in summary["attribute_positive_share"].items()))
     print(f"preview: {preview}")
     print(f"summary: {out / 'data_summary.json'}")
-    return 0

@@ -1,0 +1,72 @@
+"""The one-way layering of STYLE.md §1, checked on every import statement (lazy ones too).
+
+utils at the bottom; data, sparsity, eval import only utils; models imports utils; meta imports
+sparsity; report imports eval; anything may read ``metasparsity.__version__``; train and export import anything but the CLI; commands import
+config, recipes and report; cli imports config and commands.  One documented exception:
+``models.build_model(cfg, tasks)`` looks up the task table in ``data`` inside the function (the
+builder at the config boundary, DESIGN §6)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "metasparsity"
+
+ALLOWED = {
+    "utils": {"utils"},
+    "config": {"utils"},
+    "data": {"utils", "data"},
+    "sparsity": {"utils", "sparsity"},
+    "eval": {"utils", "eval"},
+    "models": {"utils", "models"},
+    "meta": {"utils", "sparsity", "meta"},
+    "report": {"utils", "eval", "report"},
+    "export": {"utils", "models", "sparsity", "data", "eval", "config", "export"},
+    "train": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "report", "train",
+              "export"},
+    "commands": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "report",
+                 "train", "export", "commands", ""},
+    "cli": {"utils", "commands", ""},
+    "__main__": {"cli"},
+}
+EXCEPTIONS = {("models/__init__.py", "data")}
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("metasparsity"):
+                    yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metasparsity"):
+            yield node.lineno, node.module
+
+
+FILES = sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.parent != SRC)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_go_one_way(path):
+    layer = _layer(path)
+    allowed = ALLOWED[layer]
+    bad = []
+    for line, mod in _imports(path):
+        parts = mod.split(".")
+        target = parts[1] if len(parts) > 1 else ""
+        if target == "" and mod == "metasparsity":  # the package root holds only __version__
+            continue
+        if target in allowed or (str(path.relative_to(SRC)), target) in EXCEPTIONS:
+            continue
+        bad.append(f"line {line}: {mod}")
+    assert not bad, f"{path.relative_to(SRC)} ({layer}) imports upwards: {bad}"
+
+
+def test_every_module_has_a_layer():
+    assert {_layer(p) for p in FILES} <= set(ALLOWED)
