@@ -18,8 +18,12 @@ Variants (each on its own copy of the same initial model, with its own optimizer
 
 Time: every variant is warmed up (``--warmup`` steps), then the variants are run in turn, one step
 each, ``--repeats`` times, the order rotating every round, so that load from other processes falls
-on all of them alike; the table gives the median wall-clock time per step.  On CUDA every step
-ends with ``torch.cuda.synchronize()``.
+on all of them alike; the table gives the median wall-clock time per step and the median process
+CPU time (``time.process_time``).  ``--threads`` (default 2, ``torch.set_num_threads``) takes
+several values, one timing table each: on a machine shared with other jobs, wall-clock times with
+2 threads swing by 10× and more (a thread that loses its core stalls the other at every parallel
+region), while the CPU time of a 1-thread run does not count waiting for a core and stays within a
+few percent.  On CUDA every step ends with ``torch.cuda.synchronize()``.
 
 Peak memory: each variant runs in a fresh subprocess (``--memory-probe``) that builds the model,
 batches and optimizers, then measures the growth above that state over ``--memory-steps`` steps.
@@ -30,7 +34,8 @@ so that freed tensors go back to the system and the high-water mark follows the 
 (activations, saved graph, gradients, optimizer state) instead of allocator caching.  On CUDA it
 is ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the first step.
 
-    python benchmarks/meta_step.py [--batch-size 16] [--repeats 15] [--image-size 64] [--device cpu]
+    python benchmarks/meta_step.py [--batch-size 16] [--repeats 15] [--image-size 64]
+                                   [--device cpu] [--threads 2 [1 ...]]
 
 Writes ``benchmarks/results/meta_step.json`` and ``benchmarks/results/meta_step.md`` and prints
 the table.
@@ -159,8 +164,10 @@ def higher_variant(b: Bench, k: int) -> Step:
     names = [n for n, _ in model.named_parameters()]
     tasks = b.seen
 
+    dtype = next(model.parameters()).dtype
+
     def step() -> None:
-        lam_t = lam().detach().requires_grad_()
+        lam_t = lam().detach().to(dtype).requires_grad_()  # λ in the model's dtype, as meta_step
         inner_opt = torch.optim.SGD(model.parameters(), lr=b.inner_lr)
         opt.zero_grad(set_to_none=True)
         with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False,
@@ -195,22 +202,26 @@ def _sync(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- time
 
-def time_variants(b: Bench, names: list[str], repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_variants(b: Bench, names: list[str], repeats: int,
+                  warmup: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU milliseconds per step, ``repeats`` interleaved steps each."""
     steps = {n: build_variant(b, n) for n in names}
     for n in names:
         for _ in range(warmup):
             steps[n]()
     _sync(b.device)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             _sync(b.device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             steps[n]()
             _sync(b.device)
-            times[n].append(1000.0 * (time.perf_counter() - t0))
-    return times
+            wall[n].append(1000.0 * (time.perf_counter() - t0))
+            cpu[n].append(1000.0 * (time.process_time() - c0))
+    return wall, cpu
 
 
 # ----------------------------------------------------------------------------- memory
@@ -232,7 +243,7 @@ def _reset_peak_rss() -> bool:
 
 
 def probe_memory(args: argparse.Namespace) -> dict:
-    """Run in a fresh process: the peak memory growth of ``args.memory_probe`` (see the docstring)."""
+    """In a fresh process: the peak memory growth of variant ``args.memory_probe`` (see above)."""
     device = torch.device(args.device)
     b = Bench(args.batch_size, args.image_size, device)
     step = build_variant(b, args.memory_probe)
@@ -261,7 +272,7 @@ def memory_in_subprocess(name: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", name,
            "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-           "--device", args.device, "--threads", str(args.threads),
+           "--device", args.device, "--threads", str(args.threads[0]),
            "--memory-steps", str(args.memory_steps)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -269,7 +280,7 @@ def memory_in_subprocess(name: str, args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def machine(device: torch.device, threads: int) -> dict:
+def machine(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
@@ -280,7 +291,7 @@ def machine(device: torch.device, threads: int) -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         cores = os.cpu_count()
-    info = {"cpu": cpu, "usable_cores": cores, "torch_threads": threads,
+    info = {"cpu": cpu, "usable_cores": cores,
             "python": platform.python_version(), "torch": torch.__version__,
             "device": str(device)}
     if device.type == "cuda":
@@ -289,14 +300,31 @@ def machine(device: torch.device, threads: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | median ms | × plain | peak memory MB | × plain |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| variant | median ms | × plain | CPU ms | × plain | peak memory MB | × plain |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mem = "–" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
         mem_ratio = "–" if r["peak_mb_ratio"] is None else f"{r['peak_mb_ratio']:.2f}"
         lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['time_ratio']:.2f} | "
-                     f"{mem} | {mem_ratio} |")
+                     f"{r['median_cpu_ms']:.1f} | {r['cpu_ratio']:.2f} | {mem} | {mem_ratio} |")
     return "\n".join(lines)
+
+
+def summarize(names: list[str], wall: dict[str, list[float]], cpu: dict[str, list[float]],
+              memory: dict[str, dict]) -> list[dict]:
+    base_ms, base_cpu = statistics.median(wall["plain"]), statistics.median(cpu["plain"])
+    base_mb = memory["plain"]["peak_mb"] if memory else None
+    rows = []
+    for n in names:
+        med, cpu_med = statistics.median(wall[n]), statistics.median(cpu[n])
+        mb = memory[n]["peak_mb"] if memory else None
+        rows.append({"variant": n, "median_ms": med, "time_ratio": med / base_ms,
+                     "min_ms": min(wall[n]), "min_ratio": min(wall[n]) / min(wall["plain"]),
+                     "median_cpu_ms": cpu_med, "cpu_ratio": cpu_med / base_cpu,
+                     "times_ms": wall[n], "cpu_times_ms": cpu[n],
+                     "peak_mb": mb,
+                     "peak_mb_ratio": None if mb is None or not base_mb else mb / base_mb})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="torch intra-op threads; several values give one timing table each")
     ap.add_argument("--variants", nargs="+", default=None,
                     help=f"subset of: {', '.join(variant_names())} (plain is always run)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps per memory probe")
@@ -315,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     if args.memory_probe:
+        torch.set_num_threads(args.threads[0])
         print(json.dumps(probe_memory(args)))
         return 0
 
@@ -328,23 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {variant_names()}")
     b = Bench(args.batch_size, args.image_size, device)
-    times = time_variants(b, names, args.repeats, args.warmup)
     memory = {} if args.no_memory else {n: memory_in_subprocess(n, args) for n in names}
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        load_before = os.getloadavg()[0]
+        wall, cpu = time_variants(b, names, args.repeats, args.warmup)
+        runs.append({"threads": threads, "load_average_1min": [load_before, os.getloadavg()[0]],
+                     "results": summarize(names, wall, cpu, memory)})
 
-    base_ms = statistics.median(times["plain"])
-    base_mb = memory["plain"]["peak_mb"] if memory else None
-    rows = []
-    for n in names:
-        med = statistics.median(times[n])
-        mb = memory[n]["peak_mb"] if memory else None
-        rows.append({"variant": n, "median_ms": med, "time_ratio": med / base_ms,
-                     "min_ms": min(times[n]), "max_ms": max(times[n]), "times_ms": times[n],
-                     "peak_mb": mb, "peak_mb_ratio": None if mb is None or not base_mb
-                     else mb / base_mb})
     m = b.cfg.meta
+    mc = machine(device)
+    memory_method = memory["plain"]["method"] if memory else None
     result = {
         "benchmark": "one meta-step (meta_step + outer_update) vs one plain MTL step",
-        "machine": machine(device, args.threads),
+        "machine": mc,
         "settings": {"config": str(CONFIG.relative_to(ROOT)), "image_size": args.image_size,
                      "batch_size": args.batch_size, "seen_tasks": b.seen, "meta_batch": 1,
                      "subset": "all seen tasks", "inner_lr": m.inner_lr,
@@ -352,22 +379,30 @@ def main(argv: list[str] | None = None) -> int:
                      "params": sum(p.numel() for p in b.model.parameters()),
                      "grouped_layers": len(b.layers), "repeats": args.repeats,
                      "warmup": args.warmup, "memory_steps": args.memory_steps,
-                     "memory_method": memory["plain"]["method"] if memory else None},
-        "results": rows,
+                     "memory_threads": args.threads[0], "memory_method": memory_method},
+        "runs": runs,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.out_dir / "meta_step.json", result)
-    mc = result["machine"]
-    header = (f"Meta-step vs plain MTL step: SynthScenes preset (ResNet-18 ×0.25, "
-              f"{args.image_size} px, 5 seen tasks), batch {args.batch_size} (support = query = "
-              f"plain batch), one subset = all seen tasks, global learnable λ.\n"
-              f"Machine: {mc['cpu']}, {mc['torch_threads']} torch threads on "
-              f"{mc['usable_cores']} usable cores, torch {mc['torch']}, device {mc['device']}"
-              f"{', ' + mc['gpu'] if 'gpu' in mc else ''}.\n"
-              f"Time: median of {args.repeats} interleaved steps after {args.warmup} warm-up "
-              f"steps.  Memory: peak growth over {args.memory_steps} steps in a fresh process "
-              f"({result['settings']['memory_method']}).\n")
-    md = header + "\n" + table(rows) + "\n"
+    parts = [
+        f"Meta-step vs plain MTL step: SynthScenes preset (ResNet-18 ×0.25, {args.image_size} px, "
+        f"5 seen tasks), batch {args.batch_size} (support = query = plain batch), one subset = "
+        f"all seen tasks, global learnable λ; a meta-step is `meta_step` + `outer_update`.",
+        f"Machine: {mc['cpu']}, {mc['usable_cores']} usable cores, torch {mc['torch']}, device "
+        f"{mc['device']}{', ' + mc['gpu'] if 'gpu' in mc else ''}.",
+        f"Time: median of {args.repeats} interleaved steps after {args.warmup} warm-up steps; "
+        "'median ms' is wall-clock, 'CPU ms' is the process's CPU time (on a shared machine it "
+        "does not count time spent waiting for a core, but with several threads it counts their "
+        "spin-waiting).",
+        f"Memory: peak growth over {args.memory_steps} steps in a fresh process per variant "
+        f"({memory_method}; {args.threads[0]} torch thread"
+        f"{'s' if args.threads[0] > 1 else ''}).",
+    ]
+    for run in runs:
+        lb, la = run["load_average_1min"]
+        parts.append(f"\n### {run['threads']} torch thread{'s' if run['threads'] > 1 else ''} "
+                     f"(1-min load average {lb:.1f} → {la:.1f})\n\n" + table(run["results"]))
+    md = "\n".join(parts) + "\n"
     (args.out_dir / "meta_step.md").write_text(md)
     print(md)
     print(f"wrote {args.out_dir / 'meta_step.json'} and {args.out_dir / 'meta_step.md'}")

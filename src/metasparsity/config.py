@@ -112,7 +112,7 @@ class MetaConfig:
     lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
     lambda_scope: str = _f("global", choices=["global", "layer"])
     lambda_min: float = _f(1e-6, min=0.0, min_open=True)
-    lambda_max: float = _f(1.0, min=0.0, min_open=True)
+    lambda_max: float = _f(10.0, min=0.0, min_open=True)
     min_subset_size: int = _f(1, min=1)
     subsets: list[list[str]] | None = _f(None, help="explicit list of task subsets")
     outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")

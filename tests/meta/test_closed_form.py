@@ -12,7 +12,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metasparsity.meta import LearnedLambda, batch_stat_buffers, broadcast_lambda, inner_loop, meta_step
+from metasparsity.meta import (
+    LearnedLambda,
+    batch_stat_buffers,
+    broadcast_lambda,
+    inner_loop,
+    meta_step,
+)
 from metasparsity.meta.inner import _constant_inner_loop, adapted_names
 from metasparsity.sparsity import channel_groups, penalty_per_layer
 

@@ -24,16 +24,17 @@ Gradient modes (``mode``):
 * ``first_order``: everything is a constant, λ included: plain first-order MAML.  λ gets no
   gradient, so :func:`meta_step` refuses this mode when λ is learnable.
 
-:func:`inner_loop` returns ``φ_K`` as a tensor differentiable in θ and λ in every mode (the
-reference formulation).  :func:`meta_step` evaluates ``lambda_path`` and ``first_order`` in closed
-form instead, since there ``dφ_K/dθ = I`` and ``dφ_K/dλ_l = −α Σ_k ∇Ω_l(φ_k)`` are known: the inner
-loop runs without any graph, the query loss is differentiated once with respect to ``φ_K`` (a
-leaf), and::
+:func:`inner_loop` returns ``φ_K`` differentiable in θ and λ in every mode (the reference
+formulation).  :func:`meta_step` evaluates ``lambda_path`` and ``first_order`` in closed form
+instead, since there ``dφ_K/dθ = I`` and ``dφ_K/dλ_l = −α Σ_k ∇Ω_l(φ_k)`` are known: the inner
+loop builds no graph, the query loss is differentiated once with respect to ``φ_K`` (a leaf)::
 
-    ∂/∂θ  = ∂L_q/∂φ_K,        ∂/∂λ_l = −α ⟨∂L_q/∂φ_K|_l, Σ_k ∇Ω_l(φ_k)⟩   (+ Ω_l(φ_K) with outer_penalty)
+    ∂/∂θ   = ∂L_q/∂φ_K
+    ∂/∂λ_l = −α ⟨∂L_q/∂φ_K |layer l, Σ_k ∇Ω_l(φ_k)⟩   [+ Ω_l(φ_K) with outer_penalty]
 
-(for a global λ, the sum over layers).  That is the same value autograd gives through the reference
-``φ_K``, at the cost of two plain forward/backward passes for ``K = 1``.
+(summed over layers for a global λ).  These are the values autograd gives through the reference
+``φ_K`` (θ's bit for bit), for the cost of two plain forward/backward passes when ``K = 1``;
+``tests/meta/test_closed_form.py`` pins the two formulations together.
 
 BatchNorm: every functional forward pass (support and query) gets the model's buffers with each
 BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` replaced by ``None``

@@ -92,6 +92,21 @@ def plot_per_layer_sparsity(per_layer: Sequence[Mapping[str, Any]] | Mapping[str
     return _save(fig, path)
 
 
+def _total(v) -> float:
+    return float(sum(v)) if isinstance(v, list) else float(v or 0.0)
+
+
+def _running_mean(xs: Sequence[float], window: int = 25) -> list[float]:
+    """Trailing mean over ``window`` steps (fewer at the start)."""
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= window:
+            acc -= xs[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
                        title: str = "meta-training") -> Path:
     """λ (log scale), λ's gradient (explicit / implicit parts) and group sparsity per step.
@@ -108,11 +123,17 @@ def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
         axes[0].plot(steps, lam, label=run["label"] or "λ")
         axes[2].plot(steps, [100 * r["group_sparsity"] for r in rec], label=run["label"] or None)
         if len(runs) == 1:
-            axes[1].plot(steps, [r["grad_lambda_implicit"] for r in rec], lw=0.8, label="implicit (through the inner loop)")
-            axes[1].plot(steps, [r["grad_lambda_explicit"] for r in rec], lw=0.8, label="explicit (outer penalty)")
+            imp = [_total(r["grad_lambda_implicit"]) for r in rec]
+            exp_ = [_total(r["grad_lambda_explicit"]) for r in rec]
+            axes[1].plot(steps, imp, lw=0.5, alpha=0.35, color="tab:blue")
+            axes[1].plot(steps, _running_mean(imp), lw=1.6, color="tab:blue",
+                         label="implicit (through the inner loop), running mean")
+            if any(exp_):
+                axes[1].plot(steps, _running_mean(exp_), lw=1.6, color="tab:orange",
+                             label="explicit (outer penalty), running mean")
         else:
-            axes[1].plot(steps, [r["grad_lambda_implicit"] + r["grad_lambda_explicit"] for r in rec], lw=0.8,
-                         label=run["label"])
+            tot = [_total(r["grad_lambda_implicit"]) + _total(r["grad_lambda_explicit"]) for r in rec]
+            axes[1].plot(steps, _running_mean(tot), lw=1.2, label=f"{run['label']} (running mean)")
     if all(line.get_ydata().min() > 0 for line in axes[0].get_lines()):
         axes[0].set_yscale("log")
         axes[0].set_title("λ (log scale)")
