@@ -17,6 +17,10 @@ model's backbone on the unseen tasks with fresh heads (``finetune.*`` budget, ze
 Δm is computed on the test split against STL over the primary metrics of each task (the spec is
 saved with the results).  Sparsity, parameters and MACs after physical pruning, and wall time
 (tuning included) are reported beside.
+
+Under torchrun every training is distributed (data parallel, or meta-batch parallel); rank 0
+decides which sub-runs are finished or to be resumed, measures the pruned cost and writes every
+file, and the others receive what it decided (:func:`metasparsity.train.distributed.from_main`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+from metasparsity.train import distributed as ddp
 from metasparsity.train.finetune import run_finetune
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.sweep import train_or_load
@@ -78,16 +83,17 @@ def _timed(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
 
 def _finetune(ctx: Context, source: Path, tasks: list[str], name: str) -> tuple[dict, float]:
     out = source / name
-    if (out / RESULTS).is_file():
-        res = read_json(out / RESULTS)
-        return res, res.get("wall_time_s", res.get("train_time_s", 0.0))
-    resume = (out / "checkpoints" / "last").is_file()
+    done = ddp.from_main(lambda: read_json(out / RESULTS) if (out / RESULTS).is_file() else None)
+    if done is not None:
+        return done, done.get("wall_time_s", done.get("train_time_s", 0.0))
+    resume = ddp.from_main(lambda: (out / "checkpoints" / "last").is_file())
     t0 = time.time()
     cfg = ctx.cfg.copy()
     cfg.train.seed = ctx.seed
     res = run_finetune(source, tasks, out, cfg=cfg, resume=resume, overwrite=not resume)
     res["wall_time_s"] = round(time.time() - t0, 2)
-    write_json(out / RESULTS, res)
+    if ddp.is_main():
+        write_json(out / RESULTS, res)
     return res, res["wall_time_s"]
 
 
@@ -202,15 +208,15 @@ def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
         cfg.meta.lambda_init = lambda_init
     src = ctx.dir(name)
     t0 = time.time()
-    if (src / RESULTS).is_file():
-        meta_res = read_json(src / RESULTS)
-    else:
-        resume = (src / "checkpoints" / "last").is_file()
+    meta_res = ddp.from_main(lambda: read_json(src / RESULTS) if (src / RESULTS).is_file() else None)
+    if meta_res is None:
+        resume = ddp.from_main(lambda: (src / "checkpoints" / "last").is_file())
         tr = MetaTrainer(cfg, src, resume=resume, overwrite=not resume, kind=name)
         tr.setup()
         meta_res = tr.train()
         meta_res["wall_time_s"] = round(time.time() - t0, 2)
-        write_json(src / RESULTS, meta_res)
+        if ddp.is_main():
+            write_json(src / RESULTS, meta_res)
     w0 = meta_res.get("wall_time_s", meta_res.get("train_time_s", 0.0))
     seen, w1 = _finetune(ctx, src, ctx.seen, "finetune_seen")
     unseen, w2 = _unseen(ctx, src)
@@ -325,7 +331,8 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
     spec_unseen = default_spec({t: types[t] for t in cfg.data.unseen_tasks}) if cfg.data.unseen_tasks else {}
-    if not resume:
+    ddp.init_distributed(cfg.train.device)  # every rank has checked its arguments
+    if not resume and ddp.is_main():
         create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
     t_start = time.time()
     per_seed: dict[str, dict[str, Any]] = {}
@@ -336,7 +343,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         for name in methods:
             progress(f"[compare] seed {seed}: {name}")
             row = METHODS.get(name)(ctx)
-            row["cost"] = _row_cost(row, cfg.data.image_size)
+            row["cost"] = ddp.from_main(lambda row=row: _row_cost(row, cfg.data.image_size))
             rows[name] = row
         per_seed[str(seed)] = rows
         stl_by_seed[str(seed)] = dict(ctx.stl)
@@ -352,11 +359,13 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "per_seed": per_seed,
         "total_wall_time_s": round(time.time() - t_start, 1),
     }
-    write_json(out / RESULTS, results)
-    save_samples(out, results, cfg)
-    from metasparsity.report.compare import write_report
+    if ddp.is_main():
+        write_json(out / RESULTS, results)
+        save_samples(out, results, cfg)
+        from metasparsity.report.compare import write_report
 
-    write_report(out, results)
+        write_report(out, results)
+    ddp.barrier()
     return results
 
 

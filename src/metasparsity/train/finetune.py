@@ -5,6 +5,10 @@ model; unseen tasks get freshly initialised heads.  Zero groups of the source ba
 at zero (their gradients are masked and the weights re-masked after every step), so the sparse
 structure learned in meta-training is what gets evaluated.  Options: share of the training data
 (few-shot), steps or epochs, frozen backbone.
+
+Under torchrun it is data parallel like ``train`` (:mod:`metasparsity.train.distributed`):
+``finetune.batch_size`` is per process, so an epoch has ``samples // (batch_size × processes)``
+steps.
 """
 
 from __future__ import annotations
@@ -16,26 +20,30 @@ from typing import Any
 
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
+from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import load_run_checkpoint
 from metasparsity.train.mtl import Trainer, TrainSettings
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
 
-def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = None) -> TrainSettings:
+def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = None,
+                      world_size: int = 1) -> TrainSettings:
+    """``world_size``: processes sharing each global batch of ``batch_size × world_size``."""
     f = cfg.finetune
     steps = f.steps
     if f.epochs is not None:
         if n_train is None:
             raise ValueError("finetune.epochs needs the training-set size")
-        per_epoch = max(1, int(round(n_train * f.fraction)) // f.batch_size)
+        per_epoch = max(1, int(round(n_train * f.fraction)) // (f.batch_size * world_size))
         steps = max(1, math.ceil(f.epochs * per_epoch))
     return TrainSettings(
         tasks=list(tasks), max_steps=steps, batch_size=f.batch_size, lr=f.lr,
         val_every=min(f.val_every, steps), weight_decay=cfg.train.weight_decay,
         lr_schedule=cfg.train.lr_schedule, warmup_steps=0, log_every=cfg.train.log_every,
         loss_weighting=cfg.train.loss_weighting, seed=cfg.train.seed, data_fraction=f.fraction,
-        keep_zero_groups=True, freeze_backbone=f.freeze_backbone, kind="finetune")
+        keep_zero_groups=True, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
+        kind="finetune")
 
 
 def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Path, *,
@@ -66,7 +74,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     from metasparsity.data import build_dataset
 
     n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
-    settings = finetune_settings(cfg, tasks, n_train)
+    world = ddp.init_distributed(cfg.train.device).world_size
+    settings = finetune_settings(cfg, tasks, n_train, world)
     settings.recalibrate_bn = bool(ck.meta.get("needs_bn_recalibration"))
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}

@@ -9,6 +9,12 @@ weak input-channel groups with η = ``meta.outer_lr`` and the current λ.
 Logged every step to ``metrics.jsonl`` (``kind: "meta"``): λ, the explicit and implicit parts of
 dL/dλ, group sparsity, inner and query losses per task.  ``meta.lambda_init = 0`` gives
 meta-learning without sparsity (the "meta_dense" baseline).
+
+Under torchrun (:mod:`metasparsity.train.distributed`) every process samples the same
+meta-batch, meta-steps its share of the subsets (a contiguous block of the meta-batch) on the
+support / query batches the single process would give them, and the meta-gradients are summed
+over processes before the identical outer update on every process; rank 0 alone validates and
+writes.  ``train.amp``: bf16 autocast of the meta-step on CUDA.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
 from metasparsity.models import build_model
 from metasparsity.sparsity import channel_groups, sparsity_stats
+from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
     kept_checkpoint_note,
     load_model_state,
@@ -50,7 +57,7 @@ from metasparsity.train.loop import (
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl, truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import resolve_device, seed_everything, set_threads
+from metasparsity.utils.seed import autocast, seed_everything, set_threads
 
 BN_RECALIBRATION_BATCHES = 20
 
@@ -71,6 +78,9 @@ class MetaTrainer:
     step.  Validation re-estimates the BN statistics always from the same training batches and
     draws nothing from the global RNGs, so stopping after any step and resuming gives
     bit-identical θ and λ on CPU.  ``train.ckpt_every`` adds checkpoints between validations.
+    The data order does not depend on the number of processes, so a run may be resumed with
+    another number of processes; with the same number, the RNG states of ranks ≥ 1 are restored
+    too.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
@@ -86,7 +96,10 @@ class MetaTrainer:
     def setup(self) -> None:
         cfg, m = self.cfg, self.cfg.meta
         set_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.dist = ddp.init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.main = self.dist.is_main
+        ddp.check_meta_batch(m.meta_batch, self.dist.world_size)
         seed = cfg.train.seed
         seed_everything(seed)
         self.tasks = resolve_tasks(cfg, cfg.data.seen_tasks)
@@ -95,8 +108,11 @@ class MetaTrainer:
             raise UserError("data.train_size: meta-training needs at least 2 training samples")
         sup, qry = support_query_split(len(self.train_set), seed)
         nw = cfg.data.num_workers
-        self.support = BatchStream(self.train_set, m.batch_size, seed, num_workers=nw, indices=sup)
-        self.query = BatchStream(self.train_set, m.batch_size, seed + 1, num_workers=nw, indices=qry)
+        r = self.dist.rank
+        self.support = BatchStream(self.train_set, m.batch_size, seed, num_workers=nw, indices=sup,
+                                   rank=r)
+        self.query = BatchStream(self.train_set, m.batch_size, seed + 1, num_workers=nw,
+                                 indices=qry, rank=r)
         self.bn_stream = BatchStream(self.train_set, cfg.train.batch_size, seed + 2, num_workers=nw)
         self.val_loader = eval_loader(build_dataset(cfg, "val"), cfg.train.eval_batch_size, nw)
 
@@ -118,12 +134,24 @@ class MetaTrainer:
         ck = resume_checkpoint(self.run_dir) if self.resume else None
         if ck is not None:
             self._load_resume(ck)
-        if self.resume:
-            changed = update_run_config(self.run_dir, cfg.to_yaml())
-            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-        else:
-            create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
-        self.logger = RunLogger(self.run_dir)
+        ddp.seed_rank(seed, self.dist, ck.state if ck is not None else None, self.step)
+        self.mine = ddp.local_subsets(m.meta_batch, self.dist)
+        if self.dist.enabled:
+            # This rank loads the batches of its subsets only: positions j (its block) of each
+            # step's M batches, counted from the step boundary where this run starts.
+            for stream in (self.support, self.query):
+                stream.select(_share(stream.count, m.meta_batch, set(self.mine)))
+        # rank 0's θ, λ and loss weights everywhere (equal already: same seed or checkpoint); also
+        # the point where every rank has read the resumed checkpoint before rank 0 writes
+        ddp.broadcast_state(self.model, self.lam, self.weighting)
+        changed: dict = {}
+        if self.main:
+            if self.resume:
+                changed = update_run_config(self.run_dir, cfg.to_yaml())
+                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            else:
+                create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
+        self.logger = RunLogger(self.run_dir, enabled=self.main)
         if self.resume:
             self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
         self._saved_step = self.step if ck is not None else None
@@ -153,10 +181,17 @@ class MetaTrainer:
                 "needs_bn_recalibration": True}
         return state, meta
 
-    def _save(self) -> None:
-        state, meta = self._state()
-        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=True)
+    def _save(self, gather: bool = True) -> None:
+        """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
+        the same step) it holds every rank's RNG state too."""
+        rngs = ddp.gather_rng(self._boundary["rng"]) if gather else None
         self._saved_step = self.step
+        if not self.main:
+            return
+        state, meta = self._state()
+        if rngs is not None:
+            state["rng_ranks"] = rngs
+        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=True)
 
     def _load_resume(self, ck) -> None:
         m = self.cfg.meta
@@ -207,21 +242,29 @@ class MetaTrainer:
         ckpt_every = cfg.train.ckpt_every
         end = m.steps if stop_after is None else max(self.step, min(m.steps, stop_after))
         self.model.train()
-        bar = progress_bar(range(self.step, end), enabled=cfg.train.progress,
+        bar = progress_bar(range(self.step, end), enabled=cfg.train.progress and self.main,
                            desc=f"meta-train ({self.kind})", initial=self.step, total=m.steps)
         t_last = time.perf_counter()
         try:
             for _ in bar:
                 subsets = self.sampler.sample(m.meta_batch)
                 batches = []
-                for s in subsets:
+                for j, s in enumerate(subsets):
+                    if j not in self.mine:  # another rank's subset: its batches are not loaded
+                        self.support.skip()
+                        self.query.skip()
+                        continue
                     sx, sy = to_device(next(self.support), self.device)
                     qx, qy = to_device(next(self.query), self.device)
                     batches.append((tuple(s), sx, sy, qx, qy))
-                res = meta_step(self.model, self.lam, self.layers, batches, self.loss_fn,
-                                inner_lr=m.inner_lr, inner_steps=m.inner_steps, mode=m.meta_grad,
-                                outer_penalty=m.outer_penalty,
-                                extra_params=dict(self.weighting.named_parameters()))
+                extra = dict(self.weighting.named_parameters())
+                with autocast(self.device, cfg.train.amp):
+                    res = meta_step(self.model, self.lam, self.layers, batches, self.loss_fn,
+                                    inner_lr=m.inner_lr, inner_steps=m.inner_steps,
+                                    mode=m.meta_grad, outer_penalty=m.outer_penalty,
+                                    extra_params=extra)
+                # the sum over every rank's subsets (the identity in one process)
+                res = ddp.reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
                 with DeferInterrupt():  # the in-place update is all or nothing
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
@@ -254,8 +297,9 @@ class MetaTrainer:
                         bar.set_postfix(lam=f"{_mean(lam_list):.2e}",
                                         sparsity=f"{100 * st.group_sparsity:.0f}%")
                 if self.step % m.val_every == 0 or self.step == m.steps:
-                    val = self.validate()
-                    self.logger.log(self.step, "val", {"val": val})
+                    if self.main:  # the others wait for it in the save's collective
+                        val = self.validate()
+                        self.logger.log(self.step, "val", {"val": val})
                     self._save()
                     self.model.train()
                     t_last = time.perf_counter()
@@ -263,7 +307,7 @@ class MetaTrainer:
                     self._save()
         except KeyboardInterrupt:
             if self._saved_step != self.step:
-                self._save()
+                self._save(gather=False)  # no collective: the other ranks may be anywhere
             self.logger.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
@@ -281,6 +325,14 @@ class MetaTrainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
+        """Validate, write ``results.json`` and the plots (rank 0); every rank returns the
+        results."""
+        try:
+            return ddp.from_main(self._finish)
+        finally:
+            self.logger.close()
+
+    def _finish(self) -> dict[str, Any]:
         val = self.validate()
         st = sparsity_stats(self.model)
         records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") == "meta"]
@@ -306,8 +358,17 @@ class MetaTrainer:
                                f"{self.cfg.meta.meta_grad}, K = {self.cfg.meta.inner_steps}")
             plot_per_layer_sparsity(st.per_layer, self.run_dir / "per_layer_sparsity.png",
                                     title=f"{self.kind}: per-layer group sparsity")
-        self.logger.close()
         return results
+
+
+def _share(start: int, meta_batch: int, mine: set[int]):
+    """``keep(n)`` of a support / query stream: batch ``n`` belongs to subset
+    ``(n − start) mod M`` of its step, loaded here when that subset is this rank's."""
+
+    def keep(n: int) -> bool:
+        return (n - start) % meta_batch in mine
+
+    return keep
 
 
 def _scalar(v) -> float | list[float]:

@@ -5,6 +5,12 @@ losses → weighting → Adam step → LR schedule → (fixed λ) proximal step 
 with threshold ``lr_t · λ · w_g`` → (fine-tuning) zero groups kept at zero.  Validation every
 ``val_every`` steps chooses the best checkpoint (lowest mean validation loss); the best weights
 are evaluated on the test split at the end and written to ``results.json``.
+
+Under ``torchrun`` the loop is data parallel (:mod:`metasparsity.train.distributed`):
+``batch_size`` is per process, every process takes its slice of the global batch of
+``batch_size × processes`` samples, DistributedDataParallel averages the gradients and BatchNorm
+is synchronised; rank 0 alone validates, tests and writes the run directory.  ``amp``: bf16
+autocast of the training forward passes on CUDA (evaluation stays in float32).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from metasparsity.sparsity import (
     sparsity_stats,
     zero_group_masks,
 )
+from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
     kept_checkpoint_note,
     load_model_state,
@@ -57,7 +64,7 @@ from metasparsity.train.loop import (
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import resolve_device, seed_everything, set_threads
+from metasparsity.utils.seed import autocast, seed_everything, set_threads
 
 BN_RECALIBRATION_BATCHES = 20
 
@@ -83,6 +90,7 @@ class TrainSettings:
     keep_zero_groups: bool = False
     freeze_backbone: bool = False
     recalibrate_bn: bool = False
+    amp: bool = False
     kind: str = "train"
     extra_results: dict[str, Any] = field(default_factory=dict)
 
@@ -93,7 +101,7 @@ def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSe
         tasks=list(tasks or cfg.train_tasks), max_steps=t.max_steps, batch_size=t.batch_size,
         lr=t.lr, val_every=t.val_every, lam=cfg.sparsity.lam, weight_decay=t.weight_decay,
         lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, log_every=t.log_every,
-        ckpt_every=t.ckpt_every, loss_weighting=t.loss_weighting, seed=t.seed)
+        ckpt_every=t.ckpt_every, loss_weighting=t.loss_weighting, seed=t.seed, amp=t.amp)
 
 
 class Trainer:
@@ -106,7 +114,8 @@ class Trainer:
     Adam and LR-schedule state, loss weights, the data order, the RNG states, the best score so
     far and the step.  The LR and weight decay of the (possibly changed) config are re-applied,
     so ``train.max_steps`` can be raised to train longer.  With the config unchanged, stopping
-    after any step and resuming gives bit-identical weights on CPU (``num_workers = 0``).
+    after any step and resuming gives bit-identical weights on CPU (``num_workers = 0``); under
+    torchrun, with the same number of processes.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, settings: TrainSettings, *,
@@ -127,7 +136,10 @@ class Trainer:
     def setup(self) -> None:
         cfg, s = self.cfg, self.s
         set_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.dist = ddp.init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.main = self.dist.is_main
+        self.progress = self.progress and self.main
         seed_everything(s.seed)
         self.tasks = resolve_tasks(cfg, s.tasks)
         self.train_set = build_dataset(cfg, "train")
@@ -137,9 +149,11 @@ class Trainer:
         n_use = max(1, int(round(s.data_fraction * n_train)))
         g = torch.Generator().manual_seed(10_007 + s.seed)
         indices = sorted(torch.randperm(n_train, generator=g)[:n_use].tolist()) if n_use < n_train else None
-        self.stream = BatchStream(self.train_set, s.batch_size, s.seed,
+        world = self.dist.world_size
+        self.stream = BatchStream(self.train_set, s.batch_size * world, s.seed,
                                   num_workers=cfg.data.num_workers, indices=indices,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self.device.type == "cuda",
+                                  shard=(self.dist.rank, world))
         self.val_loader = eval_loader(self.val_set, cfg.train.eval_batch_size, cfg.data.num_workers)
         self.test_loader = eval_loader(self.test_set, cfg.train.eval_batch_size, cfg.data.num_workers)
 
@@ -153,6 +167,8 @@ class Trainer:
                 raise UserError(f"source weights do not fit the model: missing {bad[:3]}, "
                                 f"unexpected {list(unexpected)[:3]}")
         self.model.to(self.device)
+        if self.dist.enabled:  # the global batch's statistics, as in one process
+            self.model = ddp.convert_sync_batchnorm(self.model, self.device)
         self.weighting = LossWeighting(list(self.tasks), s.loss_weighting).to(self.device)
         self.masks = zero_group_masks(self.model) if s.keep_zero_groups else None
         if s.freeze_backbone:
@@ -167,6 +183,7 @@ class Trainer:
         self.groups = channel_groups(self.model) if s.lam > 0 else None
         self.step = 0
         self.best_score = float("inf")
+        self.reference_val: dict | None = None  # first validation: the baseline of selection
         self.best_step = -1
         self.history: list[dict] = []
         self.train_time = 0.0
@@ -178,12 +195,18 @@ class Trainer:
             # meta-trained weights come with unusable running statistics (DESIGN §2.4)
             recalibrate_bn(self.model, self.stream, self.device, BN_RECALIBRATION_BATCHES)
             self.stream.load_state_dict({"epoch": 0, "pos": 0})
-        if self.resume:
-            changed = update_run_config(self.run_dir, cfg.to_yaml())
-            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-        else:
-            create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
-        self.logger = RunLogger(self.run_dir)
+        ddp.seed_rank(s.seed, self.dist, ck.state if ck is not None else None, self.step)
+        # DDP broadcasts rank 0's parameters: it is also the point where every rank has read
+        # the resumed checkpoint before rank 0 writes anything.
+        self.net = ddp.data_parallel(self.model, self.dist)
+        changed: dict = {}
+        if self.main:
+            if self.resume:
+                changed = update_run_config(self.run_dir, cfg.to_yaml())
+                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            else:
+                create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
+        self.logger = RunLogger(self.run_dir, enabled=self.main)
         if self.resume:
             self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
         self._saved_step = self.step if ck is not None else None
@@ -208,6 +231,7 @@ class Trainer:
             self.stream.load_state_dict(m["stream"])
             self.best_score = float(m["best_score"])
             self.best_step = int(m["best_step"])
+            self.reference_val = m.get("reference_val")
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
                             f"run's config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -225,22 +249,38 @@ class Trainer:
         """Remember the data-order and RNG state right after the last completed step."""
         self._boundary = {"step": self.step, "stream": self.stream.state_dict(), "rng": rng_state()}
 
-    def _save(self, best: bool) -> None:
+    def _save(self, best: bool, gather: bool = True) -> None:
+        """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
+        the same step) it holds every rank's RNG state too."""
         b = self._boundary
         assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
+        rngs = ddp.gather_rng(b["rng"]) if gather else None
+        self._saved_step = self.step
+        if not self.main:
+            return
         state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "weighting": self.weighting.state_dict(), "rng": b["rng"]}
+        if rngs is not None:
+            state["rng_ranks"] = rngs
         meta = {"kind": self.s.kind, "tasks": self.model.tasks, "train_tasks": list(self.tasks),
                 "stream": b["stream"], "best_score": self.best_score, "best_step": self.best_step,
+                "reference_val": self.reference_val,
                 "history": self.history, "train_time": self.train_time, "lam": self.s.lam,
-                "source": self.source, "needs_bn_recalibration": False}
+                "source": self.source, "needs_bn_recalibration": False,
+                "world_size": self.dist.world_size}
         save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
-        self._saved_step = self.step
 
     def _validate(self) -> None:
+        """Rank 0 validates and saves; the other ranks wait for it in the save's collective."""
+        if not self.main:
+            self._save(best=False)
+            return
         with preserved_rng():
             val = evaluate(self.model, self.val_loader, self.tasks, self.device)
-        score = selection_score(val)
+        if self.reference_val is None:
+            self.reference_val = val
+        score = selection_score(val, self.reference_val,
+                                {t: task.type for t, task in self.tasks.items()})
         best = score < self.best_score
         if best:
             self.best_score, self.best_step = score, self.step
@@ -272,12 +312,16 @@ class Trainer:
         try:
             for _ in bar:
                 x, y = to_device(next(self.stream), self.device)
-                out = self.model(x, tasks=list(self.tasks))
-                losses = task_losses(self.tasks, out, y)
-                check_finite(losses, self.step + 1)
-                total = self.weighting(losses)
+                with autocast(self.device, s.amp):
+                    out = self.net(x, tasks=list(self.tasks))
+                    losses = task_losses(self.tasks, out, y)
+                    total = self.weighting(losses)
+                total_g, losses_g = self._global_losses(total, losses)
+                check_finite(losses_g, self.step + 1)
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
+                # DDP averaged the model's gradients; learned loss weights are outside it
+                ddp.average_gradients(self.weighting.parameters())
                 with DeferInterrupt():  # the in-place update is all or nothing
                     if self.masks is not None:
                         mask_zero_group_grads_(self.model, self.masks)
@@ -294,9 +338,9 @@ class Trainer:
                 self.train_time += now - t_last
                 t_last = now
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
-                    total_f = float(total.detach())
+                    total_f = float(total_g.detach())
                     rec = {"loss": total_f, "lr": lr_now,
-                           "losses": {t: float(v.detach()) for t, v in losses.items()}}
+                           "losses": {t: float(v.detach()) for t, v in losses_g.items()}}
                     if self.groups is not None:
                         rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
                     if s.loss_weighting != "equal":
@@ -312,8 +356,9 @@ class Trainer:
                     self._save(best=False)
         except KeyboardInterrupt:
             if self._saved_step != self.step:
-                # an interrupted validation save may have been the best one: keep it so
-                self._save(best=self.best_step == self.step)
+                # an interrupted validation save may have been the best one: keep it so.  No
+                # collective here: the other ranks may be anywhere.
+                self._save(best=self.best_step == self.step, gather=False)
             self.logger.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
@@ -330,7 +375,27 @@ class Trainer:
             return None
         return self.finish()
 
+    def _global_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The losses of the global batch: the mean over ranks of each rank's (detached)
+        losses; this rank's own losses in a single process.  Every rank then sees the same
+        values, so a non-finite loss stops all of them at the same step."""
+        if not self.dist.enabled:
+            return total, losses
+        names = list(losses)
+        v = ddp.mean_over_ranks(torch.stack([total.detach().float()]
+                                            + [losses[t].detach().float() for t in names]))
+        return v[0], {t: v[i + 1] for i, t in enumerate(names)}
+
     def finish(self) -> dict[str, Any]:
+        """Test the best checkpoint and write ``results.json`` (rank 0); every rank returns
+        the results."""
+        try:
+            return ddp.from_main(self._finish)
+        finally:
+            self.logger.close()
+
+    def _finish(self) -> dict[str, Any]:
         ck = load_run_checkpoint(self.run_dir, "best")
         self.model.load_state_dict(ck.model)
         val = evaluate(self.model, self.val_loader, self.tasks, self.device)
@@ -354,7 +419,6 @@ class Trainer:
             results["source"] = self.source
         write_json(self.run_dir / "results.json", results)
         self.logger.log(self.step, "test", {"test": test})
-        self.logger.close()
         return results
 
 

@@ -4,6 +4,9 @@ Trains dense MTL (λ = 0) once and one fixed-λ group-sparse MTL model per grid 
 same budget; reports per-task test metrics, Δm against dense MTL, group / parameter sparsity and
 wall time, picks the grid point with the best *validation* Δm, and plots Δm against sparsity
 with the grid's Pareto front.
+
+Under torchrun every sub-run is data parallel; rank 0 decides which sub-runs are finished or
+to be resumed (:func:`metasparsity.train.distributed.from_main`) and writes every file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m
 from metasparsity.report.tables import markdown_table
+from metasparsity.train import distributed as ddp
 from metasparsity.train.mtl import Trainer, settings_from_config
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text, read_json, write_json
@@ -32,19 +36,22 @@ def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list
     """Train one fixed-λ (or dense) model into ``run_dir``; reuse it when it already finished,
     continue it when it was started (so a whole sweep / comparison can be resumed: finished
     sub-runs are reused as they are, an interrupted one continues from its last checkpoint)."""
-    if (run_dir / "results.json").is_file():
-        return read_json(run_dir / "results.json")
+    done = ddp.from_main(lambda: read_json(run_dir / "results.json")
+                         if (run_dir / "results.json").is_file() else None)
+    if done is not None:
+        return done
     s = settings_from_config(cfg, tasks)
     s.lam, s.kind = lam, kind
     if seed is not None:
         s.seed = seed
-    resume = is_run_dir(run_dir)
+    resume = ddp.from_main(lambda: is_run_dir(run_dir))
     t0 = time.time()
     trainer = Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume)
     trainer.setup()
     res = trainer.train()
     res["wall_time_s"] = round(time.time() - t0, 2)
-    write_json(run_dir / "results.json", res)
+    if ddp.is_main():
+        write_json(run_dir / "results.json", res)
     return res
 
 
@@ -60,10 +67,12 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         raise UserError(f"--grid: give positive λ values, got {grid}")
     tasks = resolve_tasks(cfg, cfg.train_tasks)
     spec = default_spec({t: task.type for t, task in tasks.items()})
-    if resume:
-        update_run_config(out, cfg.to_yaml())
-    else:
-        create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
+    ddp.init_distributed(cfg.train.device)  # every rank has checked its arguments
+    if ddp.is_main():
+        if resume:
+            update_run_config(out, cfg.to_yaml())
+        else:
+            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
     dense = train_or_load(cfg, out / "dense_mtl", 0.0, "mtl")
     rows = []
     for lam in grid:
@@ -86,14 +95,17 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         "rows": rows,
         "total_wall_time_s": sum(r["wall_time_s"] or 0 for r in rows),
     }
-    write_json(out / "sweep.json", summary)
-    atomic_write_text(out / "sweep.md", sweep_markdown(summary))
-    from metasparsity.report.plots import plot_delta_vs_sparsity, plot_per_layer_sparsity
+    if ddp.is_main():
+        write_json(out / "sweep.json", summary)
+        atomic_write_text(out / "sweep.md", sweep_markdown(summary))
+        from metasparsity.report.plots import plot_delta_vs_sparsity, plot_per_layer_sparsity
 
-    plot_delta_vs_sparsity(rows, out / "delta_vs_sparsity.png",
-                           title="fixed-λ sweep: Δm against dense MTL vs sparsity")
-    plot_per_layer_sparsity({f"λ={r['label']}": r["per_layer"] for r in rows},
-                            out / "per_layer_sparsity.png", title="per-layer group sparsity per λ")
+        plot_delta_vs_sparsity(rows, out / "delta_vs_sparsity.png",
+                               title="fixed-λ sweep: Δm against dense MTL vs sparsity")
+        plot_per_layer_sparsity({f"λ={r['label']}": r["per_layer"] for r in rows},
+                                out / "per_layer_sparsity.png",
+                                title="per-layer group sparsity per λ")
+    ddp.barrier()  # the command prints sweep.md on every rank
     return summary
 
 

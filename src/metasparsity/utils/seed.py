@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -31,9 +32,17 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast for forward passes on CUDA (``train.amp``); a no-op on CPU or when off."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def set_threads(num_threads: int | None) -> None:
     """Set torch's intra-op threads: ``num_threads``, else ``$METASPARSITY_NUM_THREADS``, else the
-    number of cores available (at most 8)."""
+    number of cores available (at most 8), shared among the processes torchrun started on this
+    node (``$LOCAL_WORLD_SIZE``)."""
     if (num_threads is None or num_threads <= 0) and os.environ.get("METASPARSITY_NUM_THREADS"):
         num_threads = int(os.environ["METASPARSITY_NUM_THREADS"])
     if num_threads is None or num_threads <= 0:
@@ -41,5 +50,9 @@ def set_threads(num_threads: int | None) -> None:
             num_threads = len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - non-Linux
             num_threads = os.cpu_count() or 1
-        num_threads = min(num_threads, 8)
+        try:
+            per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+        except ValueError:
+            per_node = 1
+        num_threads = min(max(1, num_threads // per_node), 8)
     torch.set_num_threads(num_threads)

@@ -1,0 +1,544 @@
+"""Several processes, one run: ``torchrun`` and ``torch.distributed``, nothing home-made.
+
+``torchrun --nproc_per_node=N -m metasparsity CMD ...`` starts N copies of the command; each
+calls :func:`init_distributed` at its recipe boundary, which joins the process group that
+torchrun's environment describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``): NCCL when the device is a GPU (``cuda:LOCAL_RANK``), Gloo on the CPU.  Without
+torchrun (no ``WORLD_SIZE``, or 1) every function here is the single-process identity.
+
+What is split and what is reduced:
+
+* **meta-train** (DESIGN §2.4): every rank draws the *same* ``M`` task subsets (same sampler seed
+  and state), and each rank meta-steps one contiguous block of them (``M ≥ W``; blocks in
+  meta-batch order, the first ``M mod W`` ranks one subset more: :func:`local_subsets`).  The
+  support / query streams keep the single-process order: subset ``j`` of a step gets the
+  ``j``-th support and query batch of that step; every rank advances both streams over all ``M``
+  batches and loads only its own (:meth:`BatchStream.select`).  The outer objective is a *sum*
+  over subsets, so :func:`reduce_meta_result` all-reduces (SUM) the per-rank meta-gradients of
+  θ, of the loss weights and of λ (explicit and implicit parts), then derives λ's total and ρ's
+  gradient from them as one process does — the single-process gradient up to the order of
+  floating-point additions (bit for bit where the blocks add up in the single-process order,
+  e.g. 3 subsets on 2 ranks: ``(g₀ + g₁) + g₂``).  A gradient that is None on some ranks
+  (a head reached by no local subset) counts as zeros; None on every rank stays None, so Adam
+  skips the parameter as in one process.  Every rank then applies the same Adam step and the
+  same proximal step to the same numbers, so θ and λ stay identical without any broadcast.
+* **train / finetune / compare** (data parallel): ``train.batch_size`` (``finetune.batch_size``)
+  is per process; the global batch of ``B·W`` samples is the one a single process with batch
+  ``B·W`` would draw, and rank ``r`` loads the ``r``-th slice of it.  The model is wrapped in
+  :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients (learned loss
+  weights: :func:`average_gradients`), and BatchNorm is synchronised (:func:`convert_sync_batchnorm`), so a 2-process run
+  with batch ``B`` computes the same steps as one process with batch ``2B`` (exactly so when every
+  loss is a mean over the same number of elements on each rank).  The fixed-λ proximal step and
+  the zero-group masks run on every rank on identical parameters.
+* **rank 0 only** evaluates (validation, test), writes the run directory (config, logs,
+  TensorBoard, checkpoints, results, plots, reports) and decides what the others need to know
+  (:func:`from_main`); the others wait in the next collective.  The run directory is read by
+  every rank when resuming or fine-tuning, so across nodes it must be on a shared file system.
+* **RNG**: model initialisation, λ and the subset sampler use the same seed on every rank; the
+  global RNGs (in-process random augmentation, dropout) are re-seeded per rank ≥ 1 afterwards
+  (:func:`seed_rank`), rank 0 keeping the single-process stream.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime
+import gc
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from metasparsity.meta import MetaStepResult, meta_step
+from metasparsity.meta.lam import LearnedLambda
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.seed import resolve_device, seed_everything
+
+T = TypeVar("T")
+
+# Rank 0 evaluates and writes alone while the others wait in a collective: allow it time.
+TIMEOUT = datetime.timedelta(hours=1)
+
+
+# ----------------------------------------------------------------------------- process group
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one that writes files."""
+    return rank() == 0
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run: ``rank`` of ``world_size``, ``local_rank`` on its node,
+    and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        raise UserError(f"${name}={value!r} is not an integer") from None
+
+
+def _process_device(name: str, local_rank: int) -> torch.device:
+    dev = resolve_device(name)
+    if dev.type != "cuda":
+        return dev
+    if dev.index is not None:
+        raise UserError(f"train.device={name!r}: under torchrun every process takes "
+                        "cuda:LOCAL_RANK; set train.device=cuda (or auto)")
+    n = torch.cuda.device_count()
+    if n == 1:  # one GPU visible per process (CUDA_VISIBLE_DEVICES set per rank)
+        return torch.device("cuda", 0)
+    if local_rank >= n:
+        raise UserError(f"LOCAL_RANK={local_rank} but this node has {n} GPUs: start at most "
+                        f"{n} processes per node (--nproc_per_node)")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the run's process group (once) and pick this process's device.
+
+    Single process (no ``$WORLD_SIZE`` or ``1``, and no group): rank 0 of 1 on
+    :func:`~metasparsity.utils.seed.resolve_device` ``(device)``.  Under torchrun: backend NCCL
+    when the device is CUDA (``cuda:LOCAL_RANK``), Gloo otherwise, then a barrier, so that no
+    rank writes anything before every rank has checked its arguments.  A group initialised by
+    the caller (a test, a notebook) is used as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        world, r = dist.get_world_size(), dist.get_rank()
+        local = _env_int("LOCAL_RANK", r)
+        dev = _process_device(device, local) if world > 1 else resolve_device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return DistInfo(r, world, local, dev)
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistInfo(0, 1, 0, resolve_device(device))
+    if not dist.is_available():
+        raise UserError("$WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    local = _env_int("LOCAL_RANK", 0)
+    dev = _process_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=dev)
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    atexit.register(shutdown)
+    dist.barrier()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev)
+
+
+def shutdown() -> None:
+    """Leave the process group (registered to run at exit by :func:`init_distributed`).
+
+    Unreachable DistributedDataParallel wrappers are collected first: a reducer that outlives
+    its process group until interpreter teardown can abort the process ("terminate called
+    without an active exception") after the run has finished.
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``obj`` of rank ``src`` on every rank (pickled; for small things: decisions, results)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 only; its result, or the exception it raised, on every rank.
+
+    For what rank 0 alone may do (read or write the run directory, decide whether a sub-run is
+    finished) while every rank must take the same branch afterwards.
+    """
+    if not is_distributed():
+        return fn()
+    payload: tuple[bool, Any] | None = None
+    if is_main():
+        try:
+            payload = (True, fn())
+        except Exception as e:  # re-raised on every rank below
+            payload = (False, e)
+    ok, value = broadcast_object(payload)
+    if not ok:
+        raise value
+    return value
+
+
+def broadcast_state(*modules: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank's ``modules`` (in place)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for module in modules:
+            for t in module.state_dict().values():
+                dist.broadcast(t, src=0)
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over ranks (a copy; the input itself in a single process)."""
+    if not is_distributed():
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def average_gradients(params) -> None:
+    """Replace each ``.grad`` of ``params`` by its mean over ranks (in place; None stays None).
+
+    For parameters outside DistributedDataParallel (learned loss weights)."""
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(dist.get_world_size())
+
+
+def params_checksum(module: nn.Module) -> torch.Tensor:
+    """``[Σ p, Σ p², Σ i·p_i]`` over every parameter in float64: a cheap fingerprint that equal
+    parameters share bit for bit (tests compare it across ranks)."""
+    acc = torch.zeros(3, dtype=torch.float64)
+    for p in module.parameters():
+        v = p.detach().reshape(-1).to("cpu", torch.float64)
+        idx = torch.arange(1, v.numel() + 1, dtype=torch.float64)
+        acc += torch.stack([v.sum(), (v * v).sum(), (v * idx).sum()])
+    return acc
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank ``rank``'s global RNGs (``seed`` itself for rank 0 at step 0)."""
+    if rank == 0 and step == 0:
+        return seed
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63)
+
+
+def seed_rank(seed: int, info: DistInfo, state: Mapping[str, Any] | None = None,
+              step: int = 0) -> None:
+    """Give rank ≥ 1 its own global RNG streams, after everything that must agree was drawn.
+
+    ``state``: a resumed checkpoint's training state; its ``rng_ranks`` (one entry per rank,
+    saved by :func:`gather_rng`) restores each rank's own streams when the number of processes
+    is unchanged; otherwise the streams are re-seeded from ``(seed, rank, step)``.  Rank 0 keeps
+    the single-process stream (from the checkpoint's ``rng`` on resume).
+    """
+    if not info.enabled or info.is_main:
+        return
+    from metasparsity.train.checkpoint import set_rng_state
+
+    ranks = (state or {}).get("rng_ranks")
+    if ranks is not None and len(ranks) == info.world_size:
+        set_rng_state(ranks[info.rank])
+    else:
+        seed_everything(rank_seed(seed, info.rank, step))
+
+
+def gather_rng(rng: Mapping[str, Any]) -> list[Any] | None:
+    """Every rank's RNG state (for rank 0's checkpoint), or None in a single process."""
+    return all_gather_object(dict(rng)) if is_distributed() else None
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``Σ_r x_r`` on every rank; the gradient of each ``x_r`` is ``Σ_r`` of the output's
+    gradients (every rank's loss depends on the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of every rank's batch together, on CPU
+    tensors (Gloo); PyTorch's :class:`torch.nn.SyncBatchNorm` (used on GPUs) refuses the CPU.
+
+    In training mode under a process group, over every rank's ``[B, C, …]`` input (``N`` =
+    samples × spatial positions of all ranks): ``mean = Σ_r Σ x / N``,
+    ``var = Σ_r Σ (x − mean)² / N``, through an all-reduce whose backward all-reduces the
+    gradients, so the gradient is the global batch's as well.  Running
+    statistics are updated as BatchNorm does (unbiased variance ``N/(N−1)``; ``momentum=None``:
+    cumulative average).  In evaluation, or in a single process, it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        all_reduce = _AllReduceSum.apply
+        self._check_input_dim(input)
+        c = input.shape[1]
+        dims = [0] + list(range(2, input.dim()))
+        shape = [1, c] + [1] * (input.dim() - 2)
+        count = input.new_full((1,), float(input.numel() // max(c, 1)))
+        total = all_reduce(torch.cat([input.sum(dims), count]))
+        n = total[c]
+        mean = total[:c] / n
+        centred = input - mean.reshape(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                unbiased = var * (n / (n - 1)) if float(n) > 1 else var
+                self.running_mean.mul_(1 - f).add_(f * mean.detach())
+                self.running_var.mul_(1 - f).add_(f * unbiased.detach())
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of ``module`` synchronised over ranks: :class:`torch.nn.SyncBatchNorm` on
+    CUDA, :class:`CpuSyncBatchNorm` on the CPU.  Parameters and buffers are shared with the
+    original layers (state-dict names unchanged); returns the converted module."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if (isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and not isinstance(module, CpuSyncBatchNorm)):
+        out = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        if module.affine:
+            out.weight = module.weight
+            out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, device))
+    return out
+
+
+def data_parallel(module: nn.Module, info: DistInfo) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel (gradients averaged over ranks, parameters
+    broadcast from rank 0 once), or ``module`` itself in a single process."""
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Synchronised BatchNorm keeps the running statistics equal on every rank: no buffer
+    # broadcast needed at every forward (only at construction, with the parameters).
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(
+        module, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+        **no_sync)
+
+
+# ----------------------------------------------------------------------------- meta-batch parallel
+
+
+def check_meta_batch(meta_batch: int, world: int) -> None:
+    if meta_batch < world:
+        raise UserError(f"meta.meta_batch={meta_batch} is smaller than the number of processes "
+                        f"({world}): every process meta-steps at least one task subset; raise "
+                        "meta.meta_batch or start fewer processes")
+
+
+def local_subsets(meta_batch: int, info: DistInfo) -> list[int]:
+    """Positions ``j`` in the meta-batch that this rank meta-steps: a contiguous block, blocks in
+    rank order, the first ``M mod W`` ranks one subset more (``M = 5, W = 2``: 0–2 | 3–4)."""
+    q, rem = divmod(meta_batch, info.world_size)
+    start = info.rank * q + min(info.rank, rem)
+    return list(range(start, start + q + (info.rank < rem)))
+
+
+_LAMBDA_FIELDS = ("grad_lambda", "grad_lambda_explicit", "grad_lambda_implicit")
+
+
+def reduce_meta_result(res: MetaStepResult, subsets: Sequence[Sequence[str]], model: nn.Module,
+                       lam: LearnedLambda,
+                       extra_params: Mapping[str, torch.Tensor] | None = None) -> MetaStepResult:
+    """Sum one rank's :class:`MetaStepResult` over ranks: the result of the whole meta-batch.
+
+    ``res`` comes from :func:`metasparsity.meta.meta_step` on this rank's share of the meta-batch
+    ``subsets`` (the full list, the same on every rank).  Summed (all-reduce SUM, one flat buffer
+    per dtype): the gradients of θ and of ``extra_params``, λ's gradient and its explicit and
+    implicit parts, the meta loss and the query total.  Then, as in
+    ``meta_step``: λ's gradient = explicit + implicit (closed-form modes) or its implicit part =
+    total − explicit (``second_order``), and ``grad_rho = grad_lambda · dλ/dρ``.  A gradient
+    that is None on a rank counts as zeros; None on every rank stays None.  Per-task query /
+    inner losses are means over all subsets holding the task (as in one process).  Unchanged:
+    the penalty Ω(θ) and λ, the same on every rank.
+    """
+    if not is_distributed():
+        return res
+    params = dict(model.named_parameters())
+    extra = dict(extra_params or {})
+    rho = lam.rho
+    # slots: (kind, name, local tensor or None, shape, dtype of the sum)
+    slots: list[tuple[str, str, torch.Tensor | None, torch.Size, torch.dtype]] = []
+    for name, g in res.grads_theta.items():
+        slots.append(("theta", name, g, params[name].shape, params[name].dtype))
+    for name in extra:
+        g = res.grads_extra.get(name)
+        slots.append(("extra", name, g, extra[name].shape, extra[name].dtype))
+    for name in _LAMBDA_FIELDS:
+        g = getattr(res, name)
+        # λ's gradients have the model's dtype: summed in it, so that the sum is the one a
+        # single process makes
+        slots.append(("lam", name, g, rho.shape, g.dtype if g is not None else rho.dtype))
+
+    device = next(iter(params.values())).device
+    local = [tuple(s) for s in res.subsets]
+    tasks = list(dict.fromkeys(t for s in subsets for t in s))
+    count = {t: sum(t in s for s in local) for t in tasks}
+    scalars = [res.loss, res.query_total]
+    for t in tasks:
+        q = res.query_loss.get(t)
+        i = res.inner_loss.get(t)
+        scalars += [0.0 if q is None else q * count[t], float(count[t]),
+                    0.0 if i is None else i * count[t], 0.0 if i is None else 1.0]
+    flags = [0.0 if g is None else 1.0 for _, _, g, _, _ in slots]
+    head = torch.tensor(scalars + flags, dtype=torch.float64, device=device)
+
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for k, (_, _, _, _, dtype) in enumerate(slots):
+        by_dtype.setdefault(dtype, []).append(k)
+    flat: dict[torch.dtype, torch.Tensor] = {}
+    for dtype, ks in by_dtype.items():
+        parts = []
+        for k in ks:
+            _, _, g, shape, _ = slots[k]
+            parts.append(torch.zeros(shape.numel(), dtype=dtype, device=device) if g is None
+                         else g.detach().reshape(-1).to(device=device, dtype=dtype))
+        flat[dtype] = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
+    # fixed order on every rank: the float64 head first, then one buffer per dtype
+    dist.all_reduce(head, op=dist.ReduceOp.SUM)
+    for dtype in sorted(flat, key=str):
+        dist.all_reduce(flat[dtype], op=dist.ReduceOp.SUM)
+
+    head_l = head.tolist()
+    n_sc = len(scalars)
+    present = [v > 0 for v in head_l[n_sc:]]
+    summed: list[torch.Tensor | None] = [None] * len(slots)
+    for dtype, ks in by_dtype.items():
+        offset = 0
+        for k in ks:
+            _, _, g, shape, _ = slots[k]
+            n = shape.numel()
+            if present[k]:
+                v = flat[dtype][offset:offset + n].reshape(shape)
+                summed[k] = v.to(g.dtype) if g is not None else v
+            offset += n
+
+    theta: dict[str, torch.Tensor | None] = {}
+    grads_extra: dict[str, torch.Tensor | None] = {}
+    lam_fields: dict[str, torch.Tensor | None] = {}
+    for (kind, name, _, _, _), v in zip(slots, summed):
+        {"theta": theta, "extra": grads_extra, "lam": lam_fields}[kind][name] = v
+    expl, impl = lam_fields["grad_lambda_explicit"], lam_fields["grad_lambda_implicit"]
+    grad_lam, grad_rho = lam_fields["grad_lambda"], None
+    if grad_lam is not None and expl is not None and impl is not None:
+        if res.mode == "second_order":
+            impl = grad_lam - expl
+        else:
+            grad_lam = expl + impl
+        with torch.enable_grad():
+            r = rho.detach().requires_grad_()
+            lo, hi = lam.log_bounds
+            (grad_rho,) = torch.autograd.grad(
+                torch.exp(torch.clamp(r, lo, hi)), r,
+                grad_outputs=grad_lam.detach().to(dtype=rho.dtype, device=rho.device))
+    query_loss, inner_loss = {}, {}
+    for k, t in enumerate(tasks):
+        q_sum, cnt, i_sum, i_has = head_l[2 + 4 * k: 6 + 4 * k]
+        if cnt > 0:
+            query_loss[t] = q_sum / cnt
+            if i_has > 0:
+                inner_loss[t] = i_sum / cnt
+    return dataclasses.replace(
+        res, subsets=[tuple(s) for s in subsets], loss=head_l[0], query_total=head_l[1],
+        query_loss=query_loss, inner_loss=inner_loss, grads_theta=theta,
+        grads_extra=grads_extra, grad_lambda=grad_lam, grad_lambda_explicit=expl,
+        grad_lambda_implicit=impl, grad_rho=grad_rho)
+
+
+def distributed_meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[Any],
+                          batches: Sequence[Any], loss_fn: Callable, *,
+                          subsets: Sequence[Sequence[str]] | None = None,
+                          extra_params: Mapping[str, torch.Tensor] | None = None,
+                          **kwargs: Any) -> MetaStepResult:
+    """:func:`metasparsity.meta.meta_step` on this rank's ``batches``, summed over ranks.
+
+    ``subsets``: the whole meta-batch (every rank's subsets, in meta-batch order; default: this
+    rank's).  ``kwargs``: ``inner_lr``, ``inner_steps``, ``mode``, ``outer_penalty``.  In a single
+    process it is ``meta_step`` itself.  Follow it with
+    :func:`metasparsity.meta.outer_update` on every rank.
+    """
+    res = meta_step(model, lam, layers, batches, loss_fn, extra_params=extra_params, **kwargs)
+    if not is_distributed():
+        return res
+    return reduce_meta_result(res, subsets if subsets is not None else res.subsets, model, lam,
+                              extra_params)
