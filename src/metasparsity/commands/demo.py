@@ -13,7 +13,6 @@ continues / reuses it (finished runs are not retrained); ``--overwrite`` starts 
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
-    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir
+    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir, create_run_dir
 
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
@@ -60,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config or PRESET, args.overrides)
         check_run_dir(out, overwrite=args.overwrite)
-        if args.overwrite and out.is_dir():
-            shutil.rmtree(out)
+        from metasparsity.data import build_dataset
+
+        build_dataset(cfg, "train")  # a bad data config stops here, before anything is written
+        create_run_dir(out, cfg.to_yaml(), overwrite=args.overwrite)
     summarize_data(cfg, args.samples, out)
     if args.data_only:
         return 0
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if resume:
         print(f"continuing the demo in {out} (finished runs are reused; --overwrite starts again)")
     t0 = time.time()
-    res = run_compare(cfg, out, resume=resume, overwrite=False)
+    res = run_compare(cfg, out, resume=True)  # the run directory exists: created above
     print()
     print(summary_table(res))
     print(f"\ndemo finished in {time.time() - t0:.0f} s. Report with plots: {out / 'report.md'}; "

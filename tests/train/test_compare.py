@@ -1,0 +1,115 @@
+"""`compare`, `report` and `demo` end to end on micro budgets: every method has its row, every
+number in report.md is the one in results.json, and `report` regenerates the same report."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from tests.train.micro import MICRO, cli
+
+from metasparsity.report.compare import METHOD_NAMES, mean_std
+from metasparsity.utils.io import read_json
+
+ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"]
+SMALL = [*MICRO, "data.train_size=16", "data.val_size=8", "data.test_size=8",
+         "train.max_steps=2", "meta.steps=2", "finetune.steps=2", "finetune.val_every=1",
+         "data.tasks=[segment,has_sphere,depth,normal]", "data.seen_tasks=[segment,has_sphere]",
+         "data.unseen_tasks=[depth,normal]", "compare.lambda_grid=[0.5,3.0]",
+         "compare.optuna_trials=2", "meta.lambda_init=0.5"]
+
+
+def _rows(md: str, first_header: str) -> dict[str, list[str]]:
+    """Markdown table starting with ``| first_header |`` -> {first cell: other cells}."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    out = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    assert cli("compare", "--out", out, f"compare.methods=[{','.join(ALL)}]", *SMALL) == 0
+    return out
+
+
+def test_every_method_has_its_row_and_every_number_is_from_results_json(compared):
+    res = read_json(compared / "results.json")
+    md = (compared / "report.md").read_text()
+    assert res["methods"] == ALL and set(res["summary"]) == set(ALL)
+    summary = _rows(md, "method")
+    n = len(res["seeds"])
+    for m in ALL:
+        a = res["summary"][m]
+        row = summary[METHOD_NAMES[m]]
+        assert row[:9] == [
+            mean_std(a["delta_m_seen"], n), mean_std(a["delta_m_unseen"], n),
+            mean_std(a["delta_m_all"], n), mean_std(a["group_sparsity"], n),
+            mean_std(a["param_sparsity"], n), mean_std(a["params"], n, 1e-6),
+            mean_std(a["macs"], n, 1e-6), mean_std(a["wall_time_s"], n)] + [row[8]], m
+    tasks = _rows(md, "method")  # first table again: the per-task table has the same first header
+    per_task = md[md.index("## Per-task test metrics"):]
+    task_rows = _rows(per_task, "method")
+    header = per_task.splitlines()[2].strip("|").split("|")[1:]
+    for m in ALL:
+        for cell, col in zip(task_rows[METHOD_NAMES[m]], header):
+            task, metric = col.split()[:2]
+            assert cell == mean_std(res["summary"][m]["metrics"][task][metric], n), (m, col)
+    assert tasks  # the report parsed
+    # STL is the baseline of Δm: exactly zero
+    assert res["summary"]["stl"]["delta_m_seen"]["mean"] == 0.0
+    # the grid's cost is the whole grid; the selected λ is one of it
+    fixed = res["per_seed"]["0"]["fixed_lambda"]
+    assert fixed["selected_lambda"] in (0.5, 3.0) and fixed["models"] == 2
+    assert len(res["per_seed"]["0"]["optuna"]["trials"]) == 2
+    for png in ("delta_vs_sparsity.png", "per_layer_sparsity.png", "lambda.png", "samples.png"):
+        assert (compared / png).stat().st_size > 1000, png
+        assert f"]({png})" in md
+
+
+def test_sparse_methods_report_their_sparsity_and_pruned_cost(compared):
+    res = read_json(compared / "results.json")
+    rows = res["per_seed"]["0"]
+    for p in rows["fixed_lambda"]["grid"]:
+        assert 0.0 <= p["param_sparsity"] <= 1.0 and 0.0 <= p["group_sparsity"] <= 1.0
+    for m in ALL:
+        assert len(rows[m]["sparsity"]["per_layer"]) == 20  # every conv of the ResNet-18
+        cost = rows[m]["cost"]
+        assert 0 < cost["params"] <= cost["params_dense"] and 0 < cost["macs"] <= cost["macs_dense"]
+
+
+def test_report_regenerates_the_same_report_without_training(compared, capsys):
+    before = (compared / "report.md").read_text()
+    (compared / "report.md").unlink()
+    (compared / "lambda.png").unlink()
+    assert cli("report", compared) == 0
+    assert (compared / "report.md").read_text() == before
+    assert (compared / "lambda.png").is_file()
+    assert "meta-sparsity (learned λ)" in capsys.readouterr().out
+
+
+def test_report_of_a_non_compare_directory_is_a_clean_error(tmp_path, capsys):
+    assert cli("report", tmp_path) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_demo_runs_the_comparison_and_reuses_it(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--samples", "8", *SMALL, "compare.methods=[mtl]"]
+    assert cli(*args) == 0
+    first = capsys.readouterr().out
+    assert "dense MTL" in first and str(out / "report.md") in first
+    assert (out / "preview.png").is_file() and (out / "report.md").is_file()
+    stamp = (out / "results.json").stat().st_mtime_ns
+    mtl = (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns
+    assert cli("demo", "--out", out, "--samples", "8", "train.progress=false") == 0
+    assert "continuing the demo" in capsys.readouterr().out
+    assert (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns == mtl  # not retrained
+    assert (out / "results.json").stat().st_mtime_ns >= stamp
+    assert re.search(r"demo finished in \d+ s", capsys.readouterr().out + first)
