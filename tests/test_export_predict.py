@@ -18,16 +18,6 @@ from metasparsity.sparsity import prune_zero_channels, sparsity_stats
 from metasparsity.train.checkpoint import save_checkpoint
 from metasparsity.utils.errors import UserError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on shared, busy cores two threads spin-wait on each other (slow)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TASKS = ["segment", "depth", "normal", "edge", "has_sphere"]
 OVERRIDES = ["model.depth=18", "model.width=0.125", "model.output_stride=16",
              "model.head_channels=8", "model.aspp_rates=[1,2,3]", "data.image_size=32",

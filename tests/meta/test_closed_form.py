@@ -29,13 +29,6 @@ ALPHA = 0.1
 SUBSETS = [("seg", "attr"), ("depth",), ("seg", "depth", "attr")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def model():

@@ -29,15 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toy_models import ToyMultiTaskNet  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def model():
     return ToyMultiTaskNet().double()

@@ -11,16 +11,6 @@ from metasparsity.models import build_model_from_tasks
 from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
 from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on shared, busy cores two threads spin-wait on each other (slow)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TASK_NAMES = ("segment", "depth", "has_sphere")  # two ASPP heads, one mlp head
 SIZE = 32
 
