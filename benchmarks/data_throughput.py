@@ -11,8 +11,13 @@ Writes the JSON (settings, images/s, machine) and prints one markdown table row 
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Measure generation, not the in-process memory of rendered samples (which forked workers
+# would inherit from the single-process measurement before them).
+os.environ["METASPARSITY_SYNTH_MEMO_MB"] = "0"
+
+import argparse
 import platform
 import time
 from pathlib import Path

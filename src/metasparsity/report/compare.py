@@ -149,7 +149,7 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         f"{spec_txt}. Sparsity is of the shared backbone's input-channel groups; parameters and "
         "MACs are of the deployed seen-task model after removing zero channels (STL: all its "
         "single-task models together). Wall time includes every run a method needs (a λ grid "
-        "of 5 costs 5 trainings).",
+        "of n points costs n trainings).",
         "",
     ]
     left_out = sorted({m for rows in results["per_seed"].values() for r in rows.values()
