@@ -36,6 +36,7 @@ from anything with ``.type`` and ``.num_classes`` (e.g. :class:`metasparsity.dat
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -56,8 +57,8 @@ DEPTH_MIN = 1e-6
 NAN = float("nan")
 
 
-class Metric:
-    """Base class: accumulate with :meth:`update`, read with :meth:`compute`, clear with :meth:`reset`.
+class Metric(abc.ABC):
+    """Abstract base class: accumulate with :meth:`update`, read with :meth:`compute`, clear with :meth:`reset`.
 
     Subclasses set ``higher_is_better`` (one entry per key of ``compute()``) and ``primary``
     (the keys that enter Δm by default).
@@ -74,14 +75,17 @@ class Metric:
         """Build the metric for a task-like object (``.type``, ``.num_classes``)."""
         return cls()
 
+    @abc.abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Forget everything accumulated."""
 
+    @abc.abstractmethod
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Accumulate one batch: raw model output ``pred`` against ``target``."""
 
+    @abc.abstractmethod
     def compute(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The metric over everything accumulated since the last :meth:`reset`."""
 
     def _nan_result(self) -> dict[str, float]:
         return {k: NAN for k in self.higher_is_better}
