@@ -27,15 +27,13 @@ from torch.utils.data import Dataset
 from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.render import GENERATOR_VERSION, intrinsics, render_sample
 from metasparsity.data.tasks import SYNTH_CLASSES, TASKS, Task
+# Images are normalised per channel as (rgb − mean) / std with ImageNet's statistics (one
+# definition, in transforms, shared with the real data sets) so that torchvision weights fit.
+from metasparsity.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 from metasparsity.utils.errors import UserError
 
 SYNTH_TASKS = ("segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left")
 """Every task SynthScenes serves."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""The image is normalised per channel as ``(rgb − mean) / std`` with ImageNet's statistics, so
-that torchvision ImageNet weights see the input they expect."""
 
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 """Global index of a split's sample 0; a split holds at most 10⁷ samples, so splits are disjoint."""
