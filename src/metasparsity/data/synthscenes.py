@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.render import GENERATOR_VERSION, intrinsics, render_sample
 from metasparsity.data.tasks import SYNTH_CLASSES, TASKS, Task
+
 # Images are normalised per channel as (rgb − mean) / std with ImageNet's statistics (one
 # definition, in transforms, shared with the real data sets) so that torchvision weights fit.
 from metasparsity.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
