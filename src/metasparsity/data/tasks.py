@@ -132,7 +132,8 @@ def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pred ``[B, 1, H, W]`` logits, target ``[B, 1, H, W]`` in {0, 1}; pixels equal to 255 ignored.
     """
     valid = target != IGNORE_INDEX
-    t = torch.where(valid, target, torch.zeros_like(target)).float()
+    t = torch.where(valid, target, torch.zeros_like(target)).to(
+        torch.promote_types(pred.dtype, torch.float32))
     n = valid.sum()
     if n == 0:
         return _zero_like_graph(pred)
@@ -144,7 +145,8 @@ def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @register_loss("binary")
 def binary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE with logits. pred ``[B, 1]`` (or ``[B]``), target ``[B]`` in {0, 1}."""
-    return F.binary_cross_entropy_with_logits(pred.reshape(-1), target.reshape(-1).float())
+    dtype = torch.promote_types(pred.dtype, torch.float32)  # float64 models stay in float64
+    return F.binary_cross_entropy_with_logits(pred.reshape(-1), target.reshape(-1).to(dtype))
 
 
 # The SynthScenes tasks (DESIGN §3.1).  Other data sets override channels/classes through their

@@ -383,8 +383,9 @@ class Trainer:
         if not self.dist.enabled:
             return total, losses
         names = list(losses)
-        v = ddp.mean_over_ranks(torch.stack([total.detach().float()]
-                                            + [losses[t].detach().float() for t in names]))
+        acc = torch.promote_types(total.dtype, torch.float32)  # bf16 under autocast → float32
+        v = ddp.mean_over_ranks(torch.stack([total.detach().to(acc)]
+                                            + [losses[t].detach().to(acc) for t in names]))
         return v[0], {t: v[i + 1] for i, t in enumerate(names)}
 
     def finish(self) -> dict[str, Any]:
