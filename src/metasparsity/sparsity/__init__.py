@@ -17,21 +17,26 @@ from metasparsity.sparsity.groups import (
     sparsity_stats,
     zero_group_masks,
 )
+from metasparsity.sparsity.proxadam import PROX_METRICS, ProxAdam, metric_prox, prox_param_groups
 from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report
 
 __all__ = [
+    "PROX_METRICS",
     "ConvGroups",
+    "ProxAdam",
     "SparsityStats",
     "apply_masks_",
     "channel_groups",
     "group_norms",
     "group_penalty",
     "mask_zero_group_grads_",
+    "metric_prox",
     "penalty",
     "penalty_grad",
     "penalty_per_layer",
     "prox",
     "prox_",
+    "prox_param_groups",
     "prox_params",
     "prune_zero_channels",
     "pruning_report",

@@ -1,0 +1,160 @@
+"""``ProxAdam``: Adam followed by the group-lasso proximal step in Adam's own metric (DESIGN §2.2.1).
+
+One step on a channel-grouped weight (layer ``l``, group ``g`` = input channel, ``w_g`` its group
+weight, ``η`` the learning rate of this step after the LR schedule)::
+
+    z   = the Adam step                                     (torch.optim.Adam, unchanged)
+    D   = sqrt(v̂) + ε                                       (Adam's bias-corrected denominator)
+    θ_g = argmin_y ½·||y − z_g||²_D + τ_g·||y||_2,   τ_g = η·λ_l·w_g
+        = 0                                 if ||D_g ⊙ z_g||_2 ≤ τ_g        (exact zeros)
+        = z_g ⊙ r / (r + τ_g / D_g)         otherwise, r = ||θ_g|| > 0 the root of
+                                            Σ_i z_i² / (r + τ_g/d_i)² = 1
+
+The fixed points of "Adam step, then this prox" are the group-lasso stationary points
+``0 ∈ m̂ + λ·∂Ω(θ)``: λ is in gradient units.  ``prox_metric="euclidean"`` applies the plain block
+soft-threshold ``θ_g·max(0, 1 − τ_g/||θ_g||)`` instead (the first version, kept for ablation),
+whose fixed points compare λ with Adam's *normalised* step.
+
+The scalar equation is solved in the form ``h(r) = 1/||z / (r + a)|| = 1`` (``a_i = τ_g/d_i``):
+``h`` is increasing and concave, so Newton's method started at ``r = 0`` (where ``h < 1``) climbs
+monotonically to the root from below, exactly in one step when ``D`` is constant over the group,
+and it runs batched over all groups of a layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, group_norms, prox
+
+PROX_METRICS = ("adam", "euclidean")
+NEWTON_MAX_STEPS = 30
+
+
+def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """Group prox of every input-channel group of ``z`` in the diagonal metric ``d``.
+
+    ``z``, ``d``: ``[O, I, kh, kw]`` (``d > 0``); ``tau``: a scalar or ``[I]`` (one threshold per
+    group).  Returns ``argmin_y ½·Σ d·(y − z)² + τ·||y||`` for every group ``y = W[:, c]``; groups
+    with ``||d ⊙ z_g|| ≤ τ`` come out exactly zero.  Pure: returns a new tensor.
+    """
+    tau_t = torch.as_tensor(tau, dtype=z.dtype, device=z.device)
+    tau_b = tau_t.reshape(1, -1, 1, 1) if tau_t.ndim == 1 else tau_t
+    keep = group_norms(z * d) > tau_t  # [I]
+    if not bool(keep.any()):
+        return torch.zeros_like(z)
+    a = tau_b / d  # [O, I, kh, kw]: τ_g / d_i
+    z2 = z.square()
+    r = torch.zeros(z.shape[1], dtype=z.dtype, device=z.device)
+    dims = (0, 2, 3)
+    for _ in range(NEWTON_MAX_STEPS):
+        inv = 1.0 / (r.reshape(1, -1, 1, 1) + a)
+        s2 = (z2 * inv.square()).sum(dims)  # S(r) = Σ z²/(r+a)²
+        s3 = (z2 * inv.pow(3)).sum(dims)    # −S'(r)/2
+        s2 = torch.where(keep, s2, torch.ones_like(s2))
+        h = s2.rsqrt()
+        dh = s3 * h / s2                    # h' = S^{-3/2}·Σ z²/(r+a)³
+        step = torch.where(keep, (1.0 - h) / torch.where(keep, dh, torch.ones_like(dh)),
+                           torch.zeros_like(r))
+        step = step.clamp_min(0.0)  # monotone from below; rounding never walks back
+        r = r + step
+        if bool((step <= 4 * torch.finfo(z.dtype).eps * r).all()):
+            break
+    rb = r.reshape(1, -1, 1, 1)
+    y = z * (rb / (rb + a))
+    return torch.where(keep.reshape(1, -1, 1, 1), y, torch.zeros_like(y))
+
+
+def prox_param_groups(model: nn.Module, layers: Sequence[ConvGroups],
+                      params: Iterable[torch.Tensor] | None = None,
+                      extra: Iterable[torch.Tensor] = ()) -> list[dict[str, Any]]:
+    """Parameter groups for :class:`ProxAdam`: one group per grouped backbone conv weight
+    (``prox_layer``: its index in ``layers``, the index of per-layer λ; ``group_weight``: ``w_g``),
+    then one plain group with every other parameter.
+
+    ``params``: the parameters to optimise (default: all of ``model``'s that require grad); only
+    those among them that are grouped get a prox group.  ``extra``: further parameters (e.g.
+    learned loss weights) in the plain group.
+    """
+    named = dict(model.named_parameters())
+    chosen = list(named.values()) if params is None else list(params)
+    chosen_ids = {id(p) for p in chosen}
+    groups, grouped_ids = [], set()
+    for i, g in enumerate(layers):
+        w = named[g.name]
+        if id(w) in chosen_ids and w.requires_grad:
+            groups.append({"params": [w], "prox_layer": i, "group_weight": g.group_weight})
+            grouped_ids.add(id(w))
+    rest = [p for p in chosen if id(p) not in grouped_ids and p.requires_grad] + list(extra)
+    if rest:
+        groups.append({"params": rest})
+    return groups
+
+
+class ProxAdam(torch.optim.Adam):
+    """Adam (``torch.optim.Adam``, optional decoupled weight decay) whose step is followed, on the
+    parameter groups marked with ``prox_layer`` (see :func:`prox_param_groups`), by the group prox
+    with threshold ``τ = η_t·λ_l·w_g`` in Adam's metric (``prox_metric="adam"``) or the Euclidean
+    one (``"euclidean"``).
+
+    ``step(lam=...)`` takes the current λ: a float, or a tensor with one value per grouped layer
+    (indexed by ``prox_layer``); ``None`` or 0 is a plain Adam step.  Everything the prox needs
+    lives in Adam's own state and the param groups, so ``state_dict`` round-trips exactly.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *,
+                 decoupled_weight_decay: bool = False, prox_metric: str = "adam",
+                 num_layers: int | None = None) -> None:
+        if prox_metric not in PROX_METRICS:
+            raise ValueError(f"prox_metric must be one of {PROX_METRICS}, got {prox_metric!r}")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self.prox_metric = prox_metric
+        layers = [g["prox_layer"] for g in self.param_groups if "prox_layer" in g]
+        self.num_layers = num_layers if num_layers is not None else (max(layers) + 1 if layers else 0)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, lam: LamLike | None = None):  # type: ignore[override]
+        loss = super().step(closure)
+        if isinstance(lam, torch.Tensor):
+            lam = lam.detach()
+            if not bool((lam != 0).any()):
+                return loss
+        elif lam is None or not any(_as_floats(lam)):
+            return loss
+        for group in self.param_groups:
+            if "prox_layer" not in group:
+                continue
+            (w,) = group["params"]
+            lam_t = _layer_lambda(lam, self.num_layers, w)
+            lam_l = lam_t[group["prox_layer"]]
+            tau = group["lr"] * lam_l * group["group_weight"]
+            if self.prox_metric == "euclidean":
+                w.copy_(prox(w, tau))
+                continue
+            state = self.state.get(w)
+            if not state or "exp_avg_sq" not in state:
+                continue  # no Adam step yet (no gradient): nothing to prox in its metric
+            w.copy_(metric_prox(w, self.denominator(w, group), tau))
+        return loss
+
+    def denominator(self, w: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """``D = sqrt(v̂) + ε`` of parameter ``w``, exactly as Adam's step divided by it."""
+        state = self.state[w]
+        step = float(state["step"])
+        beta2 = group["betas"][1]
+        bias_correction2 = 1 - beta2 ** step
+        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        return (v.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
+
+
+def _as_floats(lam: LamLike) -> list[float]:
+    if isinstance(lam, (int, float)):
+        return [float(lam)]
+    return [float(v) for v in lam]
