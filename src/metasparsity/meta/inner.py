@@ -63,6 +63,7 @@ from torch.func import functional_call
 from metasparsity.meta.lam import LearnedLambda, broadcast_lambda
 from metasparsity.sparsity import (
     ConvGroups,
+    ProxAdam,
     group_norms,
     penalty_grad,
     penalty_per_layer,
@@ -460,11 +461,14 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
                  extra_params: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Apply one outer step in place (DESIGN §2.4).
 
-    1. ``.grad`` ← the meta-gradients; ``opt_theta.step()`` (Adam on θ and on ``extra_params``,
-       which must be in ``opt_theta``'s parameter groups).
-    2. Proximal step on the backbone groups with ``η = prox_step`` (the outer learning rate) and
-       the λ that this meta-step used (per layer for a per-layer λ):
-       ``θ_g ← θ_g · max(0, 1 − η·λ_l·w_g / ||θ_g||)``.
+    1. ``.grad`` ← the meta-gradients; then the optimizer step on θ and ``extra_params`` (which
+       must be in ``opt_theta``'s parameter groups) with the proximal step on the backbone groups
+       at the λ this meta-step used (per layer for a per-layer λ):
+       * ``opt_theta`` a :class:`~metasparsity.sparsity.ProxAdam`: ``opt_theta.step(lam=λ)``, the
+         prox in its own metric (or the Euclidean one), threshold ``η·λ_l·w_g`` with its learning
+         rate ``η`` (DESIGN §2.2.1); ``prox_step`` is not used;
+       * any other optimizer: its step, then the Euclidean prox with ``η = prox_step``:
+         ``θ_g ← θ_g · max(0, 1 − η·λ_l·w_g / ||θ_g||)``.
     3. If λ is learnable: ``ρ.grad`` ← ``result.grad_rho``; ``opt_rho.step()``; ρ clamped into
        ``[log λ_min, log λ_max]``.
 
@@ -479,15 +483,18 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
     for name, p in extra.items():
         g = result.grads_extra.get(name)
         p.grad = None if g is None else g.detach().to(p.dtype)
-    opt_theta.step()
+    lam_used = lam.value()
+    sparse = lam.enabled and bool(layers)
+    if isinstance(opt_theta, ProxAdam):
+        opt_theta.step(lam=lam().detach() if sparse else None)
+    else:
+        opt_theta.step()
+        if sparse:
+            prox_(model, prox_step, lam().detach(), layers)
     for p in params.values():
         p.grad = None
     for p in extra.values():
         p.grad = None
-
-    lam_used = lam.value()
-    if lam.enabled and layers:
-        prox_(model, prox_step, lam().detach(), layers)
 
     if lam.learnable:
         if opt_rho is None:
