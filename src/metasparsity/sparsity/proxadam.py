@@ -16,9 +16,9 @@ soft-threshold ``θ_g·max(0, 1 − τ_g/||θ_g||)`` instead (the first version,
 whose fixed points compare λ with Adam's *normalised* step.
 
 The scalar equation is solved in the form ``h(r) = 1/||z / (r + a)|| = 1`` (``a_i = τ_g/d_i``):
-``h`` is increasing and concave, so Newton's method started at ``r = 0`` (where ``h < 1``) climbs
-monotonically to the root from below, exactly in one step when ``D`` is constant over the group,
-and it runs batched over all groups of a layer.
+``h`` is increasing and concave, so Newton's method converges monotonically from below once it
+is left of the root (one step at most), exact at once when ``D`` is constant over the group; it
+runs batched over all groups of a layer (see :func:`metric_prox`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, group_norms, prox
+from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, prox
 
 PROX_METRICS = ("adam", "euclidean")
 NEWTON_MAX_STEPS = 30
@@ -42,32 +42,44 @@ def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> 
     ``z``, ``d``: ``[O, I, kh, kw]`` (``d > 0``); ``tau``: a scalar or ``[I]`` (one threshold per
     group).  Returns ``argmin_y ½·Σ d·(y − z)² + τ·||y||`` for every group ``y = W[:, c]``; groups
     with ``||d ⊙ z_g|| ≤ τ`` come out exactly zero.  Pure: returns a new tensor.
+
+    Newton on ``h(r) = 1/||z/(r + a)|| = 1`` (``a = τ/d``), batched over the groups, from
+    ``r_0 = ||z|| − ā`` (``ā`` the z²-weighted mean of ``a``: the exact root when ``d`` is constant
+    over the group).  ``h`` is increasing and concave, so a step from the right of the root lands
+    on its left (clamped at 0, where ``h < 1``) and every later step climbs monotonically to it.
     """
-    tau_t = torch.as_tensor(tau, dtype=z.dtype, device=z.device)
-    tau_b = tau_t.reshape(1, -1, 1, 1) if tau_t.ndim == 1 else tau_t
-    keep = group_norms(z * d) > tau_t  # [I]
+    o, i = z.shape[:2]
+    # group-major [I, O·kh·kw]: every sum below runs along contiguous memory
+    zt = z.transpose(0, 1).reshape(i, -1)
+    dt = d.transpose(0, 1).reshape(i, -1)
+    tau_t = torch.as_tensor(tau, dtype=z.dtype, device=z.device).reshape(-1)
+    z2 = zt.square()
+    keep = (z2 * dt.square()).sum(1) > tau_t.square()  # ||d ⊙ z_g|| > τ_g
     if not bool(keep.any()):
         return torch.zeros_like(z)
-    a = tau_b / d  # [O, I, kh, kw]: τ_g / d_i
-    z2 = z.square()
-    r = torch.zeros(z.shape[1], dtype=z.dtype, device=z.device)
-    dims = (0, 2, 3)
+    a = tau_t.reshape(-1, 1) / dt  # [I, n]: τ_g / d_i
+    zn2 = z2.sum(1)
+    safe = torch.where(keep, zn2, torch.ones_like(zn2))
+    r = (zn2.sqrt() - (z2 * a).sum(1) / safe).clamp_min_(0.0)
+    tol = 8 * torch.finfo(z.dtype).eps
     for _ in range(NEWTON_MAX_STEPS):
-        inv = 1.0 / (r.reshape(1, -1, 1, 1) + a)
-        s2 = (z2 * inv.square()).sum(dims)  # S(r) = Σ z²/(r+a)²
-        s3 = (z2 * inv.pow(3)).sum(dims)    # −S'(r)/2
+        inv = (a + r.unsqueeze(1)).reciprocal_()
+        q = z2 * inv
+        q.mul_(inv)
+        s2 = q.sum(1)                       # S(r) = Σ z²/(r+a)²
+        s3 = q.mul_(inv).sum(1)             # −S'(r)/2 = Σ z²/(r+a)³
         s2 = torch.where(keep, s2, torch.ones_like(s2))
         h = s2.rsqrt()
-        dh = s3 * h / s2                    # h' = S^{-3/2}·Σ z²/(r+a)³
-        step = torch.where(keep, (1.0 - h) / torch.where(keep, dh, torch.ones_like(dh)),
-                           torch.zeros_like(r))
-        step = step.clamp_min(0.0)  # monotone from below; rounding never walks back
-        r = r + step
-        if bool((step <= 4 * torch.finfo(z.dtype).eps * r).all()):
+        step = torch.where(keep, (1.0 - h) * s2 / (s3 * h), torch.zeros_like(r))  # (1−h)/h'
+        r_new = (r + step).clamp_min_(0.0)
+        done = bool(((r_new - r).abs() <= tol * r_new).all())
+        r = r_new
+        if done:
             break
-    rb = r.reshape(1, -1, 1, 1)
-    y = z * (rb / (rb + a))
-    return torch.where(keep.reshape(1, -1, 1, 1), y, torch.zeros_like(y))
+    rb = r.unsqueeze(1)
+    y = zt * (rb / (rb + a))
+    y.masked_fill_(~keep.unsqueeze(1), 0.0)
+    return y.reshape(i, o, *z.shape[2:]).transpose(0, 1)
 
 
 def prox_param_groups(model: nn.Module, layers: Sequence[ConvGroups],
@@ -128,12 +140,15 @@ class ProxAdam(torch.optim.Adam):
                 return loss
         elif lam is None or not any(_as_floats(lam)):
             return loss
+        lam_by_dtype: dict[tuple, torch.Tensor] = {}
         for group in self.param_groups:
             if "prox_layer" not in group:
                 continue
             (w,) = group["params"]
-            lam_t = _layer_lambda(lam, self.num_layers, w)
-            lam_l = lam_t[group["prox_layer"]]
+            key = (w.dtype, w.device)
+            if key not in lam_by_dtype:
+                lam_by_dtype[key] = _layer_lambda(lam, self.num_layers, w)
+            lam_l = lam_by_dtype[key][group["prox_layer"]]
             tau = group["lr"] * lam_l * group["group_weight"]
             if self.prox_metric == "euclidean":
                 w.copy_(prox(w, tau))

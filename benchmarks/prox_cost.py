@@ -1,0 +1,138 @@
+"""Cost of the group prox in Adam's metric against a plain training step (DESIGN §2.2.1).
+
+Model: the SynthScenes CPU preset (``configs/synthscenes.yaml``: ResNet-18 width 0.25, output
+stride 8, ASPP heads, 32 channels) with its 5 seen tasks, in float32, batch ``--batch-size``.
+Variants, each on its own copy of the same initial model, the same batch every step:
+
+* ``adam``: forward, equal-weight loss, backward, ``torch.optim.Adam.step`` (the dense step);
+* ``prox euclidean``: the same with ``ProxAdam(prox_metric="euclidean")`` at ``--lam-euclidean``
+  (block soft-threshold after Adam, the first version);
+* ``prox adam``: the same with ``ProxAdam(prox_metric="adam")`` at ``--lam`` (the metric prox:
+  Newton on the scalar equation of every kept group).
+
+Each variant first takes ``--warmup`` steps (so that Adam's moments and the zero groups are those
+of a running optimiser, not of step 1), then the variants run in turn, one step each,
+``--repeats`` times, the order rotating every round so that load from other processes falls on
+all alike.  The table gives the median wall-clock time and the median process CPU time per step
+(CPU time does not count waiting for a core), and their ratio to ``adam``.
+
+    python benchmarks/prox_cost.py [--batch-size 32] [--repeats 21] [--threads 1 2]
+
+Writes ``benchmarks/results/prox_cost.json`` and ``.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from metasparsity.config import load_config
+from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.models import build_model
+from metasparsity.sparsity import ProxAdam, channel_groups, prox_param_groups, sparsity_stats
+from metasparsity.train.loop import task_losses
+from metasparsity.utils.io import atomic_write_text, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "synthscenes.yaml"
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _variants(model, lam: float, lam_euclid: float, lr: float):
+    out = {}
+    for name, metric, lam_v in (("adam", None, None), ("prox euclidean", "euclidean", lam_euclid),
+                                ("prox adam", "adam", lam)):
+        m = copy.deepcopy(model)
+        if metric is None:
+            opt = torch.optim.Adam(m.parameters(), lr=lr)
+        else:
+            opt = ProxAdam(prox_param_groups(m, channel_groups(m)), lr=lr, prox_metric=metric)
+        out[name] = (m, opt, lam_v)
+    return out
+
+
+def _step(model, opt, lam, tasks, x, y) -> None:
+    out = model(x, tasks=list(tasks))
+    loss = sum(task_losses(tasks, out, y).values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if lam is None:
+        opt.step()
+    else:
+        opt.step(lam=lam)
+
+
+def run(threads: int, args) -> dict:
+    torch.set_num_threads(threads)
+    cfg = load_config(CONFIG, [f"data.train_size={args.batch_size}"])
+    names = cfg.data.seen_tasks
+    tasks = resolve_tasks(cfg, names)
+    torch.manual_seed(0)
+    model = build_model(cfg, names)
+    ds = build_dataset(cfg, "train")
+    x, y = default_collate([ds[i] for i in range(args.batch_size)])
+    variants = _variants(model, args.lam, args.lam_euclidean, args.lr)
+    for m, opt, lam in variants.values():
+        for _ in range(args.warmup):
+            _step(m, opt, lam, tasks, x, y)
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    for r in range(args.repeats):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            m, opt, lam = variants[k]
+            t0, c0 = time.perf_counter(), time.process_time()
+            _step(m, opt, lam, tasks, x, y)
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    base_w, base_c = statistics.median(wall["adam"]), statistics.median(cpu["adam"])
+    rows = []
+    for k, (m, _, lam) in variants.items():
+        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
+        st = sparsity_stats(m)
+        rows.append({"variant": k, "threads": threads, "lam": lam, "wall_s": w, "cpu_s": c,
+                     "wall_ratio": w / base_w, "cpu_ratio": c / base_c,
+                     "group_sparsity": st.group_sparsity})
+    return {"threads": threads, "rows": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lam", type=float, default=1e-3)
+    p.add_argument("--lam-euclidean", type=float, default=0.3)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    runs = [run(t, args) for t in args.threads]
+    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}"
+    lines = [f"Prox cost per training step (`python benchmarks/prox_cost.py`), {machine}, "
+             f"batch {args.batch_size}, median of {args.repeats}.", "",
+             "| variant | threads | λ | wall ms | CPU ms | wall / adam | CPU / adam | group sparsity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for row in r["rows"]:
+            lam = "—" if row["lam"] is None else f"{row['lam']:g}"
+            lines.append(f"| {row['variant']} | {row['threads']} | {lam} | {1e3 * row['wall_s']:.1f} | "
+                         f"{1e3 * row['cpu_s']:.1f} | {row['wall_ratio']:.3f} | {row['cpu_ratio']:.3f} | "
+                         f"{100 * row['group_sparsity']:.1f} % |")
+    table = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "prox_cost.json", {"machine": machine, "args": {
+        k: v for k, v in vars(args).items() if k != "out"}, "runs": runs})
+    atomic_write_text(args.out / "prox_cost.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
