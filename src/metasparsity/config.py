@@ -95,7 +95,10 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    lam: float = _f(0.0, min=0.0, help="fixed group-lasso strength λ (0 = dense)")
+    lam: float = _f(0.0, min=0.0, help="fixed group-lasso strength λ, in gradient units (0 = dense)")
+    prox_metric: str = _f("adam", choices=["adam", "euclidean"],
+                          help="metric of the group prox after each Adam step: adam (DESIGN "
+                               "§2.2.1) or euclidean (the first version, for ablation)")
 
 
 @dataclass

@@ -43,8 +43,8 @@ CPU = MICRO + ["train.device=cpu"]
 # 3 subsets over 2 ranks (uneven shares: 0, 1 | 2); 2 steps x 3 batches of 4 cross an epoch of
 # the 16-sample support / query halves; λ and the outer rate large enough for the prox to zero
 # some groups.
-META = CPU + ["meta.steps=2", "meta.val_every=2", "meta.meta_batch=3", "meta.lambda_init=1.0",
-              "meta.lambda_max=10.0", "meta.outer_lr=0.05", "meta.lambda_scope=layer"]
+META = CPU + ["meta.steps=2", "meta.val_every=2", "meta.meta_batch=3", "meta.lambda_init=0.03",
+              "meta.lambda_max=1.0", "meta.outer_lr=0.05", "meta.lambda_scope=layer"]
 # Both sides of the end-to-end comparisons compute in float64 (see float64_cli.py for why).
 FLOAT64_CLI = str(Path(__file__).with_name("float64_cli.py"))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

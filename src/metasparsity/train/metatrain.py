@@ -30,7 +30,7 @@ from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
 from metasparsity.models import build_model
-from metasparsity.sparsity import channel_groups, sparsity_stats
+from metasparsity.sparsity import ProxAdam, channel_groups, prox_param_groups, sparsity_stats
 from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
     kept_checkpoint_note,
@@ -123,8 +123,10 @@ class MetaTrainer:
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
             learnable=m.learn_lambda and self.sparse).to(self.device)
         self.weighting = LossWeighting(list(self.tasks), cfg.train.loss_weighting).to(self.device)
-        self.opt_theta = torch.optim.Adam(
-            list(self.model.parameters()) + list(self.weighting.parameters()), lr=m.outer_lr)
+        # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
+        self.opt_theta = ProxAdam(
+            prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),
+            lr=m.outer_lr, prox_metric=cfg.sparsity.prox_metric)
         rho = [p for p in self.lam.parameters() if p.requires_grad]
         self.opt_rho = torch.optim.Adam(rho, lr=m.lambda_lr) if rho else None
         self.sampler = TaskSubsetSampler(list(self.tasks), min_size=m.min_subset_size,

@@ -26,10 +26,11 @@ from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.models import build_model
 from metasparsity.sparsity import (
+    ProxAdam,
     apply_masks_,
     channel_groups,
     mask_zero_group_grads_,
-    prox_,
+    prox_param_groups,
     sparsity_stats,
     zero_group_masks,
 )
@@ -79,6 +80,7 @@ class TrainSettings:
     lr: float
     val_every: int
     lam: float = 0.0
+    prox_metric: str = "adam"
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
@@ -99,7 +101,8 @@ def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSe
     t = cfg.train
     return TrainSettings(
         tasks=list(tasks or cfg.train_tasks), max_steps=t.max_steps, batch_size=t.batch_size,
-        lr=t.lr, val_every=t.val_every, lam=cfg.sparsity.lam, weight_decay=t.weight_decay,
+        lr=t.lr, val_every=t.val_every, lam=cfg.sparsity.lam,
+        prox_metric=cfg.sparsity.prox_metric, weight_decay=t.weight_decay,
         lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, log_every=t.log_every,
         ckpt_every=t.ckpt_every, loss_weighting=t.loss_weighting, seed=t.seed, amp=t.amp)
 
@@ -178,9 +181,13 @@ class Trainer:
         if not s.freeze_backbone:
             params = list(self.model.shared_parameters()) + params
         params += list(self.weighting.parameters())
-        self.opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-        self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
         self.groups = channel_groups(self.model) if s.lam > 0 else None
+        if self.groups is None:
+            self.opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+        else:  # Adam, then the group prox in its metric (DESIGN §2.2.1)
+            self.opt = ProxAdam(prox_param_groups(self.model, self.groups, params), lr=s.lr,
+                                weight_decay=s.weight_decay, prox_metric=s.prox_metric)
+        self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
         self.step = 0
         self.best_score = float("inf")
         self.reference_val: dict | None = None  # first validation: the baseline of selection
@@ -325,11 +332,12 @@ class Trainer:
                 with DeferInterrupt():  # the in-place update is all or nothing
                     if self.masks is not None:
                         mask_zero_group_grads_(self.model, self.masks)
-                    self.opt.step()
                     lr_now = self.opt.param_groups[0]["lr"]
+                    if self.groups is None:
+                        self.opt.step()
+                    else:
+                        self.opt.step(lam=s.lam)  # τ = lr_now·λ·w_g
                     self.sched.step()
-                    if self.groups is not None:
-                        prox_(self.model, lr_now, s.lam)
                     if self.masks is not None:
                         apply_masks_(self.model, self.masks)
                     self.step += 1
