@@ -1,0 +1,239 @@
+"""The fixed-λ baseline over a λ grid, with both prox metrics side by side (DESIGN §2.2.1).
+
+For each seed: one dense MTL model (λ = 0) and one fixed-λ group-sparse MTL model per λ of
+``--grid-adam`` (``sparsity.prox_metric=adam``, the group prox in Adam's metric, λ in gradient
+units) and of ``--grid-euclidean`` (``sparsity.prox_metric=euclidean``, the first version's block
+soft-threshold after Adam).  Every run is the ``metasparsity train`` recipe on ``--config``
+(default ``configs/synthscenes.yaml``) with ``train.seed`` = the seed, the same data.
+
+Δm is taken **against the dense MTL model of the same seed** (DESIGN §4's formula, the primary
+metrics of the seen tasks, on the test split and on the validation split): "Δm vs dense" below.
+Rows carry ``prox_metric``, ``lam``, ``seed``, ``group_sparsity``, ``param_sparsity``, Δm; the
+summary gives mean ± std over the seeds.  The dense model's train and validation losses (last
+logged training losses against the best checkpoint's validation losses) say whether it
+over-fits.  For the sparsest adam-metric point whose mean test Δm is within 1 point of dense
+(≥ −1 %) at ≥ 40 % parameter sparsity, the pruned model's parameters, MACs and CPU latency
+(batch 1, one thread) are measured against the dense model's.
+
+Runs go to ``--runs`` (default ``runs/bench_fixed_lambda_grid``); a finished run is reused, an
+interrupted one continues from its checkpoint, so the benchmark is resumable.  ``--jobs`` runs
+that many trainings at once, one CPU thread each.
+
+    python benchmarks/fixed_lambda_grid.py [--seeds 0 1 2] [--jobs 2]
+        [--grid-adam 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2] [--grid-euclidean 0.1 0.2 0.3 0.5]
+
+Writes ``benchmarks/results/fixed_lambda_grid.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
+    return runs / f"seed_{seed}" / ("dense" if lam == 0 else f"{metric}_{lam:g}")
+
+
+def _train(config: str, overrides: list[str], run_dir: str, seed: int, metric: str,
+           lam: float) -> dict[str, Any]:
+    """One training (in a worker process, one thread); returns its results.json."""
+    import torch
+
+    torch.set_num_threads(1)
+    from metasparsity.config import load_config
+    from metasparsity.train.sweep import train_or_load
+
+    cfg = load_config(config, [*overrides, f"sparsity.prox_metric={metric}", "train.progress=false",
+                               "train.num_threads=1"])
+    kind = "fixed_lambda" if lam > 0 else "mtl"
+    t0 = time.time()
+    res = train_or_load(cfg, Path(run_dir), lam, kind, seed=seed)
+    res.setdefault("wall_time_s", round(time.time() - t0, 2))
+    return res
+
+
+def _dense_fit(run_dir: Path) -> dict[str, Any]:
+    """Last logged training losses and the best checkpoint's validation losses, per task."""
+    from metasparsity.utils.io import read_json, read_jsonl
+
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    res = read_json(run_dir / "results.json")
+    last = train[-1]["losses"] if train else {}
+    return {t: {"train_loss": last.get(t), "val_loss": res["val"][t].get("loss")}
+            for t in res["val"]}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _pruned(run_dir: Path, image_size: int) -> dict[str, Any]:
+    import torch
+
+    from metasparsity.eval.cost import count_macs, count_parameters, measure_latency
+    from metasparsity.sparsity import prune_zero_channels
+    from metasparsity.train.evaluate import load_run_model
+
+    torch.set_num_threads(1)
+    _, model, _ = load_run_model(run_dir)
+    model.eval()
+    x = torch.zeros(1, 3, image_size, image_size)
+    pruned = prune_zero_channels(model, x)
+    lat_d = measure_latency(model, x, warmup=5, repeats=30)
+    lat_p = measure_latency(pruned, x, warmup=5, repeats=30)
+    return {"params_dense": count_parameters(model), "params": count_parameters(pruned),
+            "macs_dense": count_macs(model, x), "macs": count_macs(pruned, x),
+            "latency_ms_dense": lat_d["median_ms"], "latency_ms": lat_p["median_ms"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--grid-adam", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--grid-euclidean", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    args = p.parse_args()
+    os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+
+    from metasparsity.config import load_config
+    from metasparsity.data import resolve_tasks
+    from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+    from metasparsity.utils.io import atomic_write_text, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    seen = list(cfg.data.seen_tasks)
+    types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
+    jobs = [(s, "adam", 0.0) for s in args.seeds]
+    jobs += [(s, m, lam) for s in args.seeds for m, grid in
+             (("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
+    results: dict[tuple, dict] = {}
+    t0 = time.time()
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futs = {pool.submit(_train, args.config, args.overrides,
+                            str(_run_dir(args.runs, s, m, lam)), s, m, lam): (s, m, lam)
+                for s, m, lam in jobs}
+        for i, fut in enumerate(cf.as_completed(futs), 1):
+            key = futs[fut]
+            results[key] = fut.result()
+            print(f"[{i}/{len(jobs)}] seed {key[0]} {key[1]} λ={key[2]:g} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+    rows = []
+    for (s, m, lam), res in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        dense = results[(s, "adam", 0.0)]
+        row = {"prox_metric": "none" if lam == 0 else m, "lam": lam, "seed": s,
+               "group_sparsity": res["sparsity"]["group_sparsity"],
+               "param_sparsity": res["sparsity"]["param_sparsity"],
+               "wall_time_s": res.get("wall_time_s")}
+        for split in ("test", "val"):
+            spec, _ = usable_spec(default_spec(types), dense[split])
+            row[f"delta_m_{split}"] = delta_m(res[split], dense[split], spec)
+        rows.append(row)
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["prox_metric"], r["lam"]), []).append(r)
+    summary = []
+    for (m, lam), rs in groups.items():
+        agg = {"prox_metric": m, "lam": lam, "seeds": len(rs)}
+        for k in ("group_sparsity", "param_sparsity", "delta_m_test", "delta_m_val"):
+            agg[k], agg[k + "_std"] = _mean_std([r[k] for r in rs])
+        summary.append(agg)
+
+    fit = {s: _dense_fit(_run_dir(args.runs, s, "adam", 0.0)) for s in args.seeds}
+    ok = [a for a in summary if a["prox_metric"] == "adam" and a["param_sparsity"] >= 0.40
+          and a["delta_m_test"] >= -1.0]
+    best = max(ok, key=lambda a: a["param_sparsity"]) if ok else None
+    pruned = None
+    if best is not None:
+        pruned = {s: _pruned(_run_dir(args.runs, s, "adam", best["lam"]), cfg.data.image_size)
+                  for s in args.seeds}
+
+    import torch
+
+    machine = (f"{platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+               f"{args.jobs} trainings at once, 1 thread each")
+    lines = [f"Fixed-λ grid, `python benchmarks/fixed_lambda_grid.py {' '.join(args.overrides)}`"
+             .rstrip() + f" on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
+             "Δm vs the dense MTL model of the same seed (mean ± std over seeds).", "",
+             "| prox metric | λ | group sparsity | param sparsity | Δm test | Δm val |",
+             "|---|---|---|---|---|---|"]
+    for a in sorted(summary, key=lambda a: (a["prox_metric"] != "none", a["prox_metric"], a["lam"])):
+        lines.append(
+            f"| {a['prox_metric']} | {a['lam']:g} | {100 * a['group_sparsity']:.1f} ± "
+            f"{100 * a['group_sparsity_std']:.1f} % | {100 * a['param_sparsity']:.1f} ± "
+            f"{100 * a['param_sparsity_std']:.1f} % | {a['delta_m_test']:+.2f} ± "
+            f"{a['delta_m_test_std']:.2f} % | {a['delta_m_val']:+.2f} ± {a['delta_m_val_std']:.2f} % |")
+    lines += ["", "Dense model, last training loss → best-checkpoint validation loss (per task, "
+              "seed " + str(args.seeds[0]) + "): " + ", ".join(
+                  f"{t} {v['train_loss']:.3g} → {v['val_loss']:.3g}"
+                  for t, v in fit[args.seeds[0]].items()
+                  if v["train_loss"] is not None and v["val_loss"] is not None)]
+    if best is not None:
+        ps = list(pruned.values())
+        lines += ["", f"Sparsest adam-metric point with Δm ≥ −1 % at ≥ 40 % parameter sparsity: "
+                  f"λ = {best['lam']:g} ({100 * best['param_sparsity']:.1f} % parameter sparsity, "
+                  f"Δm {best['delta_m_test']:+.2f} %). Pruned (mean over seeds): parameters "
+                  f"{statistics.fmean(q['params'] for q in ps) / 1e3:.0f} k vs "
+                  f"{ps[0]['params_dense'] / 1e3:.0f} k, MACs "
+                  f"{statistics.fmean(q['macs'] for q in ps) / 1e6:.1f} M vs "
+                  f"{ps[0]['macs_dense'] / 1e6:.1f} M, latency (batch 1, 1 thread) "
+                  f"{statistics.fmean(q['latency_ms'] for q in ps):.2f} ms vs "
+                  f"{statistics.fmean(q['latency_ms_dense'] for q in ps):.2f} ms."]
+    else:
+        lines += ["", "No adam-metric grid point reached Δm ≥ −1 % at ≥ 40 % parameter sparsity."]
+    table = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "fixed_lambda_grid.json", {
+        "machine": machine, "config": Path(args.config).name, "overrides": args.overrides,
+        "rows": rows, "summary": summary, "dense_fit": fit, "best": best, "pruned": pruned})
+    atomic_write_text(args.out / "fixed_lambda_grid.md", table)
+    _plot(summary, args.out / "fixed_lambda_grid.png")
+    print(table)
+
+
+def _plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m, style in (("adam", "o-"), ("euclidean", "s--")):
+        pts = sorted((a for a in summary if a["prox_metric"] == m), key=lambda a: a["param_sparsity"])
+        if not pts:
+            continue
+        ax.errorbar([100 * a["param_sparsity"] for a in pts], [a["delta_m_test"] for a in pts],
+                    xerr=[100 * a["param_sparsity_std"] for a in pts],
+                    yerr=[a["delta_m_test_std"] for a in pts], fmt=style, capsize=3,
+                    label=f"prox in {m} metric")
+        for a in pts:
+            ax.annotate(f"{a['lam']:g}", (100 * a["param_sparsity"], a["delta_m_test"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.axhline(-1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("backbone parameter sparsity (%)")
+    ax.set_ylabel("Δm vs dense MTL, test (%)")
+    ax.set_title("Fixed-λ group-sparse MTL (labels: λ; mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
