@@ -20,7 +20,7 @@ interrupted one continues from its checkpoint, so the benchmark is resumable.  `
 that many trainings at once, one CPU thread each.
 
     python benchmarks/fixed_lambda_grid.py [--seeds 0 1 2] [--jobs 2]
-        [--grid-adam 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2] [--grid-euclidean 0.1 0.2 0.3 0.5]
+        [--grid-adam 3e-4 1e-3 3e-3 1e-2 3e-2] [--grid-euclidean 0.1 0.3 0.5]
 
 Writes ``benchmarks/results/fixed_lambda_grid.{json,md,png}``.
 """
@@ -100,8 +100,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--grid-adam", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
-    p.add_argument("--grid-euclidean", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--grid-adam", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--grid-euclidean", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
@@ -117,9 +117,10 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
-    jobs = [(s, "adam", 0.0) for s in args.seeds]
-    jobs += [(s, m, lam) for s in args.seeds for m, grid in
-             (("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
+    jobs = []  # seed by seed, so that the first seeds' rows come early
+    for s in args.seeds:
+        jobs += [(s, "adam", 0.0)] + [(s, m, lam) for m, grid in (
+            ("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
     results: dict[tuple, dict] = {}
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
