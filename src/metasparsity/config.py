@@ -142,6 +142,8 @@ class CompareConfig:
     lambda_grid: list[float] = _f(factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     seeds: list[int] = _f(factory=lambda: [0])
     optuna_trials: int = _f(0, min=0, help="λ tuned by Optuna TPE (0 = off)")
+    budget: int | None = _f(None, min=1, help="batch forward-backward passes per method "
+                            "(null = train.max_steps); meta.steps is derived from it")
 
 
 @dataclass

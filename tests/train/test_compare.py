@@ -13,10 +13,10 @@ from metasparsity.utils.io import read_json
 
 ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"]
 SMALL = [*MICRO, "data.train_size=16", "data.val_size=8", "data.test_size=8",
-         "train.max_steps=2", "meta.steps=2", "finetune.steps=2", "finetune.val_every=1",
+         "train.max_steps=10", "finetune.steps=2", "finetune.val_every=1",
          "data.tasks=[segment,has_sphere,depth,normal]", "data.seen_tasks=[segment,has_sphere]",
-         "data.unseen_tasks=[depth,normal]", "compare.lambda_grid=[0.5,3.0]",
-         "compare.optuna_trials=2", "meta.lambda_init=0.5"]
+         "data.unseen_tasks=[depth,normal]", "compare.lambda_grid=[0.003,0.03]",
+         "compare.optuna_trials=2", "meta.lambda_init=0.01"]
 
 
 def _rows(md: str, first_header: str) -> dict[str, list[str]]:
@@ -48,11 +48,12 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
     for m in ALL:
         a = res["summary"][m]
         row = summary[METHOD_NAMES[m]]
-        assert row[:9] == [
+        assert row[:10] == [
             mean_std(a["delta_m_seen"], n), mean_std(a["delta_m_unseen"], n),
             mean_std(a["delta_m_all"], n), mean_std(a["group_sparsity"], n),
             mean_std(a["param_sparsity"], n), mean_std(a["params"], n, 1e-6),
-            mean_std(a["macs"], n, 1e-6), mean_std(a["wall_time_s"], n)] + [row[8]], m
+            mean_std(a["macs"], n, 1e-6), mean_std(a["passes"], n),
+            mean_std(a["passes_total"], n), mean_std(a["wall_time_s"], n)], m
     tasks = _rows(md, "method")  # first table again: the per-task table has the same first header
     per_task = md[md.index("## Per-task test metrics"):]
     task_rows = _rows(per_task, "method")
@@ -66,11 +67,36 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
     assert res["summary"]["stl"]["delta_m_seen"]["mean"] == 0.0
     # the grid's cost is the whole grid; the selected λ is one of it
     fixed = res["per_seed"]["0"]["fixed_lambda"]
-    assert fixed["selected_lambda"] in (0.5, 3.0) and fixed["models"] == 2
+    assert fixed["selected_lambda"] in (0.003, 0.03) and fixed["models"] == 2
     assert len(res["per_seed"]["0"]["optuna"]["trials"]) == 2
     for png in ("delta_vs_sparsity.png", "per_layer_sparsity.png", "lambda.png", "samples.png"):
         assert (compared / png).stat().st_size > 1000, png
         assert f"]({png})" in md
+
+
+def test_every_method_gets_the_same_compute_and_tuning_is_counted_on_top(compared):
+    res = read_json(compared / "results.json")
+    comp, rows = res["compute"], res["per_seed"]["0"]
+    # budget 10 passes: fine-tuning 2 + 2 meta-steps × meta_batch 2 × (K 1 + 1) = 10
+    assert comp == {"budget_passes": 10, "meta_steps": 2, "passes_per_meta_step": 4,
+                    "finetune_steps": 2}
+    for m in ("mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"):
+        assert rows[m]["passes"] == 10, m
+    assert rows["meta_sparsity"]["meta_steps"] == rows["meta_dense"]["meta_steps"] == 2
+    assert res["config"]["meta"]["steps"] == 2 and res["config"]["train"]["max_steps"] == 10
+    assert rows["fixed_lambda"]["passes_total"] == 2 * 10  # a 2-point grid costs 2 budgets
+    assert rows["optuna"]["passes_total"] == 2 * 10
+    assert rows["stl"]["passes"] == 2 * 10  # one model per seen task
+    md = (compared / "report.md").read_text()
+    assert "Equal compute: every method gets 10 batch forward-backward passes" in md
+
+
+def test_a_budget_too_small_for_one_meta_step_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.budget=5") == 2
+    err = capsys.readouterr().err
+    assert "budget of 5 passes leaves no meta-step" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_sparse_methods_report_their_sparsity_and_pruned_cost(compared):

@@ -42,7 +42,8 @@ def _lam_cell(agg: dict, n: int) -> str:
 def summary_table(results: dict[str, Any]) -> str:
     n = len(results["seeds"])
     header = ["method", "Δm seen %", "Δm unseen %", "Δm all %", "group sp. %", "param sp. %",
-              "params (pruned, M)", "MACs (pruned, M)", "wall time s", "λ"]
+              "params (pruned, M)", "MACs (pruned, M)", "passes", "passes incl. tuning",
+              "wall time s", "λ"]
     rows = []
     for name in results["methods"]:
         a = results["summary"][name]
@@ -51,6 +52,7 @@ def summary_table(results: dict[str, Any]) -> str:
             mean_std(a["delta_m_unseen"], n), mean_std(a["delta_m_all"], n),
             mean_std(a["group_sparsity"], n), mean_std(a["param_sparsity"], n),
             mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
+            mean_std(a.get("passes"), n), mean_std(a.get("passes_total"), n),
             mean_std(a["wall_time_s"], n), _lam_cell(a, n),
         ])
     return markdown_table(header, rows)
@@ -125,6 +127,26 @@ def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
     return made
 
 
+def _budget_line(results: dict[str, Any]) -> str:
+    c = results["config"]
+    grid = ", ".join(f"{g:g}" for g in c["compare"]["lambda_grid"])
+    comp = results.get("compute")
+    if comp is None:  # results of an older version, before compute was counted
+        return (f"Budgets: train {c['train']['max_steps']} steps (batch {c['train']['batch_size']}); "
+                f"meta-train {c['meta']['steps']} steps + fine-tune {c['finetune']['steps']} steps; "
+                f"λ grid {grid}. Total wall time {fmt(results['total_wall_time_s'])} s.")
+    return (f"Equal compute: every method gets {comp['budget_passes']} batch forward-backward passes "
+            f"for the model it deploys (\"passes\"): {c['train']['max_steps']} training steps at batch "
+            f"{c['train']['batch_size']}, or {comp['meta_steps']} meta-steps × "
+            f"{comp['passes_per_meta_step']} passes (meta-batch {c['meta']['meta_batch']}, "
+            f"K = {c['meta']['inner_steps']}, {c['meta']['meta_grad']}, batch "
+            f"{c['meta']['batch_size']}) + {comp['finetune_steps']} fine-tuning steps; tuning is "
+            f"counted on top (\"passes incl. tuning\": the λ grid {grid} costs one budget per "
+            f"point; STL one per seen task). Unseen tasks: {c['finetune']['steps']} fine-tuning "
+            f"steps from every method's backbone. Total wall time "
+            f"{fmt(results['total_wall_time_s'])} s.")
+
+
 def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
     c = results["config"]
     spec = results["spec"]
@@ -139,11 +161,7 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         f"Seeds: {', '.join(map(str, results['seeds']))}"
         + (" (mean ± std)." if len(results["seeds"]) > 1 else "."),
         "",
-        f"Budgets: train {c['train']['max_steps']} steps (batch {c['train']['batch_size']}); "
-        f"meta-train {c['meta']['steps']} steps (meta-batch {c['meta']['meta_batch']}, "
-        f"K = {c['meta']['inner_steps']}, {c['meta']['meta_grad']}) + fine-tune "
-        f"{c['finetune']['steps']} steps; λ grid {', '.join(f'{g:g}' for g in c['compare']['lambda_grid'])}. "
-        f"Total wall time {fmt(results['total_wall_time_s'])} s.",
+        _budget_line(results),
         "",
         "Δm (%, higher is better) is against the single-task models on the test split, over: "
         f"{spec_txt}. Sparsity is of the shared backbone's input-channel groups; parameters and "

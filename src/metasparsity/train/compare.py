@@ -58,6 +58,7 @@ class Context:
     stl: dict[str, Any]  # STL results (val/test per task), filled first
     spec_seen: dict
     spec_unseen: dict
+    plan: ComputePlan
 
     @property
     def seen(self) -> list[str]:
@@ -69,6 +70,52 @@ class Context:
 
     def dir(self, *parts: str) -> Path:
         return self.out / f"seed_{self.seed}" / Path(*parts)
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """Every method's training compute, in batch forward-backward passes (DESIGN §5).
+
+    One training step is one pass; one meta-step with ``M`` subsets and ``K`` inner steps is
+    ``M·(K+1)`` passes (each subset: K support passes and one query pass).  Every method gets
+    ``budget`` passes for the model it deploys: MTL, STL (per task) and each fixed-λ grid point
+    or Optuna trial train ``budget`` steps; meta-training gets the outer steps that fit beside its
+    seen-task fine-tuning, ``meta_steps·M·(K+1) + finetune_steps ≤ budget``.  Tuning is counted
+    on top (a grid of n points costs n budgets).  Evaluation (forward only), BatchNorm
+    re-estimation and the unseen-task fine-tuning (the same for every method) are not counted.
+    """
+
+    budget: int
+    meta_steps: int
+    passes_per_meta_step: int
+    finetune_steps: int
+
+    @property
+    def meta_passes(self) -> int:
+        return self.meta_steps * self.passes_per_meta_step + self.finetune_steps
+
+
+def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
+    """The equal-compute plan of ``cfg`` (``compare.budget``, else ``train.max_steps`` passes)."""
+    from metasparsity.train.finetune import finetune_settings
+
+    budget = cfg.compare.budget or cfg.train.max_steps
+    m = cfg.meta
+    per_step = m.meta_batch * (m.inner_steps + 1)
+    n_train = None
+    if cfg.finetune.epochs is not None:
+        from metasparsity.data import build_dataset
+
+        n_train = len(build_dataset(cfg, "train"))
+    ft = finetune_settings(cfg, cfg.data.seen_tasks, n_train).max_steps
+    meta_steps = (budget - ft) // per_step
+    if need_meta and meta_steps < 1:
+        raise UserError(
+            f"compare: a budget of {budget} passes leaves no meta-step: fine-tuning takes {ft} and "
+            f"one meta-step {per_step} (meta.meta_batch × (meta.inner_steps + 1)); raise "
+            "compare.budget (or train.max_steps) or lower finetune.steps")
+    return ComputePlan(budget=budget, meta_steps=max(meta_steps, 0), passes_per_meta_step=per_step,
+                       finetune_steps=ft)
 
 
 MethodFn = Callable[[Context], dict[str, Any]]
@@ -128,7 +175,10 @@ def method_stl(ctx: Context) -> dict[str, Any]:
     ctx.stl.update({"val": val, "test": test})
     seen = {"val": {t: val[t] for t in ctx.seen}, "test": {t: test[t] for t in ctx.seen}, "sparsity": sp}
     unseen = {"val": {t: val[t] for t in ctx.unseen}, "test": {t: test[t] for t in ctx.unseen}}
-    return _row(ctx.dir("stl"), seen, unseen, wall, {"runs": per, "models": len(per)})
+    n_seen = len(ctx.seen)
+    return _row(ctx.dir("stl"), seen, unseen, wall, {
+        "runs": per, "models": len(per), "passes": ctx.plan.budget * n_seen,
+        "passes_total": ctx.plan.budget * n_seen})
 
 
 @METHODS.register("mtl")
@@ -136,7 +186,8 @@ def method_mtl(ctx: Context) -> dict[str, Any]:
     src = ctx.dir("mtl")
     seen, w1 = _timed(lambda: train_or_load(ctx.cfg, src, 0.0, "mtl", ctx.seen, seed=ctx.seed))
     unseen, w2 = _unseen(ctx, src)
-    return _row(src, seen, unseen, w1 + w2)
+    return _row(src, seen, unseen, w1 + w2,
+                {"passes": ctx.plan.budget, "passes_total": ctx.plan.budget})
 
 
 def _fixed(ctx: Context, lam: float, name: str) -> tuple[dict, float, Path]:
@@ -164,7 +215,8 @@ def method_fixed_lambda(ctx: Context) -> dict[str, Any]:
     for p in points:
         p.pop("_res")
     return _row(Path(best["run_dir"]), seen, unseen, wall + w2,
-                {"selected_lambda": best["lam"], "grid": points, "models": len(grid)})
+                {"selected_lambda": best["lam"], "grid": points, "models": len(grid),
+                 "passes": ctx.plan.budget, "passes_total": ctx.plan.budget * len(grid)})
 
 
 @METHODS.register("optuna")
@@ -198,12 +250,14 @@ def method_optuna(ctx: Context) -> dict[str, Any]:
     for p in trials:
         p.pop("_res")
     return _row(Path(best["run_dir"]), seen, unseen, sum(t["wall_time_s"] for t in trials) + w2,
-                {"selected_lambda": best["lam"], "trials": trials, "models": n})
+                {"selected_lambda": best["lam"], "trials": trials, "models": n,
+                 "passes": ctx.plan.budget, "passes_total": ctx.plan.budget * n})
 
 
 def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
     cfg = ctx.cfg.copy()
     cfg.train.seed = ctx.seed
+    cfg.meta.steps = ctx.plan.meta_steps  # equal compute (run_compare wrote it in config.yaml)
     if lambda_init is not None:
         cfg.meta.lambda_init = lambda_init
     src = ctx.dir(name)
@@ -223,7 +277,9 @@ def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
     lam = meta_res["lambda_final"]
     return _row(src / "finetune_seen", seen, unseen, w0 + w1 + w2,
                 {"meta_run_dir": str(src), "lambda_init": meta_res["lambda_init"],
-                 "lambda_final": lam, "meta_sparsity": meta_res["sparsity"]["group_sparsity"]})
+                 "lambda_final": lam, "meta_sparsity": meta_res["sparsity"]["group_sparsity"],
+                 "meta_steps": meta_res.get("steps"), "passes": ctx.plan.meta_passes,
+                 "passes_total": ctx.plan.meta_passes})
 
 
 @METHODS.register("meta_dense")
@@ -295,6 +351,8 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
             "group_sparsity": col(lambda r: 100 * r["sparsity"]["group_sparsity"]),
             "param_sparsity": col(lambda r: 100 * r["sparsity"]["param_sparsity"]),
             "wall_time_s": col(lambda r: r["wall_time_s"]),
+            "passes": col(lambda r: r.get("passes")),
+            "passes_total": col(lambda r: r.get("passes_total")),
             "params": col(lambda r: r.get("cost", {}).get("params")),
             "macs": col(lambda r: r.get("cost", {}).get("macs")),
             "metrics": {},
@@ -331,6 +389,15 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
     spec_unseen = default_spec({t: types[t] for t in cfg.data.unseen_tasks}) if cfg.data.unseen_tasks else {}
+    plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
+    cfg = cfg.copy()  # the equal-compute budget, written into config.yaml as it is used
+    cfg.train.max_steps = plan.budget
+    if plan.meta_steps >= 1:
+        cfg.meta.steps = plan.meta_steps
+    progress(f"[compare] equal compute: {plan.budget} batch passes per method "
+             f"(training: {plan.budget} steps; meta-training: {plan.meta_steps} steps × "
+             f"{plan.passes_per_meta_step} passes + {plan.finetune_steps} fine-tuning steps); "
+             "tuning on top")
     ddp.init_distributed(cfg.train.device)  # every rank has checked its arguments
     if not resume and ddp.is_main():
         create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
@@ -338,7 +405,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     per_seed: dict[str, dict[str, Any]] = {}
     stl_by_seed: dict[str, Any] = {}
     for seed in cfg.compare.seeds:
-        ctx = Context(cfg, out, seed, {}, spec_seen, spec_unseen)
+        ctx = Context(cfg, out, seed, {}, spec_seen, spec_unseen, plan)
         rows: dict[str, Any] = {}
         for name in methods:
             progress(f"[compare] seed {seed}: {name}")
@@ -358,6 +425,9 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "summary": summary,
         "per_seed": per_seed,
         "total_wall_time_s": round(time.time() - t_start, 1),
+        "compute": {"budget_passes": plan.budget, "meta_steps": plan.meta_steps,
+                    "passes_per_meta_step": plan.passes_per_meta_step,
+                    "finetune_steps": plan.finetune_steps},
     }
     if ddp.is_main():
         write_json(out / RESULTS, results)
