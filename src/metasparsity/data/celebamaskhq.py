@@ -364,7 +364,7 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
         try:
             results = pool.map(lambda i: _prepare_one(src, tmp, i, classes, size, mask_files), ids)
             had_masks = list(tqdm(results, total=len(ids), desc="celebamaskhq", unit="img",
-                                  disable=not progress))
+                                  disable=None if progress else True))  # None: off unless a terminal
         except BaseException:
             # Fail at the first bad file instead of after every queued image has been processed.
             pool.shutdown(wait=True, cancel_futures=True)

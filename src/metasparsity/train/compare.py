@@ -39,6 +39,7 @@ from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
 from metasparsity.train import distributed as ddp
+from metasparsity.train.checkpoint import has_checkpoints
 from metasparsity.train.finetune import run_finetune
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.sweep import train_or_load
@@ -133,7 +134,7 @@ def _finetune(ctx: Context, source: Path, tasks: list[str], name: str) -> tuple[
     done = ddp.from_main(lambda: read_json(out / RESULTS) if (out / RESULTS).is_file() else None)
     if done is not None:
         return done, done.get("wall_time_s", done.get("train_time_s", 0.0))
-    resume = ddp.from_main(lambda: (out / "checkpoints" / "last").is_file())
+    resume = ddp.from_main(lambda: has_checkpoints(out))
     t0 = time.time()
     cfg = ctx.cfg.copy()
     cfg.train.seed = ctx.seed
@@ -264,7 +265,7 @@ def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
     t0 = time.time()
     meta_res = ddp.from_main(lambda: read_json(src / RESULTS) if (src / RESULTS).is_file() else None)
     if meta_res is None:
-        resume = ddp.from_main(lambda: (src / "checkpoints" / "last").is_file())
+        resume = ddp.from_main(lambda: has_checkpoints(src))
         tr = MetaTrainer(cfg, src, resume=resume, overwrite=not resume, kind=name)
         tr.setup()
         meta_res = tr.train()

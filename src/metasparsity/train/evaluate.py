@@ -11,7 +11,7 @@ import torch
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.models import build_model
-from metasparsity.train.checkpoint import load_run_checkpoint
+from metasparsity.train.checkpoint import load_model_state, load_run_checkpoint
 from metasparsity.train.loop import BatchStream, eval_loader, evaluate, recalibrate_bn
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 from metasparsity.utils.seed import resolve_device, set_threads
@@ -26,7 +26,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     ck = load_run_checkpoint(run_dir, which)
     tasks = list(ck.meta.get("tasks") or cfg.train_tasks)
     model = build_model(cfg, tasks)
-    model.load_state_dict(ck.model)
+    load_model_state(model, ck, run_dir, "load")
     return cfg, model, ck
 
 

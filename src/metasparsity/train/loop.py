@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -235,6 +236,56 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, what: str = "los
                                  f"({float(v.float().sum())})", step=step, task=t)
 
 
+def nonfinite_metrics(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``task.key`` of the evaluation results that show a diverged model: a per-task loss that
+    is not a finite number (NaN, ±inf, or missing as JSON null), or any metric that is infinite.
+
+    A NaN *metric* alone is not divergence: metrics are NaN where undefined on a split (no
+    valid pixel, a single class for AUROC, no predicted positive for a precision), while every
+    task loss is finite for finite predictions.
+    """
+    bad = []
+    for t, values in results.items():
+        loss = values.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            bad.append(f"{t}.loss")
+        bad += [f"{t}.{k}" for k, v in values.items()
+                if k != "loss" and isinstance(v, float) and math.isinf(v)]
+    return bad
+
+
+def check_finite_metrics(results: Mapping[str, Mapping[str, Any]], step: int,
+                         what: str = "validation") -> None:
+    """Raise :class:`NonFiniteError` when evaluation results show a diverged model."""
+    bad = nonfinite_metrics(results)
+    if bad:
+        raise NonFiniteError(f"non-finite {what} metrics at step {step} ({', '.join(bad[:4])}"
+                             + (f" and {len(bad) - 4} more" if len(bad) > 4 else "") + ")",
+                             step=step, task=bad[0].split(".")[0])
+
+
+def check_finite_params(tensors: Mapping[str, torch.Tensor], step: int) -> None:
+    """Raise :class:`NonFiniteError` when a parameter or buffer holds a NaN or an infinity."""
+    from metasparsity.train.checkpoint import nonfinite_tensors
+
+    bad = nonfinite_tensors(dict(tensors))
+    if bad:
+        raise NonFiniteError(f"non-finite parameters at step {step} ({', '.join(bad[:3])}"
+                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + ")",
+                             step=step, task=None)
+
+
+def divergence_message(error: Exception, note: str, run_dir: str | Path, lr_key: str,
+                       lr: float) -> str:
+    """The one-line message of a run stopped by a divergence: what, where, what is kept, and
+    the resume with a smaller learning rate."""
+    if note.startswith("the last good checkpoint"):
+        hint = f"resume with a smaller learning rate: --resume {run_dir} {lr_key}={lr / 10:g}"
+    else:
+        hint = f"start again with a smaller learning rate ({lr_key}={lr / 10:g})"
+    return f"{error}; {note}; {hint}"
+
+
 class NonFiniteError(UserError):
     """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
 
@@ -361,8 +412,23 @@ def selection_score(val: Mapping[str, Mapping[str, float]],
 # ----------------------------------------------------------------------------- logging
 
 
+def progress_enabled(requested: bool = True) -> bool:
+    """Whether to draw a progress bar: asked for, and stderr (where tqdm draws) is a terminal.
+
+    Redirected to a file or a pipe, a bar would write a carriage-return line per update.
+    """
+    if not requested:
+        return False
+    stream = sys.stderr
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def progress_bar(it, *, enabled: bool = True, **kw):
-    if not enabled:
+    """``tqdm(it)`` when :func:`progress_enabled` (``enabled`` and stderr a terminal), else ``it``."""
+    if not progress_enabled(enabled):
         return it
     from tqdm.auto import tqdm
 

@@ -33,8 +33,10 @@ from metasparsity.models import build_model
 from metasparsity.sparsity import ProxAdam, channel_groups, prox_param_groups, sparsity_stats
 from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
+    keep_last_good,
     kept_checkpoint_note,
     load_model_state,
+    point_last_at,
     preserved_rng,
     resume_checkpoint,
     rng_state,
@@ -48,8 +50,12 @@ from metasparsity.train.loop import (
     NonFiniteError,
     RunLogger,
     check_finite,
+    check_finite_metrics,
+    check_finite_params,
+    divergence_message,
     eval_loader,
     evaluate,
+    nonfinite_metrics,
     progress_bar,
     recalibrate_bn,
     to_device,
@@ -73,11 +79,13 @@ def support_query_split(n: int, seed: int) -> tuple[list[int], list[int]]:
 class MetaTrainer:
     """Meta-training recipe (``setup`` / ``train`` / ``finish``); see the module docstring.
 
-    ``resume=True`` continues from the run's ``last`` checkpoint: θ, ρ (λ), both Adam states,
+    ``resume=True`` continues from the run's ``last`` checkpoint (or, when that names a missing
+    or incomplete one, the newest complete checkpoint): θ, ρ (λ), both Adam states,
     loss weights, the support / query data order, the subset sampler, the RNG states and the
     step.  Validation re-estimates the BN statistics always from the same training batches and
     draws nothing from the global RNGs, so stopping after any step and resuming gives
     bit-identical θ and λ on CPU.  ``train.ckpt_every`` adds checkpoints between validations.
+    ``best`` names the newest checkpoint saved at a validation (with finite results).
     The data order does not depend on the number of processes, so a run may be resumed with
     another number of processes; with the same number, the RNG states of ranks ≥ 1 are restored
     too.
@@ -150,6 +158,9 @@ class MetaTrainer:
         if self.main:
             if self.resume:
                 changed = update_run_config(self.run_dir, cfg.to_yaml())
+                if ck is not None:
+                    point_last_at(self.run_dir, ck)
+                # what was logged after the checkpoint is trained (and logged) again
                 truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
             else:
                 create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
@@ -170,7 +181,7 @@ class MetaTrainer:
                           "query": self.query.state_dict(), "sampler": self.sampler.state_dict(),
                           "rng": rng_state()}
 
-    def _state(self) -> tuple[dict, dict]:
+    def _state(self, validated: bool = False) -> tuple[dict, dict]:
         b = self._boundary
         assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
         state = {"opt_theta": self.opt_theta.state_dict(), "lam": self.lam.state_dict(),
@@ -180,20 +191,22 @@ class MetaTrainer:
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
                 "query": b["query"], "sampler": b["sampler"],
                 "train_time": self.train_time, "lambda": self.lam.value(),
-                "needs_bn_recalibration": True}
+                "needs_bn_recalibration": True, "val_finite": validated}
         return state, meta
 
-    def _save(self, gather: bool = True) -> None:
+    def _save(self, gather: bool = True, validated: bool = False) -> None:
         """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
-        the same step) it holds every rank's RNG state too."""
+        the same step) it holds every rank's RNG state too.  ``validated``: saved right after a
+        validation with finite results; it becomes ``best``."""
         rngs = ddp.gather_rng(self._boundary["rng"]) if gather else None
         self._saved_step = self.step
         if not self.main:
             return
-        state, meta = self._state()
+        state, meta = self._state(validated)
         if rngs is not None:
             state["rng_ranks"] = rngs
-        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=True)
+        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta,
+                        best=validated)
 
     def _load_resume(self, ck) -> None:
         m = self.cfg.meta
@@ -232,13 +245,46 @@ class MetaTrainer:
             recalibrate_bn(self.model, self.bn_stream, self.device, BN_RECALIBRATION_BATCHES)
             return evaluate(self.model, self.val_loader, self.tasks, self.device)
 
+    def _validate_and_log(self) -> None:
+        """Rank 0: validate, log, and stop the run (on every rank, through
+        :func:`~metasparsity.train.distributed.from_main`) when the results are not finite."""
+        val = self.validate()
+        self.logger.log(self.step, "val", {"val": val})
+        check_finite_metrics(val, self.step)
+
+    def _all_tensors(self) -> dict[str, torch.Tensor]:
+        """θ with BN buffers, ρ and the loss weights (checked for NaN / inf every step)."""
+        return {**self.model.state_dict(),
+                **{f"lam.{k}": v for k, v in self.lam.state_dict().items()},
+                **{f"weighting.{k}": v for k, v in self.weighting.state_dict().items()}}
+
+    def _diverged(self, e: NonFiniteError) -> NonFiniteError:
+        """The error a divergence stops the run with: rank 0 first makes ``last`` name a
+        checkpoint whose weights and validation are finite (:func:`keep_last_good`)."""
+        self.logger.close()
+        note = kept_checkpoint_note(self.run_dir)
+        if self.main:
+            def finite_validation(ck) -> bool:
+                try:
+                    load_model_state(self.model, ck, self.run_dir)
+                except UserError:
+                    return False
+                return not nonfinite_metrics(self.validate())
+
+            note = keep_last_good(self.run_dir, finite_validation)
+        return NonFiniteError(divergence_message(e, note, self.run_dir, "meta.outer_lr",
+                                                 self.cfg.meta.outer_lr),
+                              step=e.step, task=e.task)
+
     # ------------------------------------------------------------------ loop
     def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
         """Meta-train up to ``meta.steps`` and return :meth:`finish`'s results.
 
         ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
         results (returns None).  Ctrl-C saves a checkpoint of the last completed step and raises
-        :class:`RunInterrupted`; a non-finite query loss or λ raises :class:`NonFiniteError`.
+        :class:`RunInterrupted`; a non-finite query loss, λ, parameter or validation result
+        raises :class:`NonFiniteError`, keeping the last checkpoint whose weights and validation
+        are finite.
         """
         cfg, m = self.cfg, self.cfg.meta
         ckpt_every = cfg.train.ckpt_every
@@ -277,6 +323,7 @@ class MetaTrainer:
                     if not all(math.isfinite(v) for v in lam_list):
                         raise NonFiniteError(f"λ became non-finite at step {self.step + 1} "
                                              f"({lam_now})", step=self.step + 1, task="λ")
+                    check_finite_params(self._all_tensors(), self.step + 1)
                     self.step += 1
                     self._mark_boundary()
                 now = time.perf_counter()
@@ -299,10 +346,8 @@ class MetaTrainer:
                         bar.set_postfix(lam=f"{_mean(lam_list):.2e}",
                                         sparsity=f"{100 * st.group_sparsity:.0f}%")
                 if self.step % m.val_every == 0 or self.step == m.steps:
-                    if self.main:  # the others wait for it in the save's collective
-                        val = self.validate()
-                        self.logger.log(self.step, "val", {"val": val})
-                    self._save()
+                    ddp.from_main(self._validate_and_log)  # the others wait for rank 0
+                    self._save(validated=True)
                     self.model.train()
                     t_last = time.perf_counter()
                 elif ckpt_every and self.step % ckpt_every == 0:
@@ -313,9 +358,7 @@ class MetaTrainer:
             self.logger.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
-            self.logger.close()
-            raise NonFiniteError(f"{e}; {kept_checkpoint_note(self.run_dir)}",
-                                 step=e.step, task=e.task) from None
+            raise self._diverged(e) from None
         finally:
             if hasattr(bar, "close"):
                 bar.close()
@@ -324,7 +367,10 @@ class MetaTrainer:
                 self._save()
             self.logger.close()
             return None
-        return self.finish()
+        try:
+            return self.finish()
+        except NonFiniteError as e:
+            raise self._diverged(e) from None
 
     def finish(self) -> dict[str, Any]:
         """Validate, write ``results.json`` and the plots (rank 0); every rank returns the
@@ -336,6 +382,7 @@ class MetaTrainer:
 
     def _finish(self) -> dict[str, Any]:
         val = self.validate()
+        check_finite_metrics(val, self.step)
         st = sparsity_stats(self.model)
         records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") == "meta"]
         lam_traj = [{"step": r["step"], "lambda": r["lambda"]} for r in records]

@@ -15,6 +15,8 @@ autocast of the training forward passes on CUDA (evaluation stays in float32).
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +38,14 @@ from metasparsity.sparsity import (
 )
 from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
+    checkpoint_step,
+    keep_last_good,
     kept_checkpoint_note,
     load_model_state,
     load_run_checkpoint,
+    point_last_at,
     preserved_rng,
+    repoint,
     resume_checkpoint,
     rng_state,
     save_checkpoint,
@@ -53,9 +59,13 @@ from metasparsity.train.loop import (
     RunLogger,
     build_scheduler,
     check_finite,
+    check_finite_metrics,
+    check_finite_params,
+    divergence_message,
     eval_loader,
     evaluate,
     lr_factor,
+    nonfinite_metrics,
     progress_bar,
     recalibrate_bn,
     selection_score,
@@ -113,7 +123,8 @@ class Trainer:
     ``init_state``/``init_tasks``: start from these weights (fine-tuning), with heads for the
     tasks in ``init_tasks`` taken from it and fresh heads for the others.
 
-    ``resume=True`` continues the run in ``run_dir`` from its ``last`` checkpoint: weights,
+    ``resume=True`` continues the run in ``run_dir`` from its ``last`` checkpoint (or, when
+    that names a missing or incomplete one, the newest complete checkpoint): weights,
     Adam and LR-schedule state, loss weights, the data order, the RNG states, the best score so
     far and the step.  The LR and weight decay of the (possibly changed) config are re-applied,
     so ``train.max_steps`` can be raised to train longer.  With the config unchanged, stopping
@@ -210,12 +221,22 @@ class Trainer:
         if self.main:
             if self.resume:
                 changed = update_run_config(self.run_dir, cfg.to_yaml())
+                if ck is not None:
+                    point_last_at(self.run_dir, ck)
+                # what was logged after the checkpoint is trained (and logged) again
                 truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
             else:
                 create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
         self.logger = RunLogger(self.run_dir, enabled=self.main)
         if self.resume:
             self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
+        if ck is not None and self.main and self.best_step >= 0:
+            # ``best`` must name the checkpoint the restored selection state calls best (after a
+            # fallback to an older checkpoint the pointer may name a newer, abandoned one)
+            if not repoint(self.run_dir, "best", self.best_step):
+                print(f"note: {self.run_dir}: the best checkpoint (step {self.best_step}) is gone; "
+                      "the best is chosen again from the next validations", file=sys.stderr)
+                self.best_score, self.best_step = float("inf"), -1
         self._saved_step = self.step if ck is not None else None
         self._mark_boundary()
 
@@ -256,9 +277,10 @@ class Trainer:
         """Remember the data-order and RNG state right after the last completed step."""
         self._boundary = {"step": self.step, "stream": self.stream.state_dict(), "rng": rng_state()}
 
-    def _save(self, best: bool, gather: bool = True) -> None:
+    def _save(self, best: bool, gather: bool = True, validated: bool = False) -> None:
         """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
-        the same step) it holds every rank's RNG state too."""
+        the same step) it holds every rank's RNG state too.  ``validated``: saved right after a
+        validation with finite results (recorded as ``val_finite``)."""
         b = self._boundary
         assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
         rngs = ddp.gather_rng(b["rng"]) if gather else None
@@ -274,21 +296,29 @@ class Trainer:
                 "reference_val": self.reference_val,
                 "history": self.history, "train_time": self.train_time, "lam": self.s.lam,
                 "source": self.source, "needs_bn_recalibration": False,
-                "world_size": self.dist.world_size}
+                "world_size": self.dist.world_size, "val_finite": validated}
         save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
 
     def _validate(self) -> None:
-        """Rank 0 validates and saves; the other ranks wait for it in the save's collective."""
-        if not self.main:
-            self._save(best=False)
-            return
+        """Rank 0 validates; every rank then saves (the others wait in the save's collective).
+
+        Non-finite validation results stop the run on every rank (:class:`NonFiniteError`)
+        before anything is saved; a best checkpoint is only ever chosen on a finite score.
+        """
+        best = ddp.from_main(self._validate_main)
+        self._save(best, validated=True)
+
+    def _validate_main(self) -> bool:
         with preserved_rng():
             val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+        if nonfinite_metrics(val):
+            self.logger.log(self.step, "val", {"val": val, "score": None})
+            check_finite_metrics(val, self.step)
         if self.reference_val is None:
             self.reference_val = val
         score = selection_score(val, self.reference_val,
                                 {t: task.type for t, task in self.tasks.items()})
-        best = score < self.best_score
+        best = math.isfinite(score) and score < self.best_score
         if best:
             self.best_score, self.best_step = score, self.step
         rec: dict[str, Any] = {"val": val, "score": score}
@@ -298,7 +328,33 @@ class Trainer:
                                "per_layer": [layer["group_sparsity"] for layer in st.per_layer]}
         self.history.append({"step": self.step, "score": score})
         self.logger.log(self.step, "val", rec)
-        self._save(best)
+        return best
+
+    def _all_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the model and the loss weighting (checked for NaN / inf)."""
+        return {**self.model.state_dict(),
+                **{f"weighting.{k}": v for k, v in self.weighting.state_dict().items()}}
+
+    def _diverged(self, e: NonFiniteError) -> NonFiniteError:
+        """The error a divergence stops the run with: rank 0 first makes ``last`` name a
+        checkpoint whose weights and validation are finite (:func:`keep_last_good`)."""
+        self.logger.close()
+        note = self._keep_last_good() if self.main else kept_checkpoint_note(self.run_dir)
+        key = "finetune.lr" if self.s.kind == "finetune" else "train.lr"
+        return NonFiniteError(divergence_message(e, note, self.run_dir, key, self.s.lr),
+                              step=e.step, task=e.task)
+
+    def _keep_last_good(self) -> str:
+        def finite_validation(ck) -> bool:
+            try:
+                load_model_state(self.model, ck, self.run_dir)
+            except UserError:
+                return False
+            with preserved_rng():
+                val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+            return not nonfinite_metrics(val)
+
+        return keep_last_good(self.run_dir, finite_validation)
 
     # ------------------------------------------------------------------ loop
     def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -307,7 +363,9 @@ class Trainer:
         ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
         results (returns None); the schedule still follows ``max_steps``.
         Ctrl-C saves a checkpoint of the last completed step and raises :class:`RunInterrupted`;
-        a NaN / infinite loss raises :class:`NonFiniteError` and keeps the last checkpoint.
+        a NaN / infinite loss, parameter or validation / test result raises
+        :class:`NonFiniteError` and keeps the last checkpoint whose weights and validation are
+        finite.
         """
         s = self.s
         end = s.max_steps if stop_after is None else max(self.step, min(s.max_steps, stop_after))
@@ -340,6 +398,7 @@ class Trainer:
                     self.sched.step()
                     if self.masks is not None:
                         apply_masks_(self.model, self.masks)
+                    check_finite_params(self._all_tensors(), self.step + 1)
                     self.step += 1
                     self._mark_boundary()
                 now = time.perf_counter()
@@ -370,9 +429,7 @@ class Trainer:
             self.logger.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
-            self.logger.close()
-            raise NonFiniteError(f"{e}; {kept_checkpoint_note(self.run_dir)}",
-                                 step=e.step, task=e.task) from None
+            raise self._diverged(e) from None
         finally:
             if hasattr(bar, "close"):
                 bar.close()
@@ -381,7 +438,10 @@ class Trainer:
                 self._save(best=False)
             self.logger.close()
             return None
-        return self.finish()
+        try:
+            return self.finish()
+        except NonFiniteError as e:
+            raise self._diverged(e) from None
 
     def _global_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -410,6 +470,8 @@ class Trainer:
         val = evaluate(self.model, self.val_loader, self.tasks, self.device)
         test = evaluate(self.model, self.test_loader, self.tasks, self.device,
                         progress=False)
+        check_finite_metrics(val, checkpoint_step(ck.path), "validation")
+        check_finite_metrics(test, checkpoint_step(ck.path), "test")
         st = sparsity_stats(self.model)
         results = {
             "kind": self.s.kind,

@@ -21,6 +21,7 @@ from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m
 from metasparsity.report.tables import markdown_table
 from metasparsity.train import distributed as ddp
+from metasparsity.train.checkpoint import has_checkpoints
 from metasparsity.train.mtl import Trainer, settings_from_config
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text, read_json, write_json
@@ -44,7 +45,9 @@ def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list
     s.lam, s.kind = lam, kind
     if seed is not None:
         s.seed = seed
-    resume = ddp.from_main(lambda: is_run_dir(run_dir))
+    # a started sub-run with a checkpoint continues from it (never restarted over it); one
+    # without any checkpoint has nothing to lose and starts afresh
+    resume = ddp.from_main(lambda: is_run_dir(run_dir) and has_checkpoints(run_dir))
     t0 = time.time()
     trainer = Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume)
     trainer.setup()
