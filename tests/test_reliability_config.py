@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import string
 import tempfile
 import types
@@ -19,13 +20,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasparsity.config import Config, load_config
+from metasparsity.config import INT_MAX, Config, load_config
 from metasparsity.utils.errors import ConfigError
 
 # Keys whose valid values depend on other keys (checked together after all overrides).
 CROSS_CHECKED = {"data.tasks", "data.seen_tasks", "data.unseen_tasks", "train.tasks", "meta.subsets",
                  "meta.min_subset_size", "meta.lambda_init", "meta.lambda_min", "meta.lambda_max",
-                 "model.width", "meta.meta_grad"}
+                 "model.width", "meta.meta_grad", "model.aspp_rates", "model.dense_head",
+                 "model.output_stride", "compare.lambda_grid"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Field:
     lo: float | None
     hi: float | None
     open_lo: bool
+    nonempty: bool = False
+    unique: bool = False
+    pattern: str | None = None
 
     @property
     def base(self):
@@ -60,7 +65,11 @@ def _fields() -> list[Field]:
             m = f.metadata
             out.append(Field(f"{sec.name}.{f.name}", hints[f.name],
                              tuple(m["choices"]) if m.get("choices") else None,
-                             m.get("min"), m.get("max"), bool(m.get("min_open"))))
+                             m.get("min"), m.get("max"), bool(m.get("min_open")),
+                             bool(m.get("nonempty")), bool(m.get("unique")), m.get("pattern")))
+    # the top-level ``name``
+    top = next(f for f in dataclasses.fields(cfg) if f.name == "name")
+    out.append(Field("name", str, None, None, None, False, pattern=top.metadata.get("pattern")))
     return out
 
 
@@ -73,7 +82,7 @@ WORDS = st.text(alphabet=string.ascii_letters, min_size=1, max_size=10).filter(
 
 def _number(f: Field, integer: bool):
     lo = f.lo if f.lo is not None else -1e9
-    hi = f.hi if f.hi is not None else 1e9
+    hi = f.hi if f.hi is not None else (INT_MAX if integer else 1e9)
     if integer:
         return st.integers(min_value=int(math.ceil(lo)) + (1 if f.open_lo and lo == int(lo) else 0),
                            max_value=int(hi))
@@ -92,12 +101,12 @@ def valid(f: Field):
     elif base is float:
         s = _number(f, integer=False)
     elif base is str:
-        s = SAFE_TEXT
+        s = SAFE_TEXT if f.pattern is None else SAFE_TEXT.filter(lambda t: re.fullmatch(f.pattern, t))
     else:
         (inner,) = typing.get_args(base)
-        elem = {int: st.integers(-10**6, 10**6), str: SAFE_TEXT,
-                float: st.floats(allow_nan=False, allow_infinity=False)}[inner]
-        s = st.lists(elem, max_size=4)
+        elem = {int: _number(f, integer=True), str: SAFE_TEXT,
+                float: _number(f, integer=False)}[inner]
+        s = st.lists(elem, min_size=1 if f.nonempty else 0, max_size=4, unique=f.unique)
     return st.one_of(st.none(), s) if f.nullable else s
 
 
@@ -121,11 +130,30 @@ def invalid(f: Field):
         if f.hi is not None:
             bad.append(st.floats(min_value=f.hi, exclude_min=True, allow_nan=False,
                                  allow_infinity=False))
+        if base is int and f.hi is None:  # every integer has a ceiling
+            bad.append(st.integers(INT_MAX + 1, 10**30))
     elif base is str:
-        bad += [st.integers(), st.booleans()]
+        bad += [st.integers(), st.booleans(), st.sampled_from(["", "   ", "a\tb", "x\ny", "nul\x00"])]
+        if f.pattern is not None:
+            bad.append(WORDS.map(lambda w: w + "/" + w) if f.key == "name" else WORDS.map(lambda w: w + "!"))
     else:
         (inner,) = typing.get_args(base)
         bad.append(st.lists(WORDS if inner in (int, float) else st.integers(), min_size=1, max_size=3))
+        if inner in (int, float):
+            bad.append(st.lists(st.sampled_from([math.nan, math.inf, -math.inf]), min_size=1, max_size=3)
+                       if inner is float else st.lists(st.integers(INT_MAX + 1, 10**30), min_size=1,
+                                                       max_size=2))
+            if f.lo is not None:
+                bad.append(st.just([f.lo - 1 if inner is int else (f.lo if f.open_lo else f.lo - 0.5)]))
+        if inner is str:
+            bad.append(st.just(["ok", ""]))
+        if f.nonempty:
+            bad.append(st.just([]))
+        if f.unique:
+            elem = {int: st.just(f.lo + 1 if f.lo is not None else 3), float: st.just(0.5),
+                    str: st.just("segment")}.get(inner)
+            if elem is not None:
+                bad.append(elem.map(lambda v: [v, v]))
     return st.one_of(*bad)
 
 
@@ -136,6 +164,8 @@ def _override(key: str, value) -> str:
 
 
 def _get(cfg: Config, key: str):
+    if "." not in key:
+        return getattr(cfg, key)
     sec, name = key.split(".")
     return getattr(getattr(cfg, sec), name)
 

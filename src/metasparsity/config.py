@@ -5,8 +5,21 @@
 Sections: ``data``, ``model``, ``train``, ``sparsity``, ``meta``, ``finetune``, ``compare``.
 Every value is checked against its field's type, its allowed choices and its range; an unknown
 key, a wrong type or an impossible value raises :class:`ConfigError` naming the key and what is
-allowed (the CLI turns it into exit code 2 before anything is written).  Components never see this
-object: small builder functions turn it into plain arguments at the boundary.
+allowed, in one line (the CLI turns it into exit code 2 before anything is written).
+
+The rules every field obeys (declared once, in each field's :func:`_f` metadata):
+
+* numbers are finite (NaN and ±inf are refused unless a field says ``allow_inf``) and integers are
+  at most :data:`INT_MAX` unless a field sets its own ``max``;
+* ``min`` / ``max`` / ``choices`` / ``pattern`` apply to a scalar, and to **every element** of a
+  list;
+* ``nonempty`` lists must hold at least one element and ``unique`` lists no duplicate;
+* strings (and string elements) are never empty and hold no control character (use null to leave
+  an optional path unset).
+
+Checks that involve several keys run in :func:`_validate` after all overrides are applied.
+Components never see this object: small builder functions turn it into plain arguments at the
+boundary.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,10 +42,23 @@ from metasparsity.utils.errors import ConfigError
 
 ALL_SYNTH_TASKS = ["segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left"]
 
+INT_MAX = 2**31 - 1
+"""Upper bound of every integer field that sets no ``max`` of its own (counts, steps, seeds):
+beyond it values overflow the 32-bit indices and seeds of NumPy / PyTorch and mean nothing here."""
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+
 
 def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, min_open=False,
-       help: str = "", factory=None):
-    meta = {"choices": choices, "min": min, "max": max, "min_open": min_open, "help": help}
+       help: str = "", factory=None, nonempty: bool = False, unique: bool = False,
+       allow_inf: bool = False, pattern: str | None = None, pattern_help: str = ""):
+    """A config field and its checks (see the module docstring): ``choices``, ``min`` (``min_open``:
+    strictly greater), ``max``, ``pattern`` (a full-match regex for strings, described by
+    ``pattern_help``) apply to a scalar or to each element of a list; ``nonempty`` and ``unique``
+    to a list itself; ``allow_inf`` lets a float be ±inf."""
+    meta = {"choices": choices, "min": min, "max": max, "min_open": min_open, "help": help,
+            "nonempty": nonempty, "unique": unique, "allow_inf": allow_inf, "pattern": pattern,
+            "pattern_help": pattern_help}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,34 +68,38 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
 class DataConfig:
     name: str = _f("synthscenes", help="data set: synthscenes, nyuv2, celebamaskhq, or a registered one")
     root: str | None = _f(None, help="data folder for real data sets")
-    image_size: int = _f(64, min=16, help="square input size (pixels)")
-    tasks: list[str] = _f(factory=lambda: list(ALL_SYNTH_TASKS), help="tasks the data set serves")
+    image_size: int = _f(64, min=16, max=4096, help="square input size (pixels)")
+    tasks: list[str] = _f(factory=lambda: list(ALL_SYNTH_TASKS), nonempty=True, unique=True,
+                          help="tasks the data set serves")
     seen_tasks: list[str] = _f(
         factory=lambda: ["segment", "depth", "edge", "has_sphere", "many_objects"],
-        help="tasks used in (meta-)training")
-    unseen_tasks: list[str] = _f(factory=lambda: ["normal", "light_left"],
+        nonempty=True, unique=True, help="tasks used in (meta-)training")
+    unseen_tasks: list[str] = _f(factory=lambda: ["normal", "light_left"], unique=True,
                                  help="tasks held out of meta-training")
     train_size: int | None = _f(2000, min=1, help="training samples (real data: null = all)")
     val_size: int | None = _f(200, min=1, help="validation samples")
     test_size: int | None = _f(500, min=1, help="test samples (real data: null = all)")
     seed: int = _f(0, min=0, help="data seed (SynthScenes sample i depends only on (seed, i))")
     cache_dir: str | None = _f(None, help="optional on-disk cache of generated samples")
-    num_workers: int = _f(0, min=0, help="DataLoader workers")
+    num_workers: int = _f(0, min=0, max=256, help="DataLoader workers")
     layout: str = _f("auto", choices=["auto", "nyud_mt", "mtan"], help="NYU-v2 layout")
-    num_classes: int | None = _f(None, min=2, help="segmentation classes where the data set allows a choice")
-    attributes: list[str] = _f(factory=list, help="CelebAMask-HQ attributes served as tasks")
+    num_classes: int | None = _f(None, min=2, max=65536,
+                                 help="segmentation classes where the data set allows a choice")
+    attributes: list[str] = _f(factory=list, unique=True, help="CelebAMask-HQ attributes served as tasks")
     augment: bool = _f(False, help="training augmentation (flip, scale-crop)")
 
 
 @dataclass
 class ModelConfig:
     depth: int = _f(18, choices=[18, 34, 50, 101], help="ResNet depth")
-    width: float = _f(1.0, min=0.0, min_open=True, help="ResNet width multiplier (base 64 channels)")
+    width: float = _f(1.0, min=0.0, max=8.0, min_open=True,
+                      help="ResNet width multiplier (base 64 channels)")
     output_stride: int = _f(8, choices=[8, 16, 32], help="backbone output stride (dilation after)")
     dense_head: str = _f("aspp", help="head for dense tasks")
     image_head: str = _f("mlp", help="head for image-level tasks")
-    head_channels: int = _f(256, min=1, help="channels inside each head")
-    aspp_rates: list[int] = _f(factory=lambda: [12, 24, 36], help="ASPP atrous rates")
+    head_channels: int = _f(256, min=1, max=4096, help="channels inside each head")
+    aspp_rates: list[int] = _f(factory=lambda: [12, 24, 36], min=1, max=256, nonempty=True,
+                               help="ASPP atrous rates (three for the aspp head)")
     pretrained: str | None = _f(None, help="torchvision ResNet checkpoint file (.pth/.safetensors)")
 
 
@@ -85,10 +116,13 @@ class TrainConfig:
     log_every: int = _f(10, min=1)
     ckpt_every: int = _f(0, min=0, help="also save a resumable checkpoint every N steps (0 = at validation)")
     loss_weighting: str = _f("equal", choices=["equal", "uncertainty"])
-    tasks: list[str] | None = _f(None, help="tasks to train (null = data.seen_tasks)")
+    tasks: list[str] | None = _f(None, nonempty=True, unique=True,
+                                 help="tasks to train (null = data.seen_tasks)")
     seed: int = _f(0, min=0)
-    device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
-    num_threads: int | None = _f(None, min=1, help="torch CPU threads (null = all cores, at most 8)")
+    device: str = _f("auto", pattern=DEVICE_PATTERN, pattern_help="auto, cpu, cuda, cuda:N or mps",
+                     help="auto, cpu, cuda, cuda:N or mps")
+    num_threads: int | None = _f(None, min=1, max=1024,
+                                 help="torch CPU threads (null = all cores, at most 8)")
     amp: bool = _f(False, help="bf16 autocast on GPU (ignored on CPU)")
     progress: bool = _f(True, help="tqdm progress bars")
 
@@ -117,7 +151,8 @@ class MetaConfig:
     lambda_min: float = _f(1e-6, min=0.0, min_open=True)
     lambda_max: float = _f(10.0, min=0.0, min_open=True)
     min_subset_size: int = _f(1, min=1)
-    subsets: list[list[str]] | None = _f(None, help="explicit list of task subsets")
+    subsets: list[list[str]] | None = _f(None, nonempty=True, unique=True,
+                                         help="explicit list of task subsets")
     outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")
     val_every: int = _f(100, min=1)
     log_every: int = _f(1, min=1)
@@ -138,9 +173,11 @@ class FinetuneConfig:
 class CompareConfig:
     methods: list[str] = _f(
         factory=lambda: ["stl", "mtl", "fixed_lambda", "meta_dense", "meta_sparsity"],
-        help="methods to run")
-    lambda_grid: list[float] = _f(factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
-    seeds: list[int] = _f(factory=lambda: [0])
+        nonempty=True, unique=True, help="methods to run")
+    lambda_grid: list[float] = _f(factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min=0.0,
+                                  min_open=True, unique=True, help="fixed λ values of the sweep")
+    seeds: list[int] = _f(factory=lambda: [0], min=0, nonempty=True, unique=True,
+                          help="seeds; every method runs once per seed")
     optuna_trials: int = _f(0, min=0, help="λ tuned by Optuna TPE (0 = off)")
     budget: int | None = _f(None, min=1, help="batch forward-backward passes per method "
                             "(null = train.max_steps); meta.steps is derived from it")
@@ -148,7 +185,8 @@ class CompareConfig:
 
 @dataclass
 class Config:
-    name: str = _f("run", help="run name; the run directory defaults to runs/<name>")
+    name: str = _f("run", pattern=r"(?!\.\.?$)[^/\\]+", pattern_help="a folder name (no / or \\, not . or ..)",
+                   help="run name; the run directory defaults to runs/<name>")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -184,6 +222,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, shortened to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " …" + text[-3:]
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -191,15 +235,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(key, value, a)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_show(value)}")
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, tuple):
@@ -207,17 +250,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and typing.get_origin(inner) is None and inner is str:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_show(value)}")
         return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -226,33 +269,85 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     return float(value)
                 except ValueError:
                     pass
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key}: {_show(value)} is out of range; it must be a finite number") from None
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
 
-def _check_field(key: str, value: Any, meta: dict) -> None:
-    if value is None:
+def _check_scalar(key: str, v: Any, meta: dict) -> None:
+    """The checks of one value (a scalar field, or one element of a list field)."""
+    if isinstance(v, list):  # an element of a list of lists (meta.subsets)
+        if not v:
+            raise ConfigError(f"{key}: must not be empty")
+        for i, x in enumerate(v):
+            _check_scalar(f"{key}[{i}]", x, meta)
+        dup = _duplicates(v)
+        if dup:
+            raise ConfigError(f"{key}: {_show(dup[0])} appears more than once")
         return
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+    if choices is not None and v not in choices:
+        raise ConfigError(f"{key}: {_show(v)} is not allowed; choose one of {', '.join(map(str, choices))}")
+    if isinstance(v, str):
+        if not v.strip():
+            raise ConfigError(f"{key}: must not be an empty string" + (
+                " (use null to leave it unset)" if meta.get("nullable") else ""))
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ConfigError(f"{key}: {_show(v)} holds a control character (newline, tab, NUL …)")
+        pattern = meta.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern, v):
+            raise ConfigError(f"{key}: {_show(v)} is not allowed; expected "
+                              f"{meta.get('pattern_help') or 'a match of ' + pattern}")
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    if isinstance(v, float) and math.isnan(v):
+        raise ConfigError(f"{key}: nan is not allowed; it must be a finite number")
+    if isinstance(v, float) and math.isinf(v) and not meta.get("allow_inf"):
+        raise ConfigError(f"{key}: {v!r} is not allowed; it must be a finite number")
     lo, hi = meta.get("min"), meta.get("max")
-    vals = value if isinstance(value, list) else [value]
-    for v in vals:
-        if not isinstance(v, (int, float)):
-            continue
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{key}: {v!r} is not allowed; it must be a finite number")
-        if lo is not None and (v < lo or (meta.get("min_open") and v <= lo)):
-            op = ">" if meta.get("min_open") else ">="
-            raise ConfigError(f"{key}: {v!r} is out of range; it must be {op} {lo}")
-        if hi is not None and v > hi:
-            raise ConfigError(f"{key}: {v!r} is out of range; it must be <= {hi}")
+    if hi is None and isinstance(v, int):
+        hi = INT_MAX
+    if lo is not None and (v < lo or (meta.get("min_open") and v <= lo)):
+        op = ">" if meta.get("min_open") else ">="
+        raise ConfigError(f"{key}: {_show(v)} is out of range; it must be {op} {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key}: {_show(v)} is out of range; it must be <= {hi}")
+
+
+def _duplicates(values: list) -> list:
+    seen: list = []
+    dup: list = []
+    for v in values:
+        k = tuple(sorted(v)) if isinstance(v, list) else v
+        if k in seen and v not in dup:
+            dup.append(v)
+        seen.append(k)
+    return dup
+
+
+def _check_field(key: str, value: Any, meta: dict) -> None:
+    """Check a coerced value against its field's metadata (see :func:`_f`); one-line errors."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        _check_scalar(key, value, meta)
+        return
+    if meta.get("nonempty") and not value:
+        raise ConfigError(f"{key}: must not be an empty list")
+    for i, v in enumerate(value):
+        _check_scalar(f"{key}[{i}]", v, meta)
+    if meta.get("unique"):
+        dup = _duplicates(value)
+        if dup:
+            raise ConfigError(f"{key}: {_show(dup[0])} appears more than once; give each value once")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -277,7 +372,7 @@ def _apply(obj: Any, data: dict, prefix: str) -> None:
             _apply(getattr(obj, k), v, f"{key}.")
             continue
         value = _coerce(key, v, tp)
-        _check_field(key, value, fields[k].metadata)
+        _check_field(key, value, {**fields[k].metadata, "nullable": type(None) in typing.get_args(tp)})
         setattr(obj, k, value)
 
 
@@ -324,6 +419,19 @@ def _validate(cfg: Config) -> None:
                     f"({', '.join(d.seen_tasks)})")
     if cfg.model.width * 64 < 1:
         raise ConfigError(f"model.width: {cfg.model.width} leaves no channels (need width*64 >= 1)")
+    mo = cfg.model
+    if mo.dense_head == "aspp" and len(mo.aspp_rates) != 3:
+        raise ConfigError(f"model.aspp_rates: the aspp head takes exactly three atrous rates, got "
+                          f"{mo.aspp_rates}")
+    if d.image_size <= mo.output_stride:
+        raise ConfigError(
+            f"data.image_size: {d.image_size} px at model.output_stride={mo.output_stride} leaves a "
+            f"1x1 feature map (BatchNorm needs more than one value per channel); use "
+            f"data.image_size > {mo.output_stride} or a smaller model.output_stride")
+    c = cfg.compare
+    if "fixed_lambda" in c.methods and not c.lambda_grid:
+        raise ConfigError("compare.lambda_grid: the λ grid is empty but compare.methods has "
+                          "fixed_lambda; give at least one λ > 0")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -338,7 +446,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -360,6 +468,14 @@ def config_from_dict(data: dict | None, overrides: typing.Sequence[str] = ()) ->
     return cfg
 
 
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: ``YAML syntax error at line L, column C: problem``."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"YAML syntax error{where}: {' '.join(str(problem).split())}"
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     data: dict = {}
@@ -368,12 +484,42 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {p}: not a text file (it is not valid UTF-8)") from None
+        except OSError as e:
+            raise ConfigError(f"config {p}: cannot read it ({e.strerror or e})") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config {p}: {yaml_error_line(e)}") from None
+        except RecursionError:
+            raise ConfigError(f"config {p}: nested too deeply to be a config") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+            raise ConfigError(f"config {p}: expected a mapping at the top level")
     return config_from_dict(data, overrides)
+
+
+def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
+    """``"1e-4,1e-3"`` -> ``[1e-4, 1e-3]``, checked as ``compare.lambda_grid`` is (each λ finite and
+    > 0, no duplicate, at least one); errors are one-line ConfigErrors naming ``key``."""
+    parts = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not parts:
+        raise ConfigError(f"{key}: the λ grid is empty; give comma-separated positive numbers, "
+                          f"e.g. 1e-4,1e-3")
+    vals = []
+    for v in parts:
+        try:
+            vals.append(float(v))
+        except ValueError:
+            raise ConfigError(f"{key}: {_show(v)} is not a number; give comma-separated positive "
+                              f"numbers, e.g. 1e-4,1e-3") from None
+    meta = next(f.metadata for f in dataclasses.fields(CompareConfig) if f.name == "lambda_grid")
+    try:
+        _check_field(key, vals, meta)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (λ values must be finite and positive)") from None
+    return vals
 
 
 def describe() -> str:
@@ -395,6 +541,12 @@ def describe() -> str:
                 extra.append((">" if meta.get("min_open") else ">=") + f" {meta['min']}")
             if meta.get("max") is not None:
                 extra.append(f"<= {meta['max']}")
+            if meta.get("pattern_help"):
+                extra.append(meta["pattern_help"])
+            if meta.get("nonempty"):
+                extra.append("non-empty")
+            if meta.get("unique"):
+                extra.append("no duplicates")
             lines.append(
                 f"{sec.name}.{f.name} ({_type_name(hints[f.name])}) = {getattr(obj, f.name)!r}"
                 + (f"  [{'; '.join(extra)}]" if extra else "")

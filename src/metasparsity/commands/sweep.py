@@ -6,28 +6,21 @@ import argparse
 from pathlib import Path
 
 from metasparsity.commands.common import add_run_args, config_from_args, run_dir_from_args
+from metasparsity.config import parse_lambda_grid
 from metasparsity.utils.errors import UserError
-
-
-def _grid(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"λ values must be positive: {text!r}")
-    return vals
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep-lambda", help="fixed-λ sparse MTL over a λ grid: table + Δm/sparsity plot")
-    p.add_argument("--grid", type=_grid, default=None,
+    p.add_argument("--grid", default=None,
                    help="comma-separated λ values (default: compare.lambda_grid)")
     add_run_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # checked like compare.lambda_grid (finite, > 0, no duplicate), before anything is written
+    args.grid = None if args.grid is None else parse_lambda_grid(args.grid, "--grid")
     cfg = config_from_args(args)
     if args.out is None and args.resume is None:
         args.out = str(Path("runs") / f"{cfg.name}_sweep")

@@ -71,14 +71,17 @@ from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.loading import (
     cap_ids,
     check_files,
+    check_ids,
     natural_key,
     read_label_png,
+    read_lines,
     read_mask_png,
     read_rgb,
 )
 from metasparsity.data.tasks import TASKS, Task
 from metasparsity.data.transforms import IMAGE_KEY, SampleTransform
 from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import load_json
 
 PARTS = ["skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
          "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
@@ -115,19 +118,13 @@ CELEBA_TRAIN_END, CELEBA_VAL_END = 162770, 182637
 TRAIN_SCALE_RANGE = (1.0, 1.25)
 
 RAW_LAYOUT = (
-    "CelebAMask-HQ raw release:\n"
-    f"  <src>/{IMG_DIR}/<i>.jpg\n"
-    f"  <src>/{MASK_DIR}/<i // 2000>/<i:05d>_<part>.png\n"
-    f"  <src>/{ATTR_FILE}\n"
-    f"  <src>/{MAPPING_FILE}   (optional: the standard CelebA split)")
+    f"CelebAMask-HQ raw release: <src>/{IMG_DIR}/<i>.jpg, "
+    f"<src>/{MASK_DIR}/<i // 2000>/<i:05d>_<part>.png, <src>/{ATTR_FILE} and optionally "
+    f"<src>/{MAPPING_FILE} (the standard CelebA split)")
 PREPARED_LAYOUT = (
     "prepared CelebAMask-HQ folder (made by `metasparsity data prepare celebamaskhq "
-    "--src RAW --out DIR`):\n"
-    "  <root>/images/<i>.jpg\n"
-    "  <root>/labels/<i>.png\n"
-    "  <root>/attributes.csv\n"
-    "  <root>/splits/{train,val,test}.txt\n"
-    f"  <root>/{META_FILE}")
+    "--src RAW --out DIR`): <root>/images/<i>.jpg, <root>/labels/<i>.png, <root>/attributes.csv, "
+    f"<root>/splits/{{train,val,test}}.txt, <root>/{META_FILE}")
 
 
 # ----------------------------------------------------------------------------- raw files
@@ -140,7 +137,7 @@ def read_attribute_file(path: str | os.PathLike) -> tuple[list[str], dict[str, n
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"missing attribute file: {path}\n{RAW_LAYOUT}")
+        raise UserError(f"missing attribute file: {path}; expected the {RAW_LAYOUT}")
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
@@ -153,6 +150,9 @@ def read_attribute_file(path: str | os.PathLike) -> tuple[list[str], dict[str, n
         raise UserError(f"attribute file {path}, line 1: expected the number of images, "
                         f"got {lines[0]!r}") from None
     names = lines[1].split()
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"attribute file {path}, line 2: attribute {dup!r} is named twice")
     rows: dict[str, np.ndarray] = {}
     for lineno, line in enumerate(lines[2:], start=3):
         tok = line.split()
@@ -160,6 +160,8 @@ def read_attribute_file(path: str | os.PathLike) -> tuple[list[str], dict[str, n
             raise UserError(f"attribute file {path}, line {lineno}: expected an image name and "
                             f"{len(names)} values, got {len(tok)} fields")
         image_id = Path(tok[0]).stem
+        if image_id in rows:
+            raise UserError(f"attribute file {path}, line {lineno}: image {tok[0]!r} is listed twice")
         try:
             vals = np.array([int(v) for v in tok[1:]], dtype=np.int8)
         except ValueError:
@@ -323,7 +325,7 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
     if split not in SPLIT_RULES:
         raise UserError(f"split={split!r}; choose {', '.join(SPLIT_RULES)}")
     if not src.is_dir() or not (src / IMG_DIR).is_dir():
-        raise UserError(f"{src} is not the raw CelebAMask-HQ release; expected\n{RAW_LAYOUT}")
+        raise UserError(f"{src} is not the raw CelebAMask-HQ release; expected the {RAW_LAYOUT}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"output folder {out} exists and is not empty; pass overwrite "
                         f"(--overwrite) to replace it")
@@ -333,7 +335,7 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
     ids = sorted((p.stem for p in (src / IMG_DIR).glob("*.jpg") if p.stem.isdigit()),
                  key=natural_key)
     if not ids:
-        raise UserError(f"no <i>.jpg images in {src / IMG_DIR}\n{RAW_LAYOUT}")
+        raise UserError(f"no <i>.jpg images in {src / IMG_DIR}; expected the {RAW_LAYOUT}")
     names, attrs = read_attribute_file(src / ATTR_FILE)
     no_attr = [i for i in ids if i not in attrs]
     if no_attr:
@@ -348,7 +350,7 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
 
     mask_root = src / MASK_DIR
     if not mask_root.is_dir():
-        raise UserError(f"missing mask folder {mask_root}\n{RAW_LAYOUT}")
+        raise UserError(f"missing mask folder {mask_root}; expected the {RAW_LAYOUT}")
     mask_files = {d.name: set(os.listdir(d)) for d in mask_root.iterdir() if d.is_dir()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -427,29 +429,38 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- prepared data set
 
+META_SCHEMA = {"classes": int, "attributes": [str], "class_names?": [str], "size?": int}
+"""Shape of ``meta.json`` that the data set relies on (other keys are informative only)."""
+
+
 def read_meta(root: str | os.PathLike | None) -> dict[str, Any]:
-    """``meta.json`` of a prepared folder; a missing folder or file explains the expected layout."""
+    """``meta.json`` of a prepared folder; a missing folder or file explains the expected layout,
+    a file of the wrong shape is named (one-line UserErrors)."""
     if root is None:
-        raise UserError("data.root is not set: CelebAMask-HQ needs a prepared folder\n"
-                        + PREPARED_LAYOUT)
+        raise UserError(f"data.root is not set: CelebAMask-HQ needs a {PREPARED_LAYOUT}")
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"CelebAMask-HQ data folder {root} does not exist; expected a\n"
+        raise UserError(f"CelebAMask-HQ data folder {root} does not exist; expected a "
                         + PREPARED_LAYOUT)
     path = root / META_FILE
     if not path.is_file():
-        hint = (f"\n{root} looks like the raw release: prepare it first with "
+        hint = (f"; {root} looks like the raw release: prepare it first with "
                 f"`metasparsity data prepare celebamaskhq --src {root} --out DIR`"
                 if (root / IMG_DIR).is_dir() else "")
-        raise UserError(f"missing file: {path}; expected a\n{PREPARED_LAYOUT}{hint}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("classes") not in (3, 19) or not isinstance(
-            meta.get("attributes"), list):
-        raise UserError(f"{path} is not a prepared CelebAMask-HQ meta file (needs classes 3 or 19 "
-                        f"and an attribute list)")
+        raise UserError(f"missing file: {path}; expected a {PREPARED_LAYOUT}{hint}")
+    meta = load_json(path, META_SCHEMA, what="CelebAMask-HQ meta file")
+    what = f"{path} is not a prepared CelebAMask-HQ meta file"
+    if meta["classes"] not in (3, 19):
+        raise UserError(f"{what}: classes is {meta['classes']!r}; expected 3 or 19")
+    attrs = meta["attributes"]
+    bad = [a for a in attrs if not a.strip() or a == "segment" or any(c.isspace() for c in a)]
+    if bad or len(set(attrs)) != len(attrs):
+        shown = bad[0] if bad else next(a for a in attrs if attrs.count(a) > 1)
+        raise UserError(f"{what}: attribute name {shown[:40]!r} is empty, reserved, holds a space "
+                        f"or is listed twice")
+    names = meta.get("class_names")
+    if names is not None and len(names) != meta["classes"]:
+        raise UserError(f"{what}: {len(names)} class names for {meta['classes']} classes")
     return meta
 
 
@@ -489,7 +500,7 @@ def celebamaskhq_tasks(data_cfg: Any) -> dict[str, Task]:
 
 def _read_attributes_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     if not path.is_file():
-        raise UserError(f"missing file: {path}; expected a\n{PREPARED_LAYOUT}")
+        raise UserError(f"missing file: {path}; expected a {PREPARED_LAYOUT}")
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
@@ -541,8 +552,10 @@ class CelebAMaskHQ(Dataset):
             raise UserError(f"unknown split {split!r}; choose train, val or test")
         split_file = self.root / "splits" / f"{split}.txt"
         if not split_file.is_file():
-            raise UserError(f"missing split file: {split_file}; expected a\n{PREPARED_LAYOUT}")
-        ids = [ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            raise UserError(f"missing split file: {split_file}; expected a {PREPARED_LAYOUT}")
+        ids = check_ids(read_lines(split_file, "split file"), split_file)
+        if not ids:
+            raise UserError(f"split file {split_file} lists no images")
         cap = {"train": train_size, "val": val_size, "test": test_size}[split]
         self.ids = cap_ids(ids, cap)
         self.attr_names = [t for t in self.tasks if t != "segment"]
@@ -577,6 +590,9 @@ class CelebAMaskHQ(Dataset):
         if "segment" in self.tasks:
             path = self.root / "labels" / f"{i}.png"
             label = read_label_png(path)
+            if label.shape != tuple(image.shape[-2:]):
+                raise UserError(f"label image {path} is {label.shape[1]}x{label.shape[0]} but its "
+                                f"image is {image.shape[2]}x{image.shape[1]}; prepare the folder again")
             bad = (label < 0) | (label >= self.num_classes)
             if bad.any():
                 raise UserError(f"segmentation label out of range in {path}: value(s) "

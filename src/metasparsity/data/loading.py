@@ -22,10 +22,10 @@ SPLIT_SEED = 0
 
 
 def missing_files_error(paths: Sequence[Path], what: str) -> UserError:
-    """A UserError naming (up to five of) the missing ``paths``."""
-    shown = "\n  ".join(str(p) for p in paths[:5])
-    more = f"\n  … and {len(paths) - 5} more" if len(paths) > 5 else ""
-    return UserError(f"{what}: {len(paths)} missing file(s):\n  {shown}{more}")
+    """A one-line UserError naming (up to five of) the missing ``paths``."""
+    shown = ", ".join(str(p) for p in paths[:5])
+    more = f" … and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return UserError(f"{what}: {len(paths)} missing file(s): {shown}{more}")
 
 
 def check_files(paths: Sequence[Path], what: str) -> None:
@@ -82,14 +82,56 @@ def read_mask_png(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:
-    """``np.load`` of a ``.npy`` file (no pickles); a missing or unreadable file is named."""
+    """``np.load`` of a ``.npy`` file (no pickles) holding a non-empty array of numbers (bool,
+    integer or float); a missing, unreadable or malformed file is named in a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing file: {path}")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read array file {path}: {e}") from None
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # OSError, ValueError, EOFError, UnpicklingError, zipfile errors…
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UserError(f"cannot read array file {path}: {first[:200]}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        if hasattr(arr, "close"):
+            arr.close()
+        raise UserError(f"array file {path}: expected one .npy array, found an .npz archive")
+    if arr.dtype.kind not in "biuf":
+        raise UserError(f"array file {path}: expected numbers (bool, integer or float), got dtype "
+                        f"{arr.dtype}")
+    if arr.size == 0:
+        raise UserError(f"array file {path}: the array is empty (shape {tuple(arr.shape)})")
+    return arr
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped; a missing, unreadable or binary file is
+    a one-line UserError naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing {what}: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def check_ids(ids: Sequence[str], path: str | os.PathLike, what: str = "split file") -> list[str]:
+    """Sample ids read from ``path``: each a plain file name stem (no path separator, not starting
+    with a dot, no whitespace inside), each listed once; anything else is a one-line UserError."""
+    seen: set[str] = set()
+    for i in ids:
+        if ("/" in i or "\\" in i or i.startswith(".") or any(c.isspace() for c in i)
+                or any(ord(c) < 32 for c in i)):
+            raise UserError(f"{what} {path}: {i[:60]!r} is not an image id (expected a file name "
+                            f"stem such as 0001, one per line)")
+        if i in seen:
+            raise UserError(f"{what} {path}: id {i[:60]!r} is listed more than once")
+        seen.add(i)
+    return list(ids)
 
 
 def to_hw(arr: np.ndarray, path: Path) -> np.ndarray:

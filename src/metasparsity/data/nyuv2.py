@@ -60,9 +60,11 @@ from metasparsity.data.loading import (
     cap_ids,
     carve_validation,
     check_files,
+    check_ids,
     load_npy,
     natural_key,
     read_label_png,
+    read_lines,
     read_rgb,
     to_chw,
     to_hw,
@@ -98,20 +100,13 @@ LAYOUT_TASKS = {"nyud_mt": ("segment", "depth", "normal", "edge"),
                 "mtan": ("segment", "depth", "normal")}
 LAYOUT_TREES = {
     "nyud_mt": (
-        "NYUD_MT layout:\n"
-        "  <root>/images/<id>.jpg\n"
-        "  <root>/segmentation/<id>.png   (40 classes, 0 = void)\n"
-        "  <root>/depth/<id>.npy          (metres)\n"
-        "  <root>/normals/<id>.npy        (H x W x 3)\n"
-        "  <root>/edge/<id>.npy\n"
-        "  <root>/gt_sets/train.txt, <root>/gt_sets/val.txt"),
+        "NYUD_MT layout: <root>/images/<id>.jpg, <root>/segmentation/<id>.png (40 classes, "
+        "0 = void), <root>/depth/<id>.npy (metres), <root>/normals/<id>.npy (H x W x 3), "
+        "<root>/edge/<id>.npy, <root>/gt_sets/train.txt and <root>/gt_sets/val.txt"),
     "mtan": (
-        "MTAN layout:\n"
-        "  <root>/train/image/<i>.npy     (288 x 384 x 3, in [0, 1])\n"
-        "  <root>/train/label/<i>.npy     (13 classes, -1 = ignore)\n"
-        "  <root>/train/depth/<i>.npy\n"
-        "  <root>/train/normal/<i>.npy\n"
-        "  <root>/val/{image,label,depth,normal}/<i>.npy"),
+        "MTAN layout: <root>/train/image/<i>.npy (288 x 384 x 3, in [0, 1]), "
+        "<root>/train/label/<i>.npy (13 classes, -1 = ignore), <root>/train/depth/<i>.npy, "
+        "<root>/train/normal/<i>.npy, <root>/val/{image,label,depth,normal}/<i>.npy"),
 }
 # Sub-folder and file extension of each task in the NYUD_MT layout.
 _NYUD_FILES = {"segment": ("segmentation", ".png"), "depth": ("depth", ".npy"),
@@ -120,9 +115,9 @@ _MTAN_DIRS = {"segment": "label", "depth": "depth", "normal": "normal"}
 
 
 def expected_layouts(layout: str = "auto") -> str:
-    """The folder tree(s) of ``layout`` (both for ``auto``), for error messages and docs."""
+    """The folder tree(s) of ``layout`` (both for ``auto``) in one line, for error messages."""
     keys = LAYOUTS if layout == "auto" else (layout,)
-    return "\n".join(LAYOUT_TREES[k] for k in keys)
+    return "; or ".join(LAYOUT_TREES[k] for k in keys)
 
 
 def detect_layout(root: str | os.PathLike | None, layout: str = "auto") -> str:
@@ -134,11 +129,11 @@ def detect_layout(root: str | os.PathLike | None, layout: str = "auto") -> str:
     if layout not in ("auto", *LAYOUTS):
         raise UserError(f"data.layout={layout!r}; choose auto, {', '.join(LAYOUTS)}")
     if root is None:
-        raise UserError("data.root is not set: NYU-v2 needs its data folder in one of these "
-                        "layouts\n" + expected_layouts(layout))
+        raise UserError("data.root is not set: NYU-v2 needs its data folder in the "
+                        + expected_layouts(layout))
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"NYU-v2 data folder {root} does not exist; expected\n"
+        raise UserError(f"NYU-v2 data folder {root} does not exist; expected the "
                         + expected_layouts(layout))
     found = {
         "nyud_mt": (root / "images").is_dir() and (root / "gt_sets").is_dir(),
@@ -149,10 +144,10 @@ def detect_layout(root: str | os.PathLike | None, layout: str = "auto") -> str:
             return "nyud_mt"
         if found["mtan"]:
             return "mtan"
-        raise UserError(f"{root} is not a NYU-v2 folder in a known layout; expected one of\n"
+        raise UserError(f"{root} is not a NYU-v2 folder in a known layout; expected the "
                         + expected_layouts())
     if not found[layout]:
-        raise UserError(f"data.layout={layout} but {root} does not match it; expected\n"
+        raise UserError(f"data.layout={layout} but {root} does not match it; expected the "
                         + expected_layouts(layout))
     return layout
 
@@ -193,12 +188,8 @@ def nyuv2_tasks(data_cfg: Any) -> dict[str, Task]:
 
 def _read_id_list(path: Path) -> list[str]:
     if not path.is_file():
-        raise UserError(f"missing split file: {path}\n" + expected_layouts("nyud_mt"))
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read split file {path}: {e}") from None
-    ids = [ln.strip() for ln in lines if ln.strip()]
+        raise UserError(f"missing split file: {path}; expected the " + expected_layouts("nyud_mt"))
+    ids = check_ids(read_lines(path, "split file"), path)
     if not ids:
         raise UserError(f"split file {path} lists no ids")
     return ids
@@ -207,7 +198,7 @@ def _read_id_list(path: Path) -> list[str]:
 def _mtan_ids(folder: Path) -> list[str]:
     ids = [p.stem for p in folder.glob("*.npy")]
     if not ids:
-        raise UserError(f"no .npy files in {folder}\n" + expected_layouts("mtan"))
+        raise UserError(f"no .npy files in {folder}; expected the " + expected_layouts("mtan"))
     return sorted(ids, key=natural_key)
 
 

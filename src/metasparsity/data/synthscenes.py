@@ -141,8 +141,8 @@ class SynthScenes(Dataset):
         path = self.cache_dir / f"{g:08d}.npz"
         if path.is_file():
             try:
-                return _load(path)
-            except Exception:  # a damaged file (e.g. disk full) is re-rendered and replaced
+                return _checked(_load(path), self.size)
+            except Exception:  # a damaged or foreign file (e.g. disk full) is re-rendered and replaced
                 pass
         sample = render_sample(self.seed, g, self.size)
         _save(path, sample)
@@ -209,8 +209,25 @@ def _save(path: Path, sample: dict[str, np.ndarray]) -> None:
         raise
 
 
+_DENSE_KEYS = ("image", "segment", "depth", "normal", "edge", "object_id", "surface")
+
+
+def _checked(sample: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """``sample`` if it has every array a rendered sample has, numeric, each ``size × size`` where
+    dense, with a finite image; otherwise ValueError (the cache entry is then rendered again)."""
+    for k in (*_DENSE_KEYS, "has_sphere", "many_objects", "light_left", "intrinsics"):
+        if k not in sample:
+            raise ValueError(f"cached sample lacks {k}")
+        v = np.asarray(sample[k])
+        if v.dtype.kind not in "biuf" or (k == "image" and not np.isfinite(v).all()):
+            raise ValueError(f"cached {k} is not an array of (finite) numbers")
+        if k in _DENSE_KEYS and tuple(v.shape[-2:]) != (size, size):
+            raise ValueError(f"cached {k} has shape {v.shape}")
+    return sample
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     for k, dt in _LOAD_DTYPES.items():
         out[k] = out[k].astype(dt)

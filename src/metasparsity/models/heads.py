@@ -104,8 +104,8 @@ class ASPPHead(nn.Module):
                  rates: Sequence[int] = (12, 24, 36), dropout: float = 0.0) -> None:
         super().__init__()
         rates = tuple(int(r) for r in rates)
-        if len(rates) != 3:
-            raise ValueError(f"ASPP needs three atrous rates, got {list(rates)}")
+        if len(rates) != 3 or any(r < 1 for r in rates):
+            raise ValueError(f"ASPP needs three atrous rates >= 1, got {list(rates)}")
         self.rates = rates
         self.branches = nn.ModuleList(
             [_conv_bn_relu(in_channels, channels, 1)]

@@ -16,6 +16,11 @@ import torch.nn as nn
 from metasparsity.utils.errors import UserError
 
 
+class WeightsMismatch(UserError, RuntimeError):
+    """A state dict that does not fit the model: a :class:`UserError` (exit code 2, one line) that
+    is also the ``RuntimeError`` ``nn.Module.load_state_dict`` raises, for callers that catch it."""
+
+
 class MultiTaskNet(nn.Module):
     """Shared backbone + per-task heads.
 
@@ -86,6 +91,29 @@ class MultiTaskNet(nn.Module):
         """Parameters of ``task``'s head (named ``heads.<task>.…``)."""
         self._check(task)
         return self.heads[task].parameters()
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                        assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`; with ``strict``, weights that do not fit
+        this model (saved by a run whose ``model.*`` values or tasks differ from those it was
+        built with now) are a :class:`UserError` in one line naming the first differences, before
+        anything is copied."""
+        if strict:
+            own = self.state_dict()
+            problems = []
+            for what, keys in (
+                    ("missing", [k for k in own if k not in state_dict]),
+                    ("unexpected", [k for k in state_dict if k not in own]),
+                    ("of another shape", [k for k in own if k in state_dict
+                                          and tuple(own[k].shape) != tuple(state_dict[k].shape)])):
+                if keys:
+                    problems.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})")
+            if problems:
+                raise WeightsMismatch(
+                    "the weights do not fit this model (were model.* values or tasks changed from "
+                    "those the weights were saved with? overrides cannot change the architecture "
+                    f"of an existing run): tensors {'; '.join(problems)}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def add_head(self, task: str, head: nn.Module, *, replace: bool = False) -> nn.Module:
         """Attach ``head`` for ``task`` (e.g. an unseen task after meta-training).

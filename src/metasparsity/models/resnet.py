@@ -28,6 +28,8 @@ BN weight 1 and bias 0, ``fc`` PyTorch's default ``nn.Linear`` init.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -245,20 +247,28 @@ for _depth in _ARCHS:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"cannot read safetensors file {path}: {e}") from None
+        except Exception as e:  # safetensors raises its own error types
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise UserError(f"cannot read safetensors file {path}: {first[:200]}") from None
     if suffix in (".pth", ".pt"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unpickling failure is the file's fault
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we decide below
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # PyTorch's own message suggests weights_only=False, which would run the file's code:
+            # never repeat that advice.
             raise UserError(
-                f"cannot read {path} as a tensor-only checkpoint (loaded with weights_only=True; "
-                f"arbitrary pickled objects are refused): {e}") from None
+                f"refusing to load {path}: it holds pickled Python objects, not only tensors, and "
+                f"such files can run code when loaded; convert it to .safetensors or to a "
+                f"tensor-only state dict") from None
+        except Exception as e:  # a truncated, empty or non-PyTorch file
+            raise UserError(f"cannot read {path}: not a PyTorch checkpoint, or truncated or "
+                            f"corrupt ({type(e).__name__})") from None
         if isinstance(obj, dict):
             for key in ("state_dict", "model"):
                 if isinstance(obj.get(key), dict):

@@ -125,3 +125,138 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
     if len(keep) != len(records) or p.read_bytes()[-1:] not in (b"", b"\n"):
         atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in keep))
     return len(records) - len(keep)
+
+
+# ----------------------------------------------------------------------------- checked reading
+
+def _json_type_name(schema: Any) -> str:
+    if isinstance(schema, dict):
+        return "an object"
+    if isinstance(schema, list):
+        return f"a list of {_json_type_name(schema[0])}" if schema else "a list"
+    types = schema if isinstance(schema, tuple) else (schema,)
+    names = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+             float: "a number", bool: "true/false", type(None): "null", object: "any value"}
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in types)
+
+
+def _json_found(obj: Any) -> str:
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "true/false"
+    if isinstance(obj, dict):
+        return "an object"
+    if isinstance(obj, list):
+        return "a list"
+    if isinstance(obj, str):
+        return f"the string {obj[:40]!r}"
+    return f"{type(obj).__name__} {obj!r}"[:60]
+
+
+def check_json_shape(obj: Any, schema: Any, where: str = "top level") -> str | None:
+    """The first place where ``obj`` (parsed JSON) does not have the shape ``schema``, or None.
+
+    A schema is a type or a tuple of types (``int`` never matches true/false; ``float`` also takes
+    integers; ``object`` takes anything), a list ``[item_schema]`` (every element checked) or a
+    dict ``{key: schema}`` whose keys are required unless they end with ``?``; other keys of the
+    object are allowed.  The answer reads e.g. ``"meta.json"["classes"]: expected an integer``.
+    """
+    if isinstance(schema, dict):
+        if not isinstance(obj, dict):
+            return f"{where}: expected an object, got {_json_found(obj)}"
+        for key, sub in schema.items():
+            optional = key.endswith("?")
+            name = key[:-1] if optional else key
+            if name not in obj:
+                if optional:
+                    continue
+                return f"{where}: the key {name!r} is missing"
+            problem = check_json_shape(obj[name], sub, f"{where}[{name!r}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(schema, list):
+        if not isinstance(obj, list):
+            return f"{where}: expected {_json_type_name(schema)}, got {_json_found(obj)}"
+        if schema:
+            for i, item in enumerate(obj):
+                problem = check_json_shape(item, schema[0], f"{where}[{i}]")
+                if problem:
+                    return problem
+        return None
+    types = schema if isinstance(schema, tuple) else (schema,)
+    if object in types:
+        return None
+    ok = False
+    for t in types:
+        if t is float:
+            ok = isinstance(obj, (int, float)) and not isinstance(obj, bool)
+        elif t is int:
+            ok = isinstance(obj, int) and not isinstance(obj, bool)
+        elif t is type(None):
+            ok = obj is None
+        else:
+            ok = isinstance(obj, t)
+        if ok:
+            break
+    if not ok:
+        return f"{where}: expected {_json_type_name(schema)}, got {_json_found(obj)}"
+    return None
+
+
+def load_json(path: str | os.PathLike, schema: Any = object, *, what: str = "JSON file") -> Any:
+    """Read a JSON file and check its shape (:func:`check_json_shape`); a missing, unreadable,
+    invalid or wrongly shaped file is a one-line :class:`~metasparsity.utils.errors.UserError`
+    naming ``what`` and the path, e.g. ``results file runs/x/results.json is malformed: …``."""
+    from metasparsity.utils.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"missing {what}: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                        f"{e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{what} {p} is not valid JSON ({type(e).__name__})") from None
+    problem = check_json_shape(obj, schema, p.name)
+    if problem:
+        raise UserError(f"{what} {p} is malformed: {problem}")
+    return obj
+
+
+def load_jsonl(path: str | os.PathLike, *, what: str = "JSON-lines file") -> list[dict]:
+    """:func:`read_jsonl` with one-line UserErrors: a damaged line other than a last one cut short
+    by a killed process, or a line that is not a JSON object, names the file and the line."""
+    from metasparsity.utils.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"missing {what}: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    out = []
+    for k, (n, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            if k == len(numbered) - 1:
+                break
+            raise UserError(f"{what} {p}, line {n}: not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{what} {p}, line {n}: expected a JSON object, got {_json_found(rec)}")
+        out.append(rec)
+    return out
