@@ -101,7 +101,7 @@ def test_load_refuses_unknown_classes_and_missing_files(tmp_path):
 
 def test_prune_command_writes_compact_model_and_costs(run_dir, pruned_dir):
     assert sorted(p.name for p in pruned_dir.iterdir()) == [
-        "cost.json", "cost.md", "model.json", "model.safetensors"]
+        ".metasparsity.json", "cost.json", "cost.md", "model.json", "model.safetensors"]
     cost = json.loads((pruned_dir / "cost.json").read_text())
     assert cost["pruned"]["backbone"]["params"] < cost["dense"]["backbone"]["params"]
     assert cost["pruned"]["backbone"]["macs"] < cost["dense"]["backbone"]["macs"]
@@ -144,6 +144,14 @@ def test_prune_command_refuses_bad_inputs(run_dir, pruned_dir, tmp_path, capsys)
     out.mkdir()
     (out / "old.txt").write_text("previous content")
     assert main(["prune", str(run_dir), "--out", str(out), "--no-latency"]) == 2
+    # --overwrite replaces only a compact model folder that prune made (its marker)
+    assert main(["prune", str(run_dir), "--out", str(out), "--no-latency", "--overwrite",
+                 "--threads", "1"]) == 2
+    assert "not a compact model folder made by metasparsity" in capsys.readouterr().err
+    assert (out / "old.txt").read_text() == "previous content"
+    out = tmp_path / "again2"
+    assert main(["prune", str(run_dir), "--out", str(out), "--no-latency", "--threads", "1"]) == 0
+    (out / "old.txt").write_text("previous content")
     assert main(["prune", str(run_dir), "--out", str(out), "--no-latency", "--overwrite",
                  "--threads", "1"]) == 0
     assert not (out / "old.txt").exists()

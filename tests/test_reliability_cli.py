@@ -12,6 +12,7 @@ from metasparsity.config import load_config
 from metasparsity.models import build_model
 from metasparsity.train.checkpoint import load_run_checkpoint, save_checkpoint
 from metasparsity.utils.io import read_json
+from metasparsity.utils.rundir import create_run_dir
 
 SEEN = ["segment", "depth", "edge", "has_sphere", "many_objects"]
 
@@ -96,8 +97,7 @@ def test_resume_with_a_different_model_is_refused_untouched(tmp_path, runs, caps
 @pytest.mark.parametrize("command", ["train", "meta-train"])
 def test_an_existing_run_is_only_replaced_with_overwrite(tmp_path, capsys, command):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("name: old\n")
+    create_run_dir(run, "name: old\n")  # a run directory made by the tool: it holds the marker
     (run / "results.json").write_text("{}")
     before = _listing(run)
     short = [*MICRO, "train.max_steps=2", "meta.steps=2"]

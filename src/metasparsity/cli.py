@@ -3,14 +3,21 @@
 Each sub-command lives in ``metasparsity/commands/<name>.py`` and defines
 ``register(subparsers)``; only modules listed in :data:`COMMAND_MODULES` appear in ``--help``,
 so ``--help`` lists only commands that exist.  Any :class:`UserError` (bad config, missing
-file, existing run directory…) is printed as one line and exits with code 2.
+file, existing run directory…) is printed as one line and exits with code 2, and so is an error
+of the operating system (no permission, a read-only or full disk, a path under a file), naming
+the path: ``metasparsity CMD: error: No space left on device: runs/x/metrics.jsonl``.  Ctrl-C
+exits with code 130 and one line; a second Ctrl-C while the first one's cleanup runs (saving
+the checkpoint, leaving the interpreter) still ends in 130 and one line, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from metasparsity import __version__
@@ -45,7 +52,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(e: OSError) -> str:
+    """``<strerror>: <path>`` of an error of the operating system, on one line."""
+    reason = e.strerror or (os.strerror(e.errno) if isinstance(e.errno, int) else "") or str(e)
+    if not reason:
+        reason = type(e).__name__
+    reason = " ".join(str(reason).split())
+    paths = [os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
+             for f in (e.filename, e.filename2) if f not in (None, "", b"")]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
+def _ignore_further_interrupts():
+    """Ignore Ctrl-C from now on; return the SIGINT handler to restore (None: nothing changed).
+
+    After the first Ctrl-C has been handled, what is left is cleanup: printing the message,
+    ``atexit`` callbacks and the interpreter's shutdown (which resets Python-level handlers to
+    the default action, so a handler could not catch a Ctrl-C there; an ignored signal stays
+    ignored).  A second Ctrl-C must not turn that into a traceback or a death by signal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        old = signal.getsignal(signal.SIGINT)
+        if old is signal.SIG_IGN:
+            return None
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        return None
+    return old
+
+
+def _interrupt_once(signum, frame) -> None:
+    """SIGINT handler of the program: the first Ctrl-C raises :class:`KeyboardInterrupt` as
+    Python's own handler does; every later one is ignored, so that the checkpoint the first one
+    asked for is saved whole and the exit is 130 with one line."""
+    _ignore_further_interrupts()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Called without ``argv`` (the ``metasparsity`` program, ``python -m metasparsity``), the first
+    Ctrl-C interrupts the command (exit code 130, a checkpoint saved where training) and every
+    later one is ignored until the process has exited, so that a second Ctrl-C during the
+    cleanup neither cuts the checkpoint short nor ends in a traceback.  Called with ``argv``
+    (from Python), SIGINT handling is left as it is, except while the message is printed.
+    """
+    program = argv is None
+    if program and threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _interrupt_once)
+        except (ValueError, OSError):
+            pass
     parser = build_parser()
     # ``finetune RUN --tasks t key=value``: argparse cannot match positionals split by an
     # option, so key=value words left over are taken as the command's overrides.
@@ -61,15 +122,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metasparsity {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from metasparsity.commands.common import interrupt_message
+        old = _ignore_further_interrupts()  # first: a second Ctrl-C must not cut this short
+        try:
+            from metasparsity.commands.common import interrupt_message
 
-        print(f"metasparsity {args.command}: {interrupt_message(args, e)}", file=sys.stderr)
+            print(f"metasparsity {args.command}: {interrupt_message(args, e)}", file=sys.stderr)
+        finally:
+            if not program and old is not None:
+                signal.signal(signal.SIGINT, old)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # permission, read-only or full disk, a path under a file, ...
+        print(f"metasparsity {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

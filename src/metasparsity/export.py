@@ -7,6 +7,8 @@ A *model directory* holds::
                         input size and normalisation, and where the model came from
     cost.json, cost.md  (written by ``metasparsity prune``) dense vs pruned parameters, MACs and
                         latency
+    .metasparsity.json  the marker ``{"kind": "compact_model", "version": 1}``: only a folder
+                        holding it is ever replaced (``--overwrite``)
 
 ``model.json``'s ``architecture`` is a tree of module specs.  A *leaf* (``Conv2d``,
 ``BatchNorm2d``, ``Linear``, ``GroupNorm``, ``ReLU``, ``MaxPool2d``, ``AdaptiveAvgPool2d``,
@@ -152,21 +154,24 @@ def build_from_spec(spec: Mapping[str, Any], path: str = "") -> nn.Module:
 # ----------------------------------------------------------------------------- directories
 
 @contextmanager
-def staged_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_directory(final: str | Path, *, overwrite: bool = False,
+                     kind: str = "compact_model") -> Iterator[Path]:
     """Yield an empty temporary directory next to ``final``; on success it replaces ``final``.
 
     Nothing is left behind if the body raises.  An existing non-empty ``final`` is an error unless
-    ``overwrite``; it is then replaced only after the new content is complete.
+    ``overwrite``, and even then only a folder that this tool made as a ``kind`` folder (its
+    marker, :data:`metasparsity.utils.rundir.MARKER_FILE`) is replaced, after the new content is
+    complete.  The new folder gets the marker of ``kind``.
     """
+    from metasparsity.utils.rundir import check_output_dir, write_marker
+
     final = Path(final)
-    if final.exists() and not final.is_dir():
-        raise UserError(f"{final} exists and is not a directory")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise UserError(f"{final} already exists; pass --overwrite to replace it")
+    check_output_dir(final, kind, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        write_marker(tmp, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -145,6 +145,13 @@ def test_existing_output_needs_overwrite(raw, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         prepare_celebamaskhq(raw["root"], out, classes=3, size=16, progress=False)
     assert (out / "keep.txt").exists()
+    # overwrite replaces only a folder that prepare made (its marker), never a folder of the user's
+    with pytest.raises(UserError, match="not a prepared data folder made by metasparsity"):
+        prepare_celebamaskhq(raw["root"], out, classes=3, size=16, progress=False, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    prepare_celebamaskhq(raw["root"], out, classes=3, size=16, progress=False)
+    (out / "keep.txt").write_text("x")
     prepare_celebamaskhq(raw["root"], out, classes=3, size=16, progress=False, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "meta.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from metasparsity.config import Config, load_config
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir
+from metasparsity.utils.rundir import CONFIG_FILE, Labelled, check_run_dir, config_inputs
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
@@ -49,12 +49,18 @@ def run_dir_from_args(args: argparse.Namespace, cfg: Config) -> Path:
     if getattr(args, "resume", None):
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        out = check_run_dir(args.resume, resume=True)
+        out = check_run_dir(args.resume, resume=True, inputs=command_inputs(args, cfg))
     else:
         out = check_run_dir(Path(args.out) if args.out else Path("runs") / cfg.name,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, inputs=command_inputs(args, cfg))
     args.out = str(out)
     return out
+
+
+def command_inputs(args: argparse.Namespace, cfg: Config) -> list[Labelled]:
+    """What a command reads: ``--config FILE`` and the paths of the config (``data.root``,
+    ``data.cache_dir``, ``model.pretrained``); its outputs may not overlap them."""
+    return [("--config", getattr(args, "config", None)), *config_inputs(cfg)]
 
 
 def interrupt_message(args: argparse.Namespace, exc: BaseException) -> str:

@@ -72,8 +72,13 @@ def run_preview(args: argparse.Namespace) -> int:
         raise UserError(f"-n {args.n}: the preview needs at least one sample")
     if args.split not in SPLITS:
         raise UserError(f"--split {args.split!r}: choose one of {', '.join(SPLITS)}")
+    from metasparsity.commands.common import command_inputs
+    from metasparsity.utils.rundir import check_outputs_vs_inputs, check_parents
+
     out = preview_path(args.out)
+    check_parents(out)
     cfg = load_config(args.config, args.overrides)
+    check_outputs_vs_inputs([("--out", out)], command_inputs(args, cfg))
     dataset = build_dataset(cfg, args.split)
     n = min(args.n, len(dataset))
     d = cfg.data

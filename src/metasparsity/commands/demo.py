@@ -42,12 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metasparsity.commands.common import command_inputs
     from metasparsity.config import load_config
-    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir, create_run_dir
+    from metasparsity.utils.rundir import CONFIG_FILE, check_parents, check_run_dir, create_run_dir
 
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
     out = Path(args.out) if args.out else DEFAULT_OUT
+    check_parents(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     resume = (out / CONFIG_FILE).is_file() and not args.overwrite
@@ -56,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{out} holds a previous demo: drop --config to continue it, "
                             "or pass --overwrite to start again")
         cfg = load_config(out / CONFIG_FILE, args.overrides)
+        check_run_dir(out, resume=True, inputs=command_inputs(args, cfg), label="--out")
     else:
         cfg = load_config(args.config or PRESET, args.overrides)
-        check_run_dir(out, overwrite=args.overwrite)
+        check_run_dir(out, overwrite=args.overwrite, inputs=command_inputs(args, cfg))
         from metasparsity.data import build_dataset
 
         build_dataset(cfg, "train")  # a bad data config stops here, before anything is written

@@ -20,18 +20,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metasparsity.config import load_config
     from metasparsity.report.tables import markdown_table, metrics_table
     from metasparsity.train.evaluate import evaluate_run, trivial_results
     from metasparsity.utils.io import write_json
+    from metasparsity.utils.rundir import (
+        CONFIG_FILE,
+        check_outputs_vs_inputs,
+        config_inputs,
+        require_run_dir,
+    )
 
+    out = require_run_dir(args.run_dir) / f"eval_{args.split}.json"
+    cfg = load_config(Path(args.run_dir) / CONFIG_FILE, args.overrides)
+    check_outputs_vs_inputs([("the evaluation file", out)], config_inputs(cfg))
     res = evaluate_run(Path(args.run_dir), args.split, which=args.which, overrides=args.overrides)
     if args.trivial:
-        from metasparsity.config import load_config
-        from metasparsity.utils.rundir import CONFIG_FILE
-
-        cfg = load_config(Path(args.run_dir) / CONFIG_FILE, args.overrides)
         res["trivial"] = trivial_results(cfg, list(res["metrics"]), args.split)
-    out = Path(args.run_dir) / f"eval_{args.split}.json"
     write_json(out, res)
     if args.trivial:
         rows = [[t, k, v, res["trivial"][t].get(k)]

@@ -28,7 +28,13 @@ def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
     from metasparsity.report.tables import metrics_table
     from metasparsity.train.finetune import run_finetune
-    from metasparsity.utils.rundir import CONFIG_FILE, check_run_dir, require_run_dir
+    from metasparsity.utils.rundir import (
+        CONFIG_FILE,
+        check_run_dir,
+        config_inputs,
+        require_run_dir,
+        run_inputs,
+    )
 
     src = require_run_dir(args.source)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -37,14 +43,19 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        out = check_run_dir(args.resume, resume=True)
+        check_run_dir(args.resume, resume=True, inputs=run_inputs(src))
+        out = Path(args.resume)
         # the interrupted run's own resolved config (it records the tasks), new overrides on top
         cfg = load_config(out / CONFIG_FILE, args.overrides)
         tasks = tasks or cfg.train.tasks
+        check_run_dir(out, resume=True, inputs=config_inputs(cfg))
     else:
         cfg = load_config(Path(src) / CONFIG_FILE, args.overrides)
         out = Path(args.out) if args.out else Path(src) / f"finetune_{'+'.join(tasks or ['seen'])}"
-        check_run_dir(out, overwrite=args.overwrite)
+        # the source run's config.yaml and checkpoints are inputs: --out may be a new folder
+        # inside the source run (the default), never the run itself or a folder holding it
+        check_run_dir(out, overwrite=args.overwrite,
+                      inputs=[*run_inputs(src), *config_inputs(cfg)])
     args.out = str(out)  # where an interrupted run can be resumed from
     res = run_finetune(src, tasks, out, cfg=cfg, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["test"]))

@@ -19,6 +19,9 @@ image-level     in ``predictions.json``: the probability (binary tasks) or raw o
 ``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
 read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
 written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
+DIR may not equal, contain or lie inside MODEL_DIR or hold an input image; a DIR that this command
+did not make (no ``.metasparsity.json`` marker of kind ``predictions``) keeps its files: a
+prediction that would replace one of them is refused before anything is moved.
 """
 
 from __future__ import annotations
@@ -145,9 +148,19 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
     import torch
 
     from metasparsity.export import load_compact_model
+    from metasparsity.utils.rundir import (
+        PREDICTIONS,
+        check_outputs_vs_inputs,
+        check_parents,
+        made_by_us,
+        write_marker,
+    )
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    check_outputs_vs_inputs([("--out", out_dir)],
+                            [("MODEL_DIR", model_dir), *(("IMAGE", p) for p in images)])
+    check_parents(out_dir)
     model, meta = load_compact_model(model_dir)
     size = int(meta["image_size"])
     norm = meta.get("normalization") or {}
@@ -184,7 +197,16 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         result = {"model_dir": str(model_dir), "image_size": size,
                   "tasks": list(tasks.values()), "images": records}
         (tmp / PREDICTIONS_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        ours = not out_dir.exists() or not any(out_dir.iterdir()) or made_by_us(out_dir, PREDICTIONS)
+        if not ours:  # a folder of the user's: add files, never replace one
+            taken = [out_dir / f.name for f in sorted(tmp.iterdir()) if (out_dir / f.name).exists()]
+            if taken:
+                raise UserError(f"--out {out_dir} already holds {taken[0]}"
+                                + (f" and {len(taken) - 1} more file(s)" if len(taken) > 1 else "")
+                                + " not written by metasparsity predict; choose another --out")
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ours:
+            write_marker(out_dir, PREDICTIONS)
         for f in sorted(tmp.iterdir()):
             f.replace(out_dir / f.name)
     finally:

@@ -59,13 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -84,15 +77,24 @@ def run(args: argparse.Namespace) -> int:
     from metasparsity.sparsity.pruning import max_output_difference
     from metasparsity.train.evaluate import load_run_model
     from metasparsity.utils.io import to_jsonable
-    from metasparsity.utils.rundir import require_run_dir
+    from metasparsity.utils.rundir import (
+        COMPACT_MODEL,
+        check_output_dir,
+        config_inputs,
+        require_run_dir,
+        run_inputs,
+    )
     from metasparsity.utils.seed import set_threads
 
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     run_dir = require_run_dir(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "pruned"
-    _check_out(out, args.overwrite)
+    # the run's config.yaml and checkpoints are read: MODEL_DIR may be a new folder inside the
+    # run (the default), never the run itself; --overwrite replaces only a compact model folder
+    check_output_dir(out, COMPACT_MODEL, overwrite=args.overwrite, inputs=run_inputs(run_dir))
     cfg, model, ck = load_run_model(run_dir, args.which)
+    check_output_dir(out, COMPACT_MODEL, overwrite=args.overwrite, inputs=config_inputs(cfg))
     set_threads(args.threads or cfg.train.num_threads)
     model.to("cpu").eval()
     if ck.meta.get("needs_bn_recalibration"):
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                     "conv_channels_removed": report["conv_channels_removed"]},
     }
     table = cost_markdown(cost)
-    with staged_directory(out, overwrite=args.overwrite) as tmp:
+    with staged_directory(out, overwrite=args.overwrite, kind=COMPACT_MODEL) as tmp:
         write_compact_model(pruned, tmp, meta)
         (tmp / COST_JSON).write_text(json.dumps(to_jsonable(cost), indent=1) + "\n",
                                      encoding="utf-8")

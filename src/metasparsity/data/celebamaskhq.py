@@ -305,12 +305,14 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
 
     Args:
         src: the raw release (module docstring).
-        out: output folder; must not exist or be empty, unless ``overwrite``.
+        out: output folder; must not exist or be empty, unless ``overwrite``; never the same
+            as ``src``, inside it or around it.
         classes: 3 (background / hair / face) or 19 (background + 18 parts).
         size: output side of images and label maps (pixels).
         split: ``auto``, ``celeba`` or ``fixed`` (module docstring).
         val_fraction, test_fraction: shares of the ``fixed`` rule.
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace a non-empty ``out`` that an earlier call prepared (it holds the
+            marker ``.metasparsity.json``); any other folder is refused.
         progress: show a tqdm progress bar.
         workers: threads reading and writing images (default: CPU count, at most 8).
 
@@ -326,11 +328,12 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
         raise UserError(f"split={split!r}; choose {', '.join(SPLIT_RULES)}")
     if not src.is_dir() or not (src / IMG_DIR).is_dir():
         raise UserError(f"{src} is not the raw CelebAMask-HQ release; expected the {RAW_LAYOUT}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"output folder {out} exists and is not empty; pass overwrite "
-                        f"(--overwrite) to replace it")
-    if (src / MASK_DIR).resolve() == out.resolve() or src.resolve() == out.resolve():
-        raise UserError(f"--out {out} must not be the source folder")
+    from metasparsity.utils.rundir import PREPARED_DATA, check_output_dir, write_marker
+
+    # the source is never touched: --out may not equal, contain or lie inside --src, and
+    # overwrite replaces only a folder that this function prepared (its marker)
+    check_output_dir(out, PREPARED_DATA, overwrite=overwrite, inputs=[("--src", src)],
+                     what="output folder")
 
     ids = sorted((p.stem for p in (src / IMG_DIR).glob("*.jpg") if p.stem.isdigit()),
                  key=natural_key)
@@ -401,6 +404,7 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
             "source": str(src),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_marker(tmp, PREPARED_DATA)
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,11 +24,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise _named(e, path) from e  # e.g. a full disk: name the file (one-line message)
         raise
     return path
+
+
+def _named(e: OSError, path: str | os.PathLike) -> OSError:
+    """``e`` (an error of a write, which names no file) naming ``path``; same errno and class."""
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -81,8 +88,13 @@ class JsonlWriter:
 
     def write(self, record: dict) -> None:
         if self._f is not None:
-            self._f.write(json.dumps(_jsonable(record)) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(_jsonable(record)) + "\n")
+                self._f.flush()
+            except OSError as e:
+                if e.filename is None and e.errno is not None:
+                    raise _named(e, self.path) from e
+                raise
 
     def close(self) -> None:
         if self._f is not None:

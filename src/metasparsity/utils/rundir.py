@@ -1,9 +1,17 @@
-"""Run directories: ``runs/<name>/`` with ``config.yaml``, checkpoints, logs and results.
+"""Run directories (``runs/<name>/`` with ``config.yaml``, checkpoints, logs and results), and the
+one rule every command that writes follows.
+
+**The rule.**  An output never equals, contains or lies inside one of the command's inputs
+(resolved real paths are compared, so symbolic links, ``..`` and a second name of the same folder
+do not hide an overlap): :func:`check_outputs_vs_inputs`.  An existing, non-empty output folder is
+replaced only with ``--overwrite``, and only when the tool made it: the folder holds the marker
+file :data:`MARKER_FILE` (``{"kind": "run", "version": 1, ...}``) of the expected kind.  A file
+name alone (``config.yaml``) never makes a folder deletable.  Every refusal is a one-line
+:class:`UserError` (exit code 2), raised before anything is touched.
 
 A run directory is created only after the config and the inputs have been validated, so a bad
-command leaves nothing behind.  An existing directory is never overwritten unless asked, and even
-``--overwrite`` only ever deletes a directory that is a run directory (it holds ``config.yaml``)
-or is empty, so a mistyped ``--out`` cannot wipe unrelated files.
+command leaves nothing behind.  Run directories made by versions without the marker can still
+be resumed (resuming needs ``config.yaml`` and checkpoints); a resume writes the marker.
 
 ``config.yaml`` always holds the resolved config of the latest invocation: a resumed run with
 overrides (``--resume DIR train.max_steps=2000``) rewrites it atomically, and the recipe logs
@@ -12,7 +20,10 @@ which keys changed in ``metrics.jsonl`` (a ``kind: "resume"`` record).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,21 @@ from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+
+MARKER_FILE = ".metasparsity.json"
+"""The file that marks a folder as made by this tool: ``{"kind": ..., "version": 1}``."""
+MARKER_VERSION = 1
+RUN = "run"
+COMPACT_MODEL = "compact_model"
+PREPARED_DATA = "prepared_data"
+PREDICTIONS = "predictions"
+KIND_NAMES = {RUN: "run directory", COMPACT_MODEL: "compact model folder",
+              PREPARED_DATA: "prepared data folder", PREDICTIONS: "predictions folder"}
+
+PathLike = str | os.PathLike
+Labelled = tuple[str, PathLike | None]
+"""``(label, path)``: how a message names a path (``"--out"``, ``"data.root"``) and the path."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -38,38 +64,220 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = Path(run_dir)
 
 
+# ----------------------------------------------------------------------------- the marker
+
+def write_marker(path: PathLike, kind: str) -> Path:
+    """Mark the folder ``path`` (created if needed) as a ``kind`` folder made by this tool."""
+    from metasparsity import __version__
+
+    doc = {"kind": kind, "version": MARKER_VERSION, "metasparsity_version": __version__}
+    return atomic_write_text(Path(path) / MARKER_FILE, json.dumps(doc) + "\n")
+
+
+def read_marker(path: PathLike) -> dict[str, Any] | None:
+    """The marker of folder ``path`` (``kind`` and ``version``), or None: missing or malformed."""
+    p = Path(path) / MARKER_FILE
+    try:
+        if not p.is_file() or p.stat().st_size > 65536:
+            return None
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str):
+        return None
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return None
+    return doc
+
+
+def made_by_us(path: PathLike, kind: str | None = None) -> bool:
+    """Whether folder ``path`` holds a valid marker (of ``kind``, when given)."""
+    doc = read_marker(path)
+    return doc is not None and (kind is None or doc["kind"] == kind)
+
+
+# ----------------------------------------------------------------------------- the rule
+
+def _real(path: PathLike) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
+    return a is not None and b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _inside(inner: Path, outer: Path, outer_stat: os.stat_result | None) -> bool:
+    """``inner`` lies strictly inside ``outer`` (by name, or by identity of an existing parent)."""
+    if outer in inner.parents:
+        return True
+    return outer_stat is not None and any(_same(_stat(p), outer_stat) for p in inner.parents)
+
+
+def overlap(output: PathLike, input: PathLike) -> str | None:
+    """How ``output`` overlaps ``input``: ``"is"``, ``"contains"``, ``"lies inside"``, or None.
+
+    Real paths are compared (symbolic links and ``..`` resolved), and existing folders also by
+    identity (device and inode), which catches a second name of the same folder (bind mounts,
+    case-insensitive file systems).
+    """
+    o, i = _real(output), _real(input)
+    so, si = _stat(o), _stat(i)
+    if o == i or _same(so, si):
+        return "is"
+    if _inside(o, i, si):
+        return "lies inside"
+    if _inside(i, o, so):
+        return "contains"
+    return None
+
+
+def check_outputs_vs_inputs(outputs: Iterable[Labelled], inputs: Iterable[Labelled]) -> None:
+    """Refuse (one-line :class:`UserError`) an output that equals, contains or lies inside an
+    input.  Entries whose path is None or empty are skipped."""
+    inputs = [(label, p) for label, p in inputs if p not in (None, "")]
+    for out_label, out in outputs:
+        if out in (None, ""):
+            continue
+        for in_label, inp in inputs:
+            how = overlap(out, inp)
+            if how is None:
+                continue
+            relation = {"is": "is the same path as", "contains": "contains",
+                        "lies inside": "lies inside"}[how]
+            raise UserError(f"{out_label} {out} {relation} {in_label} {inp}: an output must never "
+                            f"equal, contain or lie inside an input; choose another {out_label}")
+
+
+def check_parents(path: PathLike, label: str = "--out") -> None:
+    """Refuse a ``path`` below a regular file (it could never be created there)."""
+    p = Path(path)
+    for parent in p.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UserError(f"{label} {p}: {parent} is not a folder")
+            return
+
+
+def check_output_dir(path: PathLike, kind: str, *, overwrite: bool = False,
+                     inputs: Iterable[Labelled] = (), label: str = "--out",
+                     what: str | None = None) -> Path:
+    """Validate (without touching the disk) an output folder of ``kind`` that a command creates
+    or, with ``overwrite``, replaces.  Returns ``Path(path)``.
+
+    Refused: an overlap with ``inputs``; a path that is, or lies under, a regular file; an
+    existing non-empty folder without ``overwrite``; with ``overwrite``, a non-empty folder that
+    does not hold this tool's marker of ``kind``.
+    """
+    p = Path(path)
+    what = what or KIND_NAMES.get(kind, "output folder")
+    check_outputs_vs_inputs([(label, p)], inputs)
+    check_parents(p, label)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{label} {p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()):
+        if not overwrite:
+            raise UserError(f"{what} {p} already exists and is not empty; pass --overwrite to "
+                            "replace it")
+        check_replaceable(p, kind, label=label)
+    return p
+
+
+def check_replaceable(path: PathLike, kind: str, *, label: str = "--overwrite") -> None:
+    """Refuse to delete folder ``path`` unless it holds this tool's marker of ``kind``."""
+    p = Path(path)
+    doc = read_marker(p)
+    what = KIND_NAMES.get(kind, kind)
+    if doc is None:
+        raise UserError(f"--overwrite: {p} is not a {what} made by metasparsity (no valid "
+                        f"{MARKER_FILE} marker); refusing to delete it: remove it yourself or "
+                        f"choose another {label}")
+    if doc["kind"] != kind:
+        theirs = KIND_NAMES.get(doc["kind"], doc["kind"])
+        raise UserError(f"--overwrite: {p} is a {theirs}, not a {what}; refusing to replace it: "
+                        f"choose another {label}")
+
+
+def config_inputs(cfg: Any) -> list[Labelled]:
+    """The paths a config reads: ``data.root``, ``data.cache_dir``, ``model.pretrained``.
+
+    ``data.cache_dir`` is also written to (rendered samples): a path that is, or lies under, a
+    regular file is refused here, before anything is written.
+    """
+    data, model = getattr(cfg, "data", None), getattr(cfg, "model", None)
+    cache = getattr(data, "cache_dir", None)
+    if cache not in (None, ""):
+        if Path(cache).exists() and not Path(cache).is_dir():
+            raise UserError(f"data.cache_dir {cache} exists and is not a folder")
+        check_parents(cache, "data.cache_dir")
+    return [("data.root", getattr(data, "root", None)),
+            ("data.cache_dir", cache),
+            ("model.pretrained", getattr(model, "pretrained", None))]
+
+
+def run_inputs(run_dir: PathLike, label: str = "the source run's") -> list[Labelled]:
+    """What a command reads from the run ``run_dir``: its ``config.yaml`` and ``checkpoints/``.
+
+    Outputs may go into new folders of a source run (``RUN/pruned``, ``RUN/finetune_depth``),
+    never over these.
+    """
+    p = Path(run_dir)
+    return [(f"{label} {CONFIG_FILE}", p / CONFIG_FILE),
+            (f"{label} {CHECKPOINTS_DIR}", p / CHECKPOINTS_DIR)]
+
+
+# ----------------------------------------------------------------------------- run directories
+
 def is_run_dir(path: str | Path) -> bool:
+    """A folder that can be resumed: it holds ``config.yaml`` (with or without the marker)."""
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Validate (without touching the disk) that ``path`` can be used as a run directory."""
+def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                  inputs: Iterable[Labelled] = (), label: str | None = None) -> Path:
+    """Validate (without touching the disk) that ``path`` can be used as a run directory.
+
+    ``inputs``: what the command reads (``(label, path)``); the run directory may not equal,
+    contain or lie inside any of them (for ``resume`` too).  ``label`` names ``path`` in
+    messages (default ``--resume`` / ``--out``).
+    """
     p = Path(path)
     if resume:
+        label = label or "--resume"
         if not p.is_dir():
-            raise UserError(f"--resume {p}: no such run directory")
+            raise UserError(f"{label} {p}: no such run directory")
         if not is_run_dir(p):
-            raise UserError(f"--resume {p}: not a run directory (no {CONFIG_FILE})")
+            raise UserError(f"{label} {p}: not a run directory (no {CONFIG_FILE})")
+        check_outputs_vs_inputs([(label, p)], inputs)
         return p
+    label = label or "--out"
+    check_outputs_vs_inputs([(label, p)], inputs)
+    check_parents(p, label)
     if p.exists() and not p.is_dir():
         raise UserError(f"run directory {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()):
         if not overwrite:
             raise UserError(f"run directory {p} already exists; pass --overwrite to replace it "
                             "or --resume to continue it")
-        if not is_run_dir(p):
-            raise UserError(f"--overwrite: {p} is not a run directory (no {CONFIG_FILE}); "
-                            "refusing to delete it")
+        check_replaceable(p, RUN, label=label)
     return p
 
 
 def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = False) -> Path:
-    """Create (or, with ``overwrite``, empty) ``path`` and write the resolved config into it."""
+    """Create (or, with ``overwrite``, empty) ``path``, mark it, and write the resolved config."""
     p = Path(path)
     check_run_dir(p, overwrite=overwrite)
     if p.is_dir() and overwrite and any(p.iterdir()):
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)
+    write_marker(p, RUN)  # before config.yaml: a folder with our config.yaml is always marked
     atomic_write_text(p / CONFIG_FILE, config_yaml)
     return p
 
@@ -84,13 +292,19 @@ def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
 
 
 def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]]:
-    """Atomically replace a resumed run's ``config.yaml``; return ``{key: [old, new]}`` changed."""
+    """Atomically replace a resumed run's ``config.yaml``; return ``{key: [old, new]}`` changed.
+
+    A run directory made before the marker existed gets it here: it is being resumed, so this
+    tool writes into it from now on.
+    """
     p = Path(path) / CONFIG_FILE
     try:
         old = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else {}
     except yaml.YAMLError:
         old = {}
     changed = _diff(old or {}, yaml.safe_load(config_yaml) or {})
+    if read_marker(p.parent) is None:
+        write_marker(p.parent, RUN)
     if changed or not p.is_file():
         atomic_write_text(p, config_yaml)
     return changed

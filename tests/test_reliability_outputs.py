@@ -1,0 +1,407 @@
+"""Issue 13, Deliver 1 and 5: outputs never destroy inputs, and errors of the operating system
+are one line and exit code 2.
+
+1. An output never equals, contains or lies inside one of the command's inputs (real paths are
+   compared); ``--overwrite`` replaces only a folder that the tool made, recognised by its marker
+   ``.metasparsity.json`` (kind and version), never by a file name.  Refused: exit code 2, one
+   line naming the path, the inputs byte-identical.
+5. Permission, read-only, full disk, a path under a file: one line naming the path, exit code 2.
+
+Plus: a second Ctrl-C during the cleanup of the first still exits 130 with one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.data.fixtures import write_celebamaskhq_raw
+from tests.train.micro import MICRO, cli
+
+from metasparsity.config import load_config
+from metasparsity.models import build_model
+from metasparsity.train.checkpoint import save_checkpoint
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.rundir import (
+    COMPACT_MODEL,
+    MARKER_FILE,
+    PREPARED_DATA,
+    RUN,
+    check_outputs_vs_inputs,
+    create_run_dir,
+    made_by_us,
+    overlap,
+    read_marker,
+    write_marker,
+)
+
+SEEN = ["segment", "depth", "edge", "has_sphere", "many_objects"]
+
+
+def snapshot(*roots: Path) -> dict[str, bytes | None]:
+    """Every file (content) and folder (None) under ``roots``, keyed by path."""
+    out: dict[str, bytes | None] = {}
+    for root in roots:
+        root = Path(root)
+        out[str(root)] = None if root.is_dir() else root.read_bytes()
+        if root.is_dir():
+            for p in sorted(root.rglob("*")):
+                out[str(p)] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+def one_line_error(err: str, command: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"metasparsity {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def refused(capsys, args: list, command: str, names: list, untouched: list[Path]) -> str:
+    """Run ``args``; assert exit 2, one line naming every one of ``names``, and ``untouched``
+    byte-identical."""
+    before = snapshot(*untouched)
+    assert cli(*args) == 2
+    line = one_line_error(capsys.readouterr().err, command)
+    for name in names:
+        assert str(name) in line, (name, line)
+    assert snapshot(*untouched) == before
+    return line
+
+
+def make_run(path: Path) -> Path:
+    """A run directory (made by the tool: it holds the marker) with an untrained checkpoint."""
+    cfg = load_config(None, MICRO)
+    create_run_dir(path, cfg.to_yaml())
+    save_checkpoint(path, 4, build_model(cfg, SEEN).state_dict(), {}, {"tasks": SEEN}, best=True)
+    (path / "metrics.jsonl").write_text('{"step": 4, "kind": "train"}\n')
+    return path
+
+
+@pytest.fixture
+def src_run(tmp_path):
+    return make_run(tmp_path / "runs" / "meta")
+
+
+# ----------------------------------------------------------------------------- the rule itself
+
+def test_overlap_compares_real_paths(tmp_path):
+    a = tmp_path / "a"
+    (a / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(a)
+    assert overlap(a, a) == "is"
+    assert overlap(tmp_path / "link", a) == "is"
+    assert overlap(a / ".." / "a", a) == "is"
+    assert overlap(a / "b" / "new", a) == "lies inside"
+    assert overlap(tmp_path / "link" / "b", a) == "lies inside"
+    assert overlap(tmp_path, a / "b") == "contains"
+    assert overlap(tmp_path / "ab", a) is None  # a prefix of the name is not a parent
+    assert overlap(a / "b", tmp_path / "other") is None
+    check_outputs_vs_inputs([("--out", tmp_path / "x")], [("--src", a), ("data.root", None)])
+    with pytest.raises(UserError, match="lies inside --src"):
+        check_outputs_vs_inputs([("--out", tmp_path / "link" / "new")], [("--src", a)])
+
+
+def test_the_marker_has_kind_and_version_and_a_malformed_one_does_not_count(tmp_path):
+    write_marker(tmp_path, RUN)
+    doc = read_marker(tmp_path)
+    assert doc["kind"] == "run" and doc["version"] == 1
+    assert made_by_us(tmp_path, RUN) and not made_by_us(tmp_path, COMPACT_MODEL)
+    for text in ["", "[]", '{"kind": "run"}', '{"kind": "run", "version": true}',
+                 '{"kind": 3, "version": 1}', "not json"]:
+        (tmp_path / MARKER_FILE).write_text(text)
+        assert not made_by_us(tmp_path), text
+
+
+# ----------------------------------------------------------------------------- the issue's cases
+
+def test_prepare_into_the_folder_holding_the_source_is_refused(tmp_path, capsys):
+    """``data prepare celebamaskhq --src P/raw --out P --overwrite`` deleted P/raw."""
+    p = tmp_path / "P"
+    write_celebamaskhq_raw(p / "raw", ids=(0, 1, 2), mask_size=16, image_size=16)
+    write_marker(p, PREPARED_DATA)  # even a folder we prepared: it holds the source now
+    refused(capsys, ["data", "prepare", "celebamaskhq", "--src", p / "raw", "--out", p,
+                     "--overwrite", "--no-progress", "--size", "16"],
+            "data", [p, "contains --src", p / "raw"], [p])
+
+
+def test_prepare_inside_the_source_or_into_it_is_refused(tmp_path, capsys):
+    raw = write_celebamaskhq_raw(tmp_path / "raw", ids=(0, 1, 2), mask_size=16,
+                                 image_size=16)["root"]
+    for out in [raw / "prepared", raw]:
+        refused(capsys, ["data", "prepare", "celebamaskhq", "--src", raw, "--out", out,
+                         "--overwrite", "--no-progress", "--size", "16"],
+                "data", [out, raw], [tmp_path])
+
+
+def test_prepare_overwrites_only_a_prepared_folder(tmp_path, capsys):
+    raw = write_celebamaskhq_raw(tmp_path / "raw", ids=(0, 1, 2), mask_size=16,
+                                 image_size=16)["root"]
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    args = ["data", "prepare", "celebamaskhq", "--src", raw, "--out", out, "--no-progress",
+            "--size", "16", "--overwrite"]
+    refused(capsys, args, "data", [out, "not a prepared data folder"], [tmp_path])
+    out = tmp_path / "prepared"
+    assert cli(*args[:6], out, *args[7:-1]) == 0
+    assert read_marker(out)["kind"] == PREPARED_DATA
+    assert cli(*args[:6], out, *args[7:]) == 0  # our own folder: replaced
+
+
+def test_prune_into_the_run_itself_is_refused(src_run, capsys):
+    """``prune runs/X --out runs/X --overwrite`` deleted the run's checkpoints and config."""
+    refused(capsys, ["prune", src_run, "--out", src_run, "--overwrite", "--no-latency"],
+            "prune", [src_run, "config.yaml"], [src_run])
+
+
+def test_prune_overwrites_only_a_compact_model_folder(src_run, tmp_path, capsys):
+    """``prune RUN --out some_folder --overwrite`` deleted unrelated files."""
+    folder = tmp_path / "some_folder"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("three years of work")
+    refused(capsys, ["prune", src_run, "--out", folder, "--overwrite", "--no-latency"],
+            "prune", [folder, "not a compact model folder"], [folder, src_run])
+    other = make_run(tmp_path / "other_run")  # one of ours, but of another kind
+    refused(capsys, ["prune", src_run, "--out", other, "--overwrite", "--no-latency"],
+            "prune", [other, "is a run directory, not a compact model folder"], [other, src_run])
+
+
+def test_prune_into_a_folder_holding_the_run_is_refused(src_run, capsys):
+    runs = src_run.parent
+    write_marker(runs, COMPACT_MODEL)  # even when marked: the source lies inside it
+    refused(capsys, ["prune", src_run, "--out", runs, "--overwrite", "--no-latency"],
+            "prune", [runs, "contains"], [runs])
+
+
+def test_finetune_into_its_source_run_is_refused(src_run, capsys):
+    """``finetune runs/meta --tasks depth --out runs/meta --overwrite`` replaced the source."""
+    refused(capsys, ["finetune", src_run, "--tasks", "depth", "--out", src_run, "--overwrite"],
+            "finetune", [src_run, "config.yaml"], [src_run])
+    refused(capsys, ["finetune", src_run, "--tasks", "depth", "--out", src_run.parent,
+                     "--overwrite"],
+            "finetune", [src_run.parent, "contains"], [src_run])
+    refused(capsys, ["finetune", src_run, "--tasks", "depth", "--out",
+                     src_run / "checkpoints" / "best", "--overwrite"],
+            "finetune", ["lies inside", "checkpoints"], [src_run])
+    refused(capsys, ["finetune", src_run, "--resume", src_run],
+            "finetune", [src_run, "config.yaml"], [src_run])
+
+
+@pytest.mark.parametrize("command", ["train", "meta-train", "sweep-lambda", "compare", "demo"])
+def test_overwrite_of_a_folder_with_a_config_yaml_not_made_by_us_is_refused(tmp_path, capsys,
+                                                                            command):
+    """``--overwrite`` deleted a folder holding ``config.yaml`` (``foo: bar``) and ``code.py``."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("foo: bar\n")
+    (folder / "code.py").write_text("print('precious')\n")
+    refused(capsys, [command, "--out", folder, "--overwrite", *MICRO], command,
+            [folder, "not a run directory made by metasparsity", MARKER_FILE], [folder])
+
+
+def test_a_run_of_the_previous_version_resumes_and_is_then_ours(tmp_path, capsys):
+    run = tmp_path / "old"
+    assert cli("train", "--out", run, *MICRO, "train.max_steps=2") == 0
+    (run / MARKER_FILE).unlink()  # as the previous version wrote it
+    capsys.readouterr()
+    refused(capsys, ["train", "--out", run, "--overwrite", *MICRO], "train",
+            [run, "not a run directory"], [run])
+    assert cli("train", "--resume", run, "train.max_steps=5") == 0  # resume needs no marker
+    assert made_by_us(run, RUN)
+    assert cli("train", "--out", run, "--overwrite", *MICRO, "train.max_steps=1") == 0
+    assert made_by_us(run, RUN) and (run / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("command", "out", "override", "relation"),
+    [
+        ("train", "cache", "data.cache_dir={out}", "is the same path as data.cache_dir"),
+        ("train", "run", "data.cache_dir={out}/cache", "contains data.cache_dir"),
+        ("meta-train", "run", "model.pretrained={out}/r18.pth", "contains model.pretrained"),
+        ("sweep-lambda", "data/run", "data.root={tmp}/data", "lies inside data.root"),
+        ("compare", "shared/run", "data.cache_dir={tmp}/shared", "lies inside data.cache_dir"),
+        ("train", "run", "--config={out}/my.yaml", "contains --config"),
+    ],
+)
+def test_out_may_not_overlap_a_path_of_the_config(tmp_path, capsys, command, out, override,
+                                                  relation):
+    out = tmp_path / out
+    out.mkdir(parents=True)
+    write_marker(out, RUN)  # even a run directory of ours
+    (out / "my.yaml").write_text("name: mine\n")
+    (out / "r18.pth").write_bytes(b"weights")
+    arg = override.format(out=out, tmp=tmp_path)
+    extra = arg.split("=", 1) if arg.startswith("--") else [arg]
+    refused(capsys, [command, "--out", out, "--overwrite", *extra, *MICRO], command,
+            [out, relation], [tmp_path])
+
+
+def test_resume_may_not_overlap_a_path_of_the_config(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    refused(capsys, ["train", "--resume", run, f"data.cache_dir={run}"], "train",
+            [run, "data.cache_dir"], [run])
+
+
+def test_demo_and_preview_outputs_may_not_overlap_their_inputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    refused(capsys, ["demo", "--out", out, f"data.cache_dir={out}/cache"], "demo",
+            [out, "contains data.cache_dir"], [tmp_path])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    refused(capsys, ["data", "preview", "--out", cache / "p.png", f"data.cache_dir={cache}"],
+            "data", [cache, "lies inside data.cache_dir"], [tmp_path])
+
+
+def test_predict_never_writes_over_the_model_or_files_it_did_not_make(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from tests.test_export_predict import sparse_model
+
+    from metasparsity.export import save_compact_model
+
+    model_dir = tmp_path / "model"
+    save_compact_model(sparse_model(), model_dir,
+                       {"tasks": [], "image_size": 32,
+                        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    img = tmp_path / "photos" / "img.png"
+    img.parent.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    refused(capsys, ["predict", model_dir, img, "--out", model_dir], "predict",
+            [model_dir, "MODEL_DIR"], [tmp_path])
+    refused(capsys, ["predict", model_dir, img, "--out", img.parent], "predict",
+            [img.parent, "contains IMAGE"], [tmp_path])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "img_segment.npy").write_bytes(b"my own array")
+    refused(capsys, ["predict", model_dir, img, "--out", mine], "predict",
+            [mine / "img_segment.npy", "not written by metasparsity"], [tmp_path])
+    ours = tmp_path / "pred"
+    assert cli("predict", model_dir, img, "--out", ours) == 0
+    assert made_by_us(ours, "predictions")
+    assert cli("predict", model_dir, img, "--out", ours) == 0  # our own files: replaced
+
+
+def test_evaluate_output_may_not_overlap_the_data(src_run, capsys):
+    out = src_run / "eval_test.json"
+    refused(capsys, ["evaluate", src_run, f"data.cache_dir={out}"], "evaluate",
+            [out, "data.cache_dir"], [src_run])
+
+
+# ----------------------------------------------------------------------------- OS errors
+
+def test_out_under_a_regular_file_is_refused_up_front(tmp_path, capsys, src_run):
+    f = tmp_path / "notes.txt"
+    f.write_text("a file")
+    for args, command in [
+        (["train", "--out", f / "run", *MICRO], "train"),
+        (["meta-train", "--out", f / "sub" / "run", *MICRO], "meta-train"),
+        (["demo", "--out", f / "demo", *MICRO], "demo"),
+        (["prune", src_run, "--out", f / "model"], "prune"),
+        (["data", "preview", "--out", f / "p.png", *MICRO], "data"),
+    ]:
+        line = refused(capsys, args, command, [f, "not a folder"], [tmp_path])
+        assert str(args[args.index("--out") + 1]) in line
+
+
+def test_cache_dir_under_a_regular_file_is_refused_up_front(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("a file")
+    refused(capsys, ["train", "--out", tmp_path / "run", f"data.cache_dir={f}/cache", *MICRO],
+            "train", [f"data.cache_dir {f}/cache", "not a folder"], [f])
+    refused(capsys, ["train", "--out", tmp_path / "run", f"data.cache_dir={f}", *MICRO],
+            "train", [f, "not a folder"], [f])
+    assert not (tmp_path / "run").exists()
+
+
+def _fail_mkdir_under(monkeypatch, root: Path, err: int, text: str) -> None:
+    real = Path.mkdir
+
+    def mkdir(self, *a, **kw):
+        if self == root or root in self.parents:
+            raise OSError(err, text, str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def test_read_only_out_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ro" / "run"
+    _fail_mkdir_under(monkeypatch, tmp_path / "ro", errno.EROFS, "Read-only file system")
+    line = refused(capsys, ["train", "--out", out, *MICRO], "train",
+                   ["Read-only file system", out], [tmp_path])
+    assert line == f"metasparsity train: error: Read-only file system: {out}"
+
+
+def test_permission_denied_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch, src_run):
+    out = tmp_path / "locked" / "model"
+    _fail_mkdir_under(monkeypatch, tmp_path / "locked", errno.EACCES, "Permission denied")
+    refused(capsys, ["prune", src_run, "--out", out, "--no-latency"], "prune",
+            ["Permission denied", tmp_path / "locked"], [src_run])
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write(2) reports it: no path
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", "--out", out, *MICRO], "train",
+                   ["No space left on device", out], [])
+    assert line.startswith("metasparsity train: error: No space left on device: ")
+
+
+def test_an_os_error_deep_in_a_command_is_one_line(tmp_path, capsys, monkeypatch, src_run):
+    import metasparsity.utils.io as io
+
+    target = src_run / "eval_test.json"
+
+    def denied(path, obj):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(io, "write_json", denied)
+    line = refused(capsys, ["evaluate", src_run], "evaluate", [target], [src_run])
+    assert line == f"metasparsity evaluate: error: Permission denied: {target}"
+
+
+# ----------------------------------------------------------------------------- double Ctrl-C
+
+@pytest.mark.parametrize("gap", ["after_message", "immediately"])
+def test_a_second_ctrl_c_during_cleanup_still_exits_130_with_one_line(tmp_path, gap):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
+         "train.max_steps=100000", "train.val_every=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and sum(1 for _ in log.open()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    first = ""
+    if gap == "after_message":
+        first = proc.stderr.readline()  # the message is out: the process is cleaning up
+    else:
+        time.sleep(0.005)  # most likely while the checkpoint is being saved
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    err = first + rest
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("metasparsity train: interrupted at step ")
+    assert f"resume with: metasparsity train --resume {run}" in lines[0]
+    assert cli("train", "--resume", run, "train.max_steps=5", "train.val_every=5") == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 5
