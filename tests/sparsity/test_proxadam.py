@@ -243,3 +243,18 @@ def test_metric_prox_threshold_uses_the_scheduled_learning_rate():
     opt.param_groups[0]["lr"] = 0.01
     opt.step(lam=norm_dz / (0.01 * w_g) * 10)
     assert float(w.abs().sum()) == 0
+
+
+def test_group_gradient_ratios_match_a_numpy_computation():
+    from metasparsity.sparsity import group_gradient_ratios
+
+    model = _tiny_model()
+    layers = channel_groups(model)
+    gen = torch.Generator().manual_seed(4)
+    grads = {g.name: torch.randn(g.shape, generator=gen) for g in layers}
+    got = group_gradient_ratios(grads, layers).numpy()
+    want = np.concatenate([
+        np.sqrt((grads[g.name].numpy() ** 2).sum(axis=(0, 2, 3))) / np.sqrt(g.shape[0] * g.shape[2] * g.shape[3])
+        for g in layers])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert group_gradient_ratios({}, layers).abs().sum() == 0  # no gradient: zeros, one per group

@@ -280,3 +280,21 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
             p = params[name]
             p.masked_fill_(mask.to(p.device).reshape(1, -1, 1, 1), 0.0)
+
+
+def group_gradient_ratios(grads: Mapping[str, torch.Tensor],
+                          layers: Sequence[ConvGroups]) -> torch.Tensor:
+    """``||∇_g L||_2 / w_g`` for every group of every layer, concatenated: ``[G]``.
+
+    With the prox in Adam's metric a zero group stays zero exactly while ``||∇_g L|| ≤ λ·w_g``
+    (DESIGN §2.2.1), so these ratios are λ's natural scale: their median at the start of training
+    is the ``auto`` λ0 of DESIGN §2.3.  ``grads`` maps weight names to gradients (missing → 0).
+    """
+    out = []
+    for g in layers:
+        grad = grads.get(g.name)
+        if grad is None:
+            out.append(torch.zeros(g.num_groups))
+        else:
+            out.append(group_norms(grad.detach()).float().cpu() / g.group_weight)
+    return torch.cat(out)

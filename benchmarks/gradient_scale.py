@@ -1,0 +1,122 @@
+"""λ's natural scale for each config: ``||∇_g L|| / w_g`` over the backbone groups at the start.
+
+With the group prox in Adam's metric (DESIGN §2.2.1) a zero group stays zero exactly while
+``||∇_g L|| ≤ λ·w_g``: λ is in gradient units, and the distribution of ``||∇_g L||/w_g`` over the
+groups says where λ starts to bite.  For every config this builds its model (from scratch, or
+from ``model.pretrained`` if the file is there), takes ``--batches`` training batches of
+``--batch-size`` images and reports the median and the 10th / 90th percentiles of the per-group
+ratios of the equal-weight multi-task loss (gradients averaged over the batches), in train mode.
+
+The paper configs' data (NYU-v2, CelebAMask-HQ) cannot be downloaded here; where the data folder
+is missing, SynthScenes stands in at the config's image size with the same task types (segment,
+depth, edge, normal; binary attributes for CelebA's), so the figure measures the architecture and
+the losses, not the real images.  The table says which data each row used; re-run it where the
+data is to set the paper configs' λ from the real gradients.
+
+    python benchmarks/gradient_scale.py [--batches 3] [--batch-size 4] [CONFIG ...]
+
+Writes ``benchmarks/results/gradient_scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from metasparsity.config import load_config
+from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.models import build_model
+from metasparsity.sparsity import channel_groups, group_gradient_ratios
+from metasparsity.train.loop import task_losses
+from metasparsity.utils.io import atomic_write_text, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+CONFIGS = ["configs/synthscenes.yaml", "configs/nyuv2_paper.yaml", "configs/nyuv2_mtan_paper.yaml",
+           "configs/celebamaskhq_paper.yaml"]
+SYNTH_ATTRIBUTES = ["has_sphere", "many_objects", "light_left"]
+
+
+def _stand_in(cfg) -> tuple[list[str], str]:
+    """Overrides that replace a missing real data set by SynthScenes with the same task types."""
+    if cfg.data.name == "synthscenes" or (cfg.data.root and Path(cfg.data.root).is_dir()):
+        return [], cfg.data.name
+    seen = [t for t in cfg.data.seen_tasks if t in ("segment", "depth", "edge", "normal")]
+    n_attr = len(cfg.data.seen_tasks) - len(seen)
+    seen += SYNTH_ATTRIBUTES[:n_attr]
+    tasks = seen + [t for t in ("normal",) if t not in seen]
+    return ([
+        "data.name=synthscenes", "data.root=null", f"data.tasks=[{','.join(tasks)}]",
+        f"data.seen_tasks=[{','.join(seen)}]", "data.unseen_tasks=[]", "data.train_size=64",
+        "data.val_size=8", "data.test_size=8", "data.num_classes=null", "data.attributes=[]",
+        "data.augment=false", "data.num_workers=0"], f"SynthScenes stand-in ({', '.join(seen)})")
+
+
+def measure(config: str, batches: int, batch_size: int) -> dict:
+    cfg = load_config(ROOT / config)
+    extra, data_used = _stand_in(cfg)
+    if extra:
+        cfg = load_config(ROOT / config, extra)
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        cfg = load_config(ROOT / config, [*extra, "model.pretrained=null"])
+    names = list(cfg.data.seen_tasks)
+    tasks = resolve_tasks(cfg, names)
+    torch.manual_seed(0)
+    model = build_model(cfg, names)
+    model.train()
+    layers = channel_groups(model)
+    ds = build_dataset(cfg, "train")
+    grads: dict[str, torch.Tensor] = {}
+    for b in range(batches):
+        x, y = default_collate([ds[i] for i in range(b * batch_size, (b + 1) * batch_size)])
+        model.zero_grad(set_to_none=True)
+        loss = sum(task_losses(tasks, model(x, tasks=names), y).values())
+        loss.backward()
+        for g in layers:
+            p = model.get_parameter(g.name)
+            grads[g.name] = grads.get(g.name, 0) + p.grad.detach() / batches
+    r = group_gradient_ratios(grads, layers).tolist()
+    q = statistics.quantiles(r, n=10)
+    return {"config": config, "data": data_used, "image_size": cfg.data.image_size,
+            "model": f"ResNet-{cfg.model.depth} width {cfg.model.width}",
+            "pretrained": bool(cfg.model.pretrained), "groups": len(r),
+            "median": statistics.median(r), "p10": q[0], "p90": q[-1]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("configs", nargs="*", default=CONFIGS)
+    p.add_argument("--batches", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for c in args.configs:
+        rows.append(measure(c, args.batches, args.batch_size))
+        print(rows[-1], flush=True)
+    machine = f"{platform.machine()}, torch {torch.__version__}"
+    lines = [f"`python benchmarks/gradient_scale.py --batches {args.batches} --batch-size "
+             f"{args.batch_size}`, {machine}: per-group `‖∇_g L‖/w_g` at initialisation "
+             "(equal-weight loss of the seen tasks).", "",
+             "| config | data | model | image | groups | median | 10th pct | 90th pct |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{Path(r['config']).name}` | {r['data']} | {r['model']}"
+                     f"{' (pretrained)' if r['pretrained'] else ''} | {r['image_size']} | "
+                     f"{r['groups']} | {r['median']:.2e} | {r['p10']:.2e} | {r['p90']:.2e} |")
+    table = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "gradient_scale.json", {"machine": machine, "rows": rows})
+    atomic_write_text(args.out / "gradient_scale.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
