@@ -86,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
 
 def summarize_data(cfg, samples: int, out: Path) -> None:
     """Statistics of ``samples`` training samples, ``preview.png`` and ``data_summary.json``."""
-    from tqdm import tqdm
-
     from metasparsity.data import build_dataset
     from metasparsity.data.preview import preview_dataset
     from metasparsity.utils.io import write_json
@@ -98,7 +96,10 @@ def summarize_data(cfg, samples: int, out: Path) -> None:
     class_pixels = np.zeros(max(len(names), 1), np.int64)
     positives: dict[str, float] = {}
     start = time.perf_counter()
-    for i in tqdm(range(n), desc="SynthScenes samples", unit="img", disable=not cfg.train.progress):
+    from metasparsity.train.loop import progress_bar
+
+    for i in progress_bar(range(n), enabled=cfg.train.progress, desc="SynthScenes samples",
+                          unit="img"):
         _, targets = dataset[i]
         for task, target in targets.items():
             if target.ndim == 0:
