@@ -405,3 +405,23 @@ def test_a_second_ctrl_c_during_cleanup_still_exits_130_with_one_line(tmp_path, 
     assert f"resume with: metasparsity train --resume {run}" in lines[0]
     assert cli("train", "--resume", run, "train.max_steps=5", "train.val_every=5") == 0
     assert json.loads((run / "results.json").read_text())["steps"] == 5
+
+
+def test_a_user_error_raised_in_a_dataloader_worker_is_one_line():
+    """PyTorch re-raises a worker's exception with the worker's traceback as its message."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from metasparsity.cli import user_message
+    from metasparsity.utils.errors import UserError
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise UserError("label image /data/x.png has mode RGB; expected one channel")
+
+    with pytest.raises(UserError) as e:
+        next(iter(DataLoader(Bad(), num_workers=1)))
+    assert "Original Traceback" in str(e.value)  # what PyTorch makes of it
+    assert user_message(e.value) == "label image /data/x.png has mode RGB; expected one channel"

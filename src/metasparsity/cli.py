@@ -91,6 +91,16 @@ def _interrupt_once(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def user_message(e: BaseException) -> str:
+    """The one line of a :class:`UserError`, also when a DataLoader worker raised it (PyTorch
+    re-raises it in the main process with the worker's whole traceback as its message)."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.splitlines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
@@ -119,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as e:
-        print(f"metasparsity {args.command}: error: {e}", file=sys.stderr)
+        print(f"metasparsity {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         old = _ignore_further_interrupts()  # first: a second Ctrl-C must not cut this short

@@ -218,3 +218,28 @@ def test_truncate_jsonl_drops_records_after_the_checkpoint_and_a_torn_line(tmp_p
     assert truncate_jsonl(p, 2) == 1
     assert [r["step"] for r in read_jsonl(p)] == [1, 2]
     assert p.read_text().endswith("}\n")
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_older_checkpoint(tmp_path, monkeypatch):
+    """A full disk during ``torch.save`` (PyTorch raises a RuntimeError, not an OSError): a
+    one-line UserError naming the checkpoint; no partial folder; ``last`` still names step 1."""
+    import torch
+
+    from metasparsity.train import checkpoint as ck
+    from metasparsity.utils.errors import UserError
+
+    sd = {"w": torch.ones(3)}
+    ck.save_checkpoint(tmp_path, 1, sd, {"opt": torch.zeros(1)}, {"tasks": []})
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    with pytest.raises(UserError) as e:
+        ck.save_checkpoint(tmp_path, 2, sd, {"opt": torch.zeros(1)}, {"tasks": []})
+    msg = str(e.value)
+    assert "step_0000002" in msg and "no space left on device" in msg and "\n" not in msg
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last", "step_0000001"]
+    assert (tmp_path / "checkpoints" / "last").read_text().strip() == "step_0000001"

@@ -88,12 +88,16 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_contiguous_state(model_state), str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "state.json").write_text(json.dumps(to_jsonable({"step": step, **meta}), indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_file(_contiguous_state(model_state), str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "state.json").write_text(json.dumps(to_jsonable({"step": step, **meta}), indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)  # the older complete checkpoints stay
+        raise UserError(f"cannot write checkpoint {final}: {_write_error(e, root)}") from None
     if final.exists():
         # Same step saved again (e.g. an interrupt right after a validation save): replace it.
         old = root / f".{name}.old"
@@ -110,6 +114,20 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         atomic_write_text(root / "best", name + "\n")
     _prune(root, keep, step)
     return final
+
+
+def _write_error(e: BaseException, where: Path) -> str:
+    """One line for a failed checkpoint write, saying so when the disk is (nearly) full."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if free is not None and free < 64 * 2**20:
+        return f"no space left on device ({free // 2**20} MiB free)"
+    return first
 
 
 def _fsync_dir(path: Path) -> None:
