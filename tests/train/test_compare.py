@@ -48,10 +48,11 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
     for m in ALL:
         a = res["summary"][m]
         row = summary[METHOD_NAMES[m]]
-        assert row[:10] == [
+        assert row[:11] == [
             mean_std(a["delta_m_seen"], n), mean_std(a["delta_m_unseen"], n),
             mean_std(a["delta_m_all"], n), mean_std(a["group_sparsity"], n),
-            mean_std(a["param_sparsity"], n), mean_std(a["params"], n, 1e-6),
+            mean_std(a["param_sparsity"], n), mean_std(a["gap_to_front"], n),
+            mean_std(a["params"], n, 1e-6),
             mean_std(a["macs"], n, 1e-6), mean_std(a["passes"], n),
             mean_std(a["passes_total"], n), mean_std(a["wall_time_s"], n)], m
     tasks = _rows(md, "method")  # first table again: the per-task table has the same first header
@@ -139,3 +140,26 @@ def test_demo_runs_the_comparison_and_reuses_it(tmp_path, capsys):
     assert (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns == mtl  # not retrained
     assert (out / "results.json").stat().st_mtime_ns >= stamp
     assert re.search(r"demo finished in \d+ s", capsys.readouterr().out + first)
+
+
+def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
+    from metasparsity.train.compare import fixed_lambda_front, gap_to_front
+
+    def grid(*pts):  # (λ, param sparsity 0-1, Δm seen)
+        return {"fixed_lambda": {"grid": [{"lam": lam, "param_sparsity": ps, "delta_m_seen": d}
+                                          for lam, ps, d in pts]}}
+
+    # two seeds; λ=0.01 is dominated (λ=0.1 is sparser and better on average)
+    per_seed = {"0": grid((0.001, 0.10, 1.0), (0.01, 0.30, -6.0), (0.1, 0.50, -2.0)),
+                "1": grid((0.001, 0.20, 3.0), (0.01, 0.30, -4.0), (0.1, 0.70, -6.0))}
+    front = fixed_lambda_front(per_seed)
+    assert [p["lam"] for p in front] == [0.001, 0.01, 0.1]
+    assert [p["front"] for p in front] == [True, False, True]
+    assert front[0]["param_sparsity"]["mean"] == pytest.approx(15.0)
+    assert front[0]["delta_m"] == {"mean": pytest.approx(2.0), "std": pytest.approx(2 ** 0.5)}
+    assert front[2]["delta_m"]["mean"] == pytest.approx(-4.0)
+    # between 15 % (Δm 2) and 60 % (Δm −4): linear; at 37.5 % the front is at −1
+    assert gap_to_front(front, 37.5, 0.5) == pytest.approx(1.5)
+    assert gap_to_front(front, 10.0, 1.0) == pytest.approx(-1.0)  # flat below the first point
+    assert gap_to_front(front, 60.0, -4.0) == pytest.approx(0.0)
+    assert gap_to_front(front, 61.0, 0.0) is None  # beyond the sparsest grid point

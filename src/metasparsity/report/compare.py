@@ -42,7 +42,7 @@ def _lam_cell(agg: dict, n: int) -> str:
 def summary_table(results: dict[str, Any]) -> str:
     n = len(results["seeds"])
     header = ["method", "Δm seen %", "Δm unseen %", "Δm all %", "group sp. %", "param sp. %",
-              "params (pruned, M)", "MACs (pruned, M)", "passes", "passes incl. tuning",
+              "gap to λ front", "params (pruned, M)", "MACs (pruned, M)", "passes", "passes incl. tuning",
               "wall time s", "λ"]
     rows = []
     for name in results["methods"]:
@@ -51,7 +51,7 @@ def summary_table(results: dict[str, Any]) -> str:
             METHOD_NAMES.get(name, name), mean_std(a["delta_m_seen"], n),
             mean_std(a["delta_m_unseen"], n), mean_std(a["delta_m_all"], n),
             mean_std(a["group_sparsity"], n), mean_std(a["param_sparsity"], n),
-            mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
+            mean_std(a.get("gap_to_front"), n), mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
             mean_std(a.get("passes"), n), mean_std(a.get("passes_total"), n),
             mean_std(a["wall_time_s"], n), _lam_cell(a, n),
         ])
@@ -80,18 +80,28 @@ def grid_points(results: dict[str, Any], seed: str | None = None) -> list[dict[s
     stl = rows["stl"]["seen"]["test"]
     spec, _ = usable_spec(results["spec"]["seen"], stl)
     return [{"label": f"λ={p['lam']:g}", "group_sparsity": p["group_sparsity"],
-             "delta_m": delta_m(p["test"], stl, spec)} for p in rows["fixed_lambda"]["grid"]]
+             "param_sparsity": p["param_sparsity"], "delta_m": delta_m(p["test"], stl, spec)}
+            for p in rows["fixed_lambda"]["grid"]]
 
 
-def method_points(results: dict[str, Any], seed: str | None = None) -> list[dict[str, Any]]:
-    seed = seed or str(results["seeds"][0])
+def front_points(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fixed-λ grid averaged over seeds (``results["fixed_lambda_front"]``), for the plot."""
+    return [{"label": f"λ={p['lam']:g}", "param_sparsity": p["param_sparsity"]["mean"] / 100,
+             "delta_m": p["delta_m"]["mean"], "xerr": p["param_sparsity"]["std"],
+             "yerr": p["delta_m"]["std"]} for p in results["fixed_lambda_front"]]
+
+
+def summary_points(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every method but STL at its mean (parameter sparsity, Δm seen) with the std over seeds."""
     pts = []
-    for name, row in results["per_seed"][seed].items():
+    for name in results["methods"]:
+        a = results["summary"][name]
         if name == "stl":
             continue
         pts.append({"label": METHOD_NAMES.get(name, name),
-                    "group_sparsity": row["sparsity"]["group_sparsity"],
-                    "delta_m": row["delta_m"]["seen"]})
+                    "param_sparsity": a["param_sparsity"]["mean"] / 100,
+                    "delta_m": a["delta_m_seen"]["mean"],
+                    "xerr": a["param_sparsity"]["std"], "yerr": a["delta_m_seen"]["std"]})
     return pts
 
 
@@ -101,10 +111,12 @@ def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
     made: dict[str, str] = {}
     seed = str(results["seeds"][0])
     rows = results["per_seed"][seed]
-    pts = grid_points(results, seed)
-    plots.plot_delta_vs_sparsity(pts, out / "delta_vs_sparsity.png",
-                                 title="Δm (seen tasks, test) against group sparsity",
-                                 extra=method_points(results, seed))
+    n = len(results["seeds"])
+    plots.plot_delta_vs_sparsity(
+        front_points(results) if "fixed_lambda_front" in results else grid_points(results, seed),
+        out / "delta_vs_sparsity.png", key="param_sparsity",
+        title=f"Δm (seen tasks, test) against sparsity{f', mean ± std of {n} seeds' if n > 1 else ''}",
+        extra=summary_points(results))
     made["delta_vs_sparsity"] = "delta_vs_sparsity.png"
     per_layer = {METHOD_NAMES.get(m, m): rows[m]["sparsity"]["per_layer"]
                  for m in ("fixed_lambda", "optuna", "meta_sparsity") if m in rows}

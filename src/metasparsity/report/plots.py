@@ -38,16 +38,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
                            title: str = "Δm against group sparsity",
-                           extra: Sequence[Mapping[str, Any]] = ()) -> Path:
-    """``rows``: dicts with ``label``, ``group_sparsity`` (0–1) and ``delta_m`` (%) — the λ grid,
-    joined by a line and with its Pareto front marked; ``extra``: other methods as single points."""
+                           extra: Sequence[Mapping[str, Any]] = (), *,
+                           key: str = "group_sparsity") -> Path:
+    """``rows``: dicts with ``label``, ``key`` (a share, 0–1) and ``delta_m`` (%) — the λ grid,
+    joined by a line and with its Pareto front marked; ``extra``: other methods as single points.
+    Optional ``xerr`` / ``yerr`` (in the plotted units, % and Δm points) draw error bars, e.g.
+    the std over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    pts = [(100 * r["group_sparsity"], r["delta_m"]) for r in rows]
+    pts = [(100 * r[key], r["delta_m"]) for r in rows]
     if pts:
         order = sorted(range(len(pts)), key=lambda i: pts[i][0])
-        ax.plot([pts[i][0] for i in order], [pts[i][1] for i in order], "o-", color="0.6",
-                label="fixed λ grid")
+        ax.errorbar([pts[i][0] for i in order], [pts[i][1] for i in order],
+                    xerr=[rows[i].get("xerr", 0.0) for i in order],
+                    yerr=[rows[i].get("yerr", 0.0) for i in order], fmt="o-", color="0.6",
+                    capsize=3, label="fixed λ grid")
         for r, (x, y) in zip(rows, pts):
             ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         front = pareto_front(pts)
@@ -55,10 +60,11 @@ def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
                 mfc="none", ms=10, label="Pareto front (grid)")
     markers = "D^v<>P*X"
     for k, r in enumerate(extra):
-        ax.plot(100 * r["group_sparsity"], r["delta_m"], markers[k % len(markers)], ms=9,
-                label=str(r["label"]))
+        ax.errorbar(100 * r[key], r["delta_m"], xerr=r.get("xerr", 0.0), yerr=r.get("yerr", 0.0),
+                    fmt=markers[k % len(markers)], ms=9, capsize=3, label=str(r["label"]))
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("group sparsity of the shared backbone (%)")
+    what = "parameter" if key == "param_sparsity" else "group"
+    ax.set_xlabel(f"{what} sparsity of the shared backbone (%)")
     ax.set_ylabel("Δm (%) — higher is better")
     ax.set_title(title)
     ax.legend(fontsize=8)

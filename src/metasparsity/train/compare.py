@@ -332,6 +332,8 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
         stl = stl_by_seed[seed]
         s_seen, drop_seen = usable_spec(spec_seen, stl["test"])
         s_unseen, drop_unseen = usable_spec(spec_unseen, stl["test"])
+        for p in rows.get("fixed_lambda", {}).get("grid", []):
+            p["delta_m_seen"] = delta_m(p["test"], stl["test"], s_seen)
         for name, row in rows.items():
             d_seen = delta_m(row["seen"]["test"], stl["test"], s_seen)
             d_unseen = delta_m(row["unseen"]["test"], stl["test"], s_unseen) if s_unseen else None
@@ -340,6 +342,12 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
             row["delta_m"] = {"seen": d_seen, "unseen": d_unseen, "all": d_all,
                               "left_out": drop_seen + drop_unseen}
             methods.setdefault(name, []).append(row)
+    front = fixed_lambda_front(per_seed)
+    for rows in methods.values():
+        for r in rows:
+            if front and r["sparsity"]["param_sparsity"] > 0:
+                r["gap_to_front"] = gap_to_front(front, 100 * r["sparsity"]["param_sparsity"],
+                                                 r["delta_m"]["seen"])
     out = {}
     for name, rows in methods.items():
         def col(f, rows=rows):
@@ -352,6 +360,7 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
             "group_sparsity": col(lambda r: 100 * r["sparsity"]["group_sparsity"]),
             "param_sparsity": col(lambda r: 100 * r["sparsity"]["param_sparsity"]),
             "wall_time_s": col(lambda r: r["wall_time_s"]),
+            "gap_to_front": col(lambda r: r.get("gap_to_front")),
             "passes": col(lambda r: r.get("passes")),
             "passes_total": col(lambda r: r.get("passes_total")),
             "params": col(lambda r: r.get("cost", {}).get("params")),
@@ -369,6 +378,42 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
             agg["selected_lambda"] = col(lambda r: r["selected_lambda"])
         out[name] = agg
     return out
+
+
+def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fixed-λ grid averaged over seeds: one point per λ with the mean ± std of its backbone
+    parameter sparsity (%) and Δm (seen tasks, test, %), and ``front`` marking the points on the
+    Pareto front (no other point is at least as sparse and at least as good)."""
+    by_lam: dict[float, list[tuple[float, float]]] = {}
+    for rows in per_seed.values():
+        for p in rows.get("fixed_lambda", {}).get("grid", []):
+            by_lam.setdefault(p["lam"], []).append((100 * p["param_sparsity"], p["delta_m_seen"]))
+    pts = []
+    for lam, vals in sorted(by_lam.items()):
+        xs, ys = [v[0] for v in vals], [v[1] for v in vals]
+        pts.append({"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys)})
+    for p in pts:
+        x, y = p["param_sparsity"]["mean"], p["delta_m"]["mean"]
+        p["front"] = not any(q is not p and q["param_sparsity"]["mean"] >= x and q["delta_m"]["mean"] >= y
+                             and (q["param_sparsity"]["mean"] > x or q["delta_m"]["mean"] > y)
+                             for q in pts)
+    return pts
+
+
+def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:
+    """``delta`` minus the front's Δm linearly interpolated at ``param_sparsity`` (%); below the
+    front's sparsest-but-least point the front is flat (a sparser grid point already reaches its
+    Δm); None beyond the front's sparsest point (nothing to compare with)."""
+    pts = sorted((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in front if p["front"])
+    if not pts or param_sparsity > pts[-1][0] + 1e-9:
+        return None
+    if param_sparsity <= pts[0][0]:
+        return delta - pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= param_sparsity <= x1:
+            t = 0.0 if x1 == x0 else (param_sparsity - x0) / (x1 - x0)
+            return delta - (y0 + t * (y1 - y0))
+    return None  # pragma: no cover - the cases above cover the range
 
 
 def _lam_scalar(v) -> float:
@@ -416,6 +461,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         per_seed[str(seed)] = rows
         stl_by_seed[str(seed)] = dict(ctx.stl)
     summary = summarize(per_seed, spec_seen, spec_unseen, stl_by_seed)
+    front = fixed_lambda_front(per_seed)
     results = {
         "config": cfg.to_dict(),
         "methods": methods,
@@ -424,6 +470,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "unseen_tasks": list(cfg.data.unseen_tasks),
         "spec": {"seen": spec_seen, "unseen": spec_unseen},
         "summary": summary,
+        "fixed_lambda_front": front,
         "per_seed": per_seed,
         "total_wall_time_s": round(time.time() - t_start, 1),
         "compute": {"budget_passes": plan.budget, "meta_steps": plan.meta_steps,
