@@ -39,6 +39,7 @@ from typing import Any, Union
 import yaml
 
 from metasparsity.utils.errors import ConfigError
+from metasparsity.utils.io import read_text_file
 
 ALL_SYNTH_TASKS = ["segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left"]
 
@@ -481,14 +482,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"config {p}: not a text file (it is not valid UTF-8)") from None
-        except OSError as e:
-            raise ConfigError(f"config {p}: cannot read it ({e.strerror or e})") from None
+        text = read_text_file(p, "config file", ConfigError)
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import read_text_file
 
 # The split order is a permutation drawn with this seed, whatever data.seed says.
 SPLIT_SEED = 0
@@ -107,15 +108,7 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file, stripped; a missing, unreadable or binary file is
     a one-line UserError naming ``what`` and the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing {what}: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not a UTF-8 text file") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    text = read_text_file(path, what)
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 

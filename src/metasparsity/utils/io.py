@@ -217,6 +217,23 @@ def check_json_shape(obj: Any, schema: Any, where: str = "top level") -> str | N
     return None
 
 
+def read_text_file(path: str | os.PathLike, what: str, error: type[Exception] | None = None) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or binary file is a one-line ``error``
+    (default :class:`~metasparsity.utils.errors.UserError`) naming ``what`` and the path."""
+    from metasparsity.utils.errors import UserError
+
+    error = error or UserError
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"missing {what}: {p}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {p}: {e.strerror or e}") from None
+
+
 def load_json(path: str | os.PathLike, schema: Any = object, *, what: str = "JSON file") -> Any:
     """Read a JSON file and check its shape (:func:`check_json_shape`); a missing, unreadable,
     invalid or wrongly shaped file is a one-line :class:`~metasparsity.utils.errors.UserError`
@@ -224,14 +241,7 @@ def load_json(path: str | os.PathLike, schema: Any = object, *, what: str = "JSO
     from metasparsity.utils.errors import UserError
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"missing {what}: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {p} is not a UTF-8 text file") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    text = read_text_file(p, what)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -251,14 +261,7 @@ def load_jsonl(path: str | os.PathLike, *, what: str = "JSON-lines file") -> lis
     from metasparsity.utils.errors import UserError
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"missing {what}: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {p} is not a UTF-8 text file") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    text = read_text_file(p, what)
     numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     out = []
     for k, (n, line) in enumerate(numbered):
