@@ -208,6 +208,18 @@ def test_overwrite_of_a_folder_with_a_config_yaml_not_made_by_us_is_refused(tmp_
             [folder, "not a run directory made by metasparsity", MARKER_FILE], [folder])
 
 
+def test_resume_of_a_folder_with_only_a_valid_config_yaml_is_refused_and_leaves_it_unmarked(
+        tmp_path, capsys):
+    """Resuming it would mark it as ours, and a later ``--overwrite`` would delete its files."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("name: mine\n")
+    (folder / "code.py").write_text("print('precious')\n")
+    refused(capsys, ["train", "--resume", folder], "train",
+            [folder, "not a run directory made by metasparsity"], [folder])
+    assert not (folder / MARKER_FILE).exists()
+
+
 def test_a_run_of_the_previous_version_resumes_and_is_then_ours(tmp_path, capsys):
     run = tmp_path / "old"
     assert cli("train", "--out", run, *MICRO, "train.max_steps=2") == 0
@@ -425,3 +437,21 @@ def test_a_user_error_raised_in_a_dataloader_worker_is_one_line():
         next(iter(DataLoader(Bad(), num_workers=1)))
     assert "Original Traceback" in str(e.value)  # what PyTorch makes of it
     assert user_message(e.value) == "label image /data/x.png has mode RGB; expected one channel"
+
+
+def test_an_os_error_raised_in_a_dataloader_worker_is_one_line():
+    from torch.utils.data import DataLoader, Dataset
+
+    from metasparsity.cli import os_error_message
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise PermissionError(13, "Permission denied", "/data/cache/000001.npz")
+
+    with pytest.raises(OSError) as e:
+        next(iter(DataLoader(Bad(), num_workers=1)))
+    msg = os_error_message(e.value)
+    assert "\n" not in msg and "Traceback" not in msg and "/data/cache/000001.npz" in msg

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def os_error_message(e: OSError) -> str:
     """``<strerror>: <path>`` of an error of the operating system, on one line."""
-    reason = e.strerror or (os.strerror(e.errno) if isinstance(e.errno, int) else "") or str(e)
+    reason = e.strerror or (os.strerror(e.errno) if isinstance(e.errno, int) else "") or \
+        user_message(e)  # e.g. from a DataLoader worker: the worker's traceback as its text
     if not reason:
         reason = type(e).__name__
     reason = " ".join(str(reason).split())

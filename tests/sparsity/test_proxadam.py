@@ -258,3 +258,56 @@ def test_group_gradient_ratios_match_a_numpy_computation():
         for g in layers])
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert group_gradient_ratios({}, layers).abs().sum() == 0  # no gradient: zeros, one per group
+
+
+@pytest.mark.parametrize("spread", [1, 6])
+def test_float32_newton_stops_within_six_steps_near_the_zero_boundary(monkeypatch, spread):
+    """Groups only just kept (τ just under ‖D z‖) have a root r ≪ τ/d, where float32 rounding
+    makes r jitter: the loop must still stop (at rounding) within a few steps, not at its cap."""
+    import metasparsity.sparsity.proxadam as pa
+
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(64, 32, 3, 3, generator=gen) * 0.02
+    d = 10 ** (torch.rand(64, 32, 3, 3, generator=gen) * spread - 3)
+    edge = torch.linalg.vector_norm(d * z, dim=(0, 2, 3))
+    tau = edge * torch.linspace(0.2, 1.1, 32)
+    full = pa.metric_prox(z, d, tau)
+    calls = []
+    real_rsqrt = torch.Tensor.rsqrt
+
+    def counting_rsqrt(self):
+        calls.append(1)
+        return real_rsqrt(self)
+
+    monkeypatch.setattr(torch.Tensor, "rsqrt", counting_rsqrt)
+    pa.metric_prox(z, d, tau)
+    assert len(calls) <= 6  # one rsqrt per Newton step
+    monkeypatch.undo()
+    ref = metric_prox(z.double(), d.double(), tau.double())
+    torch.testing.assert_close(full.double(), ref, rtol=1e-4, atol=1e-7)
+
+
+def test_the_threshold_follows_an_lr_scheduler():
+    """With a LambdaLR that drops the rate 10× after step 1, τ = η_t·λ·w_g uses the dropped
+    rate: a λ that would zero the group at the initial rate keeps it at the scheduled one."""
+    def run(scheduled: bool) -> float:
+        model = _Grouped(2, 3).double()
+        layers = channel_groups(model)
+        w = model.backbone[0].weight
+        with torch.no_grad():
+            w.fill_(0.5)
+        opt = ProxAdam(prox_param_groups(model, layers), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 if t == 0 else 0.1)
+        w.grad = torch.full_like(w, 1e-3)
+        opt.step()  # plain step; then the rate drops (or, unscheduled, stays)
+        if scheduled:
+            sched.step()
+        w.grad = torch.full_like(w, 1e-3)
+        d = 1.0  # sqrt(v̂) = |g| = 1e-3 ≪ θ: D = 1e-3 + ε
+        norm = float(torch.linalg.vector_norm(w.detach()[:, 0])) * 1e-3 * d
+        lam = norm / (0.05 * layers[0].group_weight)  # zero at η = 0.1, kept at η = 0.01
+        opt.step(lam=lam)
+        return float(w.detach()[:, 0].abs().sum())
+
+    assert run(scheduled=True) > 0
+    assert run(scheduled=False) == 0

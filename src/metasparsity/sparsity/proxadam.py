@@ -61,8 +61,12 @@ def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> 
     zn2 = z2.sum(1)
     safe = torch.where(keep, zn2, torch.ones_like(zn2))
     r = (zn2.sqrt() - (z2 * a).sum(1) / safe).clamp_min_(0.0)
-    tol = 8 * torch.finfo(z.dtype).eps
-    for _ in range(NEWTON_MAX_STEPS):
+    # converged: a step below rounding at the scale of r + a (a root near 0 for a group just
+    # kept has r ≪ a, where float32 noise in h moves r by ~eps·a), or a step that does not climb
+    # once the first step has put r left of the root (monotone from there, DESIGN §2.2.1)
+    scale_floor = a.amin(1)
+    tol = 16 * torch.finfo(z.dtype).eps
+    for k in range(NEWTON_MAX_STEPS):
         inv = (a + r.unsqueeze(1)).reciprocal_()
         q = z2 * inv
         q.mul_(inv)
@@ -72,8 +76,10 @@ def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> 
         h = s2.rsqrt()
         step = torch.where(keep, (1.0 - h) * s2 / (s3 * h), torch.zeros_like(r))  # (1−h)/h'
         r_new = (r + step).clamp_min_(0.0)
-        done = bool(((r_new - r).abs() <= tol * r_new).all())
-        r = r_new
+        moved = r_new - r
+        small = moved.abs() <= tol * (r_new + scale_floor)
+        done = bool((small | (moved <= 0)).all()) if k > 0 else bool(small.all())
+        r = torch.maximum(r_new, r) if k > 0 else r_new  # rounding never walks back
         if done:
             break
     rb = r.unsqueeze(1)
@@ -125,8 +131,9 @@ class ProxAdam(torch.optim.Adam):
                  num_layers: int | None = None) -> None:
         if prox_metric not in PROX_METRICS:
             raise ValueError(f"prox_metric must be one of {PROX_METRICS}, got {prox_metric!r}")
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         decoupled_weight_decay=decoupled_weight_decay)
+        # passed only when asked for: torch.optim.Adam has the flag since PyTorch 2.7 (AdamW before)
+        extra = {"decoupled_weight_decay": True} if decoupled_weight_decay else {}
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **extra)
         self.prox_metric = prox_metric
         layers = [g["prox_layer"] for g in self.param_groups if "prox_layer" in g]
         self.num_layers = num_layers if num_layers is not None else (max(layers) + 1 if layers else 0)

@@ -134,7 +134,7 @@ class MetaTrainer:
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
             prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),
-            lr=m.outer_lr, prox_metric=cfg.sparsity.prox_metric)
+            lr=m.outer_lr, prox_metric=cfg.sparsity.prox_metric, num_layers=len(self.layers))
         rho = [p for p in self.lam.parameters() if p.requires_grad]
         self.opt_rho = torch.optim.Adam(rho, lr=m.lambda_lr) if rho else None
         self.sampler = TaskSubsetSampler(list(self.tasks), min_size=m.min_subset_size,

@@ -197,7 +197,8 @@ class Trainer:
             self.opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
         else:  # Adam, then the group prox in its metric (DESIGN §2.2.1)
             self.opt = ProxAdam(prox_param_groups(self.model, self.groups, params), lr=s.lr,
-                                weight_decay=s.weight_decay, prox_metric=s.prox_metric)
+                                weight_decay=s.weight_decay, prox_metric=s.prox_metric,
+                                num_layers=len(self.groups))
         self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
         self.step = 0
         self.best_score = float("inf")

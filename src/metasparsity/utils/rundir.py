@@ -255,6 +255,11 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
             raise UserError(f"{label} {p}: no such run directory")
         if not is_run_dir(p):
             raise UserError(f"{label} {p}: not a run directory (no {CONFIG_FILE})")
+        if read_marker(p) is None and not _has_run_contents(p):
+            # a config.yaml alone does not make a folder ours: resuming would mark it, and a
+            # later --overwrite could then delete the user's other files in it
+            raise UserError(f"{label} {p}: not a run directory made by metasparsity (no "
+                            f"{MARKER_FILE} marker, no checkpoints or metrics to resume)")
         check_outputs_vs_inputs([(label, p)], inputs)
         return p
     label = label or "--out"
@@ -291,6 +296,11 @@ def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
     return {} if old == new else {prefix.rstrip("."): [old, new]}
 
 
+def _has_run_contents(p: Path) -> bool:
+    """A run directory of a version before the marker: it has checkpoints or a metrics log."""
+    return (p / "checkpoints").is_dir() or (p / "metrics.jsonl").is_file()
+
+
 def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]]:
     """Atomically replace a resumed run's ``config.yaml``; return ``{key: [old, new]}`` changed.
 
@@ -303,7 +313,7 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
     except yaml.YAMLError:
         old = {}
     changed = _diff(old or {}, yaml.safe_load(config_yaml) or {})
-    if read_marker(p.parent) is None:
+    if read_marker(p.parent) is None and _has_run_contents(p.parent):
         write_marker(p.parent, RUN)
     if changed or not p.is_file():
         atomic_write_text(p, config_yaml)
