@@ -120,8 +120,7 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys)
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(load_config(None, MICRO).to_yaml())
+    create_run_dir(run, load_config(None, MICRO).to_yaml())  # marker + config, nothing else
     assert cli("train", "--resume", run, "train.max_steps=2") == 0
     assert read_json(run / "results.json")["steps"] == 2
     assert load_run_checkpoint(run, "last").meta["step"] == 2
