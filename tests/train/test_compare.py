@@ -78,13 +78,15 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
 def test_every_method_gets_the_same_compute_and_tuning_is_counted_on_top(compared):
     res = read_json(compared / "results.json")
     comp, rows = res["compute"], res["per_seed"]["0"]
-    # budget 10 passes: fine-tuning 2 + 2 meta-steps × meta_batch 2 × (K 1 + 1) = 10
-    assert comp == {"budget_passes": 10, "meta_steps": 2, "passes_per_meta_step": 4,
-                    "finetune_steps": 2}
+    # budget 10 passes at batch 8 = 80 samples: fine-tuning 2 × 8 + 4 meta-steps × meta_batch 2
+    # × (K 1 + 1) passes × batch 4 = 16 + 64
+    assert comp == {"budget_passes": 10, "meta_steps": 4, "passes_per_meta_step": 4,
+                    "finetune_steps": 2, "batch_size": 8, "meta_batch_size": 4,
+                    "finetune_batch_size": 8}
     for m in ("mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"):
         assert rows[m]["passes"] == 10, m
-    assert rows["meta_sparsity"]["meta_steps"] == rows["meta_dense"]["meta_steps"] == 2
-    assert res["config"]["meta"]["steps"] == 2 and res["config"]["train"]["max_steps"] == 10
+    assert rows["meta_sparsity"]["meta_steps"] == rows["meta_dense"]["meta_steps"] == 4
+    assert res["config"]["meta"]["steps"] == 4 and res["config"]["train"]["max_steps"] == 10
     assert rows["fixed_lambda"]["passes_total"] == 2 * 10  # a 2-point grid costs 2 budgets
     assert rows["optuna"]["passes_total"] == 2 * 10
     assert rows["stl"]["passes"] == 2 * 10  # one model per seen task
@@ -94,9 +96,9 @@ def test_every_method_gets_the_same_compute_and_tuning_is_counted_on_top(compare
 
 def test_a_budget_too_small_for_one_meta_step_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli("compare", "--out", out, *SMALL, "compare.budget=5") == 2
+    assert cli("compare", "--out", out, *SMALL, "compare.budget=3") == 2
     err = capsys.readouterr().err
-    assert "budget of 5 passes leaves no meta-step" in err and len(err.strip().splitlines()) == 1
+    assert "budget of 3 passes (batch 8) leaves no meta-step" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
@@ -160,6 +162,12 @@ def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
     assert front[2]["delta_m"]["mean"] == pytest.approx(-4.0)
     # between 15 % (Δm 2) and 60 % (Δm −4): linear; at 37.5 % the front is at −1
     assert gap_to_front(front, 37.5, 0.5) == pytest.approx(1.5)
-    assert gap_to_front(front, 10.0, 1.0) == pytest.approx(-1.0)  # flat below the first point
     assert gap_to_front(front, 60.0, -4.0) == pytest.approx(0.0)
     assert gap_to_front(front, 61.0, 0.0) is None  # beyond the sparsest grid point
+    assert gap_to_front(front, 10.0, 1.0) is None  # denser than the grid, and no dense MTL
+    # with dense MTL (λ = 0, 0 % sparsity, Δm 5 and 3) the front starts at 0 %
+    for seed, d in (("0", 5.0), ("1", 3.0)):
+        per_seed[seed]["mtl"] = {"delta_m": {"seen": d}}
+    front = fixed_lambda_front(per_seed)
+    assert front[0]["lam"] == 0.0 and front[0]["front"]
+    assert gap_to_front(front, 7.5, 1.0) == pytest.approx(-2.0)  # front: 4 + (2 − 4)·0.5 = 3

@@ -208,7 +208,7 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
 
     monkeypatch.setattr(mtl.Trainer, "train", train)
     micro = [*MICRO, "data.train_size=16", "data.val_size=8", "data.test_size=8",
-             "train.max_steps=6", "finetune.steps=2", "finetune.val_every=1",  # 1 meta-step
+             "train.max_steps=6", "finetune.steps=2", "finetune.val_every=1",  # 2 meta-steps
              "data.tasks=[segment,has_sphere,depth]", "data.seen_tasks=[segment,has_sphere]",
              "data.unseen_tasks=[depth]", "compare.methods=[mtl,meta_sparsity]"]
     assert cli("compare", "--out", out, *micro) == 130

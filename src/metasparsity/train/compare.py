@@ -81,19 +81,29 @@ class ComputePlan:
     ``M·(K+1)`` passes (each subset: K support passes and one query pass).  Every method gets
     ``budget`` passes for the model it deploys: MTL, STL (per task) and each fixed-λ grid point
     or Optuna trial train ``budget`` steps; meta-training gets the outer steps that fit beside its
-    seen-task fine-tuning, ``meta_steps·M·(K+1) + finetune_steps ≤ budget``.  Tuning is counted
-    on top (a grid of n points costs n budgets).  Evaluation (forward only), BatchNorm
-    re-estimation and the unseen-task fine-tuning (the same for every method) are not counted.
+    seen-task fine-tuning.  Passes are weighed by their batch size, in units of a training batch
+    (``train.batch_size``), so that ``meta.batch_size`` or ``finetune.batch_size`` different from
+    it does not buy or lose compute:
+    ``meta_steps·M·(K+1)·meta.batch_size + finetune_steps·finetune.batch_size ≤ budget·train.batch_size``.
+    Tuning is counted on top (a grid of n points costs n budgets).  Evaluation (forward only),
+    BatchNorm re-estimation and the unseen-task fine-tuning (the same for every method) are not
+    counted; a ``second_order`` query backward, which costs about twice a plain one, counts as one.
     """
 
     budget: int
     meta_steps: int
     passes_per_meta_step: int
     finetune_steps: int
+    batch_size: int = 1
+    meta_batch_size: int = 1
+    finetune_batch_size: int = 1
 
     @property
-    def meta_passes(self) -> int:
-        return self.meta_steps * self.passes_per_meta_step + self.finetune_steps
+    def meta_passes(self) -> float:
+        """Meta-training plus its seen-task fine-tuning, in training-batch passes."""
+        samples = (self.meta_steps * self.passes_per_meta_step * self.meta_batch_size
+                   + self.finetune_steps * self.finetune_batch_size)
+        return samples / self.batch_size
 
 
 def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
@@ -109,14 +119,17 @@ def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
 
         n_train = len(build_dataset(cfg, "train"))
     ft = finetune_settings(cfg, cfg.data.seen_tasks, n_train).max_steps
-    meta_steps = (budget - ft) // per_step
+    bs, bs_meta, bs_ft = cfg.train.batch_size, m.batch_size, cfg.finetune.batch_size
+    meta_steps = (budget * bs - ft * bs_ft) // (per_step * bs_meta)
     if need_meta and meta_steps < 1:
         raise UserError(
-            f"compare: a budget of {budget} passes leaves no meta-step: fine-tuning takes {ft} and "
-            f"one meta-step {per_step} (meta.meta_batch × (meta.inner_steps + 1)); raise "
+            f"compare: a budget of {budget} passes (batch {bs}) leaves no meta-step: fine-tuning "
+            f"takes {ft} passes at batch {bs_ft} and one meta-step {per_step} "
+            f"(meta.meta_batch × (meta.inner_steps + 1)) at batch {bs_meta}; raise "
             "compare.budget (or train.max_steps) or lower finetune.steps")
     return ComputePlan(budget=budget, meta_steps=max(meta_steps, 0), passes_per_meta_step=per_step,
-                       finetune_steps=ft)
+                       finetune_steps=ft, batch_size=bs, meta_batch_size=bs_meta,
+                       finetune_batch_size=bs_ft)
 
 
 MethodFn = Callable[[Context], dict[str, Any]]
@@ -386,12 +399,17 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
     Pareto front (no other point is at least as sparse and at least as good)."""
     by_lam: dict[float, list[tuple[float, float]]] = {}
     for rows in per_seed.values():
-        for p in rows.get("fixed_lambda", {}).get("grid", []):
+        grid = rows.get("fixed_lambda", {}).get("grid", [])
+        for p in grid:
             by_lam.setdefault(p["lam"], []).append((100 * p["param_sparsity"], p["delta_m_seen"]))
+        if grid and "delta_m" in rows.get("mtl", {}):  # λ = 0, the grid's dense end
+            by_lam.setdefault(0.0, []).append((0.0, rows["mtl"]["delta_m"]["seen"]))
     pts = []
     for lam, vals in sorted(by_lam.items()):
         xs, ys = [v[0] for v in vals], [v[1] for v in vals]
-        pts.append({"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys)})
+        p = {"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys)}
+        if all(math.isfinite(p[k]["mean"]) for k in ("param_sparsity", "delta_m")):
+            pts.append(p)
     for p in pts:
         x, y = p["param_sparsity"]["mean"], p["delta_m"]["mean"]
         p["front"] = not any(q is not p and q["param_sparsity"]["mean"] >= x and q["delta_m"]["mean"] >= y
@@ -401,11 +419,11 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
 
 
 def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:
-    """``delta`` minus the front's Δm linearly interpolated at ``param_sparsity`` (%); below the
-    front's sparsest-but-least point the front is flat (a sparser grid point already reaches its
-    Δm); None beyond the front's sparsest point (nothing to compare with)."""
+    """``delta`` minus the front's Δm linearly interpolated at ``param_sparsity`` (%); None
+    outside the front's range (nothing to compare with).  With dense MTL in the comparison the
+    front starts at 0 % (λ = 0)."""
     pts = sorted((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in front if p["front"])
-    if not pts or param_sparsity > pts[-1][0] + 1e-9:
+    if not pts or not pts[0][0] - 1e-9 <= param_sparsity <= pts[-1][0] + 1e-9:
         return None
     if param_sparsity <= pts[0][0]:
         return delta - pts[0][1]
@@ -475,7 +493,9 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "total_wall_time_s": round(time.time() - t_start, 1),
         "compute": {"budget_passes": plan.budget, "meta_steps": plan.meta_steps,
                     "passes_per_meta_step": plan.passes_per_meta_step,
-                    "finetune_steps": plan.finetune_steps},
+                    "finetune_steps": plan.finetune_steps, "batch_size": plan.batch_size,
+                    "meta_batch_size": plan.meta_batch_size,
+                    "finetune_batch_size": plan.finetune_batch_size},
     }
     if ddp.is_main():
         write_json(out / RESULTS, results)
