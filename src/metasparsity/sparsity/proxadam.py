@@ -40,32 +40,41 @@ def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> 
     """Group prox of every input-channel group of ``z`` in the diagonal metric ``d``.
 
     ``z``, ``d``: ``[O, I, kh, kw]`` (``d > 0``); ``tau``: a scalar or ``[I]`` (one threshold per
-    group).  Returns ``argmin_y ½·Σ d·(y − z)² + τ·||y||`` for every group ``y = W[:, c]``; groups
-    with ``||d ⊙ z_g|| ≤ τ`` come out exactly zero.  Pure: returns a new tensor.
-
-    Newton on ``h(r) = 1/||z/(r + a)|| = 1`` (``a = τ/d``), batched over the groups, from
-    ``r_0 = ||z|| − ā`` (``ā`` the z²-weighted mean of ``a``: the exact root when ``d`` is constant
-    over the group).  ``h`` is increasing and concave, so a step from the right of the root lands
-    on its left (clamped at 0, where ``h < 1``) and every later step climbs monotonically to it.
+    group, ``> 0``).  Returns ``argmin_y ½·Σ d·(y − z)² + τ·||y||`` for every group
+    ``y = W[:, c]``; groups with ``||d ⊙ z_g|| ≤ τ`` come out exactly zero.  Pure: returns a new
+    tensor.  See :func:`prox_rows` for the solver.
     """
     o, i = z.shape[:2]
-    # group-major [I, O·kh·kw]: every sum below runs along contiguous memory
+    # group-major [I, O·kh·kw]: every sum runs along contiguous memory
     zt = z.transpose(0, 1).reshape(i, -1)
-    dt = d.transpose(0, 1).reshape(i, -1)
-    tau_t = torch.as_tensor(tau, dtype=z.dtype, device=z.device).reshape(-1)
-    z2 = zt.square()
-    keep = (z2 * dt.square()).sum(1) > tau_t.square()  # ||d ⊙ z_g|| > τ_g
+    tau_t = torch.as_tensor(tau, dtype=z.dtype, device=z.device).reshape(-1, 1)
+    a = tau_t / d.transpose(0, 1).reshape(i, -1)
+    return prox_rows(zt, a).reshape(i, o, *z.shape[2:]).transpose(0, 1)
+
+
+def prox_rows(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The metric group prox of every row of ``z`` ``[G, n]`` with ``a = τ_g/d_i`` ``[G, n]``
+    (``a > 0``; ``+inf`` marks padding, whose ``z`` must be 0): the row is 0 when
+    ``Σ_i z_i²/a_i² ≤ 1`` (i.e. ``||d ⊙ z|| ≤ τ``), else ``z ⊙ r/(r + a)``.
+
+    Newton on ``h(r) = 1/||z/(r + a)|| = 1``, batched over the rows, from ``r_0 = ||z|| − ā``
+    (``ā`` the z²-weighted mean of ``a``: the exact root when ``d`` is constant over the row).
+    ``h`` is increasing and concave, so a step from the right of the root lands on its left
+    (clamped at 0, where ``h < 1``) and every later step climbs monotonically to it.
+    """
+    z2 = z.square()
+    keep = (z2 / a.square()).sum(1) > 1.0
     if not bool(keep.any()):
         return torch.zeros_like(z)
-    a = tau_t.reshape(-1, 1) / dt  # [I, n]: τ_g / d_i
     zn2 = z2.sum(1)
     safe = torch.where(keep, zn2, torch.ones_like(zn2))
-    r = (zn2.sqrt() - (z2 * a).sum(1) / safe).clamp_min_(0.0)
-    # converged: a step below rounding at the scale of r + a (a root near 0 for a group just
+    r = (zn2.sqrt() - torch.nansum(z2 * a, 1) / safe).clamp_min_(0.0)  # padding: 0·inf
+    # converged: a step below rounding at the scale of r + a (a root near 0 for a row just
     # kept has r ≪ a, where float32 noise in h moves r by ~eps·a), or a step that does not climb
-    # once the first step has put r left of the root (monotone from there, DESIGN §2.2.1)
+    # once the first step has put r left of the root.  Newton is quadratic: after a step of
+    # relative size δ the error is O(δ²), so a step below sqrt(16·eps) is accepted as it is.
     scale_floor = a.amin(1)
-    tol = 16 * torch.finfo(z.dtype).eps
+    tol_step = (16 * torch.finfo(z.dtype).eps) ** 0.5
     for k in range(NEWTON_MAX_STEPS):
         inv = (a + r.unsqueeze(1)).reciprocal_()
         q = z2 * inv
@@ -77,15 +86,14 @@ def metric_prox(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor | float) -> 
         step = torch.where(keep, (1.0 - h) * s2 / (s3 * h), torch.zeros_like(r))  # (1−h)/h'
         r_new = (r + step).clamp_min_(0.0)
         moved = r_new - r
-        small = moved.abs() <= tol * (r_new + scale_floor)
+        small = moved.abs() <= tol_step * (r_new + scale_floor)
         done = bool((small | (moved <= 0)).all()) if k > 0 else bool(small.all())
         r = torch.maximum(r_new, r) if k > 0 else r_new  # rounding never walks back
         if done:
             break
     rb = r.unsqueeze(1)
-    y = zt * (rb / (rb + a))
-    y.masked_fill_(~keep.unsqueeze(1), 0.0)
-    return y.reshape(i, o, *z.shape[2:]).transpose(0, 1)
+    y = z * (rb / (rb + a))
+    return y.masked_fill_(~keep.unsqueeze(1), 0.0)
 
 
 def prox_param_groups(model: nn.Module, layers: Sequence[ConvGroups],
@@ -148,6 +156,7 @@ class ProxAdam(torch.optim.Adam):
         elif lam is None or not any(_as_floats(lam)):
             return loss
         lam_by_dtype: dict[tuple, torch.Tensor] = {}
+        lam_floats: list[float] | None = None
         for group in self.param_groups:
             if "prox_layer" not in group:
                 continue
@@ -155,14 +164,16 @@ class ProxAdam(torch.optim.Adam):
             key = (w.dtype, w.device)
             if key not in lam_by_dtype:
                 lam_by_dtype[key] = _layer_lambda(lam, self.num_layers, w)
-            lam_l = lam_by_dtype[key][group["prox_layer"]]
-            tau = group["lr"] * lam_l * group["group_weight"]
-            if self.prox_metric == "euclidean":
+            if self.prox_metric == "euclidean":  # today's arithmetic, bit for bit
+                tau = group["lr"] * lam_by_dtype[key][group["prox_layer"]] * group["group_weight"]
                 w.copy_(prox(w, tau))
                 continue
+            if lam_floats is None:  # one host sync per step, not one per layer
+                lam_floats = lam_by_dtype[key].tolist()
+            tau = group["lr"] * lam_floats[group["prox_layer"]] * group["group_weight"]
             state = self.state.get(w)
-            if not state or "exp_avg_sq" not in state:
-                continue  # no Adam step yet (no gradient): nothing to prox in its metric
+            if not (tau > 0 and state and "exp_avg_sq" in state):
+                continue  # no prox, or no Adam step yet (no gradient): no metric to take it in
             w.copy_(metric_prox(w, self.denominator(w, group), tau))
         return loss
 
