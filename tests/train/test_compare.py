@@ -8,7 +8,7 @@ import re
 import pytest
 from tests.train.micro import MICRO, cli
 
-from metasparsity.report.compare import METHOD_NAMES, mean_std
+from metasparsity.report.compare import METHOD_NAMES, count_cell, mean_std
 from metasparsity.utils.io import read_json
 
 ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"]
@@ -53,8 +53,8 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
             mean_std(a["delta_m_all"], n), mean_std(a["group_sparsity"], n),
             mean_std(a["param_sparsity"], n), mean_std(a["gap_to_front"], n),
             mean_std(a["params"], n, 1e-6),
-            mean_std(a["macs"], n, 1e-6), mean_std(a["passes"], n),
-            mean_std(a["passes_total"], n), mean_std(a["wall_time_s"], n)], m
+            mean_std(a["macs"], n, 1e-6), count_cell(a["passes"], n),
+            count_cell(a["passes_total"], n), mean_std(a["wall_time_s"], n)], m
     tasks = _rows(md, "method")  # first table again: the per-task table has the same first header
     per_task = md[md.index("## Per-task test metrics"):]
     task_rows = _rows(per_task, "method")
@@ -92,6 +92,8 @@ def test_every_method_gets_the_same_compute_and_tuning_is_counted_on_top(compare
     assert rows["stl"]["passes"] == 2 * 10  # one model per seen task
     md = (compared / "report.md").read_text()
     assert "Equal compute: every method gets 10 batch forward-backward passes" in md
+    row = _rows(md, "method")[METHOD_NAMES["fixed_lambda"]]
+    assert row[8:10] == ["10", "20"]  # passes, passes incl. tuning: whole numbers
 
 
 def test_a_budget_too_small_for_one_meta_step_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -31,6 +31,14 @@ def mean_std(cell: dict[str, float] | None, n_seeds: int, scale: float = 1.0) ->
     return fmt(m)
 
 
+def count_cell(cell: dict[str, float] | None, n_seeds: int) -> str:
+    """A count (passes): whole numbers without decimals, else as :func:`mean_std`."""
+    if cell and cell.get("mean") == cell.get("mean") and cell.get("mean") is not None \
+            and float(cell["mean"]).is_integer() and not cell.get("std"):
+        return str(int(cell["mean"]))
+    return mean_std(cell, n_seeds)
+
+
 def _lam_cell(agg: dict, n: int) -> str:
     if "lambda_final" in agg:
         return "learned " + mean_std(agg["lambda_final"], n)
@@ -52,7 +60,7 @@ def summary_table(results: dict[str, Any]) -> str:
             mean_std(a["delta_m_unseen"], n), mean_std(a["delta_m_all"], n),
             mean_std(a["group_sparsity"], n), mean_std(a["param_sparsity"], n),
             mean_std(a.get("gap_to_front"), n), mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
-            mean_std(a.get("passes"), n), mean_std(a.get("passes_total"), n),
+            count_cell(a.get("passes"), n), count_cell(a.get("passes_total"), n),
             mean_std(a["wall_time_s"], n), _lam_cell(a, n),
         ])
     return markdown_table(header, rows)
