@@ -14,7 +14,11 @@ Each variant first takes ``--warmup`` steps (so that Adam's moments and the zero
 of a running optimiser, not of step 1), then the variants run in turn, one step each,
 ``--repeats`` times, the order rotating every round so that load from other processes falls on
 all alike.  The table gives the median wall-clock time and the median process CPU time per step
-(CPU time does not count waiting for a core), and their ratio to ``adam``.
+(CPU time does not count waiting for a core), and their ratio to ``adam``.  Those ratios
+compare three models whose states drifted apart during warm-up and carry the machine's noise
+between steps; "prox alone" is steadier: on one state (one backward), the optimiser step with λ
+and, restored, without it, ``--repeats`` times; the median difference is the prox's own time,
+given also as a share of the median plain (``adam``) training step.
 
     python benchmarks/prox_cost.py [--batch-size 32] [--repeats 21] [--threads 1 2]
 
@@ -93,14 +97,46 @@ def run(threads: int, args) -> dict:
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     base_w, base_c = statistics.median(wall["adam"]), statistics.median(cpu["adam"])
+    sparsity = {k: sparsity_stats(m).group_sparsity for k, (m, _, _) in variants.items()}
+    prox_only = _prox_only(variants, tasks, x, y, args.repeats)
     rows = []
-    for k, (m, _, lam) in variants.items():
+    for k, (_, _, lam) in variants.items():
         w, c = statistics.median(wall[k]), statistics.median(cpu[k])
-        st = sparsity_stats(m)
         rows.append({"variant": k, "threads": threads, "lam": lam, "wall_s": w, "cpu_s": c,
                      "wall_ratio": w / base_w, "cpu_ratio": c / base_c,
-                     "group_sparsity": st.group_sparsity})
+                     "group_sparsity": sparsity[k]})
+    for row in rows:
+        if row["variant"] in prox_only:
+            ms = prox_only[row["variant"]]
+            row["prox_ms"] = ms
+            row["prox_share"] = ms / 1e3 / base_w  # of a plain training step
     return {"threads": threads, "rows": rows}
+
+
+def _prox_only(variants, tasks, x, y, repeats: int) -> dict[str, float]:
+    """Median time of the prox alone (ms), on identical states: one backward, then the same
+    optimiser state stepped with λ and, restored, without it; the difference is the prox."""
+    out = {}
+    for k, (m, opt, lam) in variants.items():
+        if lam is None:
+            continue
+        out_ = m(x, tasks=list(tasks))
+        opt.zero_grad(set_to_none=True)
+        sum(task_losses(tasks, out_, y).values()).backward()
+        params0 = copy.deepcopy(m.state_dict())
+        state0 = copy.deepcopy(opt.state_dict())
+        diffs = []
+        for _ in range(repeats):
+            times = []
+            for lam_k in (lam, None):
+                m.load_state_dict(params0)
+                opt.load_state_dict(state0)
+                t0 = time.perf_counter()
+                opt.step(lam=lam_k)
+                times.append(time.perf_counter() - t0)
+            diffs.append(times[0] - times[1])
+        out[k] = 1e3 * statistics.median(diffs)
+    return out
 
 
 def main() -> None:
@@ -118,14 +154,16 @@ def main() -> None:
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}"
     lines = [f"Prox cost per training step (`python benchmarks/prox_cost.py`), {machine}, "
              f"batch {args.batch_size}, median of {args.repeats}.", "",
-             "| variant | threads | λ | wall ms | CPU ms | wall / adam | CPU / adam | group sparsity |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | threads | λ | wall ms | CPU ms | wall / adam | CPU / adam | group sparsity | prox alone ms | prox / adam step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for row in r["rows"]:
             lam = "—" if row["lam"] is None else f"{row['lam']:g}"
             lines.append(f"| {row['variant']} | {row['threads']} | {lam} | {1e3 * row['wall_s']:.1f} | "
                          f"{1e3 * row['cpu_s']:.1f} | {row['wall_ratio']:.3f} | {row['cpu_ratio']:.3f} | "
-                         f"{100 * row['group_sparsity']:.1f} % |")
+                         f"{100 * row['group_sparsity']:.1f} % | "
+                         + (f"{row['prox_ms']:.2f} | {100 * row['prox_share']:.1f} % |"
+                            if "prox_ms" in row else "— | — |"))
     table = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "prox_cost.json", {"machine": machine, "args": {
