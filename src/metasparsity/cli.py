@@ -130,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as e:
-        print(f"metasparsity {args.command}: error: {user_message(e)}", file=sys.stderr)
+        message = user_message(e)
+        if hasattr(e, "message_for"):  # a diverged (sub-)run: point at this command's resume
+            message = e.message_for(args.command, getattr(args, "resume", None)
+                                    or getattr(args, "out", None))
+        print(f"metasparsity {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         old = _ignore_further_interrupts()  # first: a second Ctrl-C must not cut this short

@@ -231,3 +231,17 @@ def test_a_redirected_run_writes_no_carriage_returns(tmp_path, capsys):
     assert cli("train", "--out", tmp_path / "run", *MICRO, "train.progress=true") == 0
     out = capsys.readouterr()
     assert "\r" not in out.err and "\r" not in out.out
+
+
+def test_a_diverged_sub_run_points_at_the_resume_of_the_whole_sweep(tmp_path, capsys):
+    """Resuming the sub-run itself would not help: the sweep's own resume rewrites the
+    sub-run's config.yaml with the sweep's LR. The hint resumes the sweep, and that works."""
+    out = tmp_path / "sweep"
+    assert cli("sweep-lambda", "--out", out, "--grid", "0.001", *MICRO, "train.lr=1e30",
+               "train.lr_schedule=constant") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"resume the whole sweep-lambda with a smaller learning rate: metasparsity " \
+           f"sweep-lambda --resume {out} train.lr=" in line
+    assert "--resume " + str(out / "dense_mtl") not in line
+    assert cli("sweep-lambda", "--resume", out, "train.lr=1e-3") == 0
+    assert (out / "sweep.json").is_file() and read_json(out / "dense_mtl" / "results.json")

@@ -286,6 +286,17 @@ def divergence_message(error: Exception, note: str, run_dir: str | Path, lr_key:
     return f"{error}; {note}; {hint}"
 
 
+def diverged_error(error: NonFiniteError, note: str, run_dir: str | Path, lr_key: str,
+                   lr: float) -> NonFiniteError:
+    """The error a diverged run stops with (:func:`divergence_message`), carrying what a caller
+    that ran it as a sub-run (``sweep-lambda``, ``compare``) needs to point at its own resume."""
+    out = NonFiniteError(divergence_message(error, note, run_dir, lr_key, lr), step=error.step,
+                         task=error.task)
+    out.detail = f"{error}; {note}"
+    out.resume = (str(run_dir), lr_key, lr)
+    return out
+
+
 class NonFiniteError(UserError):
     """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
 
@@ -296,6 +307,21 @@ class NonFiniteError(UserError):
         super().__init__(message)
         self.step = step
         self.task = task
+        self.detail = message  # the message without its resume hint
+        self.resume: tuple[str, str, float] | None = None  # (run dir, LR key, LR) of the run
+
+    def message_for(self, command: str, top: str | Path | None) -> str:
+        """The message for ``metasparsity COMMAND``: when the run that diverged is a sub-run of
+        ``top`` (a sweep or comparison), the hint resumes ``top`` (whose overrides reach the
+        sub-runs; finished sub-runs are kept), not the sub-run, whose config.yaml the parent
+        rewrites on its next resume."""
+        if self.resume is None or top is None:
+            return str(self)
+        run_dir, key, lr = self.resume
+        if Path(run_dir).resolve() == Path(top).resolve():
+            return str(self)
+        return (f"{self.detail}; resume the whole {command} with a smaller learning rate: "
+                f"metasparsity {command} --resume {top} {key}={lr / 10:g}")
 
 
 class DeferInterrupt:

@@ -52,7 +52,7 @@ from metasparsity.train.loop import (
     check_finite,
     check_finite_metrics,
     check_finite_params,
-    divergence_message,
+    diverged_error,
     eval_loader,
     evaluate,
     nonfinite_metrics,
@@ -272,9 +272,7 @@ class MetaTrainer:
                 return not nonfinite_metrics(self.validate())
 
             note = keep_last_good(self.run_dir, finite_validation)
-        return NonFiniteError(divergence_message(e, note, self.run_dir, "meta.outer_lr",
-                                                 self.cfg.meta.outer_lr),
-                              step=e.step, task=e.task)
+        return diverged_error(e, note, self.run_dir, "meta.outer_lr", self.cfg.meta.outer_lr)
 
     # ------------------------------------------------------------------ loop
     def train(self, stop_after: int | None = None) -> dict[str, Any] | None:

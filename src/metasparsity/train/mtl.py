@@ -61,7 +61,7 @@ from metasparsity.train.loop import (
     check_finite,
     check_finite_metrics,
     check_finite_params,
-    divergence_message,
+    diverged_error,
     eval_loader,
     evaluate,
     lr_factor,
@@ -342,8 +342,7 @@ class Trainer:
         self.logger.close()
         note = self._keep_last_good() if self.main else kept_checkpoint_note(self.run_dir)
         key = "finetune.lr" if self.s.kind == "finetune" else "train.lr"
-        return NonFiniteError(divergence_message(e, note, self.run_dir, key, self.s.lr),
-                              step=e.step, task=e.task)
+        return diverged_error(e, note, self.run_dir, key, self.s.lr)
 
     def _keep_last_good(self) -> str:
         def finite_validation(ck) -> bool:
