@@ -183,3 +183,34 @@ def test_commands_refuse_rejected_values_in_one_line_and_write_nothing(run_dir, 
         assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in text, (override, text)
         assert not out.exists() and list(cwd.iterdir()) == [], (command, override)
     assert _listing(run_dir) == before
+
+
+# Keys whose accepted values only make a run long or wide (sizes, budgets, workers, threads):
+# pinned by the test below rather than drawn, so that every drawn run stays a one-step run.
+SIZE_KEYS = {"data.image_size", "data.train_size", "data.val_size", "data.test_size",
+             "data.num_workers", "model.depth", "model.width", "model.head_channels",
+             "model.aspp_rates", "train.max_steps", "train.batch_size", "train.eval_batch_size",
+             "train.num_threads", "train.val_every", "meta.steps", "finetune.steps",
+             "compare.budget"}
+RUN_KEYS = [k for k in KEYS if "." in k and k not in SIZE_KEYS]
+PINNED = ["train.max_steps=1", "train.val_every=1", "train.progress=false"]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.filter_too_much])
+@given(st.tuples(st.sampled_from(RUN_KEYS), VALUES.map(_text)).map(lambda kv: f"{kv[0]}={kv[1]}")
+       .filter(lambda o: _loads([*MICRO, o, *PINNED])))
+def test_accepted_values_run_or_exit_2_in_one_line(override):
+    """A value the config accepts, however odd, reaches ``train`` end to end: it trains (one
+    step) or stops with exit code 2 and one line (e.g. ``data.name=nyuv2`` without its data),
+    never a traceback."""
+    with _in_empty_folder() as cwd:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli("train", "--out", cwd / "out", *MICRO, override, *PINNED)
+        text = err.getvalue()
+        assert code in (0, 2), (override, code, text)
+        if code == 2:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            assert len(lines) == 1 and "error" in lines[0], (override, text)
+        assert "Traceback" not in text, (override, text)
