@@ -16,14 +16,12 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from tests.data.fixtures import write_celebamaskhq_raw
-from tests.train.micro import MICRO, cli
+from tests.train.micro import MICRO, cli, start_long_training
 
 from metasparsity.config import load_config
 from metasparsity.models import build_model
@@ -389,17 +387,7 @@ def test_an_os_error_deep_in_a_command_is_one_line(tmp_path, capsys, monkeypatch
 @pytest.mark.parametrize("gap", ["after_message", "immediately"])
 def test_a_second_ctrl_c_during_cleanup_still_exits_130_with_one_line(tmp_path, gap):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
-         "train.max_steps=100000", "train.val_every=100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    log = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and sum(1 for _ in log.open()) >= 3:
-            break
-        time.sleep(0.05)
+    proc = start_long_training(run)
     proc.send_signal(signal.SIGINT)
     first = ""
     if gap == "after_message":

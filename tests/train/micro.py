@@ -29,3 +29,25 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list
     """Names whose tensors are not bit-identical (empty list: identical state dicts)."""
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def start_long_training(run, *extra: str):
+    """``python -m metasparsity train`` on MICRO with a near-endless budget in a subprocess,
+    returned once it has logged 3 records (so that a signal lands mid-training)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
+         "train.max_steps=100000", "train.val_every=100000", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and sum(1 for _ in log.open()) >= 3:
+            break
+        time.sleep(0.05)
+    return proc

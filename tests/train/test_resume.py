@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tests.train.micro import MICRO, cli, same_tensors
+from tests.train.micro import MICRO, cli, same_tensors, start_long_training
 
 from metasparsity.config import load_config
 from metasparsity.train.checkpoint import checkpoint_step, load_run_checkpoint
@@ -151,17 +147,7 @@ def test_resume_into_a_longer_run_updates_config(tmp_path):
 def test_real_sigint_saves_and_exits_130(tmp_path):
     """A real Ctrl-C (SIGINT) to the console command, mid-run."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
-         "train.max_steps=100000", "train.val_every=100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    log = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and sum(1 for _ in log.open()) >= 3:
-            break
-        time.sleep(0.05)
+    proc = start_long_training(run)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
