@@ -129,6 +129,8 @@ def test_nan_test_metrics_stop_the_run(tmp_path, monkeypatch, capsys):
     assert cli("train", "--out", run, *MICRO) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "non-finite test metrics at step" in line and "segment.loss" in line
+    assert "check the test data" in line and "smaller learning rate would not help" in line
+    assert "--resume" not in line  # resuming would only test the same checkpoint again
     assert not (run / "results.json").exists()
 
 

@@ -471,7 +471,12 @@ class Trainer:
         test = evaluate(self.model, self.test_loader, self.tasks, self.device,
                         progress=False)
         check_finite_metrics(val, checkpoint_step(ck.path), "validation")
-        check_finite_metrics(test, checkpoint_step(ck.path), "test")
+        try:
+            check_finite_metrics(test, checkpoint_step(ck.path), "test")
+        except NonFiniteError as e:  # not a divergence: this checkpoint validated finite
+            raise UserError(f"{e}; the checkpoints are kept and their validation was finite, so a "
+                            "smaller learning rate would not help: check the test data "
+                            f"(metasparsity evaluate {self.run_dir} --split test)") from None
         st = sparsity_stats(self.model)
         results = {
             "kind": self.s.kind,
