@@ -146,7 +146,11 @@ class MetaConfig:
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
     learn_lambda: bool = _f(True, help="learn λ (false: keep it at lambda_init)")
-    lambda_init: float = _f(1e-3, min=0.0, help="λ0 (0 = meta-learning without sparsity)")
+    lambda_init: float | str = _f("auto", min=0.0, pattern="auto",
+                                  pattern_help="a number >= 0, or auto",
+                                  help="λ0: auto (the median over groups of ‖∇_g L‖/w_g at the "
+                                       "start, DESIGN §2.3), a number, or 0 (meta-learning "
+                                       "without sparsity)")
     lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
     lambda_scope: str = _f("global", choices=["global", "layer"])
     lambda_min: float = _f(1e-6, min=0.0, min_open=True)
@@ -400,11 +404,12 @@ def _validate(cfg: Config) -> None:
     m = cfg.meta
     if m.lambda_min >= m.lambda_max:
         raise ConfigError(f"meta.lambda_min ({m.lambda_min}) must be < meta.lambda_max ({m.lambda_max})")
-    if m.lambda_init > 0 and not (m.lambda_min <= m.lambda_init <= m.lambda_max):
+    numeric_init = not isinstance(m.lambda_init, str)
+    if numeric_init and m.lambda_init > 0 and not (m.lambda_min <= m.lambda_init <= m.lambda_max):
         raise ConfigError(
             f"meta.lambda_init: {m.lambda_init} outside [meta.lambda_min, meta.lambda_max] = "
             f"[{m.lambda_min}, {m.lambda_max}]")
-    if m.meta_grad == "first_order" and m.learn_lambda and m.lambda_init > 0:
+    if m.meta_grad == "first_order" and m.learn_lambda and (not numeric_init or m.lambda_init > 0):
         raise ConfigError(
             "meta.meta_grad: 'first_order' gives λ no gradient at all, so it cannot be learned; "
             "use second_order or lambda_path, or set meta.learn_lambda=false")

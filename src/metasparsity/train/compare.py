@@ -303,8 +303,8 @@ def method_meta_dense(ctx: Context) -> dict[str, Any]:
 
 @METHODS.register("meta_sparsity")
 def method_meta_sparsity(ctx: Context) -> dict[str, Any]:
-    if ctx.cfg.meta.lambda_init <= 0:
-        raise UserError("method meta_sparsity needs meta.lambda_init > 0")
+    if ctx.cfg.meta.lambda_init != "auto" and ctx.cfg.meta.lambda_init <= 0:
+        raise UserError("method meta_sparsity needs meta.lambda_init > 0 (or auto)")
     return _meta(ctx, "meta_sparsity", None)
 
 

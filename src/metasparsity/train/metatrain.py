@@ -25,14 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.func import functional_call
 
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
+from metasparsity.meta.inner import batch_stat_buffers
 from metasparsity.models import build_model
-from metasparsity.sparsity import ProxAdam, channel_groups, prox_param_groups, sparsity_stats
+from metasparsity.sparsity import (
+    ProxAdam,
+    channel_groups,
+    group_gradient_ratios,
+    prox_param_groups,
+    sparsity_stats,
+)
 from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import (
+    has_checkpoints,
     keep_last_good,
     kept_checkpoint_note,
     load_model_state,
@@ -66,6 +75,7 @@ from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run
 from metasparsity.utils.seed import autocast, seed_everything, set_threads
 
 BN_RECALIBRATION_BATCHES = 20
+AUTO_LAMBDA_BATCHES = 3  # batches whose mean gradient sets λ0 = auto
 
 
 def support_query_split(n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -98,7 +108,8 @@ class MetaTrainer:
         self.resume = resume
         self.overwrite = overwrite
         m = cfg.meta
-        self.sparse = m.lambda_init > 0
+        self.sparse = m.lambda_init == "auto" or m.lambda_init > 0
+        self.lambda0: float | None = None  # λ0, resolved (``auto`` is measured in setup)
         self.kind = kind or ("meta_sparsity" if self.sparse else "meta_dense")
 
     def setup(self) -> None:
@@ -126,11 +137,22 @@ class MetaTrainer:
 
         self.model = build_model(cfg, list(self.tasks)).to(self.device)
         self.layers = channel_groups(self.model)
+        self.weighting = LossWeighting(list(self.tasks), cfg.train.loss_weighting).to(self.device)
+        if not self.sparse:
+            self.lambda0 = 0.0
+        elif m.lambda_init != "auto":
+            self.lambda0 = float(m.lambda_init)
+        elif not (self.resume and has_checkpoints(self.run_dir)):  # resumed: from the checkpoint
+            self.lambda0 = ddp.from_main(self._auto_lambda0)
+            if self.main:
+                print(f"λ0 = auto: {self.lambda0:.3g} (median ‖∇_g L‖/w_g over "
+                      f"{sum(g.num_groups for g in self.layers)} groups at the start, clamped to "
+                      f"[{m.lambda_min:g}, {m.lambda_max:g}])", flush=True)
         self.lam = LearnedLambda(
-            lambda_init=m.lambda_init if self.sparse else 0.0, scope=m.lambda_scope,
+            lambda_init=self.lambda0 if self.lambda0 is not None else m.lambda_min,
+            scope=m.lambda_scope,
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
             learnable=m.learn_lambda and self.sparse).to(self.device)
-        self.weighting = LossWeighting(list(self.tasks), cfg.train.loss_weighting).to(self.device)
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
             prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),
@@ -171,6 +193,34 @@ class MetaTrainer:
         self._mark_boundary()
 
     # ------------------------------------------------------------------ pieces
+    def _auto_lambda0(self) -> float:
+        """λ0 = the median over backbone groups of ``‖∇_g L‖/w_g`` at the initial θ (DESIGN
+        §2.3): the λ at which the prox in Adam's metric would hold half the groups at zero.
+        ``L``: the loss of all seen tasks on ``AUTO_LAMBDA_BATCHES`` batches of the BN stream
+        (gradients averaged); batch statistics, no running statistic touched; clamped into
+        ``[lambda_min, lambda_max]``."""
+        params = dict(self.model.named_parameters())
+        buffers = batch_stat_buffers(self.model)
+        names = [g.name for g in self.layers]
+        tasks = list(self.tasks)
+        grads: dict[str, torch.Tensor] = {}
+        self.bn_stream.load_state_dict({"epoch": 0, "pos": 0})
+        for _ in range(AUTO_LAMBDA_BATCHES):
+            x, y = to_device(next(self.bn_stream), self.device)
+            out = functional_call(self.model, (params, buffers), (x,), {"tasks": tasks})
+            total, _ = self.loss_fn(out, y, tasks)
+            for n, g in zip(names, torch.autograd.grad(total, [params[n] for n in names],
+                                                       allow_unused=True)):
+                if g is not None:
+                    grads[n] = grads.get(n, 0) + g.detach() / AUTO_LAMBDA_BATCHES
+        self.bn_stream.load_state_dict({"epoch": 0, "pos": 0})
+        lam0 = float(group_gradient_ratios(grads, self.layers).median())
+        m = self.cfg.meta
+        if not math.isfinite(lam0):
+            raise UserError(f"meta.lambda_init=auto: the initial gradient scale is {lam0}; "
+                            "give meta.lambda_init a number")
+        return min(max(lam0, m.lambda_min), m.lambda_max)
+
     def loss_fn(self, outputs, targets, subset):
         losses = {t: self.tasks[t].loss(outputs[t], targets[t]) for t in subset}
         return self.weighting(losses), losses
@@ -191,6 +241,7 @@ class MetaTrainer:
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
                 "query": b["query"], "sampler": b["sampler"],
                 "train_time": self.train_time, "lambda": self.lam.value(),
+                "lambda_init": self.lambda0,
                 "needs_bn_recalibration": True, "val_finite": validated}
         return state, meta
 
@@ -226,6 +277,8 @@ class MetaTrainer:
             raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
                             f"run's config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
         self.train_time = float(ck.meta.get("train_time", 0.0))
+        if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
+            self.lambda0 = float(ck.meta.get("lambda_init") or m.lambda_min)
         # the config of this invocation decides the learning rates from here on
         for group in self.opt_theta.param_groups:
             group["lr"] = m.outer_lr
@@ -388,7 +441,8 @@ class MetaTrainer:
             "kind": self.kind,
             "tasks": list(self.tasks),
             "steps": self.step,
-            "lambda_init": self.cfg.meta.lambda_init,
+            "lambda_init": self.lambda0,
+            "lambda_init_auto": self.cfg.meta.lambda_init == "auto",
             "lambda_final": self.lam.value(),
             "lambda_trajectory": lam_traj,
             "val": val,
@@ -401,7 +455,7 @@ class MetaTrainer:
             from metasparsity.report.plots import plot_meta_training, plot_per_layer_sparsity
 
             plot_meta_training(records, self.run_dir / "meta_training.png",
-                               title=f"{self.kind}: λ0 = {self.cfg.meta.lambda_init:g}, "
+                               title=f"{self.kind}: λ0 = {self.lambda0:.3g}, "
                                f"{self.cfg.meta.meta_grad}, K = {self.cfg.meta.inner_steps}")
             plot_per_layer_sparsity(st.per_layer, self.run_dir / "per_layer_sparsity.png",
                                     title=f"{self.kind}: per-layer group sparsity")
