@@ -66,3 +66,10 @@ def test_lambda_init_takes_auto_a_number_or_zero_and_nothing_else():
     for bad in ("autox", "-1", "Auto"):
         with pytest.raises(Exception, match="meta.lambda_init"):
             load_config(None, [f"meta.lambda_init={bad}"])
+
+
+def test_auto_lambda0_is_clamped_into_its_range(tmp_path):
+    tr = MetaTrainer(load_config(None, [*MICRO, "meta.lambda_min=1e-7", "meta.lambda_max=1e-6"]),
+                     tmp_path / "run")
+    tr.setup()
+    assert tr.lambda0 == 1e-6  # the measured median (~4e-3 here) is above lambda_max
