@@ -173,3 +173,11 @@ def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
     front = fixed_lambda_front(per_seed)
     assert front[0]["lam"] == 0.0 and front[0]["front"]
     assert gap_to_front(front, 7.5, 1.0) == pytest.approx(-2.0)  # front: 4 + (2 − 4)·0.5 = 3
+
+
+def test_meta_sparsity_with_lambda_init_0_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[mtl,meta_sparsity]",
+               "meta.lambda_init=0") == 2
+    assert "meta.lambda_init is 0" in capsys.readouterr().err
+    assert not out.exists()

@@ -303,8 +303,6 @@ def method_meta_dense(ctx: Context) -> dict[str, Any]:
 
 @METHODS.register("meta_sparsity")
 def method_meta_sparsity(ctx: Context) -> dict[str, Any]:
-    if ctx.cfg.meta.lambda_init != "auto" and ctx.cfg.meta.lambda_init <= 0:
-        raise UserError("method meta_sparsity needs meta.lambda_init > 0 (or auto)")
     return _meta(ctx, "meta_sparsity", None)
 
 
@@ -449,6 +447,9 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     methods = ["stl"] + [m for m in methods if m != "stl"]
     if "optuna" in methods and cfg.compare.optuna_trials <= 0:
         raise UserError("compare.methods has optuna but compare.optuna_trials is 0")
+    if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
+        raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
+                        "without sparsity is the method meta_dense); use auto or a number > 0")
     tasks = resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
