@@ -443,3 +443,21 @@ def test_an_os_error_raised_in_a_dataloader_worker_is_one_line():
         next(iter(DataLoader(Bad(), num_workers=1)))
     msg = os_error_message(e.value)
     assert "\n" not in msg and "Traceback" not in msg and "/data/cache/000001.npz" in msg
+
+
+def test_a_ctrl_c_held_back_by_a_training_step_goes_through_the_programs_handler():
+    """A Ctrl-C during a step's in-place update is held back and delivered after it; it must go
+    through the program's handler, which ignores every later Ctrl-C, so that a second one cannot
+    cut the checkpoint save short (it came out as a plain 'interrupted' without the step)."""
+    from metasparsity.cli import _interrupt_once
+    from metasparsity.train.loop import DeferInterrupt
+
+    old = signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with DeferInterrupt():
+                os.kill(os.getpid(), signal.SIGINT)  # held back until the block ends
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)

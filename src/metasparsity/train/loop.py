@@ -353,10 +353,15 @@ class DeferInterrupt:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        old, self._old = self._old, None
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
         if self._pending and exc[0] is None:
+            # delivered through the handler it was held back from, so that handler's own
+            # policy applies (the program's ignores every Ctrl-C after the first, which keeps a
+            # second one from cutting the checkpoint save short)
+            if callable(old):
+                old(signal.SIGINT, None)
             raise KeyboardInterrupt
 
 
