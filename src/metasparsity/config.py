@@ -159,6 +159,19 @@ class MetaConfig:
     subsets: list[list[str]] | None = _f(None, nonempty=True, unique=True,
                                          help="explicit list of task subsets")
     outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")
+    lambda_objective: str = _f("heldout", choices=["heldout", "query"],
+                               help="λ's meta-gradient from a held-out λ-validation stream "
+                                    "(DESIGN §2.4) or from the query batches (the paper)")
+    lambda_val_fraction: float = _f(0.15, min=0.0, max=0.5, min_open=True,
+                                    help="share of the training ids in the λ-validation stream "
+                                         "(lambda_objective=heldout; never updates θ)")
+    target: float | None = _f(None, min=0.0, max=1.0, min_open=True,
+                              help="budget mode: keep at most this fraction of the dense "
+                                   "backbone's cost (meta.target_measure); λ becomes a Lagrange "
+                                   "multiplier updated by dual ascent (null = off)")
+    target_measure: str = _f("macs", choices=["macs", "params", "groups"],
+                             help="cost that meta.target bounds: backbone MACs or conv "
+                                  "parameters after pruning, or non-zero groups")
     val_every: int = _f(100, min=1)
     log_every: int = _f(1, min=1)
 
@@ -413,6 +426,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "meta.meta_grad: 'first_order' gives λ no gradient at all, so it cannot be learned; "
             "use second_order or lambda_path, or set meta.learn_lambda=false")
+    if m.target is not None and numeric_init and m.lambda_init == 0:
+        raise ConfigError("meta.target: budget mode needs sparsity, but meta.lambda_init=0 turns "
+                          "it off; give meta.lambda_init auto or a number > 0")
     if m.min_subset_size > len(d.seen_tasks):
         raise ConfigError(
             f"meta.min_subset_size: {m.min_subset_size} exceeds the {len(d.seen_tasks)} seen tasks")

@@ -288,6 +288,7 @@ class MetaStepResult:
     grad_lambda_explicit: torch.Tensor | None = None
     grad_lambda_implicit: torch.Tensor | None = None
     grad_rho: torch.Tensor | None = None
+    lambda_val_loss: float | None = None
 
     def log_dict(self) -> dict[str, Any]:
         """Plain floats for a metrics log."""
@@ -306,6 +307,7 @@ class MetaStepResult:
             "grad_lambda": f(self.grad_lambda),
             "grad_lambda_explicit": f(self.grad_lambda_explicit),
             "grad_lambda_implicit": f(self.grad_lambda_implicit),
+            "lambda_val_loss": self.lambda_val_loss,
         }
 
 
@@ -318,7 +320,9 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups],
               batches: Sequence[MetaBatch], loss_fn: LossFn, inner_lr: float, inner_steps: int,
               mode: str = "lambda_path", outer_penalty: bool = False,
-              extra_params: Mapping[str, torch.Tensor] | None = None) -> MetaStepResult:
+              extra_params: Mapping[str, torch.Tensor] | None = None,
+              lambda_batches: Sequence[tuple[torch.Tensor, Targets]] | None = None,
+              ) -> MetaStepResult:
     """Meta-gradients of ``Σ_S L_S(φ_K(θ, λ); query) [+ Σ_S λ·Ω(φ_K)]`` (does not step).
 
     Args:
@@ -330,6 +334,11 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
         inner_lr: α; inner_steps: K; mode: ``second_order``, ``lambda_path`` or ``first_order``.
         outer_penalty: add ``λ·Ω(φ_K)`` to each subset's query objective.
         extra_params: leaf tensors that ``loss_fn`` closes over (e.g. uncertainty weights).
+        lambda_batches: one ``(x, y)`` λ-validation batch per entry of ``batches``
+            (``meta.lambda_objective = heldout``, DESIGN §2.4): λ's gradient is then that of
+            ``Σ_S L_S(φ_K(θ, λ); λ-validation batch)`` and θ's gradient is unchanged (the
+            λ-validation loss is differentiated with respect to λ only).  None: λ's gradient
+            comes from the query objective.
 
     Each subset is differentiated on its own (its graph is freed before the next), and the
     gradients are summed.  The model's parameters, ``.grad`` fields and BatchNorm running
@@ -343,6 +352,9 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
             "fixed (learn_lambda=false)")
     if not batches:
         raise ValueError("meta_step needs at least one (subset, support, query) batch")
+    if lambda_batches is not None and len(lambda_batches) != len(batches):
+        raise ValueError(f"meta_step: {len(lambda_batches)} λ-validation batches for "
+                         f"{len(batches)} meta-batch entries")
     extra = dict(extra_params or {})
     params = {n: p for n, p in model.named_parameters()}
     theta_names = [n for n, p in params.items() if p.requires_grad]
@@ -369,8 +381,10 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
         omega_theta = torch.stack([o for _, o in pairs])
 
     inputs = [params[n] for n in theta_names] + list(extra.values())
+    heldout = lambda_batches is not None and track_lam
     if track_lam and not closed_form:
         inputs.append(lam_leaf)
+    val_total = 0.0
 
     grads: list[torch.Tensor | None] = [None] * len(inputs)
     explicit = torch.zeros(num_layers, dtype=ref.dtype, device=ref.device)
@@ -380,7 +394,7 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
     s_sum: dict[str, float] = {}
     count: dict[str, int] = {}
     subsets = []
-    for subset, sx, sy, qx, qy in batches:
+    for i, (subset, sx, sy, qx, qy) in enumerate(batches):
         subset = tuple(subset)
         subsets.append(subset)
         if closed_form:
@@ -401,12 +415,27 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
         if outer_penalty and use_pen:
             omega = penalty_per_layer(phi, layers)
             obj = obj + (lam_layers * omega).sum()
-            explicit = explicit + omega.detach()
-        g = torch.autograd.grad(obj, wrt, allow_unused=True)
+            if not heldout:  # λ's held-out objective has no Ω term
+                explicit = explicit + omega.detach()
+        if heldout and not closed_form:
+            # θ from the query objective; λ (the last input) from the λ-validation loss only
+            g = torch.autograd.grad(obj, wrt[:-1], allow_unused=True, retain_graph=True)
+            v = _heldout_loss(model, phi, buffers, lambda_batches[i], subset, loss_fn)
+            g = (*g, torch.autograd.grad(v, lam_leaf, allow_unused=True)[0])
+            val_total += float(v.detach())
+        else:
+            g = torch.autograd.grad(obj, wrt, allow_unused=True)
         grads = [_add(a, b) for a, b in zip(grads, g)]
         if closed_form and track_lam:
-            # dL/dλ_l through φ_K = −α ⟨∂L/∂φ_K, Σ_k ∇Ω(φ_k)⟩ on layer l
+            # dL/dλ_l through φ_K = −α ⟨∂L/∂φ_K, Σ_k ∇Ω(φ_k)⟩ on layer l, L the query loss or,
+            # held out, the λ-validation loss at the same φ_K (differentiated for λ alone)
             by_name = dict(zip(theta_names, g))
+            if heldout:
+                names = [n for n in directions if n in leaves]
+                v = _heldout_loss(model, phi, buffers, lambda_batches[i], subset, loss_fn)
+                by_name = dict(zip(names, torch.autograd.grad(
+                    v, [leaves[n] for n in names], allow_unused=True)))
+                val_total += float(v.detach())
             dots = [torch.zeros((), dtype=ref.dtype, device=ref.device)
                     if by_name.get(grp.name) is None or grp.name not in directions
                     else (by_name[grp.name] * directions[grp.name]).sum() for grp in layers]
@@ -452,7 +481,16 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
         inner_loss={t: s_sum[t] / count[t] for t in s_sum},
         penalty=pen_theta, lam=lam.value(), grads_theta=grads_theta, grads_extra=grads_extra,
         grad_lambda=grad_lam, grad_lambda_explicit=grad_expl, grad_lambda_implicit=grad_impl,
-        grad_rho=grad_rho)
+        grad_rho=grad_rho, lambda_val_loss=val_total if heldout else None)
+
+
+def _heldout_loss(model: nn.Module, phi: Mapping[str, torch.Tensor],
+                  buffers: Mapping[str, torch.Tensor | None],
+                  batch: tuple[torch.Tensor, Targets], subset: Sequence[str],
+                  loss_fn: LossFn) -> torch.Tensor:
+    """``L_S(φ_K; λ-validation batch)``: the objective of λ under ``lambda_objective=heldout``."""
+    x, y = batch
+    return loss_fn(_forward(model, phi, buffers, x, subset), y, subset)[0]
 
 
 def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,

@@ -102,6 +102,19 @@ class LearnedLambda(nn.Module):
             lo, hi = self.log_bounds
             self.rho.clamp_(lo, hi)
 
+    @torch.no_grad()
+    def dual_step_(self, violation: float, rate: float) -> None:
+        """Budget mode (DESIGN §2.4): dual ascent on the multiplier in log space.
+
+        ``ρ ← clamp(ρ + rate·violation)``, every entry shifted alike, with ``violation =
+        (cost − target)/target``: λ grows while the backbone costs more than its target and
+        shrinks once it costs less.  A per-layer λ keeps its pattern across layers (that is the
+        meta-gradient's part); only its level moves.
+        """
+        if self.enabled:
+            self.rho.add_(rate * float(violation))
+            self.clamp_rho_()
+
     def extra_repr(self) -> str:
         return (f"scope={self.scope}, enabled={self.enabled}, learnable={self.learnable}, "
                 f"range=[{self.lambda_min:g}, {self.lambda_max:g}]")

@@ -1,5 +1,6 @@
 """Channel-group sparsity of the shared backbone (DESIGN §2.2): groups, Ω, prox, statistics."""
 
+from metasparsity.sparsity.budget import BackboneCost
 from metasparsity.sparsity.groups import (
     ConvGroups,
     SparsityStats,
@@ -22,6 +23,7 @@ from metasparsity.sparsity.proxadam import PROX_METRICS, ProxAdam, metric_prox, 
 from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report
 
 __all__ = [
+    "BackboneCost",
     "PROX_METRICS",
     "ConvGroups",
     "ProxAdam",

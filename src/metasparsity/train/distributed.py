@@ -425,7 +425,7 @@ def reduce_meta_result(res: MetaStepResult, subsets: Sequence[Sequence[str]], mo
     ``res`` comes from :func:`metasparsity.meta.meta_step` on this rank's share of the meta-batch
     ``subsets`` (the full list, the same on every rank).  Summed (all-reduce SUM, one flat buffer
     per dtype): the gradients of θ and of ``extra_params``, λ's gradient and its explicit and
-    implicit parts, the meta loss and the query total.  Then, as in
+    implicit parts, the meta loss, the query total and the λ-validation loss.  Then, as in
     ``meta_step``: λ's gradient = explicit + implicit (closed-form modes) or its implicit part =
     total − explicit (``second_order``), and ``grad_rho = grad_lambda · dλ/dρ``.  A gradient
     that is None on a rank counts as zeros; None on every rank stays None.  Per-task query /
@@ -454,7 +454,7 @@ def reduce_meta_result(res: MetaStepResult, subsets: Sequence[Sequence[str]], mo
     local = [tuple(s) for s in res.subsets]
     tasks = list(dict.fromkeys(t for s in subsets for t in s))
     count = {t: sum(t in s for s in local) for t in tasks}
-    scalars = [res.loss, res.query_total]
+    scalars = [res.loss, res.query_total, res.lambda_val_loss or 0.0]
     for t in tasks:
         q = res.query_loss.get(t)
         i = res.inner_loss.get(t)
@@ -513,7 +513,7 @@ def reduce_meta_result(res: MetaStepResult, subsets: Sequence[Sequence[str]], mo
                 grad_outputs=grad_lam.detach().to(dtype=rho.dtype, device=rho.device))
     query_loss, inner_loss = {}, {}
     for k, t in enumerate(tasks):
-        q_sum, cnt, i_sum, i_has = head_l[2 + 4 * k: 6 + 4 * k]
+        q_sum, cnt, i_sum, i_has = head_l[3 + 4 * k: 7 + 4 * k]
         if cnt > 0:
             query_loss[t] = q_sum / cnt
             if i_has > 0:
@@ -522,7 +522,8 @@ def reduce_meta_result(res: MetaStepResult, subsets: Sequence[Sequence[str]], mo
         res, subsets=[tuple(s) for s in subsets], loss=head_l[0], query_total=head_l[1],
         query_loss=query_loss, inner_loss=inner_loss, grads_theta=theta,
         grads_extra=grads_extra, grad_lambda=grad_lam, grad_lambda_explicit=expl,
-        grad_lambda_implicit=impl, grad_rho=grad_rho)
+        grad_lambda_implicit=impl, grad_rho=grad_rho,
+        lambda_val_loss=None if res.lambda_val_loss is None else head_l[2])
 
 
 def distributed_meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[Any],

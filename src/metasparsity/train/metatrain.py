@@ -33,6 +33,7 @@ from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer
 from metasparsity.meta.inner import batch_stat_buffers
 from metasparsity.models import build_model
 from metasparsity.sparsity import (
+    BackboneCost,
     ProxAdam,
     channel_groups,
     group_gradient_ratios,
@@ -86,6 +87,25 @@ def support_query_split(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(perm[:half]), sorted(perm[half:])
 
 
+def meta_stream_split(n: int, seed: int,
+                      lambda_val_fraction: float) -> tuple[list[int], list[int], list[int]]:
+    """Three disjoint sets of training indices: support, query and λ-validation (DESIGN §2.4).
+
+    The λ-validation share (``round(fraction·n)``, at least 1) is drawn first; support and query
+    split the rest in halves.  Raises ``UserError`` when some set would be empty.
+    """
+    k = max(1, round(lambda_val_fraction * n))
+    if n - k < 2:
+        raise UserError(f"data.train_size: {n} training samples cannot feed disjoint support, "
+                        f"query and λ-validation streams ({k} held out for λ); use more data "
+                        "or meta.lambda_objective=query")
+    g = torch.Generator().manual_seed(30_011 + seed)
+    perm = torch.randperm(n, generator=g).tolist()
+    held, rest = perm[:k], perm[k:]
+    sup, qry = support_query_split(len(rest), seed)
+    return sorted(rest[i] for i in sup), sorted(rest[i] for i in qry), sorted(held)
+
+
 class MetaTrainer:
     """Meta-training recipe (``setup`` / ``train`` / ``finish``); see the module docstring.
 
@@ -111,6 +131,11 @@ class MetaTrainer:
         self.sparse = m.lambda_init == "auto" or m.lambda_init > 0
         self.lambda0: float | None = None  # λ0, resolved (``auto`` is measured in setup)
         self.kind = kind or ("meta_sparsity" if self.sparse else "meta_dense")
+        self.budget = self.sparse and m.target is not None
+        # λ learns by meta-gradient unless budget mode makes a global λ the multiplier alone
+        self.learns = m.learn_lambda and self.sparse and not (
+            self.budget and m.lambda_scope == "global")
+        self.heldout = self.learns and m.lambda_objective == "heldout"
 
     def setup(self) -> None:
         cfg, m = self.cfg, self.cfg.meta
@@ -125,9 +150,15 @@ class MetaTrainer:
         self.train_set = build_dataset(cfg, "train")
         if len(self.train_set) < 2:
             raise UserError("data.train_size: meta-training needs at least 2 training samples")
-        sup, qry = support_query_split(len(self.train_set), seed)
         nw = cfg.data.num_workers
         r = self.dist.rank
+        self.lambda_val: BatchStream | None = None
+        if self.heldout:
+            sup, qry, held = meta_stream_split(len(self.train_set), seed, m.lambda_val_fraction)
+            self.lambda_val = BatchStream(self.train_set, m.batch_size, seed + 3, num_workers=nw,
+                                          indices=held, rank=r)
+        else:
+            sup, qry = support_query_split(len(self.train_set), seed)
         self.support = BatchStream(self.train_set, m.batch_size, seed, num_workers=nw, indices=sup,
                                    rank=r)
         self.query = BatchStream(self.train_set, m.batch_size, seed + 1, num_workers=nw,
@@ -152,7 +183,11 @@ class MetaTrainer:
             lambda_init=self.lambda0 if self.lambda0 is not None else m.lambda_min,
             scope=m.lambda_scope,
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
-            learnable=m.learn_lambda and self.sparse).to(self.device)
+            learnable=self.learns).to(self.device)
+        self.cost = None
+        if self.budget:
+            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            self.cost = BackboneCost(self.model, x0, self.layers)
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
             prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),
@@ -171,7 +206,7 @@ class MetaTrainer:
         if self.dist.enabled:
             # This rank loads the batches of its subsets only: positions j (its block) of each
             # step's M batches, counted from the step boundary where this run starts.
-            for stream in (self.support, self.query):
+            for stream in self._meta_streams():
                 stream.select(_share(stream.count, m.meta_batch, set(self.mine)))
         # rank 0's θ, λ and loss weights everywhere (equal already: same seed or checkpoint); also
         # the point where every rank has read the resumed checkpoint before rank 0 writes
@@ -193,6 +228,10 @@ class MetaTrainer:
         self._mark_boundary()
 
     # ------------------------------------------------------------------ pieces
+    def _meta_streams(self) -> list[BatchStream]:
+        """The streams that feed meta-steps, one batch per subset each."""
+        return [self.support, self.query] + ([self.lambda_val] if self.lambda_val else [])
+
     def _auto_lambda0(self) -> float:
         """λ0 = the median over backbone groups of ``‖∇_g L‖/w_g`` at the initial θ (DESIGN
         §2.3): the λ at which the prox in Adam's metric would hold half the groups at zero.
@@ -228,6 +267,8 @@ class MetaTrainer:
     def _mark_boundary(self) -> None:
         """Remember the data-order, sampler and RNG state right after the last completed step."""
         self._boundary = {"step": self.step, "support": self.support.state_dict(),
+                          "lambda_val": (self.lambda_val.state_dict()
+                                         if self.lambda_val is not None else None),
                           "query": self.query.state_dict(), "sampler": self.sampler.state_dict(),
                           "rng": rng_state()}
 
@@ -239,7 +280,7 @@ class MetaTrainer:
         if self.opt_rho is not None:
             state["opt_rho"] = self.opt_rho.state_dict()
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
-                "query": b["query"], "sampler": b["sampler"],
+                "query": b["query"], "lambda_val": b["lambda_val"], "sampler": b["sampler"],
                 "train_time": self.train_time, "lambda": self.lam.value(),
                 "lambda_init": self.lambda0,
                 "needs_bn_recalibration": True, "val_finite": validated}
@@ -272,6 +313,8 @@ class MetaTrainer:
             self.step = int(ck.meta["step"])
             self.support.load_state_dict(ck.meta["support"])
             self.query.load_state_dict(ck.meta["query"])
+            if self.lambda_val is not None:
+                self.lambda_val.load_state_dict(ck.meta["lambda_val"])
             self.sampler.load_state_dict(ck.meta["sampler"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
@@ -347,21 +390,24 @@ class MetaTrainer:
         try:
             for _ in bar:
                 subsets = self.sampler.sample(m.meta_batch)
-                batches = []
+                batches, held = [], []
                 for j, s in enumerate(subsets):
                     if j not in self.mine:  # another rank's subset: its batches are not loaded
-                        self.support.skip()
-                        self.query.skip()
+                        for stream in self._meta_streams():
+                            stream.skip()
                         continue
                     sx, sy = to_device(next(self.support), self.device)
                     qx, qy = to_device(next(self.query), self.device)
                     batches.append((tuple(s), sx, sy, qx, qy))
+                    if self.lambda_val is not None:
+                        held.append(to_device(next(self.lambda_val), self.device))
                 extra = dict(self.weighting.named_parameters())
                 with autocast(self.device, cfg.train.amp):
                     res = meta_step(self.model, self.lam, self.layers, batches, self.loss_fn,
                                     inner_lr=m.inner_lr, inner_steps=m.inner_steps,
                                     mode=m.meta_grad, outer_penalty=m.outer_penalty,
-                                    extra_params=extra)
+                                    extra_params=extra,
+                                    lambda_batches=held if self.heldout else None)
                 # the sum over every rank's subsets (the identity in one process)
                 res = ddp.reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
@@ -369,6 +415,10 @@ class MetaTrainer:
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
                                  extra_params=dict(self.weighting.named_parameters()))
+                    cost = None
+                    if self.cost is not None:  # budget mode: dual ascent on the multiplier
+                        cost = self.cost.fraction(self.model, m.target_measure)
+                        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
                     lam_now = self.lam.value()
                     lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
                     if not all(math.isfinite(v) for v in lam_list):
@@ -386,12 +436,17 @@ class MetaTrainer:
                         "lambda": lam_now,
                         "grad_lambda_explicit": _scalar(res.grad_lambda_explicit),
                         "grad_lambda_implicit": _scalar(res.grad_lambda_implicit),
+                        "lambda_objective": (m.lambda_objective if self.learns else None),
+                        "lambda_val_loss": res.lambda_val_loss,
                         "group_sparsity": st.group_sparsity,
                         "param_sparsity": st.param_sparsity,
                         "query_loss": {t: float(v) for t, v in res.query_loss.items()},
                         "inner_loss": {t: float(v) for t, v in res.inner_loss.items()},
                         "subsets": ["+".join(s) for s in subsets],
                     }
+                    if cost is not None:
+                        rec["cost"] = cost
+                        rec["target"] = m.target
                     self.logger.log(self.step, "meta", rec)
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(lam=f"{_mean(lam_list):.2e}",
@@ -445,6 +500,9 @@ class MetaTrainer:
             "lambda_init_auto": self.cfg.meta.lambda_init == "auto",
             "lambda_final": self.lam.value(),
             "lambda_trajectory": lam_traj,
+            "lambda_objective": self.cfg.meta.lambda_objective if self.learns else None,
+            "budget": ({"measure": self.cfg.meta.target_measure, "target": self.cfg.meta.target,
+                        "cost": self.cost.summary(self.model)} if self.cost is not None else None),
             "val": val,
             "sparsity": st.to_dict(),
             "params": sum(p.numel() for p in self.model.parameters()),

@@ -1,0 +1,107 @@
+"""The backbone's cost after pruning, read off the current zeros without pruning (DESIGN §2.4).
+
+Budget mode (``meta.target``) needs, after every outer step, the cost the pruned backbone would
+have: its multiply–accumulates, its conv parameters, or its share of non-zero groups.  Pruning a
+copy every step would cost more than the step, so :class:`BackboneCost` traces the channel
+dependency graph once (:func:`~metasparsity.sparsity.pruning.feature_map_groups`) and records
+each backbone conv's shape and output size on an example input.  Then, for the current weights,
+the removable channels of every feature-map group (the rule of
+:func:`~metasparsity.sparsity.pruning.plan_pruning`, one channel kept where all would go) take
+out-channels from its producer convs and in-channels from its consumer convs, and::
+
+    MACs(conv)   = out_alive · in_alive / groups · kh · kw · Ho · Wo
+    params(conv) = out_alive · in_alive / groups · kh · kw
+
+summed over the backbone's convs: the counts :func:`metasparsity.eval.cost.count_macs` and the
+conv weights of the model :func:`~metasparsity.sparsity.pruning.prune_zero_channels` returns
+(``tests/sparsity/test_budget.py`` checks both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from metasparsity.sparsity.groups import ConvGroups, sparsity_stats
+from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
+
+MEASURES = ("macs", "params", "groups")
+
+
+class BackboneCost:
+    """Cost of ``model``'s backbone after pruning its current zeros, as a fraction of dense.
+
+    Args:
+        model: a multi-task model with a ``backbone`` (or any model: all its convs count).
+        example_input: one input (e.g. ``[1, 3, H, W]``) for the graph and the output sizes.
+        layers: the grouped conv weights (``channel_groups(model)``), for ``groups``.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor,
+                 layers: Sequence[ConvGroups]) -> None:
+        self.layers = list(layers)
+        self.groups = feature_map_groups(model, example_input)
+        prefix = "backbone." if isinstance(getattr(model, "backbone", None), nn.Module) else ""
+        convs = {n: m for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and n.startswith(prefix)}
+        sizes: dict[str, int] = {}
+        hooks = [m.register_forward_hook(
+            lambda mod, inp, out, n=n: sizes.__setitem__(n, out.shape[-2] * out.shape[-1]))
+            for n, m in convs.items()]
+        training = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(example_input)
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, t in training:
+                m.training = t
+        # name -> (in channels, out channels, groups, kh·kw, Ho·Wo)
+        self.convs = {n: (m.in_channels, m.out_channels, m.groups,
+                          m.kernel_size[0] * m.kernel_size[1], sizes.get(n, 0))
+                      for n, m in convs.items()}
+        self.dense = {"macs": self._sum(model, {}, {}, "macs"),
+                      "params": self._sum(model, {}, {}, "params")}
+
+    def _sum(self, model: nn.Module, cut_in: dict[str, int], cut_out: dict[str, int],
+             measure: str) -> int:
+        total = 0
+        for n, (cin, cout, g, k, hw) in self.convs.items():
+            per = (cout - cut_out.get(n, 0)) * (cin - cut_in.get(n, 0)) // g * k
+            total += per * (hw if measure == "macs" else 1)
+        return total
+
+    def count(self, model: nn.Module, measure: str) -> int:
+        """MACs or conv parameters of the backbone once its removable channels are pruned."""
+        cut_in: dict[str, int] = {}
+        cut_out: dict[str, int] = {}
+        for plan in plan_pruning(model, self.groups):
+            if not plan.remove:
+                continue
+            gone = set(plan.remove)
+            for p in plan.group.producers:
+                if p in self.convs:
+                    cut_out[p] = cut_out.get(p, 0) + len(gone)
+            for c in plan.group.consumers:
+                if c.name in self.convs:
+                    cut_in[c.name] = cut_in.get(c.name, 0) + sum(r in gone for _, r in c.pairs)
+        return self._sum(model, cut_in, cut_out, measure)
+
+    def fraction(self, model: nn.Module, measure: str) -> float:
+        """Cost as a fraction of the dense backbone's: ``macs``, ``params`` or ``groups``
+        (non-zero groups / groups)."""
+        if measure not in MEASURES:
+            raise ValueError(f"unknown cost measure {measure!r}; choose one of {MEASURES}")
+        if measure == "groups":
+            return 1.0 - sparsity_stats(model, layers=self.layers).group_sparsity
+        dense = self.dense[measure]
+        return self.count(model, measure) / dense if dense else 1.0
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """Every measure at once (for logs and results)."""
+        return {m: self.fraction(model, m) for m in MEASURES}
