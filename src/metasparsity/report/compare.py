@@ -18,6 +18,7 @@ METHOD_NAMES = {
     "optuna": "λ tuned by Optuna (TPE)",
     "meta_dense": "meta-learning, λ = 0",
     "meta_sparsity": "meta-sparsity (learned λ)",
+    "meta_budget": "meta-sparsity, budget mode (grid's costs, chosen on val)",
 }
 
 
@@ -127,7 +128,7 @@ def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
         extra=summary_points(results))
     made["delta_vs_sparsity"] = "delta_vs_sparsity.png"
     per_layer = {METHOD_NAMES.get(m, m): rows[m]["sparsity"]["per_layer"]
-                 for m in ("fixed_lambda", "optuna", "meta_sparsity") if m in rows}
+                 for m in ("fixed_lambda", "optuna", "meta_sparsity", "meta_budget") if m in rows}
     if per_layer:
         plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")
         made["per_layer_sparsity"] = "per_layer_sparsity.png"

@@ -29,7 +29,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Context:
     spec_seen: dict
     spec_unseen: dict
     plan: ComputePlan
+    grid_costs: list[dict[str, float]] = field(default_factory=list)  # the fixed-λ grid's
 
     @property
     def seen(self) -> list[str]:
@@ -97,6 +98,14 @@ class ComputePlan:
     batch_size: int = 1
     meta_batch_size: int = 1
     finetune_batch_size: int = 1
+    lambda_passes_per_meta_step: int = 0  # included above; absent when λ is not meta-learned
+
+    def meta_passes_of(self, learns_lambda: bool) -> float:
+        """:attr:`meta_passes` of a method that does (not) run the λ-validation passes."""
+        if learns_lambda:
+            return self.meta_passes
+        saved = self.meta_steps * self.lambda_passes_per_meta_step * self.meta_batch_size
+        return self.meta_passes - saved / self.batch_size
 
     @property
     def meta_passes(self) -> float:
@@ -112,7 +121,10 @@ def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
 
     budget = cfg.compare.budget or cfg.train.max_steps
     m = cfg.meta
-    per_step = m.meta_batch * (m.inner_steps + 1)
+    # the λ-validation pass of each subset (held-out objective, λ meta-learned): counted for
+    # every meta method, so that all of them take the same number of meta-steps
+    lam_passes = m.meta_batch if (m.lambda_objective == "heldout" and m.learn_lambda) else 0
+    per_step = m.meta_batch * (m.inner_steps + 1) + lam_passes
     n_train = None
     if cfg.finetune.epochs is not None:
         from metasparsity.data import build_dataset
@@ -125,11 +137,12 @@ def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
         raise UserError(
             f"compare: a budget of {budget} passes (batch {bs}) leaves no meta-step: fine-tuning "
             f"takes {ft} passes at batch {bs_ft} and one meta-step {per_step} "
-            f"(meta.meta_batch × (meta.inner_steps + 1)) at batch {bs_meta}; raise "
+            f"(meta.meta_batch × (meta.inner_steps + 1), + meta.meta_batch λ-validation passes "
+            f"with lambda_objective=heldout) at batch {bs_meta}; raise "
             "compare.budget (or train.max_steps) or lower finetune.steps")
     return ComputePlan(budget=budget, meta_steps=max(meta_steps, 0), passes_per_meta_step=per_step,
                        finetune_steps=ft, batch_size=bs, meta_batch_size=bs_meta,
-                       finetune_batch_size=bs_ft)
+                       finetune_batch_size=bs_ft, lambda_passes_per_meta_step=lam_passes)
 
 
 MethodFn = Callable[[Context], dict[str, Any]]
@@ -228,6 +241,9 @@ def method_fixed_lambda(ctx: Context) -> dict[str, Any]:
     seen = best["_res"]
     for p in points:
         p.pop("_res")
+        p["backbone_cost"] = ddp.from_main(lambda p=p: backbone_cost(p["run_dir"],
+                                                                     ctx.cfg.data.image_size))
+    ctx.grid_costs = [p["backbone_cost"] for p in points]
     return _row(Path(best["run_dir"]), seen, unseen, wall + w2,
                 {"selected_lambda": best["lam"], "grid": points, "models": len(grid),
                  "passes": ctx.plan.budget, "passes_total": ctx.plan.budget * len(grid)})
@@ -268,18 +284,21 @@ def method_optuna(ctx: Context) -> dict[str, Any]:
                  "passes": ctx.plan.budget, "passes_total": ctx.plan.budget * n})
 
 
-def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
+def _meta(ctx: Context, name: str, lambda_init: float | None,
+          target: float | None = None) -> dict[str, Any]:
     cfg = ctx.cfg.copy()
     cfg.train.seed = ctx.seed
     cfg.meta.steps = ctx.plan.meta_steps  # equal compute (run_compare wrote it in config.yaml)
     if lambda_init is not None:
         cfg.meta.lambda_init = lambda_init
+    cfg.meta.target = target
     src = ctx.dir(name)
     t0 = time.time()
     meta_res = ddp.from_main(lambda: read_json(src / RESULTS) if (src / RESULTS).is_file() else None)
     if meta_res is None:
         resume = ddp.from_main(lambda: has_checkpoints(src))
-        tr = MetaTrainer(cfg, src, resume=resume, overwrite=not resume, kind=name)
+        tr = MetaTrainer(cfg, src, resume=resume, overwrite=not resume,
+                         kind=name.split("/")[0])
         tr.setup()
         meta_res = tr.train()
         meta_res["wall_time_s"] = round(time.time() - t0, 2)
@@ -289,11 +308,12 @@ def _meta(ctx: Context, name: str, lambda_init: float | None) -> dict[str, Any]:
     seen, w1 = _finetune(ctx, src, ctx.seen, "finetune_seen")
     unseen, w2 = _unseen(ctx, src)
     lam = meta_res["lambda_final"]
+    passes = ctx.plan.meta_passes_of(bool(meta_res.get("lambda_objective") == "heldout"))
     return _row(src / "finetune_seen", seen, unseen, w0 + w1 + w2,
                 {"meta_run_dir": str(src), "lambda_init": meta_res["lambda_init"],
                  "lambda_final": lam, "meta_sparsity": meta_res["sparsity"]["group_sparsity"],
-                 "meta_steps": meta_res.get("steps"), "passes": ctx.plan.meta_passes,
-                 "passes_total": ctx.plan.meta_passes})
+                 "meta_steps": meta_res.get("steps"), "passes": passes,
+                 "passes_total": passes, "budget": meta_res.get("budget")})
 
 
 @METHODS.register("meta_dense")
@@ -304,6 +324,38 @@ def method_meta_dense(ctx: Context) -> dict[str, Any]:
 @METHODS.register("meta_sparsity")
 def method_meta_sparsity(ctx: Context) -> dict[str, Any]:
     return _meta(ctx, "meta_sparsity", None)
+
+
+def budget_targets(ctx: Context) -> list[float]:
+    """Budget mode's targets: the backbone cost (``meta.target_measure``) of every fixed-λ grid
+    model of this seed when the grid ran first, else ``meta.target``."""
+    measure = ctx.cfg.meta.target_measure
+    if ctx.grid_costs:
+        return [c[measure] for c in ctx.grid_costs]
+    if ctx.cfg.meta.target is None:
+        raise UserError("compare: method meta_budget needs fixed_lambda before it in "
+                        "compare.methods (its targets are the grid's costs) or meta.target")
+    return [ctx.cfg.meta.target]
+
+
+@METHODS.register("meta_budget")
+def method_meta_budget(ctx: Context) -> dict[str, Any]:
+    """Budget mode at the fixed-λ grid's backbone costs (matched sparsity), chosen on val."""
+    points, wall = [], 0.0
+    for target in budget_targets(ctx):
+        row = _meta(ctx, f"meta_budget/target_{target:.4f}", None, target=target)
+        res = {"val": row["seen"]["val"]}
+        wall += row["wall_time_s"]
+        points.append({**row, "target": target, "val_delta_m": _val_delta(ctx, res),
+                       "param_sparsity": row["sparsity"]["param_sparsity"],
+                       "group_sparsity": row["sparsity"]["group_sparsity"]})
+    best = max(points, key=lambda p: p["val_delta_m"])
+    keep = ("target", "run_dir", "meta_run_dir", "val_delta_m", "test", "param_sparsity",
+            "group_sparsity", "lambda_final", "budget", "wall_time_s")
+    grid = [{k: (p["seen"]["test"] if k == "test" else p.get(k)) for k in keep} for p in points]
+    return {**best, "wall_time_s": round(wall, 2), "selected_target": best["target"],
+            "grid": grid, "models": len(points),
+            "passes_total": sum(p["passes"] for p in points)}
 
 
 # ----------------------------------------------------------------------------- cost after pruning
@@ -325,6 +377,17 @@ def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
             "backbone_params_dense": count_parameters(model.backbone)}
 
 
+def backbone_cost(run_dir: str | Path, image_size: int) -> dict[str, float]:
+    """A run's best model's backbone cost after pruning, as fractions of dense (macs, params,
+    groups): the levels budget mode is matched to."""
+    from metasparsity.sparsity import BackboneCost, channel_groups
+    from metasparsity.train.evaluate import load_run_model
+
+    _, model, _ = load_run_model(run_dir)
+    x = torch.zeros(1, 3, image_size, image_size)
+    return BackboneCost(model, x, channel_groups(model)).summary(model)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -343,8 +406,9 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
         stl = stl_by_seed[seed]
         s_seen, drop_seen = usable_spec(spec_seen, stl["test"])
         s_unseen, drop_unseen = usable_spec(spec_unseen, stl["test"])
-        for p in rows.get("fixed_lambda", {}).get("grid", []):
-            p["delta_m_seen"] = delta_m(p["test"], stl["test"], s_seen)
+        for name in ("fixed_lambda", "meta_budget"):
+            for p in rows.get(name, {}).get("grid", []):
+                p["delta_m_seen"] = delta_m(p["test"], stl["test"], s_seen)
         for name, row in rows.items():
             d_seen = delta_m(row["seen"]["test"], stl["test"], s_seen)
             d_unseen = delta_m(row["unseen"]["test"], stl["test"], s_unseen) if s_unseen else None
@@ -354,6 +418,11 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
                               "left_out": drop_seen + drop_unseen}
             methods.setdefault(name, []).append(row)
     front = fixed_lambda_front(per_seed)
+    for rows in per_seed.values():  # every budget-mode level against the front
+        for p in rows.get("meta_budget", {}).get("grid", []):
+            if front:
+                p["gap_to_front"] = gap_to_front(front, 100 * p["param_sparsity"],
+                                                 p["delta_m_seen"])
     for rows in methods.values():
         for r in rows:
             if front and r["sparsity"]["param_sparsity"] > 0:
@@ -447,6 +516,10 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     methods = ["stl"] + [m for m in methods if m != "stl"]
     if "optuna" in methods and cfg.compare.optuna_trials <= 0:
         raise UserError("compare.methods has optuna but compare.optuna_trials is 0")
+    if "meta_budget" in methods and cfg.meta.target is None and (
+            "fixed_lambda" not in methods or methods.index("fixed_lambda") > methods.index("meta_budget")):
+        raise UserError("compare.methods has meta_budget but nothing sets its targets: put "
+                        "fixed_lambda before it (budget mode at the grid's costs) or set meta.target")
     if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")
