@@ -1,100 +1,411 @@
-"""How λ behaves when meta-training starts from initial values three orders of magnitude apart.
+"""Does the learned λ converge?  Meta-sparsity from λ0 spread over 100× (plus ``auto``), for
+both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (DESIGN §2.4, §5).
 
-Runs ``meta-train`` once per λ0 (same config, data, seed and budget) and writes, into ``--out``:
-``lambda_inits.json`` (λ and group sparsity per step for every run), ``lambda_inits.md`` (a
-table: λ0, final λ, λ's geometric mean over the last quarter of training, share of steps whose
-λ-gradient pushed λ up, final group / parameter sparsity, wall time) and ``lambda_inits.png``
-(the trajectories on one plot).
+For every seed, objective (``heldout``, ``query``) and λ0 of ``--inits``: one ``meta-train`` of
+``--config`` (default ``configs/synthscenes_meta.yaml``, the over-fitting 800-scene preset) for
+``--steps`` meta-steps, then fine-tuning on the seen tasks (the meta-preset's ``finetune``), test
+metrics.  Per seed also budget mode (``meta.target`` = ``--target`` of ``meta.target_measure``
+``--measure``, λ0 = auto).  The ``heldout`` / ``auto`` run and the budget run are also
+fine-tuned on the unseen tasks.
 
-    python benchmarks/lambda_inits.py --config configs/synthscenes_meta.yaml \
-        --inits 1e-3,1e-2,1e-1 --out runs/lambda_inits [key=value ...]
+Δm (DESIGN §4, primary metrics of the seen tasks, test split) is taken against the dense MTL
+model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (same data, 1000 steps), whose
+runs (``--grid-runs``) are reused or trained; the fixed-λ grid (adam metric) gives the Pareto
+front (mean over seeds, dense MTL as its λ = 0 end) and the front's Δm at the budget run's
+backbone MACs.  Compute: passes weighed by batch size (DESIGN §5), against the grid's total.
 
-Finished runs in ``--out`` are reused, an interrupted one is resumed.
+Rows carry ``objective``, ``seed``, ``lambda_init``, ``lambda_final``, ``group_sparsity``,
+``param_sparsity``, ``delta_m``.  Writes ``benchmarks/results/lambda_inits.{json,md,png}``
+(λ trajectories and the sign of λ's gradient over training for both objectives; Δm against
+parameter sparsity with the front).  Finished runs are reused, interrupted ones resumed.
+
+    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 100]
+        [--jobs 2] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import math
+import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from metasparsity.config import load_config
-from metasparsity.report.tables import markdown_table
-from metasparsity.train.metatrain import MetaTrainer
-from metasparsity.utils.io import read_json, read_jsonl, write_json
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_one(cfg, out: Path) -> dict:
-    if (out / "results.json").is_file():
-        return read_json(out / "results.json")
-    resume = (out / "checkpoints" / "last").is_file()
-    t0 = time.time()
-    tr = MetaTrainer(cfg, out, resume=resume, overwrite=not resume)
-    tr.setup()
-    res = tr.train()
-    res["wall_time_s"] = round(time.time() - t0, 1)
-    write_json(out / "results.json", res)
-    return res
+def _meta_overrides(seed: int, objective: str, init: str, steps: int, target: float | None,
+                    measure: str) -> list[str]:
+    out = [f"meta.steps={steps}", f"train.seed={seed}", "train.num_threads=1",
+           "train.progress=false", f"meta.lambda_init={init}"]
+    if objective == "budget":
+        return out + [f"meta.target={target}", f"meta.target_measure={measure}"]
+    return out + [f"meta.lambda_objective={objective}"]
+
+
+def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[str, Any]:
+    """Meta-train (reused / resumed), fine-tune on the seen (and unseen) tasks; in a worker."""
+    import torch
+
+    torch.set_num_threads(1)
+    from metasparsity.config import load_config
+    from metasparsity.train.checkpoint import has_checkpoints
+    from metasparsity.train.finetune import run_finetune
+    from metasparsity.train.metatrain import MetaTrainer
+    from metasparsity.utils.io import read_json, write_json
+
+    cfg = load_config(config, overrides)
+    d = Path(run_dir)
+    if (d / "results.json").is_file():
+        meta = read_json(d / "results.json")
+    else:
+        resume = has_checkpoints(d)
+        tr = MetaTrainer(cfg, d, resume=resume, overwrite=not resume)
+        tr.setup()
+        meta = tr.train()
+        write_json(d / "results.json", meta)
+    out = {"meta": meta}
+    parts = [("seen", list(cfg.data.seen_tasks))]
+    if unseen and cfg.data.unseen_tasks:
+        parts.append(("unseen", list(cfg.data.unseen_tasks)))
+    for name, tasks in parts:
+        ft = d / f"finetune_{name}"
+        if (ft / "results.json").is_file():
+            out[name] = read_json(ft / "results.json")
+            continue
+        resume = has_checkpoints(ft)
+        res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
+        write_json(ft / "results.json", res)
+        out[name] = res
+    from metasparsity.sparsity import BackboneCost, channel_groups
+    from metasparsity.train.evaluate import load_run_model
+
+    _, model, _ = load_run_model(d / "finetune_seen")
+    x = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
+    out["cost"] = BackboneCost(model, x, channel_groups(model)).summary(model)
+    return out
+
+
+def _grid_cost(run_dir: str, image_size: int) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    from metasparsity.sparsity import BackboneCost, channel_groups
+    from metasparsity.train.evaluate import load_run_model
+
+    _, model, _ = load_run_model(run_dir)
+    x = torch.zeros(1, 3, image_size, image_size)
+    return BackboneCost(model, x, channel_groups(model)).summary(model)
+
+
+def _mean_std(xs: list[float]) -> dict[str, float]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
 
 
 def _lam(v) -> float:
-    return float(sum(v) / len(v)) if isinstance(v, list) else float(v)
+    return float(statistics.fmean(v)) if isinstance(v, list) else float(v)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="configs/synthscenes_meta.yaml")
-    ap.add_argument("--inits", default="1e-3,1e-2,1e-1")
-    ap.add_argument("--out", default="runs/lambda_inits")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    inits = [float(v) for v in args.inits.split(",")]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, runs = [], []
-    for lam0 in inits:
-        cfg = load_config(args.config, [*args.overrides, f"meta.lambda_init={lam0}",
-                                        "meta.lambda_min=1e-6", "meta.lambda_max=1.0"])
-        res = run_one(cfg, out / f"lambda0_{lam0:g}")
-        rec = [r for r in read_jsonl(out / f"lambda0_{lam0:g}" / "metrics.jsonl") if r.get("kind") == "meta"]
-        lams = [_lam(r["lambda"]) for r in rec]
-        tail = lams[-max(1, len(lams) // 4):]
-        grads = [r["grad_lambda_implicit"] + r["grad_lambda_explicit"] for r in rec]
-        up = sum(1 for g in grads if (sum(g) if isinstance(g, list) else g) < 0) / max(len(grads), 1)
-        rows.append({"lambda_init": lam0, "lambda_final": _lam(res["lambda_final"]),
-                     "lambda_tail_geomean": math.exp(sum(math.log(v) for v in tail) / len(tail)),
-                     "share_steps_pushing_up": up,
-                     "group_sparsity": res["sparsity"]["group_sparsity"],
-                     "param_sparsity": res["sparsity"]["param_sparsity"],
-                     "wall_time_s": res.get("wall_time_s", res.get("train_time_s"))})
-        runs.append({"label": f"λ0 = {lam0:g}", "records": rec})
+def _interp(points: list[tuple[float, float]], x: float) -> float | None:
+    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x); None outside their range."""
+    pts = sorted(points)
+    if not pts or not pts[0][0] - 1e-9 <= x <= pts[-1][0] + 1e-9:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 - 1e-9 <= x <= x1 + 1e-9:
+            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            return y0 + t * (y1 - y0)
+    return pts[0][1]
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats in both sparsity (x, higher better) and Δm (y)."""
+    return sorted(p for p in points if not any(
+        q != p and q[0] >= p[0] and q[1] >= p[1] for q in points))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes_meta.yaml"))
+    p.add_argument("--grid-config", default=str(ROOT / "configs" / "synthscenes.yaml"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--inits", default="auto,0.0001,0.01")
+    p.add_argument("--objectives", default="heldout,query")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--measure", default="macs")
+    p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
+    p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    args = p.parse_args()
+    os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+
+    import fixed_lambda_grid as flg
+    from metasparsity.config import load_config
+    from metasparsity.data import resolve_tasks
+    from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+    from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
+
+    cfg = load_config(args.config, args.overrides)
+    seen = list(cfg.data.seen_tasks)
+    types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
+    inits = [v.strip() for v in args.inits.split(",")]
+    objectives = [v.strip() for v in args.objectives.split(",")]
+
+    meta_jobs = []  # (seed, objective, init)
+    for s in args.seeds:
+        meta_jobs += [(s, o, i) for o in objectives for i in inits] + [(s, "budget", "auto")]
+
+    def run_dir(s: int, o: str, i: str) -> Path:
+        tag = f"{args.measure}_{args.target:g}" if o == "budget" else i
+        return args.runs / f"seed_{s}" / f"{o}_{tag}"
+
+    grid_jobs = [(s, lam) for s in args.seeds for lam in [0.0, *args.grid]]
+    t0 = time.time()
+    meta_res: dict[tuple, dict] = {}
+    grid_res: dict[tuple, dict] = {}
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futs = {}
+        for s, o, i in meta_jobs:
+            ov = [*args.overrides, *_meta_overrides(s, o, i, args.steps, args.target, args.measure)]
+            unseen = (o, i) in (("heldout", "auto"), ("budget", "auto"))
+            futs[pool.submit(_job, args.config, ov, str(run_dir(s, o, i)), unseen)] = ("meta", s, o, i)
+        for s, lam in grid_jobs:
+            d = flg._run_dir(args.grid_runs, s, "adam", lam)
+            futs[pool.submit(flg._train, args.grid_config, [], str(d), s, "adam", lam)] = ("grid", s, lam)
+        for n, fut in enumerate(cf.as_completed(futs), 1):
+            key = futs[fut]
+            (meta_res if key[0] == "meta" else grid_res)[key[1:]] = fut.result()
+            print(f"[{n}/{len(futs)}] {' '.join(map(str, key))} ({time.time() - t0:.0f} s)",
+                  flush=True)
+        costs = {k: pool.submit(_grid_cost, str(flg._run_dir(args.grid_runs, k[0], "adam", k[1])),
+                                cfg.data.image_size) for k in grid_jobs}
+        grid_cost = {k: f.result() for k, f in costs.items()}
+
+    def dm(test: dict, s: int) -> float:
+        ref = grid_res[(s, 0.0)]["test"]
+        spec, _ = usable_spec(default_spec(types), ref)
+        return delta_m({t: test[t] for t in seen}, {t: ref[t] for t in seen}, spec)
+
+    # ---- the fixed-λ grid: front over seeds (dense = λ 0 at 0 %)
+    grid_pts = []
+    for lam in [0.0, *args.grid]:
+        xs = [100 * grid_res[(s, lam)]["sparsity"]["param_sparsity"] for s in args.seeds]
+        ys = [dm(grid_res[(s, lam)]["test"], s) for s in args.seeds]
+        ms = [100 * grid_cost[(s, lam)]["macs"] for s in args.seeds]
+        grid_pts.append({"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys),
+                         "backbone_macs": _mean_std(ms)})
+    front = _pareto([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
+    macs_curve = sorted((g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts)
+    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]
+    grid_passes = len(args.grid) * load_config(args.grid_config).train.max_steps
+
+    # ---- rows
+    rows, trajectories = [], []
+    plan_cfg = cfg.meta
+    for (s, o, i), r in sorted(meta_res.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        meta = r["meta"]
+        rec = [x for x in read_jsonl(run_dir(s, o, i) / "metrics.jsonl") if x.get("kind") == "meta"]
+        grads = [x["grad_lambda_implicit"] + x["grad_lambda_explicit"] if not isinstance(
+            x["grad_lambda_implicit"], list) else sum(x["grad_lambda_implicit"]) for x in rec]
+        lam_f = _lam(meta["lambda_final"])
+        heldout_pass = o == "heldout"
+        passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
+                  * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
+                  ) / cfg.train.batch_size
+        ps = 100 * r["seen"]["sparsity"]["param_sparsity"]
+        d = dm(r["seen"]["test"], s)
+        front_at = _interp(front, ps)
+        row = {
+            "objective": o, "seed": s, "lambda_init": meta["lambda_init"], "init": i,
+            "lambda_final": lam_f,
+            "at_clamp": (lam_f <= plan_cfg.lambda_min * 1.01 or lam_f >= plan_cfg.lambda_max / 1.01),
+            "group_sparsity": 100 * meta["sparsity"]["group_sparsity"],
+            "param_sparsity": ps, "delta_m": d,
+            "gap_to_front": None if front_at is None else d - front_at,
+            "backbone_macs": 100 * r["cost"]["macs"],
+            "share_steps_pushing_up": sum(g < 0 for g in grads) / max(len(grads), 1),
+            "passes": passes, "unseen_test": r.get("unseen", {}).get("test"),
+        }
+        if o == "budget":
+            row["target"] = 100 * args.target
+            row["front_delta_m_at_macs"] = _interp(sorted(macs_front), row["backbone_macs"])
+        rows.append(row)
+        trajectories.append({"objective": o, "seed": s, "init": i,
+                             "lambda": [_lam(x["lambda"]) for x in rec],
+                             "grad_sign": [(-1 if g > 0 else 1 if g < 0 else 0) for g in grads],
+                             "group_sparsity": [x["group_sparsity"] for x in rec]})
+
+    # ---- convergence per objective and seed
+    conv = []
+    for o in objectives:
+        for s in args.seeds:
+            rs = [r for r in rows if r["objective"] == o and r["seed"] == s]
+            lams = [r["lambda_final"] for r in rs]
+            gs = [r["group_sparsity"] for r in rs]
+            conv.append({"objective": o, "seed": s, "lambda_ratio": max(lams) / min(lams),
+                         "sparsity_spread": max(gs) - min(gs), "min_group_sparsity": min(gs),
+                         "any_at_clamp": any(r["at_clamp"] for r in rs),
+                         "converged": (max(lams) / min(lams) <= 3 and max(gs) - min(gs) <= 10
+                                       and min(gs) >= 20 and not any(r["at_clamp"] for r in rs))})
+
+    def agg(sel) -> dict[str, Any]:
+        rs = [r for r in rows if sel(r)]
+        return {k: _mean_std([r[k] for r in rs]) for k in
+                ("lambda_final", "group_sparsity", "param_sparsity", "delta_m", "gap_to_front",
+                 "backbone_macs", "passes")} | {"n": len(rs)}
+
+    summary = {f"{o}/{i}": agg(lambda r, o=o, i=i: r["objective"] == o and r["init"] == i)
+               for o in objectives for i in inits}
+    summary["budget"] = agg(lambda r: r["objective"] == "budget")
+    budget_rows = [r for r in rows if r["objective"] == "budget"]
+    summary["budget"]["front_delta_m_at_macs"] = _mean_std(
+        [r["front_delta_m_at_macs"] for r in budget_rows])
+
+    import torch
+
     machine = {"python": sys.version.split()[0], "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    write_json(out / "lambda_inits.json", {"machine": machine, "config": args.config,
-                                           "overrides": args.overrides, "rows": rows,
-                                           "trajectories": [{"label": r["label"],
-                                                             "lambda": [_lam(x["lambda"]) for x in r["records"]],
-                                                             "group_sparsity": [x["group_sparsity"] for x in r["records"]]}
-                                                            for r in runs]})
-    table = markdown_table(
-        ["λ0", "final λ", "λ (geo. mean, last 25 %)", "steps pushing λ up %", "group sparsity %",
-         "param sparsity %", "wall time s"],
-        [[f"{r['lambda_init']:g}", r["lambda_final"], r["lambda_tail_geomean"],
-          100 * r["share_steps_pushing_up"], 100 * r["group_sparsity"], 100 * r["param_sparsity"],
-          r["wall_time_s"]] for r in rows])
-    (out / "lambda_inits.md").write_text(table + "\n")
-    from metasparsity.report.plots import plot_meta_training
+               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "threads_per_run": 1, "jobs": args.jobs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "lambda_inits.json", {
+        "machine": machine, "config": os.path.relpath(args.config, ROOT),
+        "overrides": args.overrides, "steps": args.steps, "target": args.target,
+        "measure": args.measure, "grid": grid_pts, "front": front, "grid_passes": grid_passes,
+        "rows": rows, "convergence": conv, "summary": summary, "trajectories": trajectories,
+        "wall_time_s": round(time.time() - t0, 1)})
+    atomic_write_text(args.out / "lambda_inits.md", _markdown(rows, conv, summary, grid_pts,
+                                                              grid_passes, args, machine))
+    _plot(trajectories, grid_pts, front, summary, args.out / "lambda_inits.png", objectives)
+    print((args.out / "lambda_inits.md").read_text())
 
-    plot_meta_training(runs, out / "lambda_inits.png", title="meta-sparsity from three λ0")
-    print(table)
-    print(f"\nwritten {out / 'lambda_inits.md'}, {out / 'lambda_inits.png'}")
-    return 0
+
+def _f(v, nd=2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{nd}f}"
+
+
+def _ms(c: dict, nd=2) -> str:
+    return f"{_f(c['mean'], nd)} ± {_f(c['std'], nd)}"
+
+
+def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
+    from metasparsity.report.tables import markdown_table
+
+    lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
+             "", f"`python benchmarks/lambda_inits.py --seeds {' '.join(map(str, args.seeds))} "
+             f"--inits {args.inits} --steps {args.steps} --jobs {args.jobs}` on "
+             f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
+             "Δm: seen tasks, test split, against the dense MTL model of the same seed "
+             "(benchmarks/fixed_lambda_grid.py). Gap: Δm minus the fixed-λ front's Δm at the same "
+             f"parameter sparsity. The grid costs {grid_passes} passes in all.", "",
+             "## Runs", ""]
+    lines.append(markdown_table(
+        ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %", "param sp. %",
+         "backbone MACs %", "Δm %", "gap to front", "steps pushing λ up %", "passes"],
+        [[r["objective"], r["seed"], f"{r['lambda_init']:.3g}" + (" (auto)" if r["init"] == "auto"
+                                                                   else ""),
+          f"{r['lambda_final']:.3g}", "yes" if r["at_clamp"] else "no", _f(r["group_sparsity"], 1),
+          _f(r["param_sparsity"], 1), _f(r["backbone_macs"], 1), _f(r["delta_m"]),
+          _f(r["gap_to_front"]), _f(100 * r["share_steps_pushing_up"], 0), _f(r["passes"], 0)]
+         for r in rows]))
+    lines += ["", "## Does λ converge? (per seed, over the λ0 of the run)", ""]
+    lines.append(markdown_table(
+        ["objective", "seed", "max/min final λ", "group sparsity spread (points)",
+         "lowest group sparsity %", "a λ at its clamp", "converged (≤3×, ≤10 points, ≥20 %)"],
+        [[c["objective"], c["seed"], _f(c["lambda_ratio"]), _f(c["sparsity_spread"], 1),
+          _f(c["min_group_sparsity"], 1), "yes" if c["any_at_clamp"] else "no",
+          "yes" if c["converged"] else "no"] for c in conv]))
+    lines += ["", "## Means over seeds", ""]
+    lines.append(markdown_table(
+        ["run", "final λ", "group sp. %", "param sp. %", "backbone MACs %", "Δm %",
+         "gap to front", "passes"],
+        [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1), _ms(v["param_sparsity"], 1),
+          _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"]),
+          _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
+    b = summary["budget"]
+    lines += ["", f"Budget mode (target {100 * args.target:g} % of the backbone's {args.measure}): "
+              f"ends at {_ms(b['backbone_macs'], 1)} %; the fixed-λ curve's Δm at that MACs share "
+              f"is {_ms(b['front_delta_m_at_macs'])} % against budget mode's {_ms(b['delta_m'])} %.",
+              "", "## The fixed-λ grid (means over seeds)", ""]
+    lines.append(markdown_table(
+        ["λ", "param sp. %", "backbone MACs %", "Δm %"],
+        [[f"{g['lam']:g}", _ms(g["param_sparsity"], 1), _ms(g["backbone_macs"], 1),
+          _ms(g["delta_m"])] for g in grid_pts]))
+    return "\n".join(lines) + "\n"
+
+
+def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(objectives) + 2, figsize=(20, 4.4))
+    colors = {"auto": "tab:blue", "0.0001": "tab:orange", "1e-4": "tab:orange",
+              "0.01": "tab:green", "1e-2": "tab:green"}
+    for ax, o in zip(axes, objectives):
+        for t in trajectories:
+            if t["objective"] != o:
+                continue
+            ax.semilogy(range(1, len(t["lambda"]) + 1), t["lambda"],
+                        color=colors.get(t["init"], "0.4"), alpha=0.8,
+                        label=f"λ0 = {t['init']}" if t["seed"] == 0 else None)
+        ax.set_title(f"λ over meta-training, objective {o}")
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel("λ")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[len(objectives)]
+    w = 10
+    for o, style in zip(objectives, ("-", "--")):
+        signs = [t["grad_sign"] for t in trajectories if t["objective"] == o]
+        n = min(len(s) for s in signs)
+        mean = [statistics.fmean(s[k] for s in signs) for k in range(n)]
+        smooth = [statistics.fmean(mean[max(0, k - w + 1):k + 1]) for k in range(n)]
+        ax.plot(range(1, n + 1), smooth, style, label=f"{o}")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title(f"sign of −dL/dλ (+1: pushes λ up), mean of runs, {w}-step window")
+    ax.set_xlabel("meta-step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[len(objectives) + 1]
+    xs = [g["param_sparsity"]["mean"] for g in grid_pts]
+    ys = [g["delta_m"]["mean"] for g in grid_pts]
+    ax.errorbar(xs, ys, xerr=[g["param_sparsity"]["std"] for g in grid_pts],
+                yerr=[g["delta_m"]["std"] for g in grid_pts], fmt="o-", color="0.6", capsize=3,
+                label="fixed λ grid (1000 steps each)")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "s--", color="tab:red", mfc="none",
+            ms=10, label="Pareto front")
+    for k, (name, v) in enumerate(summary.items()):
+        ax.errorbar(v["param_sparsity"]["mean"], v["delta_m"]["mean"],
+                    xerr=v["param_sparsity"]["std"], yerr=v["delta_m"]["std"],
+                    fmt="D^v<>P*X"[k % 8], ms=8, capsize=3, label=name)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("parameter sparsity of the backbone (%)")
+    ax.set_ylabel("Δm vs dense MTL (%)")
+    ax.set_title("Δm against sparsity (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

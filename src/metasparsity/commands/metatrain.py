@@ -26,6 +26,17 @@ def run(args: argparse.Namespace) -> int:
     res = run_meta_train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["val"]))
     lam = res["lambda_final"]
+    if isinstance(lam, list):  # per-layer λ beside per-layer sparsity
+        from metasparsity.report.tables import markdown_table
+
+        print(markdown_table(["layer", "λ", "zero groups %"], [
+            [layer["name"].replace("backbone.", "").replace(".weight", ""),
+             f"{layer['lambda']:.3g}", f"{100 * layer['group_sparsity']:.1f}"]
+            for layer in res["sparsity"]["per_layer"]]))
+    b = res.get("budget")
+    if b:
+        print(f"budget: {b['measure']} {100 * b['cost'][b['measure']]:.1f} % of dense "
+              f"(target {100 * b['target']:g} %)")
     lam_s = f"{lam:.3g}" if not isinstance(lam, list) else "[" + ", ".join(f"{v:.2g}" for v in lam) + "]"
     print(f"λ: {res['lambda_init']:g} → {lam_s};  group sparsity "
           f"{100 * res['sparsity']['group_sparsity']:.1f} %;  plots in {run_dir}")

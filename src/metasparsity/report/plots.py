@@ -73,11 +73,13 @@ def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
 
 
 def plot_per_layer_sparsity(per_layer: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
-                            path: str | Path, title: str = "per-layer group sparsity") -> Path:
+                            path: str | Path, title: str = "per-layer group sparsity",
+                            lambdas: Sequence[float] | None = None) -> Path:
     """Bar chart of the share of zero input-channel groups in each backbone conv.
 
     ``per_layer``: the ``per_layer`` list of :func:`sparsity_stats`, or ``{label: list}`` to
-    compare several models side by side."""
+    compare several models side by side.  ``lambdas``: a per-layer λ (one per layer), drawn
+    beside the bars on a log axis of its own."""
     plt = _plt()
     series = per_layer if isinstance(per_layer, Mapping) else {"": per_layer}
     names = [layer["name"] for layer in next(iter(series.values()))]
@@ -95,6 +97,11 @@ def plot_per_layer_sparsity(per_layer: Sequence[Mapping[str, Any]] | Mapping[str
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    if lambdas is not None:
+        ax2 = ax.twinx()
+        ax2.semilogy([i + 0.4 - width / 2 for i in range(len(lambdas))], list(lambdas), "o-",
+                     color="tab:red", ms=4, lw=1)
+        ax2.set_ylabel("λ of the layer", color="tab:red")
     return _save(fig, path)
 
 

@@ -490,6 +490,10 @@ class MetaTrainer:
         val = self.validate()
         check_finite_metrics(val, self.step)
         st = sparsity_stats(self.model)
+        lam_final = self.lam.value()
+        per_layer_lam = lam_final if isinstance(lam_final, list) else None
+        for layer, v in zip(st.per_layer, per_layer_lam or []):
+            layer["lambda"] = v
         records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") == "meta"]
         lam_traj = [{"step": r["step"], "lambda": r["lambda"]} for r in records]
         results = {
@@ -498,7 +502,7 @@ class MetaTrainer:
             "steps": self.step,
             "lambda_init": self.lambda0,
             "lambda_init_auto": self.cfg.meta.lambda_init == "auto",
-            "lambda_final": self.lam.value(),
+            "lambda_final": lam_final,
             "lambda_trajectory": lam_traj,
             "lambda_objective": self.cfg.meta.lambda_objective if self.learns else None,
             "budget": ({"measure": self.cfg.meta.target_measure, "target": self.cfg.meta.target,
@@ -516,7 +520,9 @@ class MetaTrainer:
                                title=f"{self.kind}: λ0 = {self.lambda0:.3g}, "
                                f"{self.cfg.meta.meta_grad}, K = {self.cfg.meta.inner_steps}")
             plot_per_layer_sparsity(st.per_layer, self.run_dir / "per_layer_sparsity.png",
-                                    title=f"{self.kind}: per-layer group sparsity")
+                                    title=f"{self.kind}: per-layer group sparsity"
+                                    + (" and λ" if per_layer_lam else ""),
+                                    lambdas=per_layer_lam)
         return results
 
 
