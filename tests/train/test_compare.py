@@ -11,7 +11,7 @@ from tests.train.micro import MICRO, cli
 from metasparsity.report.compare import METHOD_NAMES, count_cell, mean_std
 from metasparsity.utils.io import read_json
 
-ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"]
+ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity", "meta_budget"]
 SMALL = [*MICRO, "data.train_size=16", "data.val_size=8", "data.test_size=8",
          "train.max_steps=10", "finetune.steps=2", "finetune.val_every=1",
          "data.tasks=[segment,has_sphere,depth,normal]", "data.seen_tasks=[segment,has_sphere]",
@@ -78,15 +78,21 @@ def test_every_method_has_its_row_and_every_number_is_from_results_json(compared
 def test_every_method_gets_the_same_compute_and_tuning_is_counted_on_top(compared):
     res = read_json(compared / "results.json")
     comp, rows = res["compute"], res["per_seed"]["0"]
-    # budget 10 passes at batch 8 = 80 samples: fine-tuning 2 × 8 + 4 meta-steps × meta_batch 2
-    # × (K 1 + 1) passes × batch 4 = 16 + 64
-    assert comp == {"budget_passes": 10, "meta_steps": 4, "passes_per_meta_step": 4,
-                    "finetune_steps": 2, "batch_size": 8, "meta_batch_size": 4,
-                    "finetune_batch_size": 8}
-    for m in ("mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity"):
+    # budget 10 passes at batch 8 = 80 samples: fine-tuning 2 × 8 = 16, and a meta-step is
+    # meta_batch 2 × (K 1 + 1) passes + 2 λ-validation passes = 6 passes × batch 4 = 24 samples:
+    # 2 meta-steps fit (64 // 24)
+    assert comp == {"budget_passes": 10, "meta_steps": 2, "passes_per_meta_step": 6,
+                    "lambda_passes_per_meta_step": 2, "finetune_steps": 2, "batch_size": 8,
+                    "meta_batch_size": 4, "finetune_batch_size": 8}
+    for m in ("mtl", "fixed_lambda", "optuna"):
         assert rows[m]["passes"] == 10, m
-    assert rows["meta_sparsity"]["meta_steps"] == rows["meta_dense"]["meta_steps"] == 4
-    assert res["config"]["meta"]["steps"] == 4 and res["config"]["train"]["max_steps"] == 10
+    # meta-sparsity: (2 × 6 × 4 + 16) / 8 = 8 ≤ 10; the methods without λ-validation passes
+    # (λ = 0, and budget mode's global λ, a multiplier) take the same meta-steps, 2 passes fewer
+    assert rows["meta_sparsity"]["passes"] == 8
+    assert rows["meta_dense"]["passes"] == rows["meta_budget"]["passes"] == 6
+    assert rows["meta_sparsity"]["meta_steps"] == rows["meta_dense"]["meta_steps"] == 2
+    assert res["config"]["meta"]["steps"] == 2 and res["config"]["train"]["max_steps"] == 10
+    assert rows["meta_budget"]["passes_total"] == 2 * 6  # one budget run per grid point
     assert rows["fixed_lambda"]["passes_total"] == 2 * 10  # a 2-point grid costs 2 budgets
     assert rows["optuna"]["passes_total"] == 2 * 10
     assert rows["stl"]["passes"] == 2 * 10  # one model per seen task
@@ -113,6 +119,23 @@ def test_sparse_methods_report_their_sparsity_and_pruned_cost(compared):
         assert len(rows[m]["sparsity"]["per_layer"]) == 20  # every conv of the ResNet-18
         cost = rows[m]["cost"]
         assert 0 < cost["params"] <= cost["params_dense"] and 0 < cost["macs"] <= cost["macs_dense"]
+
+
+def test_budget_mode_runs_at_the_grid_costs(compared):
+    rows = read_json(compared / "results.json")["per_seed"]["0"]
+    grid, levels = rows["fixed_lambda"]["grid"], rows["meta_budget"]["grid"]
+    assert [p["target"] for p in levels] == [p["backbone_cost"]["macs"] for p in grid]
+    for p in levels:
+        assert p["budget"]["measure"] == "macs" and p["budget"]["target"] == p["target"]
+        assert 0.0 < p["budget"]["cost"]["macs"] <= 1.0 and "delta_m_seen" in p
+    assert rows["meta_budget"]["selected_target"] in [p["target"] for p in levels]
+
+
+def test_meta_budget_without_targets_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[mtl,meta_budget]") == 2
+    assert "meta_budget" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_report_regenerates_the_same_report_without_training(compared, capsys):

@@ -567,6 +567,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "total_wall_time_s": round(time.time() - t_start, 1),
         "compute": {"budget_passes": plan.budget, "meta_steps": plan.meta_steps,
                     "passes_per_meta_step": plan.passes_per_meta_step,
+                    "lambda_passes_per_meta_step": plan.lambda_passes_per_meta_step,
                     "finetune_steps": plan.finetune_steps, "batch_size": plan.batch_size,
                     "meta_batch_size": plan.meta_batch_size,
                     "finetune_batch_size": plan.finetune_batch_size},
