@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.sparsity.groups import ConvGroups, sparsity_stats
+from metasparsity.sparsity.groups import ConvGroups, group_norms, sparsity_stats
 from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
 
 MEASURES = ("macs", "params", "groups")
@@ -105,3 +105,49 @@ class BackboneCost:
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Every measure at once (for logs and results)."""
         return {m: self.fraction(model, m) for m in MEASURES}
+
+
+@torch.no_grad()
+def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
+                      scores: dict[str, torch.Tensor]) -> int:
+    """Zero the fewest non-zero groups, lowest ``scores`` first, so that the backbone's cost
+    ``cost.fraction(model, measure)`` is at most ``target``; returns how many were zeroed.
+
+    Budget mode's last outer step (DESIGN §2.4): dual ascent holds the cost *around* the
+    target while groups near the prox threshold still come and go, so the last step takes the
+    prox at the λ that meets the budget: the groups a larger λ would zero first go first.
+    ``scores``: ``{weight name: [I]}`` per group (e.g. ``‖D_g ⊙ θ_g‖/w_g``, the λ at which the
+    prox in Adam's metric zeroes the group).  Nothing changes when the cost is already within
+    the target, or when even an empty backbone (the channels the heads read stay) is above it.
+    """
+    if cost.fraction(model, measure) <= target:
+        return 0
+    params = dict(model.named_parameters())
+    cand = []  # (score, name, channel) of every non-zero group
+    for g in cost.layers:
+        w = params[g.name]
+        alive = group_norms(w) > 0
+        for c in alive.nonzero().flatten().tolist():
+            cand.append((float(scores[g.name][c]), g.name, c))
+    cand.sort()
+    saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
+
+    def zero_first(k: int) -> float:
+        for name, w in saved.items():
+            params[name].copy_(w)
+        for _, name, c in cand[:k]:
+            params[name][:, c].zero_()
+        return cost.fraction(model, measure)
+
+    lo, hi = 0, len(cand)  # fraction(lo) > target >= fraction(hi)
+    if zero_first(hi) > target:  # out of reach: leave the model as it was
+        zero_first(0)
+        return 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if zero_first(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    zero_first(hi)
+    return hi

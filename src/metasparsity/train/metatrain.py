@@ -37,6 +37,8 @@ from metasparsity.sparsity import (
     ProxAdam,
     channel_groups,
     group_gradient_ratios,
+    group_norms,
+    project_to_budget,
     prox_param_groups,
     sparsity_stats,
 )
@@ -185,6 +187,7 @@ class MetaTrainer:
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
             learnable=self.learns).to(self.device)
         self.cost = None
+        self.projected = 0  # groups budget mode's last step zeroed
         if self.budget:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.layers)
@@ -228,6 +231,20 @@ class MetaTrainer:
         self._mark_boundary()
 
     # ------------------------------------------------------------------ pieces
+    def _prox_scores(self) -> dict[str, torch.Tensor]:
+        """``‖D_g ⊙ θ_g‖/w_g`` per group: how large λ must be for the prox in Adam's metric to
+        zero the group (η aside), the order in which budget mode's last step removes groups."""
+        group_of = {id(p): grp for grp in self.opt_theta.param_groups for p in grp["params"]}
+        params = dict(self.model.named_parameters())
+        out = {}
+        with torch.no_grad():
+            for g in self.layers:
+                w = params[g.name]
+                d = (self.opt_theta.denominator(w, group_of[id(w)])
+                     if self.opt_theta.state.get(w) else torch.ones_like(w))
+                out[g.name] = group_norms(d * w) / g.group_weight
+        return out
+
     def _meta_streams(self) -> list[BatchStream]:
         """The streams that feed meta-steps, one batch per subset each."""
         return [self.support, self.query] + ([self.lambda_val] if self.lambda_val else [])
@@ -419,6 +436,11 @@ class MetaTrainer:
                     if self.cost is not None:  # budget mode: dual ascent on the multiplier
                         cost = self.cost.fraction(self.model, m.target_measure)
                         self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
+                        if self.step + 1 == m.steps:  # the last step lands on the budget
+                            self.projected = project_to_budget(
+                                self.model, self.cost, m.target_measure, m.target,
+                                self._prox_scores())
+                            cost = self.cost.fraction(self.model, m.target_measure)
                     lam_now = self.lam.value()
                     lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
                     if not all(math.isfinite(v) for v in lam_list):
@@ -506,7 +528,8 @@ class MetaTrainer:
             "lambda_trajectory": lam_traj,
             "lambda_objective": self.cfg.meta.lambda_objective if self.learns else None,
             "budget": ({"measure": self.cfg.meta.target_measure, "target": self.cfg.meta.target,
-                        "cost": self.cost.summary(self.model)} if self.cost is not None else None),
+                        "cost": self.cost.summary(self.model),
+                        "projected_groups": self.projected} if self.cost is not None else None),
             "val": val,
             "sparsity": st.to_dict(),
             "params": sum(p.numel() for p in self.model.parameters()),
