@@ -6,6 +6,10 @@ from the meta-parameters ``φ_0 = θ``::
     φ_{k+1} = φ_k − α · ( ∇_φ L_S(φ_k; x_s, y_s) + λ·∇Ω(φ_k) ),   k = 0 … K−1
     objective = Σ_S L_S(φ_K; x_q, y_q)  [+ Σ_S Σ_l λ_l Ω_l(φ_K)  when outer_penalty]
 
+θ's gradient is that objective's; λ's is the same objective's (``lambda_objective = query``) or,
+with λ-validation batches ``(x_v, y_v)`` (``heldout``), that of ``Σ_S L_S(φ_K; x_v, y_v)``: the
+λ-validation loss is differentiated with respect to λ alone, so θ never learns from it.
+
 Only the parameters ``S`` uses are adapted (the shared parameters and the heads of ``S``); other
 heads pass through unchanged.  ``∇Ω`` is the analytic group-lasso gradient
 ``w_g θ_g / ||θ_g||`` (0 on zero groups, see :func:`metasparsity.sparsity.penalty_grad`).

@@ -1,14 +1,18 @@
 """Recipe: meta-sparsity — MAML over task combinations with a learned λ (DESIGN §2.3–2.4).
 
-Each outer step samples ``meta.meta_batch`` task subsets S; every S gets a support batch (from
-one half of the training split) and a disjoint query batch (from the other half).  The inner
-loop adapts θ by K SGD steps on ``L_S(support) + λ·Ω``; the query losses after adaptation are
-summed; Adam updates θ (and learned loss weights) and ρ = log λ; then the proximal step zeroes
-weak input-channel groups with η = ``meta.outer_lr`` and the current λ.
+Each outer step samples ``meta.meta_batch`` task subsets S; every S gets a support batch and a
+query batch, and (``meta.lambda_objective = heldout``, λ learned) a λ-validation batch, from
+three disjoint streams of training ids (the λ-validation share never updates θ).  The inner
+loop adapts θ by K SGD steps on ``L_S(support) + λ·Ω``; θ's gradient is that of the query
+losses after adaptation, λ's that of the λ-validation losses (or the query losses with
+``lambda_objective = query``); ProxAdam updates θ (and learned loss weights) with the group prox
+at the current λ, Adam updates ρ = log λ.  Budget mode (``meta.target``): after each step the
+pruned backbone's cost is read off the zeros and λ follows dual ascent; the last step lands on
+the budget.
 
 Logged every step to ``metrics.jsonl`` (``kind: "meta"``): λ, the explicit and implicit parts of
-dL/dλ, group sparsity, inner and query losses per task.  ``meta.lambda_init = 0`` gives
-meta-learning without sparsity (the "meta_dense" baseline).
+dL/dλ, the λ-validation loss, group sparsity, the cost in budget mode, inner and query losses
+per task.  ``meta.lambda_init = 0`` gives meta-learning without sparsity ("meta_dense").
 
 Under torchrun (:mod:`metasparsity.train.distributed`) every process samples the same
 meta-batch, meta-steps its share of the subsets (a contiguous block of the meta-batch) on the
