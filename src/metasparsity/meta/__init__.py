@@ -1,15 +1,10 @@
-"""Meta-learning of the sparsity strength: λ, task-subset sampling, the MAML inner/outer step."""
+"""Meta-learning of the sparsity strength: λ, task-subset sampling, the inner loop, the meta-step
+and its reduction over processes, the outer update."""
 
-from metasparsity.meta.inner import (
-    MODES,
-    MetaStepResult,
-    adapted_names,
-    batch_stat_buffers,
-    inner_loop,
-    meta_step,
-    outer_update,
-)
+from metasparsity.meta.inner import MODES, adapted_names, batch_stat_buffers, inner_loop
 from metasparsity.meta.lam import LearnedLambda, broadcast_lambda
+from metasparsity.meta.meta_step import MetaStepResult, meta_step
+from metasparsity.meta.outer import outer_update
 from metasparsity.meta.sampler import TaskSubsetSampler
 
 __all__ = [

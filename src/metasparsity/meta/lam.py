@@ -86,6 +86,18 @@ class LearnedLambda(nn.Module):
         lo, hi = self.log_bounds
         return torch.exp(torch.clamp(self.rho, lo, hi))
 
+    def rho_grad(self, grad_lambda: torch.Tensor) -> torch.Tensor:
+        """``dL/dρ = dL/dλ · dλ/dρ`` for ``λ = exp(clamp(ρ, log λ_min, log λ_max))``, through the
+        same operations as :meth:`forward` (so ``exp(ρ)`` inside the range, and the clamp passes
+        the gradient on its boundary); ``grad_lambda`` has λ's shape."""
+        with torch.enable_grad():
+            rho = self.rho.detach().requires_grad_()
+            lo, hi = self.log_bounds
+            (grad,) = torch.autograd.grad(
+                torch.exp(torch.clamp(rho, lo, hi)), rho,
+                grad_outputs=grad_lambda.detach().to(dtype=self.rho.dtype, device=self.rho.device))
+        return grad
+
     def per_layer(self, num_layers: int | None = None) -> torch.Tensor:
         """λ as ``[L]`` (a global λ broadcast to every layer)."""
         return broadcast_lambda(self(), self.num_layers if num_layers is None else num_layers)

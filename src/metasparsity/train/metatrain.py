@@ -35,6 +35,12 @@ from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
 from metasparsity.meta.inner import batch_stat_buffers
+from metasparsity.meta.meta_batch import (
+    batch_filter,
+    check_meta_batch,
+    local_subsets,
+    reduce_meta_result,
+)
 from metasparsity.models import build_model
 from metasparsity.sparsity import (
     BackboneCost,
@@ -149,7 +155,7 @@ class MetaTrainer:
         self.dist = ddp.init_distributed(cfg.train.device)
         self.device = self.dist.device
         self.main = self.dist.is_main
-        ddp.check_meta_batch(m.meta_batch, self.dist.world_size)
+        check_meta_batch(m.meta_batch, self.dist.world_size)
         seed = cfg.train.seed
         seed_everything(seed)
         self.tasks = resolve_tasks(cfg, cfg.data.seen_tasks)
@@ -209,12 +215,12 @@ class MetaTrainer:
         if ck is not None:
             self._load_resume(ck)
         ddp.seed_rank(seed, self.dist, ck.state if ck is not None else None, self.step)
-        self.mine = ddp.local_subsets(m.meta_batch, self.dist)
+        self.mine = local_subsets(m.meta_batch, self.dist)
         if self.dist.enabled:
             # This rank loads the batches of its subsets only: positions j (its block) of each
             # step's M batches, counted from the step boundary where this run starts.
             for stream in self._meta_streams():
-                stream.select(_share(stream.count, m.meta_batch, set(self.mine)))
+                stream.select(batch_filter(stream.count, m.meta_batch, self.mine))
         # rank 0's θ, λ and loss weights everywhere (equal already: same seed or checkpoint); also
         # the point where every rank has read the resumed checkpoint before rank 0 writes
         ddp.broadcast_state(self.model, self.lam, self.weighting)
@@ -430,7 +436,7 @@ class MetaTrainer:
                                     extra_params=extra,
                                     lambda_batches=held if self.heldout else None)
                 # the sum over every rank's subsets (the identity in one process)
-                res = ddp.reduce_meta_result(res, subsets, self.model, self.lam, extra)
+                res = reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
                 with DeferInterrupt():  # the in-place update is all or nothing
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
@@ -551,16 +557,6 @@ class MetaTrainer:
                                     + (" and λ" if per_layer_lam else ""),
                                     lambdas=per_layer_lam)
         return results
-
-
-def _share(start: int, meta_batch: int, mine: set[int]):
-    """``keep(n)`` of a support / query stream: batch ``n`` belongs to subset
-    ``(n − start) mod M`` of its step, loaded here when that subset is this rank's."""
-
-    def keep(n: int) -> bool:
-        return (n - start) % meta_batch in mine
-
-    return keep
 
 
 def _scalar(v) -> float | list[float]:
