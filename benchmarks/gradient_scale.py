@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.models import build_model
 from metasparsity.sparsity import channel_groups, group_gradient_ratios
 from metasparsity.train.loop import task_losses
 from metasparsity.utils.io import atomic_write_text, write_json

@@ -60,10 +60,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, meta_step, outer_update
-from metasparsity.models import build_model
 from metasparsity.sparsity import channel_groups, penalty
 from metasparsity.train.loop import LossWeighting, task_losses
 from metasparsity.utils.io import write_json

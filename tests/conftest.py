@@ -2,7 +2,7 @@
 
 The models in the tests are tiny: a second intra-op thread costs more in synchronisation than
 it gains, and on a loaded 2-core machine it can slow a step down by an order of magnitude.
-Recipes started by the tests read ``METASPARSITY_NUM_THREADS`` (see ``utils.seed.set_threads``).
+Recipes started by the tests read ``METASPARSITY_NUM_THREADS`` (see ``utils.device.set_threads``).
 """
 
 import os

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from metasparsity.builders import build_model
 from metasparsity.cli import main
 from metasparsity.config import load_config
 from metasparsity.export import load_compact_model, save_compact_model
-from metasparsity.models import build_model
 from metasparsity.sparsity import prune_zero_channels, sparsity_stats
 from metasparsity.train.checkpoint import save_checkpoint
 from metasparsity.utils.errors import UserError

@@ -19,7 +19,7 @@ from tests.data.fixtures import write_celebamaskhq_raw, write_mtan, write_nyud_m
 from metasparsity.cli import main
 from metasparsity.config import load_config
 from metasparsity.data import DATASETS
-from metasparsity.data.celebamaskhq import prepare_celebamaskhq
+from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
 from metasparsity.train.compare import METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

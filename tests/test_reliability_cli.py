@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tests.train.micro import MICRO, cli
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
-from metasparsity.models import build_model
 from metasparsity.train.checkpoint import load_run_checkpoint, save_checkpoint
 from metasparsity.utils.io import read_json
 from metasparsity.utils.rundir import create_run_dir

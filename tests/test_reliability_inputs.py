@@ -19,12 +19,13 @@ from PIL import Image
 from tests.data.fixtures import write_celebamaskhq_raw, write_mtan, write_nyud_mt
 from tests.train.micro import MICRO, cli
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config, parse_lambda_grid
 from metasparsity.data import build_dataset
-from metasparsity.data.celebamaskhq import prepare_celebamaskhq, read_attribute_file, read_meta
+from metasparsity.data.celebamaskhq import read_meta
+from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq, read_attribute_file
 from metasparsity.data.loading import check_ids, load_npy, missing_files_error, read_lines
 from metasparsity.data.nyuv2 import detect_layout
-from metasparsity.models import build_model
 from metasparsity.train.checkpoint import save_checkpoint
 from metasparsity.utils.errors import ConfigError, UserError
 from metasparsity.utils.io import check_json_shape, load_json, load_jsonl

@@ -23,8 +23,8 @@ import pytest
 from tests.data.fixtures import write_celebamaskhq_raw
 from tests.train.micro import MICRO, cli, start_long_training
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
-from metasparsity.models import build_model
 from metasparsity.train.checkpoint import save_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import (

@@ -15,9 +15,8 @@ from PIL import Image
 from metasparsity.commands.data_prepare import register_prepare_parser
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.data.celebamaskhq import (
-    CLASSES_19,
-    FLIP_19,
+from metasparsity.data.celebamaskhq import CLASSES_19, FLIP_19
+from metasparsity.data.celebamaskhq_prepare import (
     TO_THREE,
     make_splits,
     prepare_celebamaskhq,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.tasks import Task
@@ -18,7 +19,6 @@ from metasparsity.models import (
     MLPHead,
     MultiTaskNet,
     build_head,
-    build_model,
     build_model_from_tasks,
 )
 from metasparsity.utils.errors import UserError

@@ -23,11 +23,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tests.train.micro import MICRO, cli
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, meta_step, outer_update
 from metasparsity.meta.meta_batch import distributed_meta_step, local_subsets
-from metasparsity.models import build_model
 from metasparsity.sparsity import channel_groups, sparsity_stats
 from metasparsity.train.checkpoint import load_run_checkpoint
 from metasparsity.train.distributed import init_distributed, params_checksum, shutdown

@@ -38,7 +38,7 @@ def register_prepare_parser(data_subparsers: argparse._SubParsersAction) -> argp
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from metasparsity.data.celebamaskhq import prepare_celebamaskhq
+    from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
 
     out = prepare_celebamaskhq(args.src, args.out, classes=args.classes, size=args.size,
                                split=args.split, overwrite=args.overwrite,

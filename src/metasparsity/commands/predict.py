@@ -215,7 +215,7 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasparsity.utils.seed import set_threads
+    from metasparsity.utils.device import set_threads
 
     set_threads(args.threads)
     result = predict_files(args.model_dir, args.images, args.out, args.batch_size)

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from metasparsity.utils.errors import UserError
 
-BN_RECALIBRATION_BATCHES = 20
-
 
 def _sizes(text: str) -> list[int]:
     try:
@@ -75,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
     from metasparsity.sparsity.pruning import max_output_difference
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.train.evaluate import load_run_model, prepare_bn_stats
+    from metasparsity.train.loop import bn_stats_to_recompute
+    from metasparsity.utils.device import set_threads
     from metasparsity.utils.io import to_jsonable
     from metasparsity.utils.rundir import (
         COMPACT_MODEL,
@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         require_run_dir,
         run_inputs,
     )
-    from metasparsity.utils.seed import set_threads
 
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
@@ -97,13 +96,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out, COMPACT_MODEL, overwrite=args.overwrite, inputs=config_inputs(cfg))
     set_threads(args.threads or cfg.train.num_threads)
     model.to("cpu").eval()
-    if ck.meta.get("needs_bn_recalibration"):
-        from metasparsity.data import build_dataset
-        from metasparsity.train.loop import BatchStream, recalibrate_bn
-
+    if bn_stats_to_recompute(ck.meta):
         print("recomputing BatchNorm statistics on training batches (meta-trained checkpoint)")
-        stream = BatchStream(build_dataset(cfg, "train"), cfg.train.batch_size, cfg.train.seed)
-        recalibrate_bn(model, stream, torch.device("cpu"), BN_RECALIBRATION_BATCHES)
+        prepare_bn_stats(cfg, model, ck, torch.device("cpu"))
         model.eval()
 
     size = int(cfg.data.image_size)

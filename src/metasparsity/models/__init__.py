@@ -1,9 +1,11 @@
 """Models: torchvision-compatible ResNets, task heads and the multi-task network.
 
 Public API:
-    ``build_model(cfg, tasks) -> MultiTaskNet``: the configured backbone and one head per task.
-    ``build_head(cfg, task, in_channels)``: a fresh head for a task (e.g. an unseen one).
-    ``build_model_from_tasks(...)`` / ``make_head(...)``: the same from plain arguments.
+    ``build_model_from_tasks(tasks, ...) -> MultiTaskNet``: the backbone and one head per task,
+    from plain arguments (``metasparsity.builders.build_model(cfg, names)`` reads them from a
+    config).
+    ``build_head(cfg, task, in_channels)``: a fresh head for a task (e.g. an unseen one);
+    ``make_head(...)``: the same from plain arguments.
     ``BACKBONES`` (``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``), ``HEADS`` (``aspp``,
     ``mlp``): registries, so that new ones are chosen by name from YAML.
     ``load_pretrained(backbone, path)``: a torchvision ImageNet checkpoint into a :class:`ResNet`.
@@ -84,21 +86,6 @@ def build_model_from_tasks(tasks: Mapping[str, Any], depth: int = 18, width: flo
     return MultiTaskNet(backbone, heads)
 
 
-def build_model(cfg: Any, tasks: Sequence[str]) -> MultiTaskNet:
-    """The model of config ``cfg`` (sections ``model`` and ``data``) for the named ``tasks``.
-
-    Channels and kinds of the tasks come from the configured data set
-    (``metasparsity.data.resolve_tasks``); see :func:`build_model_from_tasks` for the rest.
-    """
-    from metasparsity.data import resolve_tasks  # task tables live with the data sets
-
-    m = cfg.model
-    return build_model_from_tasks(
-        resolve_tasks(cfg, list(tasks)), depth=m.depth, width=m.width,
-        output_stride=m.output_stride, dense_head=m.dense_head, image_head=m.image_head,
-        head_channels=m.head_channels, aspp_rates=m.aspp_rates, pretrained=m.pretrained)
-
-
 def build_head(cfg: Any, task: Any, in_channels: int) -> nn.Module:
     """A freshly initialised head for ``task`` (a ``Task``) on ``in_channels`` backbone channels,
     as configured in ``cfg.model``; attach it with ``model.add_head(task.name, head)``."""
@@ -117,7 +104,6 @@ __all__ = [
     "OUTPUT_STRIDES",
     "ResNet",
     "build_head",
-    "build_model",
     "build_model_from_tasks",
     "load_pretrained",
     "make_head",

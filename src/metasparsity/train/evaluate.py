@@ -8,15 +8,19 @@ from typing import Any
 
 import torch
 
+from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.models import build_model
 from metasparsity.train.checkpoint import load_model_state, load_run_checkpoint
-from metasparsity.train.loop import BatchStream, eval_loader, evaluate, recalibrate_bn
+from metasparsity.train.loop import (
+    BatchStream,
+    bn_stats_to_recompute,
+    eval_loader,
+    evaluate,
+    recompute_bn_stats,
+)
+from metasparsity.utils.device import resolve_device, set_threads
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
-from metasparsity.utils.seed import resolve_device, set_threads
-
-BN_RECALIBRATION_BATCHES = 20
 
 
 def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = ()):
@@ -30,6 +34,17 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     return cfg, model, ck
 
 
+def prepare_bn_stats(cfg, model: torch.nn.Module, ck, device: torch.device) -> bool:
+    """Re-estimate the BatchNorm statistics of a loaded run's model on the first training batches
+    of its config when its checkpoint asks for it (:func:`bn_stats_to_recompute`); whether it
+    did."""
+    if not bn_stats_to_recompute(ck.meta):
+        return False
+    stream = BatchStream(build_dataset(cfg, "train"), cfg.train.batch_size, cfg.train.seed)
+    recompute_bn_stats(model, stream, device)
+    return True
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
                  overrides: Sequence[str] = ()) -> dict[str, Any]:
     cfg, model, ck = load_run_model(run_dir, which, overrides)
@@ -37,9 +52,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
     device = resolve_device(cfg.train.device)
     model.to(device)
     tasks = resolve_tasks(cfg, model.tasks)
-    if ck.meta.get("needs_bn_recalibration"):
-        stream = BatchStream(build_dataset(cfg, "train"), cfg.train.batch_size, cfg.train.seed)
-        recalibrate_bn(model, stream, device, BN_RECALIBRATION_BATCHES)
+    prepare_bn_stats(cfg, model, ck, device)
     loader = eval_loader(build_dataset(cfg, split), cfg.train.eval_batch_size, cfg.data.num_workers)
     with torch.no_grad():
         metrics = evaluate(model, loader, tasks, device, progress=cfg.train.progress)

@@ -22,6 +22,7 @@ from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
 from metasparsity.train import distributed as ddp
 from metasparsity.train.checkpoint import load_run_checkpoint
+from metasparsity.train.loop import bn_stats_to_recompute
 from metasparsity.train.mtl import Trainer, TrainSettings
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
@@ -76,7 +77,7 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
     world = ddp.init_distributed(cfg.train.device).world_size
     settings = finetune_settings(cfg, tasks, n_train, world)
-    settings.recalibrate_bn = bool(ck.meta.get("needs_bn_recalibration"))
+    settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}
     trainer = Trainer(cfg, out, settings, resume=resume, overwrite=overwrite,

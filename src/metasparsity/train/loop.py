@@ -393,13 +393,28 @@ def evaluate(model: nn.Module, loader: DataLoader, tasks: Mapping[str, Any],
     return res
 
 
+BN_STATS_BATCHES = 20
+"""Training batches over which BatchNorm's running statistics are re-estimated."""
+
+
+def bn_stats_to_recompute(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's BatchNorm running statistics must be re-estimated before the model
+    is evaluated: its ``state.json`` says ``"bn_stats": "recompute"`` (meta-training never
+    updates them; ``"running"``: usable as saved).  Checkpoints written before that field say
+    ``"needs_bn_recalibration": true``."""
+    if "bn_stats" in meta:
+        return meta["bn_stats"] == "recompute"
+    return bool(meta.get("needs_bn_recalibration"))
+
+
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, stream: BatchStream, device: torch.device, batches: int) -> None:
+def recompute_bn_stats(model: nn.Module, stream: BatchStream, device: torch.device,
+                       batches: int = BN_STATS_BATCHES) -> None:
     """Recompute BatchNorm running statistics on training batches (no gradients).
 
     A meta-trained model never updates its running statistics (the inner loop uses batch
     statistics), so before evaluating it without fine-tuning we re-estimate them with a
-    cumulative moving average over ``batches`` training batches.
+    cumulative moving average over the next ``batches`` batches of ``stream``.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:

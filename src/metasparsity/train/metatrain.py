@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
@@ -41,7 +42,6 @@ from metasparsity.meta.meta_batch import (
     local_subsets,
     reduce_meta_result,
 )
-from metasparsity.models import build_model
 from metasparsity.sparsity import (
     BackboneCost,
     ProxAdam,
@@ -79,15 +79,15 @@ from metasparsity.train.loop import (
     evaluate,
     nonfinite_metrics,
     progress_bar,
-    recalibrate_bn,
+    recompute_bn_stats,
     to_device,
 )
+from metasparsity.utils.device import autocast, set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl, truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import autocast, seed_everything, set_threads
+from metasparsity.utils.seed import seed_everything
 
-BN_RECALIBRATION_BATCHES = 20
 AUTO_LAMBDA_BATCHES = 3  # batches whose mean gradient sets λ0 = auto
 
 
@@ -310,7 +310,7 @@ class MetaTrainer:
                 "query": b["query"], "lambda_val": b["lambda_val"], "sampler": b["sampler"],
                 "train_time": self.train_time, "lambda": self.lam.value(),
                 "lambda_init": self.lambda0,
-                "needs_bn_recalibration": True, "val_finite": validated}
+                "bn_stats": "recompute", "val_finite": validated}
         return state, meta
 
     def _save(self, gather: bool = True, validated: bool = False) -> None:
@@ -359,13 +359,13 @@ class MetaTrainer:
     def validate(self) -> dict[str, Any]:
         """Validation metrics of the meta-parameters, BN statistics re-estimated first.
 
-        The statistics always come from the first ``BN_RECALIBRATION_BATCHES`` batches of the
+        The statistics always come from the first ``BN_STATS_BATCHES`` batches of the
         same stream, and the global RNGs are left as they were, so validating changes nothing
         that later training uses and its result depends only on the weights.
         """
         self.bn_stream.load_state_dict({"epoch": 0, "pos": 0})
         with preserved_rng():
-            recalibrate_bn(self.model, self.bn_stream, self.device, BN_RECALIBRATION_BATCHES)
+            recompute_bn_stats(self.model, self.bn_stream, self.device)
             return evaluate(self.model, self.val_loader, self.tasks, self.device)
 
     def _validate_and_log(self) -> None:

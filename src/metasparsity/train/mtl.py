@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.models import build_model
+from metasparsity.models.sync_bn import convert_sync_batchnorm
 from metasparsity.sparsity import (
     ProxAdam,
     apply_masks_,
@@ -67,17 +68,16 @@ from metasparsity.train.loop import (
     lr_factor,
     nonfinite_metrics,
     progress_bar,
-    recalibrate_bn,
+    recompute_bn_stats,
     selection_score,
     task_losses,
     to_device,
 )
+from metasparsity.utils.device import autocast, set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import autocast, seed_everything, set_threads
-
-BN_RECALIBRATION_BATCHES = 20
+from metasparsity.utils.seed import seed_everything
 
 
 @dataclass
@@ -101,7 +101,7 @@ class TrainSettings:
     data_fraction: float = 1.0
     keep_zero_groups: bool = False
     freeze_backbone: bool = False
-    recalibrate_bn: bool = False
+    recompute_bn_stats: bool = False
     amp: bool = False
     kind: str = "train"
     extra_results: dict[str, Any] = field(default_factory=dict)
@@ -182,7 +182,7 @@ class Trainer:
                                 f"unexpected {list(unexpected)[:3]}")
         self.model.to(self.device)
         if self.dist.enabled:  # the global batch's statistics, as in one process
-            self.model = ddp.convert_sync_batchnorm(self.model, self.device)
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.weighting = LossWeighting(list(self.tasks), s.loss_weighting).to(self.device)
         self.masks = zero_group_masks(self.model) if s.keep_zero_groups else None
         if s.freeze_backbone:
@@ -210,9 +210,9 @@ class Trainer:
         ck = resume_checkpoint(self.run_dir) if self.resume else None
         if ck is not None:
             self._load_resume(ck)
-        elif s.recalibrate_bn:
+        elif s.recompute_bn_stats:
             # meta-trained weights come with unusable running statistics (DESIGN §2.4)
-            recalibrate_bn(self.model, self.stream, self.device, BN_RECALIBRATION_BATCHES)
+            recompute_bn_stats(self.model, self.stream, self.device)
             self.stream.load_state_dict({"epoch": 0, "pos": 0})
         ddp.seed_rank(s.seed, self.dist, ck.state if ck is not None else None, self.step)
         # DDP broadcasts rank 0's parameters: it is also the point where every rank has read
@@ -296,7 +296,7 @@ class Trainer:
                 "stream": b["stream"], "best_score": self.best_score, "best_step": self.best_step,
                 "reference_val": self.reference_val,
                 "history": self.history, "train_time": self.train_time, "lam": self.s.lam,
-                "source": self.source, "needs_bn_recalibration": False,
+                "source": self.source, "bn_stats": "running",
                 "world_size": self.dist.world_size, "val_finite": validated}
         save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
 
