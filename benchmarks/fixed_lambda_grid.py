@@ -82,7 +82,7 @@ def _pruned(run_dir: Path, image_size: int) -> dict[str, Any]:
 
     from metasparsity.eval.cost import count_macs, count_parameters, measure_latency
     from metasparsity.sparsity import prune_zero_channels
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     torch.set_num_threads(1)
     _, model, _ = load_run_model(run_dir)

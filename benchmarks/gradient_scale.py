@@ -32,7 +32,7 @@ from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.sparsity import channel_groups, group_gradient_ratios
-from metasparsity.train.loop import task_losses
+from metasparsity.training.weighting import task_losses
 from metasparsity.utils.io import atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,9 +56,9 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 
     torch.set_num_threads(1)
     from metasparsity.config import load_config
-    from metasparsity.train.checkpoint import has_checkpoints
     from metasparsity.train.finetune import run_finetune
     from metasparsity.train.metatrain import MetaTrainer
+    from metasparsity.training.run_checkpoints import has_checkpoints
     from metasparsity.utils.io import read_json, write_json
 
     cfg = load_config(config, overrides)
@@ -85,7 +85,7 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
         write_json(ft / "results.json", res)
         out[name] = res
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(d / "finetune_seen")
     x = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
@@ -98,7 +98,7 @@ def _grid_cost(run_dir: str, image_size: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     x = torch.zeros(1, 3, image_size, image_size)

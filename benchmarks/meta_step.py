@@ -65,7 +65,7 @@ from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, meta_step, outer_update
 from metasparsity.sparsity import channel_groups, penalty
-from metasparsity.train.loop import LossWeighting, task_losses
+from metasparsity.training.weighting import LossWeighting, task_losses
 from metasparsity.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.sparsity import ProxAdam, channel_groups, prox_param_groups, sparsity_stats
-from metasparsity.train.loop import task_losses
+from metasparsity.training.weighting import task_losses
 from metasparsity.utils.io import atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

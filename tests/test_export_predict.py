@@ -15,7 +15,7 @@ from metasparsity.cli import main
 from metasparsity.config import load_config
 from metasparsity.export import load_compact_model, save_compact_model
 from metasparsity.sparsity import prune_zero_channels, sparsity_stats
-from metasparsity.train.checkpoint import save_checkpoint
+from metasparsity.training.checkpoint import save_checkpoint
 from metasparsity.utils.errors import UserError
 
 TASKS = ["segment", "depth", "normal", "edge", "has_sphere"]

@@ -10,7 +10,8 @@ from tests.train.micro import MICRO, cli
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config
-from metasparsity.train.checkpoint import load_run_checkpoint, save_checkpoint
+from metasparsity.training.checkpoint import save_checkpoint
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json
 from metasparsity.utils.rundir import create_run_dir
 

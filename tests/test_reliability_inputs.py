@@ -26,7 +26,7 @@ from metasparsity.data.celebamaskhq import read_meta
 from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq, read_attribute_file
 from metasparsity.data.loading import check_ids, load_npy, missing_files_error, read_lines
 from metasparsity.data.nyuv2 import detect_layout
-from metasparsity.train.checkpoint import save_checkpoint
+from metasparsity.training.checkpoint import save_checkpoint
 from metasparsity.utils.errors import ConfigError, UserError
 from metasparsity.utils.io import check_json_shape, load_json, load_jsonl
 

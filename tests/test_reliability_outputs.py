@@ -25,7 +25,7 @@ from tests.train.micro import MICRO, cli, start_long_training
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config
-from metasparsity.train.checkpoint import save_checkpoint
+from metasparsity.training.checkpoint import save_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import (
     COMPACT_MODEL,
@@ -450,7 +450,7 @@ def test_a_ctrl_c_held_back_by_a_training_step_goes_through_the_programs_handler
     through the program's handler, which ignores every later Ctrl-C, so that a second one cannot
     cut the checkpoint save short (it came out as a plain 'interrupted' without the step)."""
     from metasparsity.cli import _interrupt_once
-    from metasparsity.train.loop import DeferInterrupt
+    from metasparsity.training.interrupt import DeferInterrupt
 
     old = signal.signal(signal.SIGINT, _interrupt_once)
     try:

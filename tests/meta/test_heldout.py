@@ -28,8 +28,8 @@ from metasparsity.meta import (
     meta_step,
 )
 from metasparsity.sparsity import channel_groups, group_norms
-from metasparsity.train.checkpoint import load_run_checkpoint
 from metasparsity.train.metatrain import MetaTrainer, meta_stream_split
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl
 

@@ -11,8 +11,8 @@ import torch
 from tests.train.micro import MICRO, cli
 
 from metasparsity.config import load_config
-from metasparsity.train.loop import to_device
 from metasparsity.train.metatrain import AUTO_LAMBDA_BATCHES, MetaTrainer
+from metasparsity.training.batches import to_device
 from metasparsity.utils.io import read_json
 
 

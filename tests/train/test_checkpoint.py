@@ -16,16 +16,11 @@ import torch
 from tests.train.micro import cli
 
 from metasparsity.config import Config
-from metasparsity.train.checkpoint import (
-    checkpoint_path,
-    load_checkpoint,
-    load_run_checkpoint,
-    preserved_rng,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from metasparsity.train.loop import BatchStream, DeferInterrupt, eval_loader
+from metasparsity.training.batches import BatchStream, eval_loader
+from metasparsity.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from metasparsity.training.interrupt import DeferInterrupt
+from metasparsity.training.rng import preserved_rng, rng_state, set_rng_state
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl, truncate_jsonl
 
@@ -39,7 +34,7 @@ def _save(run, step, value, **kw):
 
 KILLED_SAVE = textwrap.dedent("""
     import sys, time, torch
-    from metasparsity.train import checkpoint as ck
+    from metasparsity.training import checkpoint as ck
     run = sys.argv[1]
     ck.save_checkpoint(run, 1, {"w": torch.ones(3)}, {"opt": {}}, {"tasks": ["a"]}, best=True)
     real_save = torch.save
@@ -225,7 +220,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_older_checkpoint(tm
     one-line UserError naming the checkpoint; no partial folder; ``last`` still names step 1."""
     import torch
 
-    from metasparsity.train import checkpoint as ck
+    from metasparsity.training import checkpoint as ck
     from metasparsity.utils.errors import UserError
 
     sd = {"w": torch.ones(3)}

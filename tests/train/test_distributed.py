@@ -29,9 +29,9 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.meta import LearnedLambda, meta_step, outer_update
 from metasparsity.meta.meta_batch import distributed_meta_step, local_subsets
 from metasparsity.sparsity import channel_groups, sparsity_stats
-from metasparsity.train.checkpoint import load_run_checkpoint
-from metasparsity.train.distributed import init_distributed, params_checksum, shutdown
-from metasparsity.train.loop import LossWeighting
+from metasparsity.training.collectives import init_distributed, params_checksum, shutdown
+from metasparsity.training.run_checkpoints import load_run_checkpoint
+from metasparsity.training.weighting import LossWeighting
 from metasparsity.utils.io import read_json, read_jsonl
 
 CPU = MICRO + ["train.device=cpu"]

@@ -14,9 +14,11 @@ from tests.train.micro import MICRO, cli
 
 import metasparsity.train.metatrain as metatrain
 import metasparsity.train.mtl as mtl
-from metasparsity.train.checkpoint import load_checkpoint, load_run_checkpoint, save_checkpoint
 from metasparsity.train.evaluate import evaluate_run
-from metasparsity.train.loop import nonfinite_metrics, progress_bar
+from metasparsity.training.checkpoint import load_checkpoint, save_checkpoint
+from metasparsity.training.divergence import nonfinite_metrics
+from metasparsity.training.logs import progress_bar
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, read_jsonl
 

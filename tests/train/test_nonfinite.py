@@ -9,8 +9,8 @@ from tests.train.micro import MICRO, cli
 import metasparsity.train.metatrain as metatrain
 import metasparsity.train.mtl as mtl
 from metasparsity.config import load_config
-from metasparsity.train.checkpoint import load_run_checkpoint
-from metasparsity.train.loop import NonFiniteError
+from metasparsity.training.divergence import NonFiniteError
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 
 
 def test_nan_loss_stops_train_with_exit_2(tmp_path, monkeypatch, capsys):

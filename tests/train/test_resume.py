@@ -11,9 +11,10 @@ import yaml
 from tests.train.micro import MICRO, cli, same_tensors, start_long_training
 
 from metasparsity.config import load_config
-from metasparsity.train.checkpoint import checkpoint_step, load_run_checkpoint
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.training.checkpoint import checkpoint_step
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
 
 # Everything that carries state across steps: warm-up + cosine LR, Adam, learned loss weights,

@@ -16,14 +16,10 @@ import torch
 from tests.train.micro import MICRO, cli, same_tensors
 
 from metasparsity.config import load_config
-from metasparsity.train.checkpoint import (
-    has_checkpoints,
-    load_checkpoint,
-    load_run_checkpoint,
-    save_checkpoint,
-)
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.training.checkpoint import load_checkpoint, save_checkpoint
+from metasparsity.training.run_checkpoints import has_checkpoints, load_run_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, read_jsonl
 

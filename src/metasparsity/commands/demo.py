@@ -96,7 +96,7 @@ def summarize_data(cfg, samples: int, out: Path) -> None:
     class_pixels = np.zeros(max(len(names), 1), np.int64)
     positives: dict[str, float] = {}
     start = time.perf_counter()
-    from metasparsity.train.loop import progress_bar
+    from metasparsity.training.logs import progress_bar
 
     for i in progress_bar(range(n), enabled=cfg.train.progress, desc="SynthScenes samples",
                           unit="img"):

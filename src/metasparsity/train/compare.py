@@ -38,11 +38,11 @@ import torch
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
-from metasparsity.train import distributed as ddp
-from metasparsity.train.checkpoint import has_checkpoints
 from metasparsity.train.finetune import run_finetune
 from metasparsity.train.metatrain import MetaTrainer
 from metasparsity.train.sweep import train_or_load
+from metasparsity.training import collectives as ddp
+from metasparsity.training.run_checkpoints import has_checkpoints
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, write_json
 from metasparsity.utils.registry import Registry
@@ -365,7 +365,7 @@ def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
     """Parameters and MACs of a run's best model, dense and after removing its zero channels."""
     from metasparsity.eval.cost import count_macs, count_parameters
     from metasparsity.sparsity import prune_zero_channels
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     model.eval()
@@ -381,7 +381,7 @@ def backbone_cost(run_dir: str | Path, image_size: int) -> dict[str, float]:
     """A run's best model's backbone cost after pruning, as fractions of dense (macs, params,
     groups): the levels budget mode is matched to."""
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     x = torch.zeros(1, 3, image_size, image_size)
@@ -595,7 +595,7 @@ def save_samples(out: Path, results: dict[str, Any], cfg: Config, n: int = 4) ->
     import numpy as np
 
     from metasparsity.data import build_dataset
-    from metasparsity.train.evaluate import load_run_model
+    from metasparsity.training.run_checkpoints import load_run_model
 
     seed = str(results["seeds"][0])
     rows = results["per_seed"][seed]

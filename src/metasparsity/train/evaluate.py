@@ -8,30 +8,11 @@ from typing import Any
 
 import torch
 
-from metasparsity.builders import build_model
-from metasparsity.config import load_config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.train.checkpoint import load_model_state, load_run_checkpoint
-from metasparsity.train.loop import (
-    BatchStream,
-    bn_stats_to_recompute,
-    eval_loader,
-    evaluate,
-    recompute_bn_stats,
-)
+from metasparsity.training.batches import BatchStream, eval_loader
+from metasparsity.training.evaluation import bn_stats_to_recompute, evaluate, recompute_bn_stats
+from metasparsity.training.run_checkpoints import load_run_model
 from metasparsity.utils.device import resolve_device, set_threads
-from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
-
-
-def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = ()):
-    """(cfg, model, checkpoint) of a run directory; the model has every head the run trained."""
-    run_dir = require_run_dir(run_dir, need=(CONFIG_FILE,))
-    cfg = load_config(run_dir / CONFIG_FILE, overrides)
-    ck = load_run_checkpoint(run_dir, which)
-    tasks = list(ck.meta.get("tasks") or cfg.train_tasks)
-    model = build_model(cfg, tasks)
-    load_model_state(model, ck, run_dir, "load")
-    return cfg, model, ck
 
 
 def prepare_bn_stats(cfg, model: torch.nn.Module, ck, device: torch.device) -> bool:

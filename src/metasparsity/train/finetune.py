@@ -20,10 +20,10 @@ from typing import Any
 
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
-from metasparsity.train import distributed as ddp
-from metasparsity.train.checkpoint import load_run_checkpoint
-from metasparsity.train.loop import bn_stats_to_recompute
 from metasparsity.train.mtl import Trainer, TrainSettings
+from metasparsity.training import collectives as ddp
+from metasparsity.training.evaluation import bn_stats_to_recompute
+from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 

@@ -52,41 +52,41 @@ from metasparsity.sparsity import (
     prox_param_groups,
     sparsity_stats,
 )
-from metasparsity.train import distributed as ddp
-from metasparsity.train.checkpoint import (
+from metasparsity.training import collectives as ddp
+from metasparsity.training.batches import BatchStream, eval_loader, to_device
+from metasparsity.training.checkpoint import save_checkpoint
+from metasparsity.training.divergence import (
+    NonFiniteError,
+    check_finite,
+    check_finite_metrics,
+    check_finite_params,
+    diverged_error,
+    nonfinite_metrics,
+)
+from metasparsity.training.evaluation import evaluate, recompute_bn_stats
+from metasparsity.training.interrupt import DeferInterrupt
+from metasparsity.training.logs import RunLogger, progress_bar
+from metasparsity.training.rng import (
+    gather_rng,
+    preserved_rng,
+    rng_state,
+    seed_everything,
+    seed_rank,
+    set_rng_state,
+)
+from metasparsity.training.run_checkpoints import (
     has_checkpoints,
     keep_last_good,
     kept_checkpoint_note,
     load_model_state,
     point_last_at,
-    preserved_rng,
     resume_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
-from metasparsity.train.loop import (
-    BatchStream,
-    DeferInterrupt,
-    LossWeighting,
-    NonFiniteError,
-    RunLogger,
-    check_finite,
-    check_finite_metrics,
-    check_finite_params,
-    diverged_error,
-    eval_loader,
-    evaluate,
-    nonfinite_metrics,
-    progress_bar,
-    recompute_bn_stats,
-    to_device,
-)
+from metasparsity.training.weighting import LossWeighting
 from metasparsity.utils.device import autocast, set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl, truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import seed_everything
 
 AUTO_LAMBDA_BATCHES = 3  # batches whose mean gradient sets λ0 = auto
 
@@ -214,7 +214,7 @@ class MetaTrainer:
         ck = resume_checkpoint(self.run_dir) if self.resume else None
         if ck is not None:
             self._load_resume(ck)
-        ddp.seed_rank(seed, self.dist, ck.state if ck is not None else None, self.step)
+        seed_rank(seed, self.dist, ck.state if ck is not None else None, self.step)
         self.mine = local_subsets(m.meta_batch, self.dist)
         if self.dist.enabled:
             # This rank loads the batches of its subsets only: positions j (its block) of each
@@ -317,7 +317,7 @@ class MetaTrainer:
         """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
         the same step) it holds every rank's RNG state too.  ``validated``: saved right after a
         validation with finite results; it becomes ``best``."""
-        rngs = ddp.gather_rng(self._boundary["rng"]) if gather else None
+        rngs = gather_rng(self._boundary["rng"]) if gather else None
         self._saved_step = self.step
         if not self.main:
             return

@@ -37,47 +37,43 @@ from metasparsity.sparsity import (
     sparsity_stats,
     zero_group_masks,
 )
-from metasparsity.train import distributed as ddp
-from metasparsity.train.checkpoint import (
-    checkpoint_step,
+from metasparsity.training import collectives as ddp
+from metasparsity.training.batches import BatchStream, eval_loader, to_device
+from metasparsity.training.checkpoint import checkpoint_step, save_checkpoint
+from metasparsity.training.divergence import (
+    NonFiniteError,
+    check_finite,
+    check_finite_metrics,
+    check_finite_params,
+    diverged_error,
+    nonfinite_metrics,
+)
+from metasparsity.training.evaluation import evaluate, recompute_bn_stats, selection_score
+from metasparsity.training.interrupt import DeferInterrupt
+from metasparsity.training.logs import RunLogger, progress_bar
+from metasparsity.training.rng import (
+    gather_rng,
+    preserved_rng,
+    rng_state,
+    seed_everything,
+    seed_rank,
+    set_rng_state,
+)
+from metasparsity.training.run_checkpoints import (
     keep_last_good,
     kept_checkpoint_note,
     load_model_state,
     load_run_checkpoint,
     point_last_at,
-    preserved_rng,
     repoint,
     resume_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
-from metasparsity.train.loop import (
-    BatchStream,
-    DeferInterrupt,
-    LossWeighting,
-    NonFiniteError,
-    RunLogger,
-    build_scheduler,
-    check_finite,
-    check_finite_metrics,
-    check_finite_params,
-    diverged_error,
-    eval_loader,
-    evaluate,
-    lr_factor,
-    nonfinite_metrics,
-    progress_bar,
-    recompute_bn_stats,
-    selection_score,
-    task_losses,
-    to_device,
-)
+from metasparsity.training.schedule import build_scheduler, lr_factor
+from metasparsity.training.weighting import LossWeighting, task_losses
 from metasparsity.utils.device import autocast, set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import truncate_jsonl, write_json
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
-from metasparsity.utils.seed import seed_everything
 
 
 @dataclass
@@ -214,7 +210,7 @@ class Trainer:
             # meta-trained weights come with unusable running statistics (DESIGN §2.4)
             recompute_bn_stats(self.model, self.stream, self.device)
             self.stream.load_state_dict({"epoch": 0, "pos": 0})
-        ddp.seed_rank(s.seed, self.dist, ck.state if ck is not None else None, self.step)
+        seed_rank(s.seed, self.dist, ck.state if ck is not None else None, self.step)
         # DDP broadcasts rank 0's parameters: it is also the point where every rank has read
         # the resumed checkpoint before rank 0 writes anything.
         self.net = ddp.data_parallel(self.model, self.dist)
@@ -284,7 +280,7 @@ class Trainer:
         validation with finite results (recorded as ``val_finite``)."""
         b = self._boundary
         assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
-        rngs = ddp.gather_rng(b["rng"]) if gather else None
+        rngs = gather_rng(b["rng"]) if gather else None
         self._saved_step = self.step
         if not self.main:
             return

@@ -20,9 +20,9 @@ from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m
 from metasparsity.report.tables import markdown_table
-from metasparsity.train import distributed as ddp
-from metasparsity.train.checkpoint import has_checkpoints
 from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.training import collectives as ddp
+from metasparsity.training.run_checkpoints import has_checkpoints
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text, read_json, write_json
 from metasparsity.utils.rundir import create_run_dir, is_run_dir, update_run_config

@@ -1,42 +1,11 @@
 """Several processes, one run: ``torchrun`` and ``torch.distributed``, nothing home-made.
 
 ``torchrun --nproc_per_node=N -m metasparsity CMD ...`` starts N copies of the command; each
-calls :func:`init_distributed` at its recipe boundary, which joins the process group that
-torchrun's environment describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``): NCCL when the device is a GPU (``cuda:LOCAL_RANK``), Gloo on the CPU.  Without
-torchrun (no ``WORLD_SIZE``, or 1) every function here is the single-process identity.
-
-What is split and what is reduced:
-
-* **meta-train** (DESIGN §2.4): every rank draws the *same* ``M`` task subsets (same sampler seed
-  and state), and each rank meta-steps one contiguous block of them (``M ≥ W``; blocks in
-  meta-batch order, the first ``M mod W`` ranks one subset more: :func:`local_subsets`).  The
-  support / query streams keep the single-process order: subset ``j`` of a step gets the
-  ``j``-th support and query batch of that step; every rank advances both streams over all ``M``
-  batches and loads only its own (:meth:`BatchStream.select`).  The outer objective is a *sum*
-  over subsets, so :func:`reduce_meta_result` all-reduces (SUM) the per-rank meta-gradients of
-  θ, of the loss weights and of λ (explicit and implicit parts), then derives λ's total and ρ's
-  gradient from them as one process does — the single-process gradient up to the order of
-  floating-point additions (bit for bit where the blocks add up in the single-process order,
-  e.g. 3 subsets on 2 ranks: ``(g₀ + g₁) + g₂``).  A gradient that is None on some ranks
-  (a head reached by no local subset) counts as zeros; None on every rank stays None, so Adam
-  skips the parameter as in one process.  Every rank then applies the same Adam step and the
-  same proximal step to the same numbers, so θ and λ stay identical without any broadcast.
-* **train / finetune / compare** (data parallel): ``train.batch_size`` (``finetune.batch_size``)
-  is per process; the global batch of ``B·W`` samples is the one a single process with batch
-  ``B·W`` would draw, and rank ``r`` loads the ``r``-th slice of it.  The model is wrapped in
-  :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients (learned loss
-  weights: :func:`average_gradients`), and BatchNorm is synchronised (:func:`~metasparsity.models.sync_bn.convert_sync_batchnorm`), so a 2-process run
-  with batch ``B`` computes the same steps as one process with batch ``2B`` (exactly so when every
-  loss is a mean over the same number of elements on each rank).  The fixed-λ proximal step and
-  the zero-group masks run on every rank on identical parameters.
-* **rank 0 only** evaluates (validation, test), writes the run directory (config, logs,
-  TensorBoard, checkpoints, results, plots, reports) and decides what the others need to know
-  (:func:`from_main`); the others wait in the next collective.  The run directory is read by
-  every rank when resuming or fine-tuning, so across nodes it must be on a shared file system.
-* **RNG**: model initialisation, λ and the subset sampler use the same seed on every rank; the
-  global RNGs (in-process random augmentation, dropout) are re-seeded per rank ≥ 1 afterwards
-  (:func:`seed_rank`), rank 0 keeping the single-process stream.
+joins the process group at its recipe boundary (:func:`init_distributed`): NCCL on GPUs
+(``cuda:LOCAL_RANK``), Gloo on the CPU.  Without torchrun every function here is the
+single-process identity.  Rank 0 alone evaluates and writes the run directory; what the others
+need to know it decides in :func:`from_main`.  How each recipe splits its work is said in
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +15,7 @@ import datetime
 import gc
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,7 +25,6 @@ from torch import nn
 
 from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.seed import seed_everything
 
 T = TypeVar("T")
 
@@ -255,44 +223,6 @@ def params_checksum(module: nn.Module) -> torch.Tensor:
         idx = torch.arange(1, v.numel() + 1, dtype=torch.float64)
         acc += torch.stack([v.sum(), (v * v).sum(), (v * idx).sum()])
     return acc
-
-
-# ----------------------------------------------------------------------------- seeds
-
-
-def rank_seed(seed: int, rank: int, step: int = 0) -> int:
-    """Seed of rank ``rank``'s global RNGs (``seed`` itself for rank 0 at step 0)."""
-    if rank == 0 and step == 0:
-        return seed
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63)
-
-
-def seed_rank(seed: int, info: DistInfo, state: Mapping[str, Any] | None = None,
-              step: int = 0) -> None:
-    """Give rank ≥ 1 its own global RNG streams, after everything that must agree was drawn.
-
-    ``state``: a resumed checkpoint's training state; its ``rng_ranks`` (one entry per rank,
-    saved by :func:`gather_rng`) restores each rank's own streams when the number of processes
-    is unchanged; otherwise the streams are re-seeded from ``(seed, rank, step)``.  Rank 0 keeps
-    the single-process stream (from the checkpoint's ``rng`` on resume).
-    """
-    if not info.enabled or info.is_main:
-        return
-    from metasparsity.train.checkpoint import set_rng_state
-
-    ranks = (state or {}).get("rng_ranks")
-    if ranks is not None and len(ranks) == info.world_size:
-        set_rng_state(ranks[info.rank])
-    else:
-        seed_everything(rank_seed(seed, info.rank, step))
-
-
-def gather_rng(rng: Mapping[str, Any]) -> list[Any] | None:
-    """Every rank's RNG state (for rank 0's checkpoint), or None in a single process."""
-    return all_gather_object(dict(rng)) if is_distributed() else None
-
-
-# ----------------------------------------------------------------------------- data parallel
 
 
 def data_parallel(module: nn.Module, info: DistInfo) -> nn.Module:

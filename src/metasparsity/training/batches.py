@@ -1,0 +1,152 @@
+"""Batches for training and evaluation: an endless, resumable, shardable :class:`BatchStream`, an
+in-order loader over a whole split, and the move of a batch to the device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from metasparsity.utils.errors import UserError
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class BatchStream:
+    """Endless batches over ``dataset``: every epoch a permutation drawn from ``(seed, epoch)``.
+
+    Its whole state is ``(epoch, batch position)``, so a resumed run sees exactly the batches
+    that the uninterrupted run would have seen (``state_dict`` / ``load_state_dict``).
+
+    Several processes (:mod:`metasparsity.training.collectives`):
+
+    * ``shard=(rank, world)``: ``batch_size`` is the *global* batch, drawn exactly as in one
+      process, and this process loads only its slice (the ``rank``-th of ``world`` contiguous,
+      near-equal parts).
+    * :meth:`select` / :meth:`skip`: this process loads only the batches it is given, while its
+      position still advances over every batch (so its state is the single-process state).
+
+    ``rank`` only salts the seed of the loader's worker processes (rank 0: the single-process
+    seed), so that random augmentation in workers differs between ranks.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
+                 shuffle: bool = True, indices: Sequence[int] | None = None,
+                 pin_memory: bool = False, shard: tuple[int, int] = (0, 1),
+                 rank: int | None = None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        if not self.indices:
+            raise UserError("the training split is empty")
+        self.batch_size = min(batch_size, len(self.indices))
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.pin_memory = pin_memory
+        self.shard = (int(shard[0]), int(shard[1]))
+        if not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard=(rank, world) needs 0 <= rank < world, got {shard}")
+        if self.batch_size < self.shard[1]:
+            raise UserError(f"a global batch of {self.batch_size} samples cannot be split over "
+                            f"{self.shard[1]} processes")
+        self.rank = self.shard[0] if rank is None else int(rank)
+        self.epoch = 0
+        self.pos = 0
+        self._it: Iterator | None = None
+        self._keep: Callable[[int], bool] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    @property
+    def count(self) -> int:
+        """Running number of the next batch over all epochs: ``epoch · batches_per_epoch + pos``."""
+        return self.epoch * self.batches_per_epoch + self.pos
+
+    def select(self, keep: Callable[[int], bool] | None) -> None:
+        """Load only the batches whose running number :attr:`count` satisfies ``keep``; the others
+        must be passed over with :meth:`skip` (None: load every batch again)."""
+        self._keep = keep
+        self._it = None
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return self.indices
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.indices), generator=g).tolist()
+        return [self.indices[i] for i in perm]
+
+    def _mine(self, batch: list[int]) -> list[int]:
+        r, w = self.shard
+        return batch[r * len(batch) // w:(r + 1) * len(batch) // w]
+
+    def _start(self) -> None:
+        order = self._order()
+        n = self.batches_per_epoch
+        first = self.epoch * n
+        batches = [self._mine(order[b * self.batch_size:(b + 1) * self.batch_size])
+                   for b in range(self.pos, n) if self._keep is None or self._keep(first + b)]
+        # The loader's own generator (a function of the stream state) seeds its workers, so
+        # starting an iterator never draws from the global RNG that training uses.
+        seed = (self.seed * 1_000_003 + self.epoch) * 100_003 + self.pos
+        if self.rank:
+            seed = hash((seed, self.rank)) % (2**63)
+        g = torch.Generator()
+        g.manual_seed(seed)
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            worker_init_fn=_worker_init if self.num_workers else None,
+                            pin_memory=self.pin_memory, generator=g,
+                            persistent_workers=False)
+        self._it = iter(loader)
+
+    def _wrap(self) -> None:
+        if self.pos >= self.batches_per_epoch:
+            self.epoch += 1
+            self.pos = 0
+            self._it = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        self._wrap()
+        if self._keep is not None and not self._keep(self.count):
+            raise RuntimeError(f"batch {self.count} of the stream is not selected; skip() it")
+        if self._it is None:
+            self._start()
+        batch = next(self._it)
+        self.pos += 1
+        return batch
+
+    def skip(self) -> None:
+        """Advance over one batch without loading it (a batch :meth:`select` left out)."""
+        self._wrap()
+        if self._keep is not None and self._keep(self.count):
+            raise RuntimeError(f"batch {self.count} of the stream is selected; load it with next()")
+        if self._keep is None:
+            self._it = None  # the running loader would yield the skipped batch
+        self.pos += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._it = None
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """In-order batches of a whole split; iterating it leaves the global RNG untouched."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      worker_init_fn=_worker_init if num_workers else None,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def to_device(batch, device: torch.device):
+    x, y = batch
+    return x.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in y.items()}
