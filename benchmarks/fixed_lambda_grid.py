@@ -51,7 +51,7 @@ def _train(config: str, overrides: list[str], run_dir: str, seed: int, metric: s
 
     torch.set_num_threads(1)
     from metasparsity.config import load_config
-    from metasparsity.train.sweep import train_or_load
+    from metasparsity.recipes.sweep import train_or_load
 
     cfg = load_config(config, [*overrides, f"sparsity.prox_metric={metric}", "train.progress=false",
                                "train.num_threads=1"])

@@ -56,8 +56,8 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 
     torch.set_num_threads(1)
     from metasparsity.config import load_config
-    from metasparsity.train.finetune import run_finetune
-    from metasparsity.train.metatrain import MetaTrainer
+    from metasparsity.recipes.finetune import run_finetune
+    from metasparsity.recipes.meta_train import MetaTrainer
     from metasparsity.training.run_checkpoints import has_checkpoints
     from metasparsity.utils.io import read_json, write_json
 

@@ -25,10 +25,10 @@ ALLOWED = {
     "export": {"utils", "models", "sparsity", "data", "eval", "config", "export"},
     "training": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "builders",
                  "training"},
-    "train": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "report", "train",
-              "export", "builders", "training"},
+    "recipes": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "report",
+                "export", "builders", "training", "recipes"},
     "commands": {"utils", "config", "data", "models", "sparsity", "meta", "eval", "report",
-                 "train", "export", "builders", "training", "commands", ""},
+                 "recipes", "export", "builders", "training", "commands", ""},
     "cli": {"utils", "commands", ""},
     "__main__": {"cli"},
 }

@@ -11,7 +11,7 @@ import torch
 from tests.train.micro import MICRO, cli
 
 from metasparsity.config import load_config
-from metasparsity.train.metatrain import AUTO_LAMBDA_BATCHES, MetaTrainer
+from metasparsity.recipes.meta_train import AUTO_LAMBDA_BATCHES, MetaTrainer
 from metasparsity.training.batches import to_device
 from metasparsity.utils.io import read_json
 

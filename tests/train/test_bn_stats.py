@@ -8,7 +8,7 @@ import json
 
 from tests.train.micro import MICRO, cli
 
-from metasparsity.train.evaluate import evaluate_run
+from metasparsity.recipes.evaluate_run import evaluate_run
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.utils.io import read_json
 

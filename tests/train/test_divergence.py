@@ -12,9 +12,9 @@ import pytest
 import torch
 from tests.train.micro import MICRO, cli
 
-import metasparsity.train.metatrain as metatrain
-import metasparsity.train.mtl as mtl
-from metasparsity.train.evaluate import evaluate_run
+import metasparsity.recipes.meta_train as metatrain
+import metasparsity.recipes.train as mtl
+from metasparsity.recipes.evaluate_run import evaluate_run
 from metasparsity.training.checkpoint import load_checkpoint, save_checkpoint
 from metasparsity.training.divergence import nonfinite_metrics
 from metasparsity.training.logs import progress_bar

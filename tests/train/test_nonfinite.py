@@ -6,8 +6,8 @@ import pytest
 import torch
 from tests.train.micro import MICRO, cli
 
-import metasparsity.train.metatrain as metatrain
-import metasparsity.train.mtl as mtl
+import metasparsity.recipes.meta_train as metatrain
+import metasparsity.recipes.train as mtl
 from metasparsity.config import load_config
 from metasparsity.training.divergence import NonFiniteError
 from metasparsity.training.run_checkpoints import load_run_checkpoint

@@ -8,8 +8,8 @@ import yaml
 from tests.train.micro import MICRO, cli
 
 from metasparsity.config import load_config
-from metasparsity.train.finetune import finetune_settings
-from metasparsity.train.mtl import Trainer, TrainSettings
+from metasparsity.recipes.finetune import finetune_settings
+from metasparsity.recipes.train import Trainer, TrainSettings
 from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
 

@@ -11,8 +11,8 @@ import yaml
 from tests.train.micro import MICRO, cli, same_tensors, start_long_training
 
 from metasparsity.config import load_config
-from metasparsity.train.metatrain import MetaTrainer
-from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.recipes.meta_train import MetaTrainer
+from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.training.checkpoint import checkpoint_step
 from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
@@ -103,7 +103,7 @@ def _interrupt_on_call(monkeypatch, module: str, k: int):
 
 def test_ctrl_c_saves_last_step_and_resume_matches(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 3)  # during step 3
+    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
     assert cli("train", "--out", run, *RESUME) == 130
     err = capsys.readouterr().err
     assert f"interrupted at step 2; resume with: metasparsity train --resume {run}" in err
@@ -119,7 +119,7 @@ def test_ctrl_c_in_meta_train_then_resume_matches(straight, tmp_path, monkeypatc
     run = tmp_path / "meta"
     # λ0 = auto reads 3 batches first; then each meta step moves 2 subsets x (support, query)
     # = 4 batches: call 3 + 13 is in step 4
-    _interrupt_on_call(monkeypatch, "metasparsity.train.metatrain", 3 + 13)
+    _interrupt_on_call(monkeypatch, "metasparsity.recipes.meta_train", 3 + 13)
     assert cli("meta-train", "--out", run, *RESUME) == 130
     assert (f"interrupted at step 3; resume with: metasparsity meta-train --resume {run}"
             in capsys.readouterr().err)
@@ -165,7 +165,7 @@ def test_real_sigint_saves_and_exits_130(tmp_path):
 def test_sweep_resume_reuses_finished_and_continues_unfinished(tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
     # dense MTL takes calls 1-4; the first λ run is interrupted during its step 2
-    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 6)
+    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 6)
     assert cli("sweep-lambda", "--out", out, "--grid", "0.01,30", *MICRO) == 130
     err = capsys.readouterr().err
     assert f"interrupted at step 1 of {out / 'lam_0.01'}; resume with: " \
@@ -183,7 +183,7 @@ def test_sweep_resume_reuses_finished_and_continues_unfinished(tmp_path, monkeyp
 
 def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
         tmp_path, monkeypatch, capsys):
-    from metasparsity.train import mtl
+    from metasparsity.recipes import train as mtl
 
     out = tmp_path / "cmp"
     target = out / "seed_0" / "meta_sparsity" / "finetune_unseen"
@@ -191,7 +191,7 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
 
     def train(self, stop_after=None):
         if self.run_dir == target:  # Ctrl-C during step 2 of the last fine-tuning
-            _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 2)
+            _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 2)
         return real_train(self, stop_after)
 
     monkeypatch.setattr(mtl.Trainer, "train", train)
@@ -218,7 +218,7 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
 def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp_path,
                                                                    monkeypatch, capsys):
     src, out = straight["root"] / "meta", tmp_path / "ft"
-    _interrupt_on_call(monkeypatch, "metasparsity.train.mtl", 3)  # during step 3
+    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
     assert cli("finetune", src, "--tasks", "normal", "--out", out) == 130
     assert (f"interrupted at step 2; resume with: metasparsity finetune {src} --resume {out}"
             in capsys.readouterr().err)

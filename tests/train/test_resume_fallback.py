@@ -16,8 +16,8 @@ import torch
 from tests.train.micro import MICRO, cli, same_tensors
 
 from metasparsity.config import load_config
-from metasparsity.train.metatrain import MetaTrainer
-from metasparsity.train.mtl import Trainer, settings_from_config
+from metasparsity.recipes.meta_train import MetaTrainer
+from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.training.checkpoint import load_checkpoint, save_checkpoint
 from metasparsity.training.run_checkpoints import has_checkpoints, load_run_checkpoint
 from metasparsity.utils.errors import UserError

@@ -7,7 +7,7 @@ import torch
 
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset
-from metasparsity.train.evaluate import trivial_results
+from metasparsity.recipes.evaluate_run import trivial_results
 from metasparsity.training.evaluation import selection_score
 
 CFG = ["data.image_size=24", "data.train_size=40", "data.val_size=8", "data.test_size=20",

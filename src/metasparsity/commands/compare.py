@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None and args.resume is None:
         args.out = str(Path("runs") / f"{cfg.name}_compare")
     out = run_dir_from_args(args, cfg)
+    from metasparsity.recipes.compare import run_compare
     from metasparsity.report.compare import summary_table
-    from metasparsity.train.compare import run_compare
 
     res = run_compare(cfg, out, resume=bool(args.resume), overwrite=args.overwrite)
     print(summary_table(res))

@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_only:
         return 0
 
+    from metasparsity.recipes.compare import run_compare
     from metasparsity.report.compare import summary_table
-    from metasparsity.train.compare import run_compare
 
     if resume:
         print(f"continuing the demo in {out} (finished runs are reused; --overwrite starts again)")

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
+    from metasparsity.recipes.evaluate_run import evaluate_run, trivial_results
     from metasparsity.report.tables import markdown_table, metrics_table
-    from metasparsity.train.evaluate import evaluate_run, trivial_results
     from metasparsity.utils.io import write_json
     from metasparsity.utils.rundir import (
         CONFIG_FILE,

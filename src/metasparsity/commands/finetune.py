@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
+    from metasparsity.recipes.finetune import run_finetune
     from metasparsity.report.tables import metrics_table
-    from metasparsity.train.finetune import run_finetune
     from metasparsity.utils.rundir import (
         CONFIG_FILE,
         check_run_dir,

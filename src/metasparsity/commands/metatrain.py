@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = run_dir_from_args(args, cfg)
+    from metasparsity.recipes.meta_train import run_meta_train
     from metasparsity.report.tables import metrics_table
-    from metasparsity.train.metatrain import run_meta_train
 
     res = run_meta_train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["val"]))

@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
         task_meta,
         write_compact_model,
     )
+    from metasparsity.recipes.evaluate_run import prepare_bn_stats
     from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
     from metasparsity.sparsity.pruning import max_output_difference
-    from metasparsity.train.evaluate import prepare_bn_stats
     from metasparsity.training.evaluation import bn_stats_to_recompute
     from metasparsity.training.run_checkpoints import load_run_model
     from metasparsity.utils.device import set_threads

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if not grid:
         raise UserError("no λ grid: pass --grid or set compare.lambda_grid")
     cfg.compare.lambda_grid = list(grid)  # recorded in config.yaml, so --resume needs no --grid
-    from metasparsity.train.sweep import run_sweep
+    from metasparsity.recipes.sweep import run_sweep
 
     summary = run_sweep(cfg, out, grid, resume=bool(args.resume), overwrite=args.overwrite)
     print((out / "sweep.md").read_text())

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = run_dir_from_args(args, cfg)
+    from metasparsity.recipes.train import run_train
     from metasparsity.report.tables import metrics_table
-    from metasparsity.train.mtl import run_train
 
     res = run_train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["test"]))

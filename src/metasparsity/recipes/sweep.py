@@ -19,8 +19,8 @@ from typing import Any
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m
+from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.report.tables import markdown_table
-from metasparsity.train.mtl import Trainer, settings_from_config
 from metasparsity.training import collectives as ddp
 from metasparsity.training.run_checkpoints import has_checkpoints
 from metasparsity.utils.errors import UserError

@@ -38,9 +38,9 @@ import torch
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
-from metasparsity.train.finetune import run_finetune
-from metasparsity.train.metatrain import MetaTrainer
-from metasparsity.train.sweep import train_or_load
+from metasparsity.recipes.finetune import run_finetune
+from metasparsity.recipes.meta_train import MetaTrainer
+from metasparsity.recipes.sweep import train_or_load
 from metasparsity.training import collectives as ddp
 from metasparsity.training.run_checkpoints import has_checkpoints
 from metasparsity.utils.errors import UserError
@@ -117,7 +117,7 @@ class ComputePlan:
 
 def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
     """The equal-compute plan of ``cfg`` (``compare.budget``, else ``train.max_steps`` passes)."""
-    from metasparsity.train.finetune import finetune_settings
+    from metasparsity.recipes.finetune import finetune_settings
 
     budget = cfg.compare.budget or cfg.train.max_steps
     m = cfg.meta

@@ -20,7 +20,7 @@ from typing import Any
 
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
-from metasparsity.train.mtl import Trainer, TrainSettings
+from metasparsity.recipes.train import Trainer, TrainSettings
 from metasparsity.training import collectives as ddp
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.training.run_checkpoints import load_run_checkpoint
