@@ -56,33 +56,25 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 
     torch.set_num_threads(1)
     from metasparsity.config import load_config
+    from metasparsity.recipes import run_recipe
     from metasparsity.recipes.finetune import run_finetune
     from metasparsity.recipes.meta_train import MetaTrainer
-    from metasparsity.training.run_checkpoints import has_checkpoints
-    from metasparsity.utils.io import read_json, write_json
+    from metasparsity.training.session import sub_run
 
     cfg = load_config(config, overrides)
     d = Path(run_dir)
-    if (d / "results.json").is_file():
-        meta = read_json(d / "results.json")
-    else:
-        resume = has_checkpoints(d)
-        tr = MetaTrainer(cfg, d, resume=resume, overwrite=not resume)
-        tr.setup()
-        meta = tr.train()
-        write_json(d / "results.json", meta)
+    meta, resume = sub_run(d)
+    if meta is None:
+        meta = run_recipe(MetaTrainer(cfg, d, resume=resume, overwrite=not resume))
     out = {"meta": meta}
     parts = [("seen", list(cfg.data.seen_tasks))]
     if unseen and cfg.data.unseen_tasks:
         parts.append(("unseen", list(cfg.data.unseen_tasks)))
     for name, tasks in parts:
         ft = d / f"finetune_{name}"
-        if (ft / "results.json").is_file():
-            out[name] = read_json(ft / "results.json")
-            continue
-        resume = has_checkpoints(ft)
-        res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
-        write_json(ft / "results.json", res)
+        res, resume = sub_run(ft)
+        if res is None:
+            res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
         out[name] = res
     from metasparsity.sparsity import BackboneCost, channel_groups
     from metasparsity.training.run_checkpoints import load_run_model

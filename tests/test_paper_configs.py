@@ -20,7 +20,7 @@ from metasparsity.cli import main
 from metasparsity.config import load_config
 from metasparsity.data import DATASETS
 from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
-from metasparsity.recipes.compare import METHODS
+from metasparsity.recipes.compare_methods import METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -27,7 +27,8 @@ from metasparsity.meta import (
     inner_loop,
     meta_step,
 )
-from metasparsity.recipes.meta_train import MetaTrainer, meta_stream_split
+from metasparsity.meta.sampler import meta_stream_split
+from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.sparsity import channel_groups, group_norms
 from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError

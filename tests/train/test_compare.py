@@ -170,7 +170,7 @@ def test_demo_runs_the_comparison_and_reuses_it(tmp_path, capsys):
 
 
 def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
-    from metasparsity.recipes.compare import fixed_lambda_front, gap_to_front
+    from metasparsity.recipes.compare_summary import fixed_lambda_front, gap_to_front
 
     def grid(*pts):  # (λ, param sparsity 0-1, Δm seen)
         return {"fixed_lambda": {"grid": [{"lam": lam, "param_sparsity": ps, "delta_m_seen": d}

@@ -1,4 +1,5 @@
-"""Meta-tasks: task subsets ``S ⊆ T`` sampled for each outer step (DESIGN §2.4)."""
+"""What a meta-step samples (DESIGN §2.4): task subsets ``S ⊆ T`` for each outer step, and the
+disjoint training ids that feed the support, query and λ-validation streams."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
 
 from metasparsity.utils.errors import UserError
 
@@ -83,3 +85,30 @@ class TaskSubsetSampler:
                             "checkpoint's")
         self.seed = int(state["seed"])
         self._rng.bit_generator.state = state["rng"]
+
+
+def support_query_split(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint halves of the training indices: support draws from one, query from the other."""
+    g = torch.Generator().manual_seed(20_011 + seed)
+    perm = torch.randperm(n, generator=g).tolist()
+    half = n // 2
+    return sorted(perm[:half]), sorted(perm[half:])
+
+
+def meta_stream_split(n: int, seed: int,
+                      lambda_val_fraction: float) -> tuple[list[int], list[int], list[int]]:
+    """Three disjoint sets of training indices: support, query and λ-validation (DESIGN §2.4).
+
+    The λ-validation share (``round(fraction·n)``, at least 1) is drawn first; support and query
+    split the rest in halves.  Raises ``UserError`` when some set would be empty.
+    """
+    k = max(1, round(lambda_val_fraction * n))
+    if n - k < 2:
+        raise UserError(f"data.train_size: {n} training samples cannot feed disjoint support, "
+                        f"query and λ-validation streams ({k} held out for λ); use more data "
+                        "or meta.lambda_objective=query")
+    g = torch.Generator().manual_seed(30_011 + seed)
+    perm = torch.randperm(n, generator=g).tolist()
+    held, rest = perm[:k], perm[k:]
+    sup, qry = support_query_split(len(rest), seed)
+    return sorted(rest[i] for i in sup), sorted(rest[i] for i in qry), sorted(held)

@@ -1,1 +1,17 @@
-"""Recipes: dense / fixed-λ multi-task training, meta-training, fine-tuning, comparison."""
+"""Recipes: one plain class or function per job (``train``, ``meta_train``, ``finetune``, ``sweep``,
+``compare``, ``prune``, ``evaluate_run``), each readable top to bottom.  A training recipe is
+``setup()`` (config → plain arguments, data, model, optimizers), ``train()`` (its explicit loop)
+and ``cleanup()``; the run's lifecycle is a :class:`~metasparsity.training.session.RunSession`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_recipe(recipe: Any) -> Any:
+    """``recipe.setup()``, then ``recipe.train()``'s result; ``recipe.cleanup()`` in any case."""
+    recipe.setup()
+    try:
+        return recipe.train()
+    finally:
+        recipe.cleanup()

@@ -1,14 +1,5 @@
-"""Recipe: meta-testing — fine-tune a (meta-)trained run on seen or unseen tasks (DESIGN §2.5).
-
-The source run's backbone (and the heads of requested tasks it already has) initialise the
-model; unseen tasks get freshly initialised heads.  Zero groups of the source backbone are kept
-at zero (their gradients are masked and the weights re-masked after every step), so the sparse
-structure learned in meta-training is what gets evaluated.  Options: share of the training data
-(few-shot), steps or epochs, frozen backbone.
-
-Under torchrun it is data parallel like ``train`` (:mod:`metasparsity.train.distributed`):
-``finetune.batch_size`` is per process, so an epoch has ``samples // (batch_size × processes)``
-steps.
+"""Recipe ``finetune`` (meta-testing, DESIGN §2.5): a (meta-)trained run's best checkpoint
+fine-tuned on seen or unseen tasks by the ``train`` recipe, its zero groups kept at zero.
 """
 
 from __future__ import annotations
@@ -20,8 +11,9 @@ from typing import Any
 
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
+from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import Trainer, TrainSettings
-from metasparsity.training import collectives as ddp
+from metasparsity.training import collectives
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.errors import UserError
@@ -30,7 +22,9 @@ from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
 def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = None,
                       world_size: int = 1) -> TrainSettings:
-    """``world_size``: processes sharing each global batch of ``batch_size × world_size``."""
+    """The ``train`` recipe's arguments for fine-tuning (``cfg.finetune``); ``world_size``:
+    processes sharing each global batch of ``batch_size × world_size`` (an epoch has
+    ``samples // (batch_size × world_size)`` steps)."""
     f = cfg.finetune
     steps = f.steps
     if f.epochs is not None:
@@ -52,7 +46,12 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
                  overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune the best checkpoint of run ``source`` on ``tasks`` into run directory ``out``.
 
-    ``tasks``: names (seen or unseen); None = the source's seen tasks together.
+    ``tasks``: names (seen or unseen); None = the source's seen tasks together.  The source's
+    backbone (and the heads of requested tasks it has) initialise the model; other tasks get
+    fresh heads.  Zero groups of the source backbone stay zero (gradients masked, weights
+    re-masked after every step), so the sparse structure learned is what gets evaluated.
+    BatchNorm statistics of a meta-trained source are re-estimated first.  Options
+    (``finetune.*``): share of the training data (few-shot), steps or epochs, frozen backbone.
     """
     source = require_run_dir(source)
     if cfg is None:
@@ -75,12 +74,10 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     from metasparsity.data import build_dataset
 
     n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
-    world = ddp.init_distributed(cfg.train.device).world_size
+    world = collectives.init_distributed(cfg.train.device).world_size
     settings = finetune_settings(cfg, tasks, n_train, world)
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}
-    trainer = Trainer(cfg, out, settings, resume=resume, overwrite=overwrite,
-                      init_state=state, init_tasks=keep, source=str(source))
-    trainer.setup()
-    return trainer.train()
+    return run_recipe(Trainer(cfg, out, settings, resume=resume, overwrite=overwrite,
+                              init_state=state, init_tasks=keep, source=str(source)))

@@ -1,17 +1,10 @@
-"""Recipe: the fixed-λ baseline over a λ grid (the hand-tuning that meta-sparsity replaces).
-
-Trains dense MTL (λ = 0) once and one fixed-λ group-sparse MTL model per grid point, under the
-same budget; reports per-task test metrics, Δm against dense MTL, group / parameter sparsity and
-wall time, picks the grid point with the best *validation* Δm, and plots Δm against sparsity
-with the grid's Pareto front.
-
-Under torchrun every sub-run is data parallel; rank 0 decides which sub-runs are finished or
-to be resumed (:func:`metasparsity.train.distributed.from_main`) and writes every file.
+"""Recipe ``sweep-lambda``: the fixed-λ baseline over a λ grid (the hand-tuning that meta-sparsity
+replaces): dense MTL and one fixed-λ model per grid point under the same budget; Δm against dense
+MTL, sparsity and time per point, the point chosen on validation Δm, and the Δm/sparsity plot.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +12,14 @@ from typing import Any
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m
+from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.report.tables import markdown_table
-from metasparsity.training import collectives as ddp
-from metasparsity.training.run_checkpoints import has_checkpoints
+from metasparsity.training import collectives
+from metasparsity.training.session import sub_run
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import atomic_write_text, read_json, write_json
-from metasparsity.utils.rundir import create_run_dir, is_run_dir, update_run_config
+from metasparsity.utils.io import atomic_write_text, write_json
+from metasparsity.utils.rundir import create_run_dir, update_run_config
 
 
 def lam_label(lam: float) -> str:
@@ -34,28 +28,17 @@ def lam_label(lam: float) -> str:
 
 def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list[str] | None = None,
                   seed: int | None = None) -> dict[str, Any]:
-    """Train one fixed-λ (or dense) model into ``run_dir``; reuse it when it already finished,
-    continue it when it was started (so a whole sweep / comparison can be resumed: finished
-    sub-runs are reused as they are, an interrupted one continues from its last checkpoint)."""
-    done = ddp.from_main(lambda: read_json(run_dir / "results.json")
-                         if (run_dir / "results.json").is_file() else None)
+    """Train one fixed-λ (or dense) model into ``run_dir`` as a sub-run of a sweep or comparison:
+    reused when it finished, continued when it was started (:func:`sub_run`), so the whole
+    sweep / comparison can be resumed."""
+    done, resume = sub_run(run_dir)
     if done is not None:
         return done
     s = settings_from_config(cfg, tasks)
     s.lam, s.kind = lam, kind
     if seed is not None:
         s.seed = seed
-    # a started sub-run with a checkpoint continues from it (never restarted over it); one
-    # without any checkpoint has nothing to lose and starts afresh
-    resume = ddp.from_main(lambda: is_run_dir(run_dir) and has_checkpoints(run_dir))
-    t0 = time.time()
-    trainer = Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume)
-    trainer.setup()
-    res = trainer.train()
-    res["wall_time_s"] = round(time.time() - t0, 2)
-    if ddp.is_main():
-        write_json(run_dir / "results.json", res)
-    return res
+    return run_recipe(Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume))
 
 
 def primary_columns(spec: dict[str, dict[str, bool]]) -> list[tuple[str, str]]:
@@ -70,8 +53,8 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         raise UserError(f"--grid: give positive λ values, got {grid}")
     tasks = resolve_tasks(cfg, cfg.train_tasks)
     spec = default_spec({t: task.type for t, task in tasks.items()})
-    ddp.init_distributed(cfg.train.device)  # every rank has checked its arguments
-    if ddp.is_main():
+    collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
+    if collectives.is_main():
         if resume:
             update_run_config(out, cfg.to_yaml())
         else:
@@ -98,7 +81,7 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         "rows": rows,
         "total_wall_time_s": sum(r["wall_time_s"] or 0 for r in rows),
     }
-    if ddp.is_main():
+    if collectives.is_main():
         write_json(out / "sweep.json", summary)
         atomic_write_text(out / "sweep.md", sweep_markdown(summary))
         from metasparsity.report.plots import plot_delta_vs_sparsity, plot_per_layer_sparsity
@@ -108,7 +91,7 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         plot_per_layer_sparsity({f"λ={r['label']}": r["per_layer"] for r in rows},
                                 out / "per_layer_sparsity.png",
                                 title="per-layer group sparsity per λ")
-    ddp.barrier()  # the command prints sweep.md on every rank
+    collectives.barrier()  # the command prints sweep.md on every rank
     return summary
 
 

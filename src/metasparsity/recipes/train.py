@@ -1,23 +1,12 @@
-"""Recipe: dense single-task (STL) / multi-task (MTL) training, and fixed-λ group-sparse MTL.
-
-One plain loop, no callbacks:  forward all tasks once through the shared backbone → per-task
-losses → weighting → Adam step → LR schedule → (fixed λ) proximal step on the shared groups
-with threshold ``lr_t · λ · w_g`` → (fine-tuning) zero groups kept at zero.  Validation every
-``val_every`` steps chooses the best checkpoint (lowest mean validation loss); the best weights
-are evaluated on the test split at the end and written to ``results.json``.
-
-Under ``torchrun`` the loop is data parallel (:mod:`metasparsity.train.distributed`):
-``batch_size`` is per process, every process takes its slice of the global batch of
-``batch_size × processes`` samples, DistributedDataParallel averages the gradients and BatchNorm
-is synchronised; rank 0 alone validates, tests and writes the run directory.  ``amp``: bf16
-autocast of the training forward passes on CUDA (evaluation stays in float32).
+"""Recipe ``train``: dense single-task (STL) or multi-task (MTL) training, and fixed-λ group-sparse
+MTL when ``sparsity.lam > 0``; fine-tuning (:mod:`metasparsity.recipes.finetune`) runs it too.
+Validation every ``val_every`` steps keeps the best checkpoint; its weights are tested at the end.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +17,7 @@ from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.models.sync_bn import convert_sync_batchnorm
+from metasparsity.recipes import run_recipe
 from metasparsity.sparsity import (
     ProxAdam,
     apply_masks_,
@@ -37,43 +27,25 @@ from metasparsity.sparsity import (
     sparsity_stats,
     zero_group_masks,
 )
-from metasparsity.training import collectives as ddp
+from metasparsity.training import collectives
 from metasparsity.training.batches import BatchStream, eval_loader, to_device
-from metasparsity.training.checkpoint import checkpoint_step, save_checkpoint
+from metasparsity.training.checkpoint import checkpoint_step
 from metasparsity.training.divergence import (
     NonFiniteError,
     check_finite,
     check_finite_metrics,
     check_finite_params,
-    diverged_error,
     nonfinite_metrics,
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats, selection_score
 from metasparsity.training.interrupt import DeferInterrupt
-from metasparsity.training.logs import RunLogger, progress_bar
-from metasparsity.training.rng import (
-    gather_rng,
-    preserved_rng,
-    rng_state,
-    seed_everything,
-    seed_rank,
-    set_rng_state,
-)
-from metasparsity.training.run_checkpoints import (
-    keep_last_good,
-    kept_checkpoint_note,
-    load_model_state,
-    load_run_checkpoint,
-    point_last_at,
-    repoint,
-    resume_checkpoint,
-)
+from metasparsity.training.rng import preserved_rng, set_rng_state
+from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint, repoint
 from metasparsity.training.schedule import build_scheduler, lr_factor
+from metasparsity.training.session import RunSession
 from metasparsity.training.weighting import LossWeighting, task_losses
-from metasparsity.utils.device import autocast, set_threads
+from metasparsity.utils.device import autocast
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import truncate_jsonl, write_json
-from metasparsity.utils.rundir import RunInterrupted, create_run_dir, update_run_config
 
 
 @dataclass
@@ -114,18 +86,24 @@ def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSe
 
 
 class Trainer:
-    """Train ``settings.tasks`` on the configured data; see the module docstring.
+    """Train ``settings.tasks`` on the configured data: ``setup()``, ``train()``, ``cleanup()``.
 
-    ``init_state``/``init_tasks``: start from these weights (fine-tuning), with heads for the
+    Each step: forward all tasks once through the shared backbone → per-task losses →
+    weighting → Adam (fixed λ: ProxAdam, the group prox in Adam's metric at threshold
+    ``lr_t·λ·w_g``) → LR schedule → (fine-tuning) zero groups kept at zero.  Selection: the
+    lowest :func:`~metasparsity.training.evaluation.selection_score` on validation.  Under
+    torchrun it is data parallel: ``batch_size`` per process, DistributedDataParallel and
+    synchronised BatchNorm (docs/distributed.md).  ``amp``: bf16 autocast on CUDA.
+
+    ``init_state`` / ``init_tasks``: start from these weights (fine-tuning), with heads for the
     tasks in ``init_tasks`` taken from it and fresh heads for the others.
 
-    ``resume=True`` continues the run in ``run_dir`` from its ``last`` checkpoint (or, when
-    that names a missing or incomplete one, the newest complete checkpoint): weights,
-    Adam and LR-schedule state, loss weights, the data order, the RNG states, the best score so
-    far and the step.  The LR and weight decay of the (possibly changed) config are re-applied,
-    so ``train.max_steps`` can be raised to train longer.  With the config unchanged, stopping
-    after any step and resuming gives bit-identical weights on CPU (``num_workers = 0``); under
-    torchrun, with the same number of processes.
+    ``resume=True`` continues the run in ``run_dir`` from its last complete checkpoint:
+    weights, Adam and LR-schedule state, loss weights, the data order, the RNG states, the best
+    score so far and the step.  The LR and weight decay of the (possibly changed) config are
+    re-applied, so ``max_steps`` can be raised to train longer.  With the config unchanged,
+    stopping after any step and resuming gives bit-identical weights on CPU (``num_workers =
+    0``); under torchrun, with the same number of processes.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, settings: TrainSettings, *,
@@ -140,21 +118,19 @@ class Trainer:
         self.init_state = init_state
         self.init_tasks = list(init_tasks or [])
         self.source = source
-        self.progress = cfg.train.progress
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, s = self.cfg, self.s
-        set_threads(cfg.train.num_threads)
-        self.dist = ddp.init_distributed(cfg.train.device)
+        self.session = RunSession(
+            self.run_dir, seed=s.seed, device=cfg.train.device, num_threads=cfg.train.num_threads,
+            resume=self.resume, overwrite=self.overwrite, progress=cfg.train.progress,
+            lr_key="finetune.lr" if s.kind == "finetune" else "train.lr", lr=s.lr)
+        self.dist = self.session.dist
         self.device = self.dist.device
         self.main = self.dist.is_main
-        self.progress = self.progress and self.main
-        seed_everything(s.seed)
         self.tasks = resolve_tasks(cfg, s.tasks)
         self.train_set = build_dataset(cfg, "train")
-        self.val_set = build_dataset(cfg, "val")
-        self.test_set = build_dataset(cfg, "test")
         n_train = len(self.train_set)
         n_use = max(1, int(round(s.data_fraction * n_train)))
         g = torch.Generator().manual_seed(10_007 + s.seed)
@@ -164,21 +140,11 @@ class Trainer:
                                   num_workers=cfg.data.num_workers, indices=indices,
                                   pin_memory=self.device.type == "cuda",
                                   shard=(self.dist.rank, world))
-        self.val_loader = eval_loader(self.val_set, cfg.train.eval_batch_size, cfg.data.num_workers)
-        self.test_loader = eval_loader(self.test_set, cfg.train.eval_batch_size, cfg.data.num_workers)
+        batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
+        self.val_loader = eval_loader(build_dataset(cfg, "val"), batch, workers)
+        self.test_loader = eval_loader(build_dataset(cfg, "test"), batch, workers)
 
-        model_tasks = list(dict.fromkeys(self.init_tasks + list(self.tasks)))
-        self.model = build_model(cfg, model_tasks)
-        if self.init_state is not None:
-            missing, unexpected = self.model.load_state_dict(self.init_state, strict=False)
-            fresh = {f"heads.{t}." for t in model_tasks if t not in self.init_tasks}
-            bad = [k for k in missing if not any(k.startswith(f) for f in fresh)]
-            if bad or unexpected:
-                raise UserError(f"source weights do not fit the model: missing {bad[:3]}, "
-                                f"unexpected {list(unexpected)[:3]}")
-        self.model.to(self.device)
-        if self.dist.enabled:  # the global batch's statistics, as in one process
-            self.model = convert_sync_batchnorm(self.model, self.device)
+        self.model = self._build_model()
         self.weighting = LossWeighting(list(self.tasks), s.loss_weighting).to(self.device)
         self.masks = zero_group_masks(self.model) if s.keep_zero_groups else None
         if s.freeze_backbone:
@@ -201,32 +167,17 @@ class Trainer:
         self.reference_val: dict | None = None  # first validation: the baseline of selection
         self.best_step = -1
         self.history: list[dict] = []
-        self.train_time = 0.0
 
-        ck = resume_checkpoint(self.run_dir) if self.resume else None
-        if ck is not None:
-            self._load_resume(ck)
-        elif s.recompute_bn_stats:
+        ck = self.session.restore(self._load_resume)
+        if ck is None and s.recompute_bn_stats:
             # meta-trained weights come with unusable running statistics (DESIGN §2.4)
             recompute_bn_stats(self.model, self.stream, self.device)
             self.stream.load_state_dict({"epoch": 0, "pos": 0})
-        seed_rank(s.seed, self.dist, ck.state if ck is not None else None, self.step)
         # DDP broadcasts rank 0's parameters: it is also the point where every rank has read
         # the resumed checkpoint before rank 0 writes anything.
-        self.net = ddp.data_parallel(self.model, self.dist)
-        changed: dict = {}
-        if self.main:
-            if self.resume:
-                changed = update_run_config(self.run_dir, cfg.to_yaml())
-                if ck is not None:
-                    point_last_at(self.run_dir, ck)
-                # what was logged after the checkpoint is trained (and logged) again
-                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-            else:
-                create_run_dir(self.run_dir, cfg.to_yaml(), overwrite=self.overwrite)
-        self.logger = RunLogger(self.run_dir, enabled=self.main)
-        if self.resume:
-            self.logger.log(self.step, "resume", {"from_step": self.step, "changed": changed})
+        self.net = collectives.data_parallel(self.model, self.dist)
+        self.session.open(cfg.to_yaml(), snapshot=self._snapshot, model=self.model,
+                          val_metrics=self._val_metrics)
         if ck is not None and self.main and self.best_step >= 0:
             # ``best`` must name the checkpoint the restored selection state calls best (after a
             # fallback to an older checkpoint the pointer may name a newer, abandoned one)
@@ -234,34 +185,37 @@ class Trainer:
                 print(f"note: {self.run_dir}: the best checkpoint (step {self.best_step}) is gone; "
                       "the best is chosen again from the next validations", file=sys.stderr)
                 self.best_score, self.best_step = float("inf"), -1
-        self._saved_step = self.step if ck is not None else None
-        self._mark_boundary()
+        self.session.mark(self.step, stream=self.stream.state_dict())
 
-    def _set_train_mode(self) -> None:
-        self.model.train()
-        if self.s.freeze_backbone:
-            self.model.backbone.eval()  # a frozen backbone keeps its BN statistics too
+    def _build_model(self) -> torch.nn.Module:
+        model_tasks = list(dict.fromkeys(self.init_tasks + list(self.tasks)))
+        model = build_model(self.cfg, model_tasks)
+        if self.init_state is not None:
+            missing, unexpected = model.load_state_dict(self.init_state, strict=False)
+            fresh = {f"heads.{t}." for t in model_tasks if t not in self.init_tasks}
+            bad = [k for k in missing if not any(k.startswith(f) for f in fresh)]
+            if bad or unexpected:
+                raise UserError(f"source weights do not fit the model: missing {bad[:3]}, "
+                                f"unexpected {list(unexpected)[:3]}")
+        model.to(self.device)
+        if self.dist.enabled:  # the global batch's statistics, as in one process
+            model = convert_sync_batchnorm(model, self.device)
+        return model
 
     def _load_resume(self, ck) -> None:
-        s = self.s
+        s, m = self.s, ck.meta
         load_model_state(self.model, ck, self.run_dir)
-        try:
-            self.opt.load_state_dict(ck.state["opt"])
-            self.sched.load_state_dict(ck.state["sched"])
-            if "weighting" in ck.state:
-                self.weighting.load_state_dict(ck.state["weighting"])
-            set_rng_state(ck.state["rng"])
-            m = ck.meta
-            self.step = int(m["step"])
-            self.stream.load_state_dict(m["stream"])
-            self.best_score = float(m["best_score"])
-            self.best_step = int(m["best_step"])
-            self.reference_val = m.get("reference_val")
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise UserError(f"cannot resume from {ck.path}: its training state does not fit this "
-                            f"run's config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        self.history = list(ck.meta.get("history", []))
-        self.train_time = float(ck.meta.get("train_time", 0.0))
+        self.opt.load_state_dict(ck.state["opt"])
+        self.sched.load_state_dict(ck.state["sched"])
+        if "weighting" in ck.state:
+            self.weighting.load_state_dict(ck.state["weighting"])
+        set_rng_state(ck.state["rng"])
+        self.step = int(m["step"])
+        self.stream.load_state_dict(m["stream"])
+        self.best_score = float(m["best_score"])
+        self.best_step = int(m["best_step"])
+        self.reference_val = m.get("reference_val")
+        self.history = list(m.get("history", []))
         # The config of this invocation decides the LR schedule and weight decay from here on.
         self.sched.base_lrs = [s.lr for _ in self.opt.param_groups]
         for group in self.opt.param_groups:
@@ -269,47 +223,108 @@ class Trainer:
             group["weight_decay"] = s.weight_decay
             group["lr"] = s.lr * lr_factor(s.lr_schedule, self.step, s.max_steps, s.warmup_steps)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _mark_boundary(self) -> None:
-        """Remember the data-order and RNG state right after the last completed step."""
-        self._boundary = {"step": self.step, "stream": self.stream.state_dict(), "rng": rng_state()}
-
-    def _save(self, best: bool, gather: bool = True, validated: bool = False) -> None:
-        """Rank 0 writes the checkpoint; with ``gather`` (a collective: every rank calls it at
-        the same step) it holds every rank's RNG state too.  ``validated``: saved right after a
-        validation with finite results (recorded as ``val_finite``)."""
-        b = self._boundary
-        assert b["step"] == self.step, "checkpoints are saved at step boundaries only"
-        rngs = gather_rng(b["rng"]) if gather else None
-        self._saved_step = self.step
-        if not self.main:
-            return
+    def _snapshot(self, b: dict[str, Any]) -> tuple[dict, dict, dict]:
+        """What a checkpoint of boundary ``b`` holds (:meth:`RunSession.save`)."""
         state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "weighting": self.weighting.state_dict(), "rng": b["rng"]}
-        if rngs is not None:
-            state["rng_ranks"] = rngs
+                 "weighting": self.weighting.state_dict()}
         meta = {"kind": self.s.kind, "tasks": self.model.tasks, "train_tasks": list(self.tasks),
                 "stream": b["stream"], "best_score": self.best_score, "best_step": self.best_step,
-                "reference_val": self.reference_val,
-                "history": self.history, "train_time": self.train_time, "lam": self.s.lam,
+                "reference_val": self.reference_val, "history": self.history, "lam": self.s.lam,
                 "source": self.source, "bn_stats": "running",
-                "world_size": self.dist.world_size, "val_finite": validated}
-        save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, best=best)
+                "world_size": self.dist.world_size}
+        return self.model.state_dict(), state, meta
 
-    def _validate(self) -> None:
-        """Rank 0 validates; every rank then saves (the others wait in the save's collective).
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Train up to ``max_steps`` and return the results (also in ``results.json``).
 
-        Non-finite validation results stop the run on every rank (:class:`NonFiniteError`)
-        before anything is saved; a best checkpoint is only ever chosen on a finite score.
+        ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
+        results (returns None); the schedule still follows ``max_steps``.  Ctrl-C and
+        non-finite values: :meth:`RunSession.running`.
         """
-        best = ddp.from_main(self._validate_main)
-        self._save(best, validated=True)
+        s, session = self.s, self.session
+        self._set_train_mode()
+        with session.running(s.max_steps, stop_after, desc=f"{s.kind} {'+'.join(self.tasks)}",
+                             best_if_interrupted=lambda: self.best_step == self.step) as steps:
+            for _ in steps:
+                x, y = to_device(next(self.stream), self.device)
+                with autocast(self.device, s.amp):
+                    out = self.net(x, tasks=list(self.tasks))
+                    losses = task_losses(self.tasks, out, y)
+                    total = self.weighting(losses)
+                total_g, losses_g = self._global_losses(total, losses)
+                check_finite(losses_g, self.step + 1)
+                self.opt.zero_grad(set_to_none=True)
+                total.backward()
+                # DDP averaged the model's gradients; learned loss weights are outside it
+                collectives.average_gradients(self.weighting.parameters())
+                with DeferInterrupt():  # the in-place update is all or nothing
+                    if self.masks is not None:
+                        mask_zero_group_grads_(self.model, self.masks)
+                    lr_now = self.opt.param_groups[0]["lr"]
+                    if self.groups is None:
+                        self.opt.step()
+                    else:
+                        self.opt.step(lam=s.lam)  # τ = lr_now·λ·w_g
+                    self.sched.step()
+                    if self.masks is not None:
+                        apply_masks_(self.model, self.masks)
+                    check_finite_params(self._all_tensors(), self.step + 1)
+                    self.step += 1
+                    session.mark(self.step, stream=self.stream.state_dict())
+                if self.step % s.log_every == 0 or self.step == s.max_steps:
+                    loss = float(total_g.detach())
+                    rec = {"loss": loss, "lr": lr_now,
+                           "losses": {t: float(v.detach()) for t, v in losses_g.items()}}
+                    if self.groups is not None:
+                        rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
+                    if s.loss_weighting != "equal":
+                        rec["weights"] = self.weighting.weights()
+                    session.log("train", rec)
+                    if hasattr(steps, "set_postfix"):
+                        steps.set_postfix(loss=f"{loss:.3f}")
+                if self.step % s.val_every == 0 or self.step == s.max_steps:
+                    # rank 0 validates; every rank then saves (the others wait in its collective)
+                    session.save(best=collectives.from_main(self._validate), validated=True)
+                    self._set_train_mode()
+                elif s.ckpt_every and self.step % s.ckpt_every == 0:
+                    session.save()
+        return session.finish(self._results)
 
-    def _validate_main(self) -> bool:
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.s.freeze_backbone:
+            self.model.backbone.eval()  # a frozen backbone keeps its BN statistics too
+
+    def _global_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The losses of the global batch: the mean over ranks of each rank's (detached)
+        losses; this rank's own losses in a single process.  Every rank then sees the same
+        values, so a non-finite loss stops all of them at the same step."""
+        if not self.dist.enabled:
+            return total, losses
+        names = list(losses)
+        acc = torch.promote_types(total.dtype, torch.float32)  # bf16 under autocast → float32
+        v = collectives.mean_over_ranks(torch.stack([total.detach().to(acc)]
+                                                    + [losses[t].detach().to(acc) for t in names]))
+        return v[0], {t: v[i + 1] for i, t in enumerate(names)}
+
+    def _all_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the model and the loss weighting (checked for NaN / inf)."""
+        return {**self.model.state_dict(),
+                **{f"weighting.{k}": v for k, v in self.weighting.state_dict().items()}}
+
+    def _val_metrics(self) -> dict[str, dict]:
         with preserved_rng():
-            val = evaluate(self.model, self.val_loader, self.tasks, self.device)
+            return evaluate(self.model, self.val_loader, self.tasks, self.device)
+
+    def _validate(self) -> bool:
+        """Rank 0: validate, log, and say whether this step is the best so far.  Non-finite
+        results stop the run (on every rank) before anything is saved: a best checkpoint is
+        only ever chosen on a finite score."""
+        val = self._val_metrics()
         if nonfinite_metrics(val):
-            self.logger.log(self.step, "val", {"val": val, "score": None})
+            self.session.log("val", {"val": val, "score": None})
             check_finite_metrics(val, self.step)
         if self.reference_val is None:
             self.reference_val = val
@@ -324,148 +339,15 @@ class Trainer:
             rec["sparsity"] = {"group": st.group_sparsity, "param": st.param_sparsity,
                                "per_layer": [layer["group_sparsity"] for layer in st.per_layer]}
         self.history.append({"step": self.step, "score": score})
-        self.logger.log(self.step, "val", rec)
+        self.session.log("val", rec)
         return best
 
-    def _all_tensors(self) -> dict[str, torch.Tensor]:
-        """Parameters and buffers of the model and the loss weighting (checked for NaN / inf)."""
-        return {**self.model.state_dict(),
-                **{f"weighting.{k}": v for k, v in self.weighting.state_dict().items()}}
-
-    def _diverged(self, e: NonFiniteError) -> NonFiniteError:
-        """The error a divergence stops the run with: rank 0 first makes ``last`` name a
-        checkpoint whose weights and validation are finite (:func:`keep_last_good`)."""
-        self.logger.close()
-        note = self._keep_last_good() if self.main else kept_checkpoint_note(self.run_dir)
-        key = "finetune.lr" if self.s.kind == "finetune" else "train.lr"
-        return diverged_error(e, note, self.run_dir, key, self.s.lr)
-
-    def _keep_last_good(self) -> str:
-        def finite_validation(ck) -> bool:
-            try:
-                load_model_state(self.model, ck, self.run_dir)
-            except UserError:
-                return False
-            with preserved_rng():
-                val = evaluate(self.model, self.val_loader, self.tasks, self.device)
-            return not nonfinite_metrics(val)
-
-        return keep_last_good(self.run_dir, finite_validation)
-
-    # ------------------------------------------------------------------ loop
-    def train(self, stop_after: int | None = None) -> dict[str, Any] | None:
-        """Train up to ``max_steps`` and return :meth:`finish`'s results.
-
-        ``stop_after``: stop once this step is done, leaving a resumable checkpoint and no
-        results (returns None); the schedule still follows ``max_steps``.
-        Ctrl-C saves a checkpoint of the last completed step and raises :class:`RunInterrupted`;
-        a NaN / infinite loss, parameter or validation / test result raises
-        :class:`NonFiniteError` and keeps the last checkpoint whose weights and validation are
-        finite.
-        """
-        s = self.s
-        end = s.max_steps if stop_after is None else max(self.step, min(s.max_steps, stop_after))
-        self._set_train_mode()
-        bar = progress_bar(range(self.step, end), enabled=self.progress,
-                           desc=f"{s.kind} {'+'.join(self.tasks)}", initial=self.step,
-                           total=s.max_steps)
-        t_last = time.perf_counter()
-        try:
-            for _ in bar:
-                x, y = to_device(next(self.stream), self.device)
-                with autocast(self.device, s.amp):
-                    out = self.net(x, tasks=list(self.tasks))
-                    losses = task_losses(self.tasks, out, y)
-                    total = self.weighting(losses)
-                total_g, losses_g = self._global_losses(total, losses)
-                check_finite(losses_g, self.step + 1)
-                self.opt.zero_grad(set_to_none=True)
-                total.backward()
-                # DDP averaged the model's gradients; learned loss weights are outside it
-                ddp.average_gradients(self.weighting.parameters())
-                with DeferInterrupt():  # the in-place update is all or nothing
-                    if self.masks is not None:
-                        mask_zero_group_grads_(self.model, self.masks)
-                    lr_now = self.opt.param_groups[0]["lr"]
-                    if self.groups is None:
-                        self.opt.step()
-                    else:
-                        self.opt.step(lam=s.lam)  # τ = lr_now·λ·w_g
-                    self.sched.step()
-                    if self.masks is not None:
-                        apply_masks_(self.model, self.masks)
-                    check_finite_params(self._all_tensors(), self.step + 1)
-                    self.step += 1
-                    self._mark_boundary()
-                now = time.perf_counter()
-                self.train_time += now - t_last
-                t_last = now
-                if self.step % s.log_every == 0 or self.step == s.max_steps:
-                    total_f = float(total_g.detach())
-                    rec = {"loss": total_f, "lr": lr_now,
-                           "losses": {t: float(v.detach()) for t, v in losses_g.items()}}
-                    if self.groups is not None:
-                        rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
-                    if s.loss_weighting != "equal":
-                        rec["weights"] = self.weighting.weights()
-                    self.logger.log(self.step, "train", rec)
-                    if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{total_f:.3f}")
-                if self.step % s.val_every == 0 or self.step == s.max_steps:
-                    self._validate()
-                    self._set_train_mode()
-                    t_last = time.perf_counter()
-                elif s.ckpt_every and self.step % s.ckpt_every == 0:
-                    self._save(best=False)
-        except KeyboardInterrupt:
-            if self._saved_step != self.step:
-                # an interrupted validation save may have been the best one: keep it so.  No
-                # collective here: the other ranks may be anywhere.
-                self._save(best=self.best_step == self.step, gather=False)
-            self.logger.close()
-            raise RunInterrupted(self.step, self.run_dir) from None
-        except NonFiniteError as e:
-            raise self._diverged(e) from None
-        finally:
-            if hasattr(bar, "close"):
-                bar.close()
-        if self.step < s.max_steps:
-            if self._saved_step != self.step:
-                self._save(best=False)
-            self.logger.close()
-            return None
-        try:
-            return self.finish()
-        except NonFiniteError as e:
-            raise self._diverged(e) from None
-
-    def _global_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The losses of the global batch: the mean over ranks of each rank's (detached)
-        losses; this rank's own losses in a single process.  Every rank then sees the same
-        values, so a non-finite loss stops all of them at the same step."""
-        if not self.dist.enabled:
-            return total, losses
-        names = list(losses)
-        acc = torch.promote_types(total.dtype, torch.float32)  # bf16 under autocast → float32
-        v = ddp.mean_over_ranks(torch.stack([total.detach().to(acc)]
-                                            + [losses[t].detach().to(acc) for t in names]))
-        return v[0], {t: v[i + 1] for i, t in enumerate(names)}
-
-    def finish(self) -> dict[str, Any]:
-        """Test the best checkpoint and write ``results.json`` (rank 0); every rank returns
-        the results."""
-        try:
-            return ddp.from_main(self._finish)
-        finally:
-            self.logger.close()
-
-    def _finish(self) -> dict[str, Any]:
+    def _results(self) -> dict[str, Any]:
+        """Rank 0: validate and test the best checkpoint."""
         ck = load_run_checkpoint(self.run_dir, "best")
         self.model.load_state_dict(ck.model)
         val = evaluate(self.model, self.val_loader, self.tasks, self.device)
-        test = evaluate(self.model, self.test_loader, self.tasks, self.device,
-                        progress=False)
+        test = evaluate(self.model, self.test_loader, self.tasks, self.device, progress=False)
         check_finite_metrics(val, checkpoint_step(ck.path), "validation")
         try:
             check_finite_metrics(test, checkpoint_step(ck.path), "test")
@@ -473,25 +355,18 @@ class Trainer:
             raise UserError(f"{e}; the checkpoints are kept and their validation was finite, so a "
                             "smaller learning rate would not help: check the test data "
                             f"(metasparsity evaluate {self.run_dir} --split test)") from None
-        st = sparsity_stats(self.model)
-        results = {
-            "kind": self.s.kind,
-            "tasks": list(self.tasks),
-            "best_step": self.best_step,
-            "steps": self.step,
-            "lam": self.s.lam,
-            "val": val,
-            "test": test,
-            "sparsity": st.to_dict(),
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "train_time_s": round(self.train_time, 2),
-            **self.s.extra_results,
-        }
+        results = {"kind": self.s.kind, "tasks": list(self.tasks), "best_step": self.best_step,
+                   "steps": self.step, "lam": self.s.lam, "val": val, "test": test,
+                   "sparsity": sparsity_stats(self.model).to_dict(),
+                   "params": sum(p.numel() for p in self.model.parameters()),
+                   **self.s.extra_results}
         if self.source:
             results["source"] = self.source
-        write_json(self.run_dir / "results.json", results)
-        self.logger.log(self.step, "test", {"test": test})
+        self.session.log("test", {"test": test})
         return results
+
+    def cleanup(self) -> None:
+        self.session.close()
 
 
 def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
@@ -499,6 +374,4 @@ def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     """``metasparsity train``: STL when one task, MTL otherwise; fixed λ when ``sparsity.lam > 0``."""
     settings = settings_from_config(cfg, tasks)
     settings.kind = "fixed_lambda" if settings.lam > 0 else ("stl" if len(settings.tasks) == 1 else "mtl")
-    trainer = Trainer(cfg, run_dir, settings, resume=resume, overwrite=overwrite)
-    trainer.setup()
-    return trainer.train()
+    return run_recipe(Trainer(cfg, run_dir, settings, resume=resume, overwrite=overwrite))

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, prox
+from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, group_norms, prox
 
 PROX_METRICS = ("adam", "euclidean")
 NEWTON_MAX_STEPS = 30
@@ -176,6 +176,20 @@ class ProxAdam(torch.optim.Adam):
                 continue  # no prox, or no Adam step yet (no gradient): no metric to take it in
             w.copy_(metric_prox(w, self.denominator(w, group), tau))
         return loss
+
+    @torch.no_grad()
+    def prox_scores(self, model: nn.Module, layers: Sequence[ConvGroups]) -> dict[str, torch.Tensor]:
+        """``‖D_g ⊙ θ_g‖/w_g`` per group of ``layers`` (``D = 1`` before a parameter's first
+        step): how large λ must be for the prox in this metric to zero the group (η aside), the
+        order in which budget mode's last step removes groups."""
+        group_of = {id(p): grp for grp in self.param_groups for p in grp["params"]}
+        params = dict(model.named_parameters())
+        out = {}
+        for g in layers:
+            w = params[g.name]
+            d = self.denominator(w, group_of[id(w)]) if self.state.get(w) else torch.ones_like(w)
+            out[g.name] = group_norms(d * w) / g.group_weight
+        return out
 
     def denominator(self, w: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         """``D = sqrt(v̂) + ε`` of parameter ``w``, exactly as Adam's step divided by it."""
