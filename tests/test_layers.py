@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "metasparsity"
 
 ALLOWED = {
     "utils": {"utils"},
-    "config": {"utils"},
+    "config": {"utils", "config"},
     "data": {"utils", "data"},
     "sparsity": {"utils", "sparsity"},
     "eval": {"utils", "eval"},

@@ -1,0 +1,128 @@
+"""Reading a config: YAML files, dotted ``key=value`` overrides, ``--grid`` lists; and the table of
+every key (``metasparsity config --help``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metasparsity.config.checks import _apply, _check_field, _hints, _show, _type_name, _validate
+from metasparsity.config.schema import CompareConfig, Config
+from metasparsity.utils.errors import ConfigError
+from metasparsity.utils.io import read_text_file
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=[1, 2]"`` -> (["a", "b"], [1, 2]); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except (yaml.YAMLError, RecursionError):
+        value = raw
+    return key.split("."), value
+
+
+def _nest(parts: list[str], value: Any) -> dict:
+    out: Any = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def config_from_dict(data: dict | None, overrides: typing.Sequence[str] = ()) -> Config:
+    cfg = Config()
+    _apply(cfg, data or {}, "")
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply(cfg, _nest(parts, value), "")
+    _validate(cfg)
+    return cfg
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: ``YAML syntax error at line L, column C: problem``."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"YAML syntax error{where}: {' '.join(str(problem).split())}"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        text = read_text_file(p, "config file", ConfigError)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {p}: {yaml_error_line(e)}") from None
+        except RecursionError:
+            raise ConfigError(f"config {p}: nested too deeply to be a config") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {p}: expected a mapping at the top level")
+    return config_from_dict(data, overrides)
+
+
+def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
+    """``"1e-4,1e-3"`` -> ``[1e-4, 1e-3]``, checked as ``compare.lambda_grid`` is (each λ finite and
+    > 0, no duplicate, at least one); errors are one-line ConfigErrors naming ``key``."""
+    parts = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not parts:
+        raise ConfigError(f"{key}: the λ grid is empty; give comma-separated positive numbers, "
+                          f"e.g. 1e-4,1e-3")
+    vals = []
+    for v in parts:
+        try:
+            vals.append(float(v))
+        except ValueError:
+            raise ConfigError(f"{key}: {_show(v)} is not a number; give comma-separated positive "
+                              f"numbers, e.g. 1e-4,1e-3") from None
+    meta = next(f.metadata for f in dataclasses.fields(CompareConfig) if f.name == "lambda_grid")
+    try:
+        _check_field(key, vals, meta)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (λ values must be finite and positive)") from None
+    return vals
+
+
+def describe() -> str:
+    """Every key with its type, default and allowed values (for ``metasparsity config --help``)."""
+    lines = []
+    cfg = Config()
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        if not dataclasses.is_dataclass(obj):
+            lines.append(f"{sec.name}: {obj!r}  {sec.metadata.get('help', '')}")
+            continue
+        hints = _hints(type(obj))
+        for f in dataclasses.fields(obj):
+            meta = f.metadata
+            extra = []
+            if meta.get("choices"):
+                extra.append("one of " + "/".join(map(str, meta["choices"])))
+            if meta.get("min") is not None:
+                extra.append((">" if meta.get("min_open") else ">=") + f" {meta['min']}")
+            if meta.get("max") is not None:
+                extra.append(f"<= {meta['max']}")
+            if meta.get("pattern_help"):
+                extra.append(meta["pattern_help"])
+            if meta.get("nonempty"):
+                extra.append("non-empty")
+            if meta.get("unique"):
+                extra.append("no duplicates")
+            lines.append(
+                f"{sec.name}.{f.name} ({_type_name(hints[f.name])}) = {getattr(obj, f.name)!r}"
+                + (f"  [{'; '.join(extra)}]" if extra else "")
+                + (f"  {meta['help']}" if meta.get("help") else ""))
+    return "\n".join(lines)

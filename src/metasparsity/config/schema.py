@@ -1,0 +1,206 @@
+"""The config's sections and fields, each declared once with its checks (:func:`_f`).
+
+The rules every field obeys:
+
+* numbers are finite (NaN and ±inf are refused unless a field says ``allow_inf``) and integers are
+  at most :data:`INT_MAX` unless a field sets its own ``max``;
+* ``min`` / ``max`` / ``choices`` / ``pattern`` apply to a scalar, and to **every element** of a
+  list;
+* ``nonempty`` lists must hold at least one element and ``unique`` lists no duplicate;
+* strings (and string elements) are never empty and hold no control character (use null to leave
+  an optional path unset).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+ALL_SYNTH_TASKS = ["segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left"]
+
+INT_MAX = 2**31 - 1
+"""Upper bound of every integer field that sets no ``max`` of its own (counts, steps, seeds):
+beyond it values overflow the 32-bit indices and seeds of NumPy / PyTorch and mean nothing here."""
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+
+
+def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, min_open=False,
+       help: str = "", factory=None, nonempty: bool = False, unique: bool = False,
+       allow_inf: bool = False, pattern: str | None = None, pattern_help: str = ""):
+    """A config field and its checks (see the module docstring): ``choices``, ``min`` (``min_open``:
+    strictly greater), ``max``, ``pattern`` (a full-match regex for strings, described by
+    ``pattern_help``) apply to a scalar or to each element of a list; ``nonempty`` and ``unique``
+    to a list itself; ``allow_inf`` lets a float be ±inf."""
+    meta = {"choices": choices, "min": min, "max": max, "min_open": min_open, "help": help,
+            "nonempty": nonempty, "unique": unique, "allow_inf": allow_inf, "pattern": pattern,
+            "pattern_help": pattern_help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("synthscenes", help="data set: synthscenes, nyuv2, celebamaskhq, or a registered one")
+    root: str | None = _f(None, help="data folder for real data sets")
+    image_size: int = _f(64, min=16, max=4096, help="square input size (pixels)")
+    tasks: list[str] = _f(factory=lambda: list(ALL_SYNTH_TASKS), nonempty=True, unique=True,
+                          help="tasks the data set serves")
+    seen_tasks: list[str] = _f(
+        factory=lambda: ["segment", "depth", "edge", "has_sphere", "many_objects"],
+        nonempty=True, unique=True, help="tasks used in (meta-)training")
+    unseen_tasks: list[str] = _f(factory=lambda: ["normal", "light_left"], unique=True,
+                                 help="tasks held out of meta-training")
+    train_size: int | None = _f(2000, min=1, help="training samples (real data: null = all)")
+    val_size: int | None = _f(200, min=1, help="validation samples")
+    test_size: int | None = _f(500, min=1, help="test samples (real data: null = all)")
+    seed: int = _f(0, min=0, help="data seed (SynthScenes sample i depends only on (seed, i))")
+    cache_dir: str | None = _f(None, help="optional on-disk cache of generated samples")
+    num_workers: int = _f(0, min=0, max=256, help="DataLoader workers")
+    layout: str = _f("auto", choices=["auto", "nyud_mt", "mtan"], help="NYU-v2 layout")
+    num_classes: int | None = _f(None, min=2, max=65536,
+                                 help="segmentation classes where the data set allows a choice")
+    attributes: list[str] = _f(factory=list, unique=True, help="CelebAMask-HQ attributes served as tasks")
+    augment: bool = _f(False, help="training augmentation (flip, scale-crop)")
+
+
+@dataclass
+class ModelConfig:
+    depth: int = _f(18, choices=[18, 34, 50, 101], help="ResNet depth")
+    width: float = _f(1.0, min=0.0, max=8.0, min_open=True,
+                      help="ResNet width multiplier (base 64 channels)")
+    output_stride: int = _f(8, choices=[8, 16, 32], help="backbone output stride (dilation after)")
+    dense_head: str = _f("aspp", help="head for dense tasks")
+    image_head: str = _f("mlp", help="head for image-level tasks")
+    head_channels: int = _f(256, min=1, max=4096, help="channels inside each head")
+    aspp_rates: list[int] = _f(factory=lambda: [12, 24, 36], min=1, max=256, nonempty=True,
+                               help="ASPP atrous rates (three for the aspp head)")
+    pretrained: str | None = _f(None, help="torchvision ResNet checkpoint file (.pth/.safetensors)")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(1000, min=1, help="optimizer steps")
+    batch_size: int = _f(32, min=1)
+    eval_batch_size: int = _f(64, min=1)
+    lr: float = _f(1e-3, min=0.0, min_open=True)
+    weight_decay: float = _f(0.0, min=0.0)
+    lr_schedule: str = _f("cosine", choices=["constant", "cosine", "poly", "step"])
+    warmup_steps: int = _f(0, min=0)
+    val_every: int = _f(200, min=1, help="validate (and keep the best checkpoint) every N steps")
+    log_every: int = _f(10, min=1)
+    ckpt_every: int = _f(0, min=0, help="also save a resumable checkpoint every N steps (0 = at validation)")
+    loss_weighting: str = _f("equal", choices=["equal", "uncertainty"])
+    tasks: list[str] | None = _f(None, nonempty=True, unique=True,
+                                 help="tasks to train (null = data.seen_tasks)")
+    seed: int = _f(0, min=0)
+    device: str = _f("auto", pattern=DEVICE_PATTERN, pattern_help="auto, cpu, cuda, cuda:N or mps",
+                     help="auto, cpu, cuda, cuda:N or mps")
+    num_threads: int | None = _f(None, min=1, max=1024,
+                                 help="torch CPU threads (null = all cores, at most 8)")
+    amp: bool = _f(False, help="bf16 autocast on GPU (ignored on CPU)")
+    progress: bool = _f(True, help="tqdm progress bars")
+
+
+@dataclass
+class SparsityConfig:
+    lam: float = _f(0.0, min=0.0, help="fixed group-lasso strength λ, in gradient units (0 = dense)")
+    prox_metric: str = _f("adam", choices=["adam", "euclidean"],
+                          help="metric of the group prox after each Adam step: adam (DESIGN "
+                               "§2.2.1) or euclidean (the first version, for ablation)")
+
+
+@dataclass
+class MetaConfig:
+    steps: int = _f(300, min=1, help="outer (meta) steps")
+    inner_steps: int = _f(1, min=1, help="K, SGD steps of the inner loop")
+    inner_lr: float = _f(0.01, min=0.0, min_open=True, help="α, inner-loop learning rate")
+    outer_lr: float = _f(1e-3, min=0.0, min_open=True, help="Adam rate on θ (and prox step size η)")
+    meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
+    batch_size: int = _f(16, min=1, help="support (and query) batch size")
+    meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
+    learn_lambda: bool = _f(True, help="learn λ (false: keep it at lambda_init)")
+    lambda_init: float | str = _f("auto", min=0.0, pattern="auto",
+                                  pattern_help="a number >= 0, or auto",
+                                  help="λ0: auto (the median over groups of ‖∇_g L‖/w_g at the "
+                                       "start, DESIGN §2.3), a number, or 0 (meta-learning "
+                                       "without sparsity)")
+    lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
+    lambda_scope: str = _f("global", choices=["global", "layer"])
+    lambda_min: float = _f(1e-6, min=0.0, min_open=True)
+    lambda_max: float = _f(10.0, min=0.0, min_open=True)
+    min_subset_size: int = _f(1, min=1)
+    subsets: list[list[str]] | None = _f(None, nonempty=True, unique=True,
+                                         help="explicit list of task subsets")
+    outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")
+    lambda_objective: str = _f("heldout", choices=["heldout", "query"],
+                               help="λ's meta-gradient from a held-out λ-validation stream "
+                                    "(DESIGN §2.4) or from the query batches (the paper)")
+    lambda_val_fraction: float = _f(0.15, min=0.0, max=0.5, min_open=True,
+                                    help="share of the training ids in the λ-validation stream "
+                                         "(lambda_objective=heldout; never updates θ)")
+    target: float | None = _f(None, min=0.0, max=1.0, min_open=True,
+                              help="budget mode: keep at most this fraction of the dense "
+                                   "backbone's cost (meta.target_measure); λ becomes a Lagrange "
+                                   "multiplier updated by dual ascent (null = off)")
+    target_measure: str = _f("macs", choices=["macs", "params", "groups"],
+                             help="cost that meta.target bounds: backbone MACs or conv "
+                                  "parameters after pruning, or non-zero groups")
+    val_every: int = _f(100, min=1)
+    log_every: int = _f(1, min=1)
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = _f(300, min=1)
+    epochs: float | None = _f(None, min=0.0, min_open=True, help="overrides steps when set")
+    lr: float = _f(1e-3, min=0.0, min_open=True)
+    batch_size: int = _f(32, min=1)
+    fraction: float = _f(1.0, min=0.0, max=1.0, min_open=True, help="share of training data (few-shot)")
+    freeze_backbone: bool = _f(False)
+    val_every: int = _f(100, min=1)
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = _f(
+        factory=lambda: ["stl", "mtl", "fixed_lambda", "meta_dense", "meta_sparsity"],
+        nonempty=True, unique=True, help="methods to run")
+    lambda_grid: list[float] = _f(factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min=0.0,
+                                  min_open=True, unique=True, help="fixed λ values of the sweep")
+    seeds: list[int] = _f(factory=lambda: [0], min=0, nonempty=True, unique=True,
+                          help="seeds; every method runs once per seed")
+    optuna_trials: int = _f(0, min=0, help="λ tuned by Optuna TPE (0 = off)")
+    budget: int | None = _f(None, min=1, help="batch forward-backward passes per method "
+                            "(null = train.max_steps); meta.steps is derived from it")
+
+
+@dataclass
+class Config:
+    name: str = _f("run", pattern=r"(?!\.\.?$)[^/\\]+", pattern_help="a folder name (no / or \\, not . or ..)",
+                   help="run name; the run directory defaults to runs/<name>")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def copy(self) -> Config:
+        return copy.deepcopy(self)
+
+    @property
+    def train_tasks(self) -> list[str]:
+        return list(self.train.tasks) if self.train.tasks else list(self.data.seen_tasks)
