@@ -81,8 +81,8 @@ def _pruned(run_dir: Path, image_size: int) -> dict[str, Any]:
     import torch
 
     from metasparsity.eval.cost import count_macs, count_parameters, measure_latency
+    from metasparsity.recipes.load_run import load_run_model
     from metasparsity.sparsity import prune_zero_channels
-    from metasparsity.training.run_checkpoints import load_run_model
 
     torch.set_num_threads(1)
     _, model, _ = load_run_model(run_dir)

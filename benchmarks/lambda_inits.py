@@ -76,8 +76,8 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
         if res is None:
             res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
         out[name] = res
+    from metasparsity.recipes.load_run import load_run_model
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(d / "finetune_seen")
     x = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
@@ -89,8 +89,8 @@ def _grid_cost(run_dir: str, image_size: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(1)
+    from metasparsity.recipes.load_run import load_run_model
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     x = torch.zeros(1, 3, image_size, image_size)

@@ -222,7 +222,7 @@ def synthetic_variants(dense: nn.Module, levels: list[float]) -> dict[str, tuple
 
 
 def learned_case(run_dir: str, repeats: int, warmup: int) -> dict[str, Any]:
-    from metasparsity.training.run_checkpoints import load_run_model
+    from metasparsity.recipes.load_run import load_run_model
 
     cfg, model, _ = load_run_model(run_dir)
     model.eval()

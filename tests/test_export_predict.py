@@ -182,7 +182,7 @@ def test_predict_writes_every_task(pruned_dir, tmp_path):
     assert 0.0 <= prob <= 1.0
 
     # same result as running the model on the preprocessed image directly
-    from metasparsity.commands.predict import read_image
+    from metasparsity.recipes.predict import read_image
 
     model, meta = load_compact_model(pruned_dir)
     x = read_image(paths[0], 32, meta["normalization"]["mean"], meta["normalization"]["std"])

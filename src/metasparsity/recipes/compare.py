@@ -117,7 +117,7 @@ def save_samples(out: Path, results: dict[str, Any], cfg: Config, n: int = 4) ->
     import numpy as np
 
     from metasparsity.data import build_dataset
-    from metasparsity.training.run_checkpoints import load_run_model
+    from metasparsity.recipes.load_run import load_run_model
 
     seed = str(results["seeds"][0])
     rows = results["per_seed"][seed]

@@ -17,8 +17,8 @@ from metasparsity.eval.delta import delta_m, usable_spec
 def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
     """Parameters and MACs of a run's best model, dense and after removing its zero channels."""
     from metasparsity.eval.cost import count_macs, count_parameters
+    from metasparsity.recipes.load_run import load_run_model
     from metasparsity.sparsity import prune_zero_channels
-    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     model.eval()
@@ -33,8 +33,8 @@ def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
 def backbone_cost(run_dir: str | Path, image_size: int) -> dict[str, float]:
     """A run's best model's backbone cost after pruning, as fractions of dense (macs, params,
     groups): the levels budget mode is matched to."""
+    from metasparsity.recipes.load_run import load_run_model
     from metasparsity.sparsity import BackboneCost, channel_groups
-    from metasparsity.training.run_checkpoints import load_run_model
 
     _, model, _ = load_run_model(run_dir)
     x = torch.zeros(1, 3, image_size, image_size)

@@ -10,9 +10,9 @@ import torch
 
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.trivial import trivial_prediction, trivial_statistics
+from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
 from metasparsity.training.batches import eval_loader
-from metasparsity.training.evaluation import evaluate, prepare_bn_stats
-from metasparsity.training.run_checkpoints import load_run_model
+from metasparsity.training.evaluation import evaluate
 from metasparsity.utils.device import resolve_device, set_threads
 
 

@@ -24,10 +24,10 @@ from metasparsity.export import (
     task_meta,
     write_compact_model,
 )
+from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
 from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
 from metasparsity.sparsity.pruning import max_output_difference
-from metasparsity.training.evaluation import bn_stats_to_recompute, prepare_bn_stats
-from metasparsity.training.run_checkpoints import load_run_model
+from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import to_jsonable

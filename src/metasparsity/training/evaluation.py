@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from metasparsity.data import build_dataset
 from metasparsity.training.batches import BatchStream, to_device
 from metasparsity.training.logs import progress_bar
 
@@ -80,17 +79,6 @@ def recompute_bn_stats(model: nn.Module, stream: BatchStream, device: torch.devi
         for m, mom in zip(bns, saved):
             m.momentum = mom
         model.train(was_training)
-
-
-def prepare_bn_stats(cfg, model: torch.nn.Module, ck, device: torch.device) -> bool:
-    """Re-estimate the BatchNorm statistics of a loaded run's model on the first training batches
-    of its config when its checkpoint asks for it (:func:`bn_stats_to_recompute`); whether it
-    did."""
-    if not bn_stats_to_recompute(ck.meta):
-        return False
-    stream = BatchStream(build_dataset(cfg, "train"), cfg.train.batch_size, cfg.train.seed)
-    recompute_bn_stats(model, stream, device)
-    return True
 
 
 def selection_score(val: Mapping[str, Mapping[str, float]],

@@ -1,6 +1,5 @@
 """A run's checkpoints as a whole: the one to resume or load (its pointer, else the newest complete
-one, with a note), whether a run has any, the last good one after a divergence, and loading a
-run's model.  Readers trust nothing: when checkpoints exist but none is complete, loading stops
+one, with a note), whether a run has any, and the last good one after a divergence.  Readers trust nothing: when checkpoints exist but none is complete, loading stops
 with a :class:`UserError` (a resumed run never silently restarts from step 0).
 """
 
@@ -9,13 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from metasparsity.builders import build_model
-from metasparsity.config import load_config
 from metasparsity.training.checkpoint import (
     CKPT_DIR,
     Checkpoint,
@@ -31,7 +28,6 @@ from metasparsity.training.checkpoint import (
 )
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text
-from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
 
 def _note(message: str) -> None:
@@ -245,14 +241,3 @@ def load_model_state(model: torch.nn.Module, ck: Checkpoint, run_dir: str | Path
             f"cannot {action} {run_dir}: the checkpoint {ck.path.name} does not fit the model built "
             f"from the config (were model.* or the tasks changed?): tensors {'; '.join(problems)}")
     model.load_state_dict(ck.model)
-
-
-def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = ()):
-    """(cfg, model, checkpoint) of a run directory; the model has every head the run trained."""
-    run_dir = require_run_dir(run_dir, need=(CONFIG_FILE,))
-    cfg = load_config(run_dir / CONFIG_FILE, overrides)
-    ck = load_run_checkpoint(run_dir, which)
-    tasks = list(ck.meta.get("tasks") or cfg.train_tasks)
-    model = build_model(cfg, tasks)
-    load_model_state(model, ck, run_dir, "load")
-    return cfg, model, ck

@@ -1,0 +1,40 @@
+"""A finished run's model as the recipes that read runs need it: built from the run's config and
+loaded from its best (or last) checkpoint, BatchNorm statistics re-estimated when the checkpoint
+asks for it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from metasparsity.builders import build_model
+from metasparsity.config import load_config
+from metasparsity.data import build_dataset
+from metasparsity.training.batches import BatchStream
+from metasparsity.training.evaluation import bn_stats_to_recompute, recompute_bn_stats
+from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint
+from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
+
+
+def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = ()):
+    """(cfg, model, checkpoint) of a run directory; the model has every head the run trained."""
+    run_dir = require_run_dir(run_dir, need=(CONFIG_FILE,))
+    cfg = load_config(run_dir / CONFIG_FILE, overrides)
+    ck = load_run_checkpoint(run_dir, which)
+    tasks = list(ck.meta.get("tasks") or cfg.train_tasks)
+    model = build_model(cfg, tasks)
+    load_model_state(model, ck, run_dir, "load")
+    return cfg, model, ck
+
+
+def prepare_bn_stats(cfg, model: torch.nn.Module, ck, device: torch.device) -> bool:
+    """Re-estimate the BatchNorm statistics of a loaded run's model on the first training batches
+    of its config when its checkpoint asks for it (:func:`bn_stats_to_recompute`); whether it
+    did."""
+    if not bn_stats_to_recompute(ck.meta):
+        return False
+    stream = BatchStream(build_dataset(cfg, "train"), cfg.train.batch_size, cfg.train.seed)
+    recompute_bn_stats(model, stream, device)
+    return True

@@ -1,0 +1,199 @@
+"""Recipe ``predict``: a compact model (from ``prune``) run on image files.
+
+Each image is read with Pillow (any format it opens), converted to RGB, cropped to its centred
+square and resized to the model's input size (the evaluation view of training), and normalised
+with the model's mean / std.  Predictions are at the model's input resolution; for image
+``<stem>`` and task ``<t>`` the files are:
+
+==============  =============================================================================
+segmentation    ``<stem>_<t>.png``: palette PNG, pixel value = class id, colours = VOC palette
+                (16-bit grey class ids beyond 256 classes)
+depth           ``<stem>_<t>.png``: 16-bit grey, value = depth · ``DEPTH_PNG_SCALE`` (clipped to
+                65535); ``<stem>_<t>.npy``: float32 ``[H, W]`` depth in the data's units
+normal          ``<stem>_<t>.png``: RGB = (n + 1) / 2 of the unit normal
+edge            ``<stem>_<t>.png``: grey = edge probability · 255
+other dense     ``<stem>_<t>.npy``: float32 ``[C, H, W]`` raw output
+image-level     in ``predictions.json``: the probability (binary tasks) or raw outputs
+==============  =============================================================================
+
+``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
+read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
+written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
+DIR may not equal, contain or lie inside MODEL_DIR or hold an input image; a DIR that this command
+did not make (no ``.metasparsity.json`` marker of kind ``predictions``) keeps its files: a
+prediction that would replace one of them is refused before anything is moved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from metasparsity.utils.errors import UserError
+
+DEPTH_PNG_SCALE = 1000.0
+PREDICTIONS_FILE = "predictions.json"
+
+
+def voc_palette(n: int = 256) -> list[int]:
+    """The PASCAL VOC colour map: ``3·n`` values, class ``k`` -> bits of ``k`` spread over RGB."""
+    pal = []
+    for k in range(n):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence[float]):
+    """``[3, size, size]`` float32 normalised image (centred square, resized), or UserError."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from metasparsity.data.transforms import center_crop_resize, normalize_image
+
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"cannot read image {p}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {p}: {e}") from None
+    img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    img = center_crop_resize({"image": img}, {}, size)["image"]
+    return normalize_image(img.clamp(0, 1).float(), mean, std)
+
+
+def _stems(paths: Sequence[str]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+
+
+def _write_dense(out: Any, task: Mapping[str, Any], stem: str, d: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    name, ttype = task["name"], task["type"]
+    base = f"{stem}_{name}"
+    if ttype == "segmentation" and out.shape[0] > 256:  # too many classes for a palette
+        Image.fromarray(out.argmax(0).to(torch.int32).numpy().astype(np.uint16)).save(
+            d / f"{base}.png")
+        return {"png": f"{base}.png"}
+    if ttype == "segmentation":
+        labels = out.argmax(0).to(torch.uint8).numpy()
+        im = Image.fromarray(labels)  # "L"; putpalette turns it into "P"
+        im.putpalette(voc_palette())
+        im.save(d / f"{base}.png")
+        return {"png": f"{base}.png"}
+    if ttype == "depth":
+        depth = out[0].numpy().astype(np.float32)
+        np.save(d / f"{base}.npy", depth)
+        scaled = np.clip(np.round(depth * DEPTH_PNG_SCALE), 0, 65535).astype(np.uint16)
+        Image.fromarray(scaled).save(d / f"{base}.png")
+        return {"png": f"{base}.png", "npy": f"{base}.npy", "png_scale": DEPTH_PNG_SCALE}
+    if ttype == "normal":
+        n = torch.nn.functional.normalize(out, dim=0, eps=1e-12)
+        rgb = ((n + 1.0) * 0.5 * 255.0).round().clamp(0, 255).to(torch.uint8)
+        Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(d / f"{base}.png")
+        return {"png": f"{base}.png"}
+    if ttype == "edge":
+        prob = torch.sigmoid(out[0])
+        grey = (prob * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(grey).save(d / f"{base}.png")
+        return {"png": f"{base}.png"}
+    np.save(d / f"{base}.npy", out.numpy().astype(np.float32))
+    return {"npy": f"{base}.npy"}
+
+
+def _image_value(out: Any, task: Mapping[str, Any]) -> Any:
+    import torch
+
+    if task["type"] == "binary":
+        return {"probability": float(torch.sigmoid(out.reshape(-1)[0]))}
+    return {"output": [float(v) for v in out.reshape(-1)]}
+
+
+def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | Path,
+                  batch_size: int = 16) -> dict[str, Any]:
+    """Predict every task for every image; returns the content of ``predictions.json``."""
+    import torch
+
+    from metasparsity.export import load_compact_model
+    from metasparsity.utils.rundir import (
+        PREDICTIONS,
+        check_outputs_vs_inputs,
+        check_parents,
+        made_by_us,
+        write_marker,
+    )
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    check_outputs_vs_inputs([("--out", out_dir)],
+                            [("MODEL_DIR", model_dir), *(("IMAGE", p) for p in images)])
+    check_parents(out_dir)
+    model, meta = load_compact_model(model_dir)
+    size = int(meta["image_size"])
+    norm = meta.get("normalization") or {}
+    mean, std = norm.get("mean"), norm.get("std")
+    if mean is None or std is None:
+        raise UserError(f"{model_dir}: model.json has no input normalisation (mean / std)")
+    tasks = {t["name"]: t for t in meta["tasks"]}
+    # Read every image first: a bad file stops the batch before anything is written.
+    inputs = [read_image(p, size, mean, std) for p in images]
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a directory")
+    stems = _stems(images)
+    records: list[dict[str, Any]] = []
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(inputs), batch_size):
+                x = torch.stack(inputs[start:start + batch_size])
+                outputs = model(x)
+                for j in range(x.shape[0]):
+                    i = start + j
+                    rec: dict[str, Any] = {"image": str(images[i]), "outputs": {}}
+                    for name, y in outputs.items():
+                        task = tasks.get(name, {"name": name, "kind": "dense" if y.ndim == 4
+                                                else "image", "type": "raw"})
+                        if task["kind"] == "dense":
+                            rec["outputs"][name] = _write_dense(y[j].float().cpu(), task,
+                                                                stems[i], tmp)
+                        else:
+                            rec["outputs"][name] = _image_value(y[j].float().cpu(), task)
+                    records.append(rec)
+        result = {"model_dir": str(model_dir), "image_size": size,
+                  "tasks": list(tasks.values()), "images": records}
+        (tmp / PREDICTIONS_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        ours = not out_dir.exists() or not any(out_dir.iterdir()) or made_by_us(out_dir, PREDICTIONS)
+        if not ours:  # a folder of the user's: add files, never replace one
+            taken = [out_dir / f.name for f in sorted(tmp.iterdir()) if (out_dir / f.name).exists()]
+            if taken:
+                raise UserError(f"--out {out_dir} already holds {taken[0]}"
+                                + (f" and {len(taken) - 1} more file(s)" if len(taken) > 1 else "")
+                                + " not written by metasparsity predict; choose another --out")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ours:
+            write_marker(out_dir, PREDICTIONS)
+        for f in sorted(tmp.iterdir()):
+            f.replace(out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
