@@ -7,9 +7,9 @@ Batches: SynthScenes training images; the plain step and the support set use the
 
 Variants (each on its own copy of the same initial model, with its own optimizers):
 
-* ``plain``: the MTL trainer's step (``train/mtl.py``): forward with all seen tasks, equal-weight
+* ``plain``: the MTL trainer's step (``recipes/train.py``): forward with all seen tasks, equal-weight
   sum of the task losses, ``backward``, ``Adam.step``.
-* ``<mode> K=<K>``: the meta-trainer's step (``train/metatrain.py``): :func:`meta_step` on one
+* ``<mode> K=<K>``: the meta-trainer's step (``recipes/meta_train.py``): :func:`meta_step` on one
   meta-task (subset = all seen tasks, one support and one query batch) with a learnable global λ,
   then :func:`outer_update` (Adam on θ, proximal step, Adam on ρ).
 * ``higher second_order K=<K>``: the same second-order step written with ``higher``

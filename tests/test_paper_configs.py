@@ -61,7 +61,7 @@ def test_every_config_loads_and_names_registered_parts(path):
     assert set(cfg.data.seen_tasks).isdisjoint(cfg.data.unseen_tasks)
     if "meta" in raw:  # a config that meta-trains must give λ a gradient and a start inside its range
         assert cfg.meta.meta_grad != "first_order"
-        # auto: measured at the start and clamped into the range (tests/train/test_auto_lambda.py)
+        # auto: measured at the start and clamped into the range (tests/recipes/test_auto_lambda.py)
         assert cfg.meta.lambda_init == "auto" or (
             cfg.meta.lambda_min <= cfg.meta.lambda_init <= cfg.meta.lambda_max)
 

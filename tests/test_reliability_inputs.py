@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from tests.data.fixtures import write_celebamaskhq_raw, write_mtan, write_nyud_mt
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config, parse_lambda_grid

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.data.fixtures import write_celebamaskhq_raw
-from tests.train.micro import MICRO, cli, start_long_training
+from tests.recipes.micro import MICRO, cli, start_long_training
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config

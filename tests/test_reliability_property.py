@@ -31,7 +31,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.config import Config, load_config
 from metasparsity.utils.errors import ConfigError

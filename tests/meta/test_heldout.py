@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.train.micro import MICRO, same_tensors
+from tests.recipes.micro import MICRO, same_tensors
 from torch.func import functional_call
 
 from metasparsity.config import load_config

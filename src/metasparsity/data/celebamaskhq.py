@@ -1,21 +1,5 @@
-"""CelebAMask-HQ (DESIGN §3.3): the Dataset over a prepared folder (made offline by
-:mod:`metasparsity.data.celebamaskhq_prepare`).
-
-**Prepared folder** (``data.root`` of the data set)::
-
-    <out>/
-      images/<i>.jpg        size×size RGB (bilinear, JPEG quality 95)
-      labels/<i>.png        size×size class indices (nearest), 8-bit
-      attributes.csv        image_id, then the 40 attributes as 0/1 (-1 -> 0, 1 -> 1)
-      splits/{train,val,test}.txt
-      meta.json             classes, class names, size, attributes, split rule and sizes
-
-The data set serves ``segment`` (3 or 19 classes, from ``meta.json``) and one binary image-level
-task per attribute, named as in the file (``Male``, ``Smiling``…); ``data.attributes`` restricts
-which (empty: all 40).  ``data.train_size`` / ``val_size`` / ``test_size`` cap the prepared splits
-(first ``n`` of a fixed seed-0 order).  Training augmentation (``data.augment``): a random zoom of
-1–1.25 (small, so hats, earrings and neckties that attributes describe stay in view) and a
-horizontal flip that swaps left/right classes of the 19-class map.
+"""CelebAMask-HQ (DESIGN §3.3): the :class:`CelebAMaskHQ` Dataset over a prepared folder (made
+offline by :mod:`metasparsity.data.celebamaskhq_prepare`) and its task table.
 """
 
 from __future__ import annotations
@@ -158,6 +142,22 @@ def _read_attributes_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 class CelebAMaskHQ(Dataset):
     """A split of a prepared CelebAMask-HQ folder as ``(image, {task: target})``.
+
+    **Prepared folder** (``data.root`` of the data set)::
+
+        <out>/
+          images/<i>.jpg        size×size RGB (bilinear, JPEG quality 95)
+          labels/<i>.png        size×size class indices (nearest), 8-bit
+          attributes.csv        image_id, then the 40 attributes as 0/1 (-1 -> 0, 1 -> 1)
+          splits/{train,val,test}.txt
+          meta.json             classes, class names, size, attributes, split rule and sizes
+
+    The data set serves ``segment`` (3 or 19 classes, from ``meta.json``) and one binary image-level
+    task per attribute, named as in the file (``Male``, ``Smiling``…); ``data.attributes`` restricts
+    which (empty: all 40).  ``data.train_size`` / ``val_size`` / ``test_size`` cap the prepared splits
+    (first ``n`` of a fixed seed-0 order).  Training augmentation (``data.augment``): a random zoom of
+    1–1.25 (small, so hats, earrings and neckties that attributes describe stay in view) and a
+    horizontal flip that swaps left/right classes of the 19-class map.
 
     Args:
         root: prepared folder (:func:`~metasparsity.data.celebamaskhq_prepare.prepare_celebamaskhq`).

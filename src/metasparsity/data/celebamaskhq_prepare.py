@@ -1,34 +1,7 @@
-"""CelebAMask-HQ's offline ``prepare`` step (DESIGN §3.3): the raw release -> the prepared folder
-that :mod:`metasparsity.data.celebamaskhq` reads (``metasparsity data prepare celebamaskhq``).
-
-**Raw release**::
-
-    <src>/
-      CelebA-HQ-img/<i>.jpg                          1024×1024 RGB, i = 0..29999
-      CelebAMask-HQ-mask-anno/<k>/<i:05d>_<part>.png  512×512 binary part masks, k = i // 2000
-      CelebAMask-HQ-attribute-anno.txt               line 1: count; line 2: 40 attribute names;
-                                                     then "<i>.jpg" and 40 values in {-1, 1}
-      CelebA-HQ-to-CelebA-mapping.txt                (optional) idx, orig_idx, orig_file
-
-**Merging part masks.** A part's mask is its non-zero pixels (an absent file: the part is not
-there).  The 19-class map is painted in the order of the official ``g_mask.py``, later parts
-overwriting earlier ones: ``skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth,
-u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth`` -> labels 1..18, background 0.  The
-3-class map (background 0, hair 1, face 2), the background/hair/face-skin split of the authors'
-work, is derived from the 19-class map: face = skin, nose, eye_g (eyeglasses), both eyes, both
-brows, both ears, mouth, upper and lower lip; hair = hair; everything else (hat, earring ``ear_r``,
-necklace ``neck_l``, neck, cloth) is background.  So overlaps follow the same priority (hair over
-skin, hat over hair).
-
-**Splits** (``split=``):
-
-* ``celeba`` — the standard split (24,183 / 2,993 / 2,824 on the full release): each image
-  follows its original CelebA image's official partition, read from
-  ``CelebA-HQ-to-CelebA-mapping.txt`` (CelebA files ``000001``–``162770`` train,
-  ``162771``–``182637`` val, ``182638``–``202599`` test);
-* ``fixed`` — ids sorted numerically: the last ``test_fraction`` (10 %) test, the
-  ``val_fraction`` (10 %) before them val, the rest train;
-* ``auto`` (default) — ``celeba`` when the mapping file is there, else ``fixed``.
+"""CelebAMask-HQ's offline ``prepare`` step (DESIGN §3.3): the raw release -> the prepared folder that
+:mod:`metasparsity.data.celebamaskhq` reads (``metasparsity data prepare celebamaskhq``); the
+raw layout, the merging of part masks and the split rules are described on
+:func:`prepare_celebamaskhq`.
 """
 
 from __future__ import annotations
@@ -183,13 +156,13 @@ def merge_part_masks(masks: dict[str, np.ndarray], shape: tuple[int, int] | None
 
 
 def to_three_classes(label19: np.ndarray) -> np.ndarray:
-    """19-class map -> background 0 / hair 1 / face 2 (see the module docstring)."""
+    """19-class map -> background 0 / hair 1 / face 2 (see :func:`prepare_celebamaskhq`)."""
     return TO_THREE[label19]
 
 
 def make_splits(ids: Sequence[str], rule: str = "fixed", mapping: dict[str, int] | None = None,
                 val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[str]]:
-    """``{"train", "val", "test": ids}`` by ``rule`` (``celeba`` or ``fixed``, module docstring)."""
+    """``{"train", "val", "test": ids}`` by ``rule`` (``celeba`` or ``fixed``, :func:`prepare_celebamaskhq`)."""
     ordered = sorted(ids, key=natural_key)
     if rule == "celeba":
         if mapping is None:
@@ -259,13 +232,42 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
                          progress: bool = True, workers: int | None = None) -> Path:
     """Turn the raw CelebAMask-HQ release at ``src`` into the prepared folder ``out``.
 
+    **Raw release**::
+
+        <src>/
+          CelebA-HQ-img/<i>.jpg                          1024×1024 RGB, i = 0..29999
+          CelebAMask-HQ-mask-anno/<k>/<i:05d>_<part>.png  512×512 binary part masks, k = i // 2000
+          CelebAMask-HQ-attribute-anno.txt               line 1: count; line 2: 40 attribute names;
+                                                         then "<i>.jpg" and 40 values in {-1, 1}
+          CelebA-HQ-to-CelebA-mapping.txt                (optional) idx, orig_idx, orig_file
+
+    **Merging part masks.** A part's mask is its non-zero pixels (an absent file: the part is not
+    there).  The 19-class map is painted in the order of the official ``g_mask.py``, later parts
+    overwriting earlier ones: ``skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth,
+    u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth`` -> labels 1..18, background 0.  The
+    3-class map (background 0, hair 1, face 2), the background/hair/face-skin split of the authors'
+    work, is derived from the 19-class map: face = skin, nose, eye_g (eyeglasses), both eyes, both
+    brows, both ears, mouth, upper and lower lip; hair = hair; everything else (hat, earring ``ear_r``,
+    necklace ``neck_l``, neck, cloth) is background.  So overlaps follow the same priority (hair over
+    skin, hat over hair).
+
+    **Splits** (``split=``):
+
+    * ``celeba`` — the standard split (24,183 / 2,993 / 2,824 on the full release): each image
+      follows its original CelebA image's official partition, read from
+      ``CelebA-HQ-to-CelebA-mapping.txt`` (CelebA files ``000001``–``162770`` train,
+      ``162771``–``182637`` val, ``182638``–``202599`` test);
+    * ``fixed`` — ids sorted numerically: the last ``test_fraction`` (10 %) test, the
+      ``val_fraction`` (10 %) before them val, the rest train;
+    * ``auto`` (default) — ``celeba`` when the mapping file is there, else ``fixed``.
+
     Args:
-        src: the raw release (module docstring).
+        src: the raw release (above).
         out: output folder; must not exist or be empty, unless ``overwrite``; never the same
             as ``src``, inside it or around it.
         classes: 3 (background / hair / face) or 19 (background + 18 parts).
         size: output side of images and label maps (pixels).
-        split: ``auto``, ``celeba`` or ``fixed`` (module docstring).
+        split: ``auto``, ``celeba`` or ``fixed`` (above).
         val_fraction, test_fraction: shares of the ``fixed`` rule.
         overwrite: replace a non-empty ``out`` that an earlier call prepared (it holds the
             marker ``.metasparsity.json``); any other folder is refused.

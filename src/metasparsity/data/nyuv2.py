@@ -1,46 +1,5 @@
-"""NYU-v2 (DESIGN §3.2) in either of the two layouts in circulation.
-
-``data.layout`` picks one; ``auto`` (default) detects it from the folder.
-
-**NYUD_MT** (Vandenhende et al.'s multi-task survey, the authors' code), 40 classes, with edges::
-
-    <root>/
-      images/<id>.jpg          RGB
-      segmentation/<id>.png    class + 1 per pixel; 0 = void          -> 255 (ignore), k -> k - 1
-      depth/<id>.npy           [H, W] metres; 0 or non-finite          -> 0 (invalid)
-      normals/<id>.npy         [H, W, 3] unit normals; all-zero        -> invalid (kept all-zero)
-      edge/<id>.npy            [H, W]; > 0                             -> 1
-      gt_sets/train.txt        795 ids, one a line
-      gt_sets/val.txt          654 ids: the official test images
-
-**MTAN** (MTAN, Auto-Lambda, Nash-MTL, LibMTL), 13 classes, no edges; every file is a ``.npy``
-array stored channel-last, 288×384::
-
-    <root>/
-      train/image/<i>.npy      [H, W, 3] RGB in [0, 1]
-      train/label/<i>.npy      [H, W] class index as float; -1         -> 255 (ignore)
-      train/depth/<i>.npy      [H, W, 1] metres; 0                     -> invalid
-      train/normal/<i>.npy     [H, W, 3] unit normals; all-zero        -> invalid
-      val/...                  the same for the 654 official test images
-
-(Channel-first ``[C, H, W]`` arrays are accepted too.)
-
-Normals are served as the files store them, as ``[3, H, W]`` camera-frame unit vectors
-``(n_x, n_y, n_z)`` with ``n_x`` along the image columns (which is why a horizontal flip negates
-channel 0, as the reference loaders do); we change no sign, only renormalise non-zero vectors to
-unit length after loading and after resizing.
-
-**Splits.** The official test images (``gt_sets/val.txt``, MTAN ``val/``) are the ``test`` split.
-The ``val`` split (model selection) is carved out of the official training ids by
-:func:`~metasparsity.data.loading.carve_validation`: the ids sorted, permuted with a fixed seed 0
-(independent of ``data.seed``), the first ``data.val_size`` of that order (default 10 % when
-null) are ``val``, the rest ``train``.  ``data.train_size`` / ``data.test_size`` cap a split to
-the first ``n`` of the same fixed order (null = all): :func:`split_ids`.
-
-**Size.** Output is ``data.image_size`` square.  Evaluation resizes the shorter side and takes the
-centre square; training with ``data.augment`` takes a random zoom-in window (scale 1–1.5, depth
-divided by the zoom) and a random horizontal flip (:mod:`metasparsity.data.transforms`).  Targets
-whose size differs from their image are first resized to it (nearest), as the reference loader does.
+"""NYU-v2 (DESIGN §3.2) in either of the two layouts in circulation (NYUD_MT, MTAN): layout
+detection, the split rule and the :class:`NYUv2` Dataset (which describes both layouts).
 """
 
 from __future__ import annotations
@@ -275,7 +234,49 @@ def clean_normals(chw: np.ndarray) -> np.ndarray:
 
 
 class NYUv2(Dataset):
-    """NYU-v2 split as ``(image, {task: target})``; see the module docstring for the layouts.
+    """NYU-v2 split as ``(image, {task: target})``.
+
+    ``data.layout`` picks one; ``auto`` (default) detects it from the folder.
+
+    **NYUD_MT** (Vandenhende et al.'s multi-task survey, the authors' code), 40 classes, with edges::
+
+        <root>/
+          images/<id>.jpg          RGB
+          segmentation/<id>.png    class + 1 per pixel; 0 = void          -> 255 (ignore), k -> k - 1
+          depth/<id>.npy           [H, W] metres; 0 or non-finite          -> 0 (invalid)
+          normals/<id>.npy         [H, W, 3] unit normals; all-zero        -> invalid (kept all-zero)
+          edge/<id>.npy            [H, W]; > 0                             -> 1
+          gt_sets/train.txt        795 ids, one a line
+          gt_sets/val.txt          654 ids: the official test images
+
+    **MTAN** (MTAN, Auto-Lambda, Nash-MTL, LibMTL), 13 classes, no edges; every file is a ``.npy``
+    array stored channel-last, 288×384::
+
+        <root>/
+          train/image/<i>.npy      [H, W, 3] RGB in [0, 1]
+          train/label/<i>.npy      [H, W] class index as float; -1         -> 255 (ignore)
+          train/depth/<i>.npy      [H, W, 1] metres; 0                     -> invalid
+          train/normal/<i>.npy     [H, W, 3] unit normals; all-zero        -> invalid
+          val/...                  the same for the 654 official test images
+
+    (Channel-first ``[C, H, W]`` arrays are accepted too.)
+
+    Normals are served as the files store them, as ``[3, H, W]`` camera-frame unit vectors
+    ``(n_x, n_y, n_z)`` with ``n_x`` along the image columns (which is why a horizontal flip negates
+    channel 0, as the reference loaders do); we change no sign, only renormalise non-zero vectors to
+    unit length after loading and after resizing.
+
+    **Splits.** The official test images (``gt_sets/val.txt``, MTAN ``val/``) are the ``test`` split.
+    The ``val`` split (model selection) is carved out of the official training ids by
+    :func:`~metasparsity.data.loading.carve_validation`: the ids sorted, permuted with a fixed seed 0
+    (independent of ``data.seed``), the first ``data.val_size`` of that order (default 10 % when
+    null) are ``val``, the rest ``train``.  ``data.train_size`` / ``data.test_size`` cap a split to
+    the first ``n`` of the same fixed order (null = all): :func:`split_ids`.
+
+    **Size.** Output is ``data.image_size`` square.  Evaluation resizes the shorter side and takes the
+    centre square; training with ``data.augment`` takes a random zoom-in window (scale 1–1.5, depth
+    divided by the zoom) and a random horizontal flip (:mod:`metasparsity.data.transforms`).  Targets
+    whose size differs from their image are first resized to it (nearest), as the reference loader does.
 
     Args:
         root: data folder.

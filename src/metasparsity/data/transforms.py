@@ -1,43 +1,5 @@
-"""Geometric transforms that keep an image and all of its dense targets aligned.
-
-A *sample* is a dict: ``"image"`` float32 ``[3, H, W]`` with values in ``[0, 1]`` (not yet
-normalised) plus one entry per target.  ``types`` maps each **dense** target's key to its task
-type (``segmentation``, ``depth``, ``normal``, ``edge``); keys in neither are image-level targets
-and pass through untouched.  NumPy arrays are accepted and come back as tensors.
-
-How each target is resampled (so that nothing invalid is blended into something valid):
-
-=============  ==========================================================================
-image          bilinear (``align_corners=False``, antialiased when shrinking)
-segmentation   nearest (pixel centres, ``nearest-exact``); 255 stays 255
-depth          nearest; invalid zeros stay zero and are never averaged with valid depth
-normal         nearest, then every non-zero vector renormalised to unit length
-edge           nearest
-=============  ==========================================================================
-
-Every target goes through the same crop window and the same output grid as the image, so a pixel
-of any target lands exactly where the image pixel it annotates lands.
-
-Augmentation (training only):
-
-* **horizontal flip** flips every dense target and negates the x component of normals
-  (channel 0, which points along the image columns);  segmentation classes that name a side
-  (left eye / right eye) are swapped through a per-target lookup table (``flip_luts``).
-* **random scale-crop**: zoom in by ``s ~ U[s_min, s_max]`` (default ``[1, 1.5]``): a square window
-  of side ``round(min(H, W) / s)`` at a uniformly random position is resized to the output size.
-  Depth is divided by the effective zoom ``min(H, W) / window``: magnifying the image by ``s`` is
-  what moving the camera ``s`` times closer would do to a fronto-parallel scene, the convention of
-  MTAN and the NYUD loaders.  Normals are unchanged.
-
-Evaluation: the largest centred square (the shorter side) is resized to the output size, which is
-"resize the shorter side, then centre-crop"; square inputs are simply resized.
-
-Normalisation uses the ImageNet mean and standard deviation, the statistics every torchvision
-ImageNet checkpoint (loadable into our ResNets) was trained with.
-
-Randomness comes from the ``generator`` argument (a :class:`torch.Generator`), or from torch's
-global generator when it is None, which the DataLoader seeds per worker; the same generator state
-gives the same output.
+"""Geometric transforms that keep an image and all of its dense targets aligned (evaluation view,
+random scale-crop, flip, normalisation), composed per sample by :class:`SampleTransform`.
 """
 
 from __future__ import annotations
@@ -183,7 +145,7 @@ def random_scale_crop(sample: Sample, types: Mapping[str, str], size: int,
     """Zoom in by ``s ~ U[scale_range]`` at a random position, output ``size × size``.
 
     The window has side ``round(min(H, W) / s)``; depth is divided by the effective zoom
-    ``min(H, W) / side`` (see the module docstring).
+    ``min(H, W) / side`` (see :class:`SampleTransform`).
     """
     lo, hi = scale_range
     if not 1.0 <= lo <= hi:
@@ -224,6 +186,45 @@ def denormalize_image(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN
 @dataclass(frozen=True)
 class SampleTransform:
     """The full per-sample pipeline of the real data sets.
+
+    A *sample* is a dict: ``"image"`` float32 ``[3, H, W]`` with values in ``[0, 1]`` (not yet
+    normalised) plus one entry per target.  ``types`` maps each **dense** target's key to its task
+    type (``segmentation``, ``depth``, ``normal``, ``edge``); keys in neither are image-level targets
+    and pass through untouched.  NumPy arrays are accepted and come back as tensors.
+
+    How each target is resampled (so that nothing invalid is blended into something valid):
+
+    =============  ==========================================================================
+    image          bilinear (``align_corners=False``, antialiased when shrinking)
+    segmentation   nearest (pixel centres, ``nearest-exact``); 255 stays 255
+    depth          nearest; invalid zeros stay zero and are never averaged with valid depth
+    normal         nearest, then every non-zero vector renormalised to unit length
+    edge           nearest
+    =============  ==========================================================================
+
+    Every target goes through the same crop window and the same output grid as the image, so a pixel
+    of any target lands exactly where the image pixel it annotates lands.
+
+    Augmentation (training only):
+
+    * **horizontal flip** flips every dense target and negates the x component of normals
+      (channel 0, which points along the image columns);  segmentation classes that name a side
+      (left eye / right eye) are swapped through a per-target lookup table (``flip_luts``).
+    * **random scale-crop**: zoom in by ``s ~ U[s_min, s_max]`` (default ``[1, 1.5]``): a square window
+      of side ``round(min(H, W) / s)`` at a uniformly random position is resized to the output size.
+      Depth is divided by the effective zoom ``min(H, W) / window``: magnifying the image by ``s`` is
+      what moving the camera ``s`` times closer would do to a fronto-parallel scene, the convention of
+      MTAN and the NYUD loaders.  Normals are unchanged.
+
+    Evaluation: the largest centred square (the shorter side) is resized to the output size, which is
+    "resize the shorter side, then centre-crop"; square inputs are simply resized.
+
+    Normalisation uses the ImageNet mean and standard deviation, the statistics every torchvision
+    ImageNet checkpoint (loadable into our ResNets) was trained with.
+
+    Randomness comes from the ``generator`` argument (a :class:`torch.Generator`), or from torch's
+    global generator when it is None, which the DataLoader seeds per worker; the same generator state
+    gives the same output.
 
     Training (``train=True``): random scale-crop (``scale_range``) to ``size × size``, then a
     horizontal flip with probability ``flip_p``.  Evaluation: :func:`center_crop_resize`.  Then

@@ -1,27 +1,5 @@
-"""Recipe ``predict``: a compact model (from ``prune``) run on image files.
-
-Each image is read with Pillow (any format it opens), converted to RGB, cropped to its centred
-square and resized to the model's input size (the evaluation view of training), and normalised
-with the model's mean / std.  Predictions are at the model's input resolution; for image
-``<stem>`` and task ``<t>`` the files are:
-
-==============  =============================================================================
-segmentation    ``<stem>_<t>.png``: palette PNG, pixel value = class id, colours = VOC palette
-                (16-bit grey class ids beyond 256 classes)
-depth           ``<stem>_<t>.png``: 16-bit grey, value = depth · ``DEPTH_PNG_SCALE`` (clipped to
-                65535); ``<stem>_<t>.npy``: float32 ``[H, W]`` depth in the data's units
-normal          ``<stem>_<t>.png``: RGB = (n + 1) / 2 of the unit normal
-edge            ``<stem>_<t>.png``: grey = edge probability · 255
-other dense     ``<stem>_<t>.npy``: float32 ``[C, H, W]`` raw output
-image-level     in ``predictions.json``: the probability (binary tasks) or raw outputs
-==============  =============================================================================
-
-``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
-read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
-written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
-DIR may not equal, contain or lie inside MODEL_DIR or hold an input image; a DIR that this command
-did not make (no ``.metasparsity.json`` marker of kind ``predictions``) keeps its files: a
-prediction that would replace one of them is refused before anything is moved.
+"""Recipe ``predict``: a compact model (from ``prune``) run on image files; the files it writes are
+described on :func:`predict_files`.
 """
 
 from __future__ import annotations
@@ -129,7 +107,31 @@ def _image_value(out: Any, task: Mapping[str, Any]) -> Any:
 
 def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | Path,
                   batch_size: int = 16) -> dict[str, Any]:
-    """Predict every task for every image; returns the content of ``predictions.json``."""
+    """Predict every task for every image; returns the content of ``predictions.json``.
+
+    Each image is read with Pillow (any format it opens), converted to RGB, cropped to its centred
+    square and resized to the model's input size (the evaluation view of training), and normalised
+    with the model's mean / std.  Predictions are at the model's input resolution; for image
+    ``<stem>`` and task ``<t>`` the files are:
+
+    ==============  =============================================================================
+    segmentation    ``<stem>_<t>.png``: palette PNG, pixel value = class id, colours = VOC palette
+                    (16-bit grey class ids beyond 256 classes)
+    depth           ``<stem>_<t>.png``: 16-bit grey, value = depth · ``DEPTH_PNG_SCALE`` (clipped to
+                    65535); ``<stem>_<t>.npy``: float32 ``[H, W]`` depth in the data's units
+    normal          ``<stem>_<t>.png``: RGB = (n + 1) / 2 of the unit normal
+    edge            ``<stem>_<t>.png``: grey = edge probability · 255
+    other dense     ``<stem>_<t>.npy``: float32 ``[C, H, W]`` raw output
+    image-level     in ``predictions.json``: the probability (binary tasks) or raw outputs
+    ==============  =============================================================================
+
+    ``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
+    read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
+    written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
+    DIR may not equal, contain or lie inside MODEL_DIR or hold an input image; a DIR that this command
+    did not make (no ``.metasparsity.json`` marker of kind ``predictions``) keeps its files: a
+    prediction that would replace one of them is refused before anything is moved.
+    """
     import torch
 
     from metasparsity.export import load_compact_model

@@ -1,42 +1,5 @@
-"""Physical removal of channels that no layer reads (DESIGN §2.6).
-
-A zero group ``W_l[:, c]`` of conv ``l`` means that conv never reads feature map ``c``.  Feature map
-``c`` of a *producer* (the conv that computes it, with its BN, ReLU, pooling, residual additions on
-the way) can be deleted only when **every** consumer ignores it.  Torch-Pruning's dependency graph
-finds, for the out channels of each producing conv, the coupled *feature-map group*: every producer
-whose out channels are tied to them (all convs and BNs feeding one residual stream are added
-together) and every consumer that reads them (convs' / linears' input channels: the next block's
-``conv1``, the ``downsample`` conv, the heads' first convs, …).  We decide ourselves which indices
-go; Torch-Pruning only rewrites the shapes.
-
-Rule.  Root channel ``c`` of a group is removable iff, for every consumer in the group and every
-input index ``i`` it maps ``c`` to, ``W_consumer[:, i]`` is exactly zero.  Residual streams are one
-group, so a stream channel is removable only when it is zero in *all* convs that read the stream
-anywhere (each block's ``conv1``, the next stage's ``conv1`` and ``downsample``); the identity
-additions only carry the channel on to those convs, and the layer4 stream is read by every task
-head (never sparsified), so it always stays.  The main wins are the internal channels of blocks
-(``conv1 → conv2``, ``conv2 → conv3``), which have a single consumer.
-
-Why removal is exact.  Whatever value a removable channel holds (a producer's filter may be
-non-zero, its BN adds ``β_c`` even to a zero filter, ReLU / max-pool / residual additions act per
-channel), it enters the rest of the network only through its consumers, multiplied by weights that
-are all exactly zero: it contributes exactly ``0`` to every sum.  Deleting the producer's filter
-``c``, its BN channel and the consumers' input column ``c`` therefore leaves every output unchanged
-(up to floating-point summation order).  A channel that *some* consumer reads is never deleted, so
-no BN bias that reaches an output is lost.
-
-A group whose channels are *all* removable (e.g. a block whose ``conv2`` has every input group at
-zero) keeps one channel: Torch-Pruning cannot shrink a layer to 0 channels, and a conv with no
-output would break the block's forward.  The kept channel is read only through zero weights, so
-outputs stay exact; it costs one channel.
-
-Conservative limits: groups that touch anything other than convs (``groups = 1``), linears,
-BatchNorm and channel-wise ops (activation, pooling, addition, concatenation, reshape/flatten) —
-e.g. GroupNorm, LayerNorm, depthwise convs, attention — or that reach a model output directly are
-left untouched.  :func:`prune_zero_channels` finally checks the pruned model's outputs against the
-dense model's on the example input.
-
-Torch-Pruning is imported lazily (STYLE §9).
+"""Physical removal of channels that no layer reads (DESIGN §2.6), through Torch-Pruning's
+dependency graph (imported lazily, STYLE §9): :func:`prune_zero_channels` and its report.
 """
 
 from __future__ import annotations
@@ -265,7 +228,45 @@ def max_output_difference(a: nn.Module, b: nn.Module, example_input: Inputs) -> 
 
 def prune_zero_channels(model: nn.Module, example_input: Inputs, *,
                         verify: bool = True) -> nn.Module:
-    """A deep copy of ``model`` without the channels that no layer reads (see the module doc).
+    """A deep copy of ``model`` without the channels that no layer reads.
+
+    A zero group ``W_l[:, c]`` of conv ``l`` means that conv never reads feature map ``c``.  Feature map
+    ``c`` of a *producer* (the conv that computes it, with its BN, ReLU, pooling, residual additions on
+    the way) can be deleted only when **every** consumer ignores it.  Torch-Pruning's dependency graph
+    finds, for the out channels of each producing conv, the coupled *feature-map group*: every producer
+    whose out channels are tied to them (all convs and BNs feeding one residual stream are added
+    together) and every consumer that reads them (convs' / linears' input channels: the next block's
+    ``conv1``, the ``downsample`` conv, the heads' first convs, …).  We decide ourselves which indices
+    go; Torch-Pruning only rewrites the shapes.
+
+    Rule.  Root channel ``c`` of a group is removable iff, for every consumer in the group and every
+    input index ``i`` it maps ``c`` to, ``W_consumer[:, i]`` is exactly zero.  Residual streams are one
+    group, so a stream channel is removable only when it is zero in *all* convs that read the stream
+    anywhere (each block's ``conv1``, the next stage's ``conv1`` and ``downsample``); the identity
+    additions only carry the channel on to those convs, and the layer4 stream is read by every task
+    head (never sparsified), so it always stays.  The main wins are the internal channels of blocks
+    (``conv1 → conv2``, ``conv2 → conv3``), which have a single consumer.
+
+    Why removal is exact.  Whatever value a removable channel holds (a producer's filter may be
+    non-zero, its BN adds ``β_c`` even to a zero filter, ReLU / max-pool / residual additions act per
+    channel), it enters the rest of the network only through its consumers, multiplied by weights that
+    are all exactly zero: it contributes exactly ``0`` to every sum.  Deleting the producer's filter
+    ``c``, its BN channel and the consumers' input column ``c`` therefore leaves every output unchanged
+    (up to floating-point summation order).  A channel that *some* consumer reads is never deleted, so
+    no BN bias that reaches an output is lost.
+
+    A group whose channels are *all* removable (e.g. a block whose ``conv2`` has every input group at
+    zero) keeps one channel: Torch-Pruning cannot shrink a layer to 0 channels, and a conv with no
+    output would break the block's forward.  The kept channel is read only through zero weights, so
+    outputs stay exact; it costs one channel.
+
+    Conservative limits: groups that touch anything other than convs (``groups = 1``), linears,
+    BatchNorm and channel-wise ops (activation, pooling, addition, concatenation, reshape/flatten) —
+    e.g. GroupNorm, LayerNorm, depthwise convs, attention — or that reach a model output directly are
+    left untouched.  :func:`prune_zero_channels` finally checks the pruned model's outputs against the
+    dense model's on the example input.
+
+    Torch-Pruning is imported lazily (STYLE §9).
 
     Args:
         model: e.g. a ``MultiTaskNet``; left untouched.  When it has a ``backbone``, only the

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from tests.train.micro import cli
+from tests.recipes.micro import cli
 
 from metasparsity.config import Config
 from metasparsity.training.batches import BatchStream, eval_loader

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.recipes.evaluate_run import evaluate_run
 from metasparsity.training.evaluation import bn_stats_to_recompute

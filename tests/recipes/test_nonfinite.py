@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 import metasparsity.recipes.meta_train as metatrain
 import metasparsity.recipes.train as mtl

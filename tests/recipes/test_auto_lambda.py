@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.config import load_config
 from metasparsity.recipes.meta_train import AUTO_LAMBDA_BATCHES, MetaTrainer

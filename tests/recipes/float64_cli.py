@@ -1,4 +1,4 @@
-"""``python tests/train/float64_cli.py ARGS``: the ``metasparsity`` command computing in float64.
+"""``python tests/recipes/float64_cli.py ARGS``: the ``metasparsity`` command computing in float64.
 
 The distributed equivalence tests run both sides (one process and ``torch.distributed.run``)
 through this script.  In float32 a reduction split over ranks rounds differently from the same

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.report.compare import METHOD_NAMES, count_cell, mean_std
 from metasparsity.utils.io import read_json

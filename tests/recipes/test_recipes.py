@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 from metasparsity.config import load_config
 from metasparsity.recipes.finetune import finetune_settings

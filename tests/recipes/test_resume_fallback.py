@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.train.micro import MICRO, cli, same_tensors
+from tests.recipes.micro import MICRO, cli, same_tensors
 
 from metasparsity.config import load_config
 from metasparsity.recipes.meta_train import MetaTrainer

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tests.train.micro import MICRO, cli
+from tests.recipes.micro import MICRO, cli
 
 import metasparsity.recipes.meta_train as metatrain
 import metasparsity.recipes.train as mtl

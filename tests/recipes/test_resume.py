@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.train.micro import MICRO, cli, same_tensors, start_long_training
+from tests.recipes.micro import MICRO, cli, same_tensors, start_long_training
 
 from metasparsity.config import load_config
 from metasparsity.recipes.meta_train import MetaTrainer
