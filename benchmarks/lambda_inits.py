@@ -142,7 +142,7 @@ def main() -> None:
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
     p.add_argument("--measure", default="macs")
     p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--jobs", type=int, default=2)
@@ -167,7 +167,9 @@ def main() -> None:
 
     meta_jobs = []  # (seed, objective, init)
     for s in args.seeds:
-        meta_jobs += [(s, o, i) for o in objectives for i in inits] + [(s, "budget", "auto")]
+        meta_jobs += [(s, o, i) for o in objectives for i in inits]
+        if args.target > 0:
+            meta_jobs.append((s, "budget", "auto"))
 
     def run_dir(s: int, o: str, i: str) -> Path:
         tag = f"{args.measure}_{args.target:g}" if o == "budget" else i
@@ -270,10 +272,11 @@ def main() -> None:
 
     summary = {f"{o}/{i}": agg(lambda r, o=o, i=i: r["objective"] == o and r["init"] == i)
                for o in objectives for i in inits}
-    summary["budget"] = agg(lambda r: r["objective"] == "budget")
     budget_rows = [r for r in rows if r["objective"] == "budget"]
-    summary["budget"]["front_delta_m_at_macs"] = _mean_std(
-        [r["front_delta_m_at_macs"] for r in budget_rows])
+    if budget_rows:
+        summary["budget"] = agg(lambda r: r["objective"] == "budget")
+        summary["budget"]["front_delta_m_at_macs"] = _mean_std(
+            [r["front_delta_m_at_macs"] for r in budget_rows])
 
     import torch
 
@@ -337,11 +340,11 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
         [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1), _ms(v["param_sparsity"], 1),
           _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"]),
           _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
-    b = summary["budget"]
+    b = summary.get("budget")
     lines += ["", f"Budget mode (target {100 * args.target:g} % of the backbone's {args.measure}): "
               f"ends at {_ms(b['backbone_macs'], 1)} %; the fixed-λ curve's Δm at that MACs share "
-              f"is {_ms(b['front_delta_m_at_macs'])} % against budget mode's {_ms(b['delta_m'])} %.",
-              "", "## The fixed-λ grid (means over seeds)", ""]
+              f"is {_ms(b['front_delta_m_at_macs'])} % against budget mode's {_ms(b['delta_m'])} %."
+              if b else "", "", "## The fixed-λ grid (means over seeds)", ""]
     lines.append(markdown_table(
         ["λ", "param sp. %", "backbone MACs %", "Δm %"],
         [[f"{g['lam']:g}", _ms(g["param_sparsity"], 1), _ms(g["backbone_macs"], 1),
