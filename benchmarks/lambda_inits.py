@@ -117,10 +117,13 @@ def _lam(v) -> float:
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float | None:
-    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x); None outside their range."""
+    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x), flat to the left of the first
+    point (a front point there is better in both coordinates); None beyond the last."""
     pts = sorted(points)
-    if not pts or not pts[0][0] - 1e-9 <= x <= pts[-1][0] + 1e-9:
+    if not pts or x > pts[-1][0] + 1e-9:
         return None
+    if x <= pts[0][0]:
+        return pts[0][1]
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 - 1e-9 <= x <= x1 + 1e-9:
             t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
@@ -149,6 +152,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--name", default="lambda_inits", help="stem of the result files")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
@@ -212,7 +216,7 @@ def main() -> None:
                          "backbone_macs": _mean_std(ms)})
     front = _pareto([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
     macs_curve = sorted((g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts)
-    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]
+    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]  # (MACs, Δm)
     grid_passes = len(args.grid) * load_config(args.grid_config).train.max_steps
 
     # ---- rows
@@ -244,7 +248,9 @@ def main() -> None:
         }
         if o == "budget":
             row["target"] = 100 * args.target
-            row["front_delta_m_at_macs"] = _interp(sorted(macs_front), row["backbone_macs"])
+            # MACs: lower is better, so the front is read in −MACs
+            row["front_delta_m_at_macs"] = _interp([(-x, y) for x, y in macs_front],
+                                                   -row["backbone_macs"])
         rows.append(row)
         trajectories.append({"objective": o, "seed": s, "init": i,
                              "lambda": [_lam(x["lambda"]) for x in rec],
@@ -284,16 +290,16 @@ def main() -> None:
                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "threads_per_run": 1, "jobs": args.jobs}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "lambda_inits.json", {
+    write_json(args.out / f"{args.name}.json", {
         "machine": machine, "config": os.path.relpath(args.config, ROOT),
         "overrides": args.overrides, "steps": args.steps, "target": args.target,
         "measure": args.measure, "grid": grid_pts, "front": front, "grid_passes": grid_passes,
         "rows": rows, "convergence": conv, "summary": summary, "trajectories": trajectories,
         "wall_time_s": round(time.time() - t0, 1)})
-    atomic_write_text(args.out / "lambda_inits.md", _markdown(rows, conv, summary, grid_pts,
+    atomic_write_text(args.out / f"{args.name}.md", _markdown(rows, conv, summary, grid_pts,
                                                               grid_passes, args, machine))
-    _plot(trajectories, grid_pts, front, summary, args.out / "lambda_inits.png", objectives)
-    print((args.out / "lambda_inits.md").read_text())
+    _plot(trajectories, grid_pts, front, summary, args.out / f"{args.name}.png", objectives)
+    print((args.out / f"{args.name}.md").read_text())
 
 
 def _f(v, nd=2) -> str:
@@ -310,9 +316,9 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
     from metasparsity.report.tables import markdown_table
 
     lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
-             "", f"`python benchmarks/lambda_inits.py --seeds {' '.join(map(str, args.seeds))} "
-             f"--inits {args.inits} --steps {args.steps} --jobs {args.jobs}` on "
-             f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
+             "", f"`python benchmarks/lambda_inits.py {' '.join(sys.argv[1:])}` on "
+             f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
+             "",
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "
              "(benchmarks/fixed_lambda_grid.py). Gap: Δm minus the fixed-λ front's Δm at the same "
              f"parameter sparsity. The grid costs {grid_passes} passes in all.", "",
