@@ -85,6 +85,25 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
     return out
 
 
+def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> dict[str, Any]:
+    """The unseen-task reference: the dense MTL model fine-tuned on the unseen tasks exactly as
+    the meta-trained ones are (same steps, batch, learning rate)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from metasparsity.config import load_config
+    from metasparsity.recipes.finetune import run_finetune
+    from metasparsity.training.session import sub_run
+
+    d = Path(out)
+    res, resume = sub_run(d)
+    if res is None:
+        cfg = load_config(config, overrides)
+        res = run_finetune(Path(source), list(cfg.data.unseen_tasks), d, cfg=cfg, resume=resume,
+                           overwrite=not resume)
+    return res
+
+
 def _grid_cost(run_dir: str, image_size: int) -> dict[str, float]:
     import torch
 
@@ -109,10 +128,13 @@ def _lam(v) -> float:
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float | None:
-    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x); None outside their range."""
+    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x), flat to the left of the first
+    point (a front point there is better in both coordinates); None beyond the last."""
     pts = sorted(points)
-    if not pts or not pts[0][0] - 1e-9 <= x <= pts[-1][0] + 1e-9:
+    if not pts or x > pts[-1][0] + 1e-9:
         return None
+    if x <= pts[0][0]:
+        return pts[0][1]
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 - 1e-9 <= x <= x1 + 1e-9:
             t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
@@ -134,13 +156,14 @@ def main() -> None:
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
     p.add_argument("--measure", default="macs")
     p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--name", default="lambda_inits", help="stem of the result files")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
@@ -159,7 +182,9 @@ def main() -> None:
 
     meta_jobs = []  # (seed, objective, init)
     for s in args.seeds:
-        meta_jobs += [(s, o, i) for o in objectives for i in inits] + [(s, "budget", "auto")]
+        meta_jobs += [(s, o, i) for o in objectives for i in inits]
+        if args.target > 0:
+            meta_jobs.append((s, "budget", "auto"))
 
     def run_dir(s: int, o: str, i: str) -> Path:
         tag = f"{args.measure}_{args.target:g}" if o == "budget" else i
@@ -183,6 +208,12 @@ def main() -> None:
             (meta_res if key[0] == "meta" else grid_res)[key[1:]] = fut.result()
             print(f"[{n}/{len(futs)}] {' '.join(map(str, key))} ({time.time() - t0:.0f} s)",
                   flush=True)
+        unseen_ref = {s: pool.submit(
+            _dense_unseen, args.config, [*args.overrides, f"train.seed={s}", "train.num_threads=1",
+                                         "train.progress=false"],
+            str(flg._run_dir(args.grid_runs, s, "adam", 0.0)),
+            str(args.runs / f"seed_{s}" / "dense_mtl_unseen")) for s in args.seeds}
+        unseen_ref = {s: f.result() for s, f in unseen_ref.items()}
         costs = {k: pool.submit(_grid_cost, str(flg._run_dir(args.grid_runs, k[0], "adam", k[1])),
                                 cfg.data.image_size) for k in grid_jobs}
         grid_cost = {k: f.result() for k, f in costs.items()}
@@ -191,6 +222,16 @@ def main() -> None:
         ref = grid_res[(s, 0.0)]["test"]
         spec, _ = usable_spec(default_spec(types), ref)
         return delta_m({t: test[t] for t in seen}, {t: ref[t] for t in seen}, spec)
+
+    unseen = list(cfg.data.unseen_tasks)
+    types_u = {t: task.type for t, task in resolve_tasks(cfg, unseen).items()}
+
+    def dm_unseen(test: dict | None, s: int) -> float | None:
+        if not test:
+            return None
+        ref = unseen_ref[s]["test"]
+        spec, _ = usable_spec(default_spec(types_u), ref)
+        return delta_m({t: test[t] for t in unseen}, {t: ref[t] for t in unseen}, spec)
 
     # ---- the fixed-λ grid: front over seeds (dense = λ 0 at 0 %)
     grid_pts = []
@@ -202,7 +243,7 @@ def main() -> None:
                          "backbone_macs": _mean_std(ms)})
     front = _pareto([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
     macs_curve = sorted((g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts)
-    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]
+    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]  # (MACs, Δm)
     grid_passes = len(args.grid) * load_config(args.grid_config).train.max_steps
 
     # ---- rows
@@ -231,10 +272,13 @@ def main() -> None:
             "backbone_macs": 100 * r["cost"]["macs"],
             "share_steps_pushing_up": sum(g < 0 for g in grads) / max(len(grads), 1),
             "passes": passes, "unseen_test": r.get("unseen", {}).get("test"),
+            "delta_m_unseen": dm_unseen(r.get("unseen", {}).get("test"), s),
         }
         if o == "budget":
             row["target"] = 100 * args.target
-            row["front_delta_m_at_macs"] = _interp(sorted(macs_front), row["backbone_macs"])
+            # MACs: lower is better, so the front is read in −MACs
+            row["front_delta_m_at_macs"] = _interp([(-x, y) for x, y in macs_front],
+                                                   -row["backbone_macs"])
         rows.append(row)
         trajectories.append({"objective": o, "seed": s, "init": i,
                              "lambda": [_lam(x["lambda"]) for x in rec],
@@ -258,14 +302,15 @@ def main() -> None:
         rs = [r for r in rows if sel(r)]
         return {k: _mean_std([r[k] for r in rs]) for k in
                 ("lambda_final", "group_sparsity", "param_sparsity", "delta_m", "gap_to_front",
-                 "backbone_macs", "passes")} | {"n": len(rs)}
+                 "backbone_macs", "passes", "delta_m_unseen")} | {"n": len(rs)}
 
     summary = {f"{o}/{i}": agg(lambda r, o=o, i=i: r["objective"] == o and r["init"] == i)
                for o in objectives for i in inits}
-    summary["budget"] = agg(lambda r: r["objective"] == "budget")
     budget_rows = [r for r in rows if r["objective"] == "budget"]
-    summary["budget"]["front_delta_m_at_macs"] = _mean_std(
-        [r["front_delta_m_at_macs"] for r in budget_rows])
+    if budget_rows:
+        summary["budget"] = agg(lambda r: r["objective"] == "budget")
+        summary["budget"]["front_delta_m_at_macs"] = _mean_std(
+            [r["front_delta_m_at_macs"] for r in budget_rows])
 
     import torch
 
@@ -273,16 +318,16 @@ def main() -> None:
                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "threads_per_run": 1, "jobs": args.jobs}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "lambda_inits.json", {
+    write_json(args.out / f"{args.name}.json", {
         "machine": machine, "config": os.path.relpath(args.config, ROOT),
         "overrides": args.overrides, "steps": args.steps, "target": args.target,
         "measure": args.measure, "grid": grid_pts, "front": front, "grid_passes": grid_passes,
         "rows": rows, "convergence": conv, "summary": summary, "trajectories": trajectories,
         "wall_time_s": round(time.time() - t0, 1)})
-    atomic_write_text(args.out / "lambda_inits.md", _markdown(rows, conv, summary, grid_pts,
+    atomic_write_text(args.out / f"{args.name}.md", _markdown(rows, conv, summary, grid_pts,
                                                               grid_passes, args, machine))
-    _plot(trajectories, grid_pts, front, summary, args.out / "lambda_inits.png", objectives)
-    print((args.out / "lambda_inits.md").read_text())
+    _plot(trajectories, grid_pts, front, summary, args.out / f"{args.name}.png", objectives)
+    print((args.out / f"{args.name}.md").read_text())
 
 
 def _f(v, nd=2) -> str:
@@ -299,12 +344,14 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
     from metasparsity.report.tables import markdown_table
 
     lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
-             "", f"`python benchmarks/lambda_inits.py --seeds {' '.join(map(str, args.seeds))} "
-             f"--inits {args.inits} --steps {args.steps} --jobs {args.jobs}` on "
-             f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
+             "", f"`python benchmarks/lambda_inits.py {' '.join(sys.argv[1:])}` on "
+             f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
+             "",
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "
              "(benchmarks/fixed_lambda_grid.py). Gap: Δm minus the fixed-λ front's Δm at the same "
-             f"parameter sparsity. The grid costs {grid_passes} passes in all.", "",
+             "parameter sparsity (the Pareto front, flat to the left of its densest point). Δm "
+             "unseen: the unseen tasks after fine-tuning, against the dense MTL model fine-tuned "
+             f"on them the same way. The grid costs {grid_passes} passes in all.", "",
              "## Runs", ""]
     lines.append(markdown_table(
         ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %", "param sp. %",
@@ -324,16 +371,16 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
           "yes" if c["converged"] else "no"] for c in conv]))
     lines += ["", "## Means over seeds", ""]
     lines.append(markdown_table(
-        ["run", "final λ", "group sp. %", "param sp. %", "backbone MACs %", "Δm %",
-         "gap to front", "passes"],
+        ["run", "final λ", "group sp. %", "param sp. %", "backbone MACs %", "Δm seen %",
+         "gap to front", "Δm unseen %", "passes"],
         [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1), _ms(v["param_sparsity"], 1),
           _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"]),
-          _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
-    b = summary["budget"]
+          _ms(v["delta_m_unseen"]), _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
+    b = summary.get("budget")
     lines += ["", f"Budget mode (target {100 * args.target:g} % of the backbone's {args.measure}): "
               f"ends at {_ms(b['backbone_macs'], 1)} %; the fixed-λ curve's Δm at that MACs share "
-              f"is {_ms(b['front_delta_m_at_macs'])} % against budget mode's {_ms(b['delta_m'])} %.",
-              "", "## The fixed-λ grid (means over seeds)", ""]
+              f"is {_ms(b['front_delta_m_at_macs'])} % against budget mode's {_ms(b['delta_m'])} %."
+              if b else "", "", "## The fixed-λ grid (means over seeds)", ""]
     lines.append(markdown_table(
         ["λ", "param sp. %", "backbone MACs %", "Δm %"],
         [[f"{g['lam']:g}", _ms(g["param_sparsity"], 1), _ms(g["backbone_macs"], 1),

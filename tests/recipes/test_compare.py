@@ -204,3 +204,15 @@ def test_meta_sparsity_with_lambda_init_0_is_refused_before_anything_is_written(
                "meta.lambda_init=0") == 2
     assert "meta.lambda_init is 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_meta_sparsity_in_budget_mode_when_the_config_sets_a_target(tmp_path):
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[mtl,meta_dense,meta_sparsity]",
+               "meta.target=0.7") == 0
+    rows = read_json(out / "results.json")["per_seed"]["0"]
+    assert rows["meta_sparsity"]["budget"]["target"] == 0.7
+    assert rows["meta_sparsity"]["budget"]["cost"]["macs"] <= 0.7
+    assert rows["meta_dense"]["budget"] is None
+    md = (out / "report.md").read_text()
+    assert "| meta-sparsity, budget mode (70 % macs) |" in md and "multiplier" in md

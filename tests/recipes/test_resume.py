@@ -117,9 +117,9 @@ def test_ctrl_c_saves_last_step_and_resume_matches(straight, tmp_path, monkeypat
 
 def test_ctrl_c_in_meta_train_then_resume_matches(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "meta"
-    # λ0 = auto reads 3 batches first; then each meta step moves 2 subsets x (support, query)
-    # = 4 batches: call 3 + 13 is in step 4
-    _interrupt_on_call(monkeypatch, "metasparsity.recipes.meta_train", 3 + 13)
+    # λ0 = auto reads 3 batches first; then each meta step moves 2 subsets x (support, query,
+    # λ-validation) = 6 batches: call 3 + 19 is in step 4
+    _interrupt_on_call(monkeypatch, "metasparsity.recipes.meta_train", 3 + 19)
     assert cli("meta-train", "--out", run, *RESUME) == 130
     assert (f"interrupted at step 3; resume with: metasparsity meta-train --resume {run}"
             in capsys.readouterr().err)

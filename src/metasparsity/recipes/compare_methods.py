@@ -262,14 +262,18 @@ def method_optuna(ctx: Context) -> dict[str, Any]:
                  "passes": ctx.plan.budget, "passes_total": ctx.plan.budget * n})
 
 
+_KEEP = object()  # _meta: keep the config's meta.target
+
+
 def _meta(ctx: Context, name: str, lambda_init: float | None,
-          target: float | None = None) -> dict[str, Any]:
+          target: float | None | object = _KEEP) -> dict[str, Any]:
     cfg = ctx.cfg.copy()
     cfg.train.seed = ctx.seed
     cfg.meta.steps = ctx.plan.meta_steps  # equal compute (run_compare wrote it in config.yaml)
     if lambda_init is not None:
         cfg.meta.lambda_init = lambda_init
-    cfg.meta.target = target
+    if target is not _KEEP:
+        cfg.meta.target = target
     src = ctx.dir(name)
     meta_res, resume = sub_run(src)
     if meta_res is None:
@@ -289,7 +293,7 @@ def _meta(ctx: Context, name: str, lambda_init: float | None,
 
 @METHODS.register("meta_dense")
 def method_meta_dense(ctx: Context) -> dict[str, Any]:
-    return _meta(ctx, "meta_dense", 0.0)
+    return _meta(ctx, "meta_dense", 0.0, target=None)
 
 
 @METHODS.register("meta_sparsity")

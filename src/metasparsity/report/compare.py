@@ -22,6 +22,15 @@ METHOD_NAMES = {
 }
 
 
+def method_label(results: dict[str, Any], name: str) -> str:
+    """The row label of ``name``; meta-sparsity in budget mode (``meta.target``) says so."""
+    meta = results.get("config", {}).get("meta", {})
+    if name == "meta_sparsity" and meta.get("target") is not None:
+        return (f"meta-sparsity, budget mode ({100 * meta['target']:g} % "
+                f"{meta.get('target_measure', 'macs')})")
+    return METHOD_NAMES.get(name, name)
+
+
 def mean_std(cell: dict[str, float] | None, n_seeds: int, scale: float = 1.0) -> str:
     """``mean ± std`` (std only with several seeds), numbers formatted with :func:`fmt`."""
     if cell is None or cell.get("mean") is None or cell["mean"] != cell["mean"]:
@@ -40,9 +49,9 @@ def count_cell(cell: dict[str, float] | None, n_seeds: int) -> str:
     return mean_std(cell, n_seeds)
 
 
-def _lam_cell(agg: dict, n: int) -> str:
+def _lam_cell(agg: dict, n: int, budget: bool = False) -> str:
     if "lambda_final" in agg:
-        return "learned " + mean_std(agg["lambda_final"], n)
+        return ("multiplier " if budget else "learned ") + mean_std(agg["lambda_final"], n)
     if "selected_lambda" in agg:
         return "chosen " + mean_std(agg["selected_lambda"], n)
     return "–"
@@ -57,12 +66,13 @@ def summary_table(results: dict[str, Any]) -> str:
     for name in results["methods"]:
         a = results["summary"][name]
         rows.append([
-            METHOD_NAMES.get(name, name), mean_std(a["delta_m_seen"], n),
+            method_label(results, name), mean_std(a["delta_m_seen"], n),
             mean_std(a["delta_m_unseen"], n), mean_std(a["delta_m_all"], n),
             mean_std(a["group_sparsity"], n), mean_std(a["param_sparsity"], n),
             mean_std(a.get("gap_to_front"), n), mean_std(a["params"], n, 1e-6), mean_std(a["macs"], n, 1e-6),
             count_cell(a.get("passes"), n), count_cell(a.get("passes_total"), n),
-            mean_std(a["wall_time_s"], n), _lam_cell(a, n),
+            mean_std(a["wall_time_s"], n),
+            _lam_cell(a, n, budget=name == "meta_budget" or "budget mode" in method_label(results, name)),
         ])
     return markdown_table(header, rows)
 
@@ -75,7 +85,7 @@ def task_table(results: dict[str, Any]) -> str:
     rows = []
     for name in results["methods"]:
         a = results["summary"][name]["metrics"]
-        rows.append([METHOD_NAMES.get(name, name)]
+        rows.append([method_label(results, name)]
                     + [mean_std(a.get(t, {}).get(m), n) for t, m, _ in cols])
     return markdown_table(header, rows)
 
@@ -107,7 +117,7 @@ def summary_points(results: dict[str, Any]) -> list[dict[str, Any]]:
         a = results["summary"][name]
         if name == "stl":
             continue
-        pts.append({"label": METHOD_NAMES.get(name, name),
+        pts.append({"label": method_label(results, name),
                     "param_sparsity": a["param_sparsity"]["mean"] / 100,
                     "delta_m": a["delta_m_seen"]["mean"],
                     "xerr": a["param_sparsity"]["std"], "yerr": a["delta_m_seen"]["std"]})
@@ -127,7 +137,7 @@ def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
         title=f"Δm (seen tasks, test) against sparsity{f', mean ± std of {n} seeds' if n > 1 else ''}",
         extra=summary_points(results))
     made["delta_vs_sparsity"] = "delta_vs_sparsity.png"
-    per_layer = {METHOD_NAMES.get(m, m): rows[m]["sparsity"]["per_layer"]
+    per_layer = {method_label(results, m): rows[m]["sparsity"]["per_layer"]
                  for m in ("fixed_lambda", "optuna", "meta_sparsity", "meta_budget") if m in rows}
     if per_layer:
         plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")

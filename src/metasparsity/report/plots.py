@@ -152,7 +152,9 @@ def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
         axes[0].set_title("λ (log scale)")
     else:
         axes[0].set_title("λ")
-    axes[1].set_title("dL_query/dλ (negative ⇒ λ grows)")
+    objectives = {r.get("lambda_objective") for run in runs for r in run["records"]}
+    loss = "L_val" if objectives == {"heldout"} else "L_query" if objectives <= {"query", None} else "L"
+    axes[1].set_title(f"d{loss}/dλ (negative ⇒ λ grows)")
     axes[1].axhline(0, color="k", lw=0.5)
     axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[2].set_title("group sparsity (%)")
