@@ -276,3 +276,18 @@ def test_good_budget_configs_load():
     cfg = load_config(None, ["meta.target=0.25", "meta.lambda_init=0.01"])
     assert cfg.meta.target == 0.25 and cfg.meta.target_measure == "macs"
     assert load_config(None, []).meta.target is None  # off by default
+
+
+def test_a_target_below_an_empty_backbone_is_refused_before_anything_is_written(tmp_path, capsys):
+    cfg = load_config(None, MICRO)
+    model = build_model(cfg, cfg.data.seen_tasks).eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cost = BackboneCost(model, torch.randn(1, 3, 32, 32), channel_groups(model))
+    floor = cost.floor(model, "macs")
+    assert 0.0 < floor < 0.5  # the stem and the channels the heads read stay
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # restored
+    out = tmp_path / "run"
+    assert cli("meta-train", "--out", out, *MICRO, f"meta.target={floor / 2}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.target" in err[0] and "out of reach" in err[0]
+    assert not out.exists()

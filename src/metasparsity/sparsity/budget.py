@@ -102,6 +102,20 @@ class BackboneCost:
         dense = self.dense[measure]
         return self.count(model, measure) / dense if dense else 1.0
 
+    @torch.no_grad()
+    def floor(self, model: nn.Module, measure: str) -> float:
+        """The lowest reachable :meth:`fraction`: every group zero (the stem's inputs and the
+        channels the heads read stay).  The model's weights are restored."""
+        params = dict(model.named_parameters())
+        saved = {g.name: params[g.name].detach().clone() for g in self.layers}
+        try:
+            for name in saved:
+                params[name].zero_()
+            return self.fraction(model, measure)
+        finally:
+            for name, w in saved.items():
+                params[name].copy_(w)
+
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Every measure at once (for logs and results)."""
         return {m: self.fraction(model, m) for m in MEASURES}
