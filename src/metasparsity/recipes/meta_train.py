@@ -143,12 +143,7 @@ class MetaTrainer:
         if self.budget:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.layers)
-            floor = self.cost.floor(self.model, m.target_measure)
-            if m.target < floor:
-                raise UserError(
-                    f"meta.target: {m.target:g} is out of reach: with every group zero the "
-                    f"backbone still keeps {floor:.3f} of its {m.target_measure} (the stem and the "
-                    f"channels the heads read stay); use meta.target >= {floor:.3f}")
+            self.cost.check_target(self.model, m.target_measure, m.target)
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
             prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),

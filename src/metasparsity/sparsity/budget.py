@@ -27,6 +27,7 @@ from torch import nn
 
 from metasparsity.sparsity.groups import ConvGroups, group_norms, sparsity_stats
 from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
+from metasparsity.utils.errors import UserError
 
 MEASURES = ("macs", "params", "groups")
 
@@ -115,6 +116,15 @@ class BackboneCost:
         finally:
             for name, w in saved.items():
                 params[name].copy_(w)
+
+    def check_target(self, model: nn.Module, measure: str, target: float) -> None:
+        """Raise ``UserError`` (naming ``meta.target``) when ``target`` is below :meth:`floor`."""
+        floor = self.floor(model, measure)
+        if target < floor:
+            raise UserError(
+                f"meta.target: {target:g} is out of reach: with every group zero the backbone "
+                f"still keeps {floor:.3f} of its {measure} (the stem and the channels the heads "
+                f"read stay); use meta.target >= {floor:.3f}")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Every measure at once (for logs and results)."""
