@@ -13,7 +13,6 @@ import torch
 from torch.func import functional_call
 
 from metasparsity.meta import (
-    LearnedLambda,
     batch_stat_buffers,
     broadcast_lambda,
     inner_loop,
@@ -23,11 +22,9 @@ from metasparsity.meta.inner import _constant_inner_loop, adapted_names
 from metasparsity.sparsity import channel_groups, penalty_per_layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_models import ToyMultiTaskNet, toy_batch, toy_loss  # noqa: E402
+from tests.meta.toy_meta import ALPHA, make_batches, make_lam, uncertainty  # noqa: E402
 
-ALPHA = 0.1
-SUBSETS = [("seg", "attr"), ("depth",), ("seg", "depth", "attr")]
-
+from toy_models import ToyMultiTaskNet, toy_loss  # noqa: E402
 
 
 @pytest.fixture
@@ -36,30 +33,10 @@ def model():
     return ToyMultiTaskNet().double()
 
 
-def make_batches(seed=0, n=6):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for s in SUBSETS:
-        sx, sy = toy_batch(n, generator=g)
-        qx, qy = toy_batch(n, generator=g)
-        out.append((s, sx, sy, qx, qy))
-    return out
 
 
-def make_lam(scope, num_layers, learnable=True):
-    lam = LearnedLambda(0.05, scope=scope, num_layers=num_layers, lambda_min=1e-6,
-                        lambda_max=10.0, learnable=learnable).double()
-    if scope == "layer":
-        with torch.no_grad():
-            lam.rho.add_(torch.linspace(-0.5, 0.5, num_layers, dtype=torch.float64))
-    return lam
 
 
-def uncertainty(s):
-    def loss_fn(outputs, targets, tasks):
-        _, per = toy_loss(outputs, targets, tasks)
-        return sum(torch.exp(-s[t]) * per[t] + s[t] for t in tasks), per
-    return loss_fn
 
 
 def reference(model, lam, layers, batches, loss_fn, K, mode, outer_penalty, extra):

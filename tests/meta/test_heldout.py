@@ -21,7 +21,6 @@ from torch.func import functional_call
 
 from metasparsity.config import load_config
 from metasparsity.meta import (
-    LearnedLambda,
     batch_stat_buffers,
     broadcast_lambda,
     inner_loop,
@@ -35,10 +34,10 @@ from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.meta.toy_meta import ALPHA, SUBSETS, make_batches, make_lam, uncertainty  # noqa: E402
+
 from toy_models import ToyMultiTaskNet, toy_batch, toy_loss  # noqa: E402
 
-ALPHA = 0.1
-SUBSETS = [("seg", "attr"), ("depth",), ("seg", "depth", "attr")]
 # (mode, K): lambda_path is exact for K = 1 only; second_order for any K
 EXACT = [("lambda_path", 1), ("second_order", 1), ("second_order", 2)]
 
@@ -49,14 +48,6 @@ def model():
     return ToyMultiTaskNet().double()
 
 
-def make_batches(seed=0, n=6):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for s in SUBSETS:
-        sx, sy = toy_batch(n, generator=g)
-        qx, qy = toy_batch(n, generator=g)
-        out.append((s, sx, sy, qx, qy))
-    return out
 
 
 def make_val(seed=100, n=6):
@@ -64,20 +55,8 @@ def make_val(seed=100, n=6):
     return [toy_batch(n, generator=g) for _ in SUBSETS]
 
 
-def make_lam(scope, num_layers):
-    lam = LearnedLambda(0.05, scope=scope, num_layers=num_layers, lambda_min=1e-6,
-                        lambda_max=10.0).double()
-    if scope == "layer":
-        with torch.no_grad():
-            lam.rho.add_(torch.linspace(-0.5, 0.5, num_layers, dtype=torch.float64))
-    return lam
 
 
-def uncertainty(s):
-    def loss_fn(outputs, targets, tasks):
-        _, per = toy_loss(outputs, targets, tasks)
-        return sum(torch.exp(-s[t]) * per[t] + s[t] for t in tasks), per
-    return loss_fn
 
 
 def log_vars():
