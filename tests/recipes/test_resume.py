@@ -21,7 +21,8 @@ from metasparsity.utils.io import read_json, read_jsonl
 # the fixed-λ prox, and (meta) both Adam states, ρ, the subset sampler, support/query streams.
 RESUME = MICRO + ["train.max_steps=6", "train.val_every=4", "train.warmup_steps=2",
                   "sparsity.lam=0.05", "train.loss_weighting=uncertainty",
-                  "data.train_size=24", "meta.steps=6", "meta.val_every=4"]
+                  "data.train_size=24", "meta.steps=6", "meta.val_every=4",
+                  "meta.lr_schedule=cosine", "meta.warmup_steps=2"]
 
 
 def _last(run_dir: Path):
@@ -82,6 +83,29 @@ def test_meta_train_stop_and_resume_is_bit_identical(straight, tmp_path):
     assert a.meta["sampler"] == b.meta["sampler"]
     lam_steps = [r["step"] for r in res["lambda_trajectory"]]
     assert lam_steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):
+    """θ's rate (and prox step) at outer step s is outer_lr · lr_factor(s): warm-up, then cosine."""
+    import metasparsity.recipes.meta_train as mtmod
+    from metasparsity.training.schedule import lr_factor
+
+    cfg = load_config(None, RESUME)
+    seen = []
+    real = mtmod.outer_update
+
+    def spy(model, lam, res, opt_theta, *a, **k):
+        seen.append([g["lr"] for g in opt_theta.param_groups])
+        return real(model, lam, res, opt_theta, *a, **k)
+
+    monkeypatch.setattr(mtmod, "outer_update", spy)
+    mt = MetaTrainer(cfg, tmp_path / "m")
+    mt.setup()
+    mt.train()
+    m = cfg.meta
+    want = [m.outer_lr * lr_factor("cosine", s, 6, 2) for s in range(6)]
+    assert [lrs[0] for lrs in seen] == want and all(len(set(v)) == 1 for v in seen)
+    assert want[0] == m.outer_lr / 2 and want[1] == m.outer_lr and want[-1] < 0.2 * m.outer_lr
 
 
 def _interrupt_on_call(monkeypatch, module: str, k: int):

@@ -121,6 +121,9 @@ class MetaConfig:
     inner_steps: int = _f(1, min=1, help="K, SGD steps of the inner loop")
     inner_lr: float = _f(0.01, min=0.0, min_open=True, help="α, inner-loop learning rate")
     outer_lr: float = _f(1e-3, min=0.0, min_open=True, help="Adam rate on θ (and prox step size η)")
+    lr_schedule: str = _f("constant", choices=["constant", "cosine", "poly", "step"],
+                          help="schedule of outer_lr over meta.steps (also the prox step size)")
+    warmup_steps: int = _f(0, min=0, help="linear warm-up of outer_lr (outer steps)")
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])

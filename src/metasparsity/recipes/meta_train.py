@@ -44,6 +44,7 @@ from metasparsity.training.evaluation import evaluate, recompute_bn_stats
 from metasparsity.training.interrupt import DeferInterrupt
 from metasparsity.training.rng import preserved_rng, set_rng_state
 from metasparsity.training.run_checkpoints import has_checkpoints, load_model_state
+from metasparsity.training.schedule import lr_factor
 from metasparsity.training.session import RunSession
 from metasparsity.training.weighting import LossWeighting
 from metasparsity.utils.device import autocast
@@ -203,11 +204,18 @@ class MetaTrainer:
         if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
             self.lambda0 = float(ck.meta.get("lambda_init") or m.lambda_min)
         # the config of this invocation decides the learning rates from here on
-        for group in self.opt_theta.param_groups:
-            group["lr"] = m.outer_lr
+        self._set_outer_lr()
         if self.opt_rho is not None:
             for group in self.opt_rho.param_groups:
                 group["lr"] = m.lambda_lr
+
+    def _set_outer_lr(self) -> None:
+        """θ's Adam rate (and prox step size) for the coming step: ``meta.outer_lr`` on
+        ``meta.lr_schedule`` with ``meta.warmup_steps``, a function of the step alone."""
+        m = self.cfg.meta
+        lr = m.outer_lr * lr_factor(m.lr_schedule, self.step, m.steps, m.warmup_steps)
+        for group in self.opt_theta.param_groups:
+            group["lr"] = lr
 
     def _mark(self) -> None:
         self.session.mark(self.step, support=self.support.state_dict(),
@@ -261,6 +269,7 @@ class MetaTrainer:
                 res = reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
                 with DeferInterrupt():  # the in-place update is all or nothing
+                    self._set_outer_lr()
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
                                  extra_params=dict(self.weighting.named_parameters()))
