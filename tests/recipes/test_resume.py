@@ -86,17 +86,19 @@ def test_meta_train_stop_and_resume_is_bit_identical(straight, tmp_path):
 
 
 def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):
-    """θ's rate (and prox step) at outer step s is outer_lr · lr_factor(s): warm-up, then cosine."""
+    """θ's rate (and prox step) at outer step s is outer_lr · lr_factor(s): warm-up, then cosine;
+    λ's is lambda_lr · lr_factor(s)."""
     import metasparsity.recipes.meta_train as mtmod
     from metasparsity.training.schedule import lr_factor
 
     cfg = load_config(None, RESUME)
-    seen = []
+    seen, rho_lr = [], []
     real = mtmod.outer_update
 
-    def spy(model, lam, res, opt_theta, *a, **k):
+    def spy(model, lam, res, opt_theta, opt_rho, *a, **k):
         seen.append([g["lr"] for g in opt_theta.param_groups])
-        return real(model, lam, res, opt_theta, *a, **k)
+        rho_lr.append([g["lr"] for g in opt_rho.param_groups])
+        return real(model, lam, res, opt_theta, opt_rho, *a, **k)
 
     monkeypatch.setattr(mtmod, "outer_update", spy)
     mt = MetaTrainer(cfg, tmp_path / "m")
@@ -106,6 +108,8 @@ def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):
     want = [m.outer_lr * lr_factor("cosine", s, 6, 2) for s in range(6)]
     assert [lrs[0] for lrs in seen] == want and all(len(set(v)) == 1 for v in seen)
     assert want[0] == m.outer_lr / 2 and want[1] == m.outer_lr and want[-1] < 0.2 * m.outer_lr
+    # λ anneals with θ: ρ's Adam rate is lambda_lr times the same factor
+    assert [r[0] for r in rho_lr] == [m.lambda_lr * lr_factor("cosine", s, 6, 2) for s in range(6)]
 
 
 def _interrupt_on_call(monkeypatch, module: str, k: int):

@@ -205,17 +205,20 @@ class MetaTrainer:
             self.lambda0 = float(ck.meta.get("lambda_init") or m.lambda_min)
         # the config of this invocation decides the learning rates from here on
         self._set_outer_lr()
-        if self.opt_rho is not None:
-            for group in self.opt_rho.param_groups:
-                group["lr"] = m.lambda_lr
 
     def _set_outer_lr(self) -> None:
-        """θ's Adam rate (and prox step size) for the coming step: ``meta.outer_lr`` on
-        ``meta.lr_schedule`` with ``meta.warmup_steps``, a function of the step alone."""
+        """The rates of the coming outer step, a function of the step alone: θ's Adam rate (and
+        prox step size) ``meta.outer_lr`` and λ's rate ``meta.lambda_lr`` (Adam on ρ, or budget
+        mode's dual step), both times the factor of ``meta.lr_schedule`` with
+        ``meta.warmup_steps``: λ anneals with θ, so the last steps train θ at a settled λ."""
         m = self.cfg.meta
-        lr = m.outer_lr * lr_factor(m.lr_schedule, self.step, m.steps, m.warmup_steps)
+        f = lr_factor(m.lr_schedule, self.step, m.steps, m.warmup_steps)
         for group in self.opt_theta.param_groups:
-            group["lr"] = lr
+            group["lr"] = m.outer_lr * f
+        self.lambda_rate = m.lambda_lr * f
+        if self.opt_rho is not None:
+            for group in self.opt_rho.param_groups:
+                group["lr"] = self.lambda_rate
 
     def _mark(self) -> None:
         self.session.mark(self.step, support=self.support.state_dict(),
@@ -302,7 +305,7 @@ class MetaTrainer:
         Returns the backbone's cost (a fraction of dense)."""
         m = self.cfg.meta
         cost = self.cost.fraction(self.model, m.target_measure)
-        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
+        self.lam.dual_step_((cost - m.target) / m.target, self.lambda_rate)
         if self.step + 1 == m.steps:  # the last step lands on the budget
             self.projected = project_to_budget(self.model, self.cost, m.target_measure, m.target,
                                                self.opt_theta.prox_scores(self.model, self.layers))
