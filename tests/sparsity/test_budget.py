@@ -242,6 +242,22 @@ def test_budget_mode_moves_lambda_by_the_dual_step_alone(budget_run):
     assert res["lambda_objective"] is None  # λ is not learned by meta-gradient
 
 
+def test_budget_modes_dual_step_follows_the_schedule(tmp_path):
+    """With meta.lr_schedule the dual step's rate anneals with θ's: lambda_lr · lr_factor(s)."""
+    from metasparsity.training.schedule import lr_factor
+
+    steps = 8
+    run = tmp_path / "run"
+    assert cli("meta-train", "--out", run, *MICRO, *BUDGET, f"meta.steps={steps}",
+               "meta.lr_schedule=cosine", "meta.warmup_steps=2", "meta.val_every=8") == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "meta"]
+    rho = [math.log(LAM0)] + [math.log(r["lambda"]) for r in records]
+    for k, r in enumerate(records[:-1]):
+        step = RATE * lr_factor("cosine", k, steps, 2) * (r["cost"] - TARGET) / TARGET
+        assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
+    assert rho[1] - rho[0] == pytest.approx(RATE / 2 * (records[0]["cost"] - TARGET) / TARGET)
+
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_budget_mode_learns_only_a_per_layer_lambda_by_meta_gradient(tmp_path, scope):
     cfg = load_config(None, [*MICRO, *BUDGET, f"meta.lambda_scope={scope}"])
