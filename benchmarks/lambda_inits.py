@@ -6,7 +6,8 @@ For every seed, objective (``heldout``, ``query``) and λ0 of ``--inits``: one `
 ``--steps`` meta-steps, then fine-tuning on the seen tasks (the meta-preset's ``finetune``), test
 metrics.  Per seed also budget mode (``meta.target`` = ``--target`` of ``meta.target_measure``
 ``--measure``, λ0 = auto).  The ``heldout`` / ``auto`` run and the budget run are also
-fine-tuned on the unseen tasks.
+fine-tuned on the unseen tasks.  Per seed also ``meta_dense`` (λ = 0: the same recipe without
+sparsity, what the recipe itself costs against MTL; ``--no-dense`` skips it).
 
 Δm (DESIGN §4, primary metrics of the seen tasks, test split) is taken against the dense MTL
 model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (same data, 1000 steps), whose
@@ -19,7 +20,7 @@ Rows carry ``objective``, ``seed``, ``lambda_init``, ``lambda_final``, ``group_s
 (λ trajectories and the sign of λ's gradient over training for both objectives; Δm against
 parameter sparsity with the front).  Finished runs are reused, interrupted ones resumed.
 
-    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 100]
+    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 480]
         [--jobs 2] [key=value ...]
 """
 
@@ -47,6 +48,8 @@ def _meta_overrides(seed: int, objective: str, init: str, steps: int, target: fl
            "train.progress=false", f"meta.lambda_init={init}"]
     if objective == "budget":
         return out + [f"meta.target={target}", f"meta.target_measure={measure}"]
+    if objective == "dense":  # meta_dense: the recipe without sparsity (init "0")
+        return out
     return out + [f"meta.lambda_objective={objective}"]
 
 
@@ -155,9 +158,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=480)
     p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
     p.add_argument("--measure", default="macs")
+    p.add_argument("--no-dense", dest="dense", action="store_false",
+                   help="skip the meta-trained dense model (λ = 0) of each seed")
     p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
@@ -185,6 +190,8 @@ def main() -> None:
         meta_jobs += [(s, o, i) for o in objectives for i in inits]
         if args.target > 0:
             meta_jobs.append((s, "budget", "auto"))
+        if args.dense:
+            meta_jobs.append((s, "dense", "0"))
 
     def run_dir(s: int, o: str, i: str) -> Path:
         tag = f"{args.measure}_{args.target:g}" if o == "budget" else i
@@ -265,7 +272,8 @@ def main() -> None:
         row = {
             "objective": o, "seed": s, "lambda_init": meta["lambda_init"], "init": i,
             "lambda_final": lam_f,
-            "at_clamp": (lam_f <= plan_cfg.lambda_min * 1.01 or lam_f >= plan_cfg.lambda_max / 1.01),
+            "at_clamp": o != "dense" and (lam_f <= plan_cfg.lambda_min * 1.01
+                                          or lam_f >= plan_cfg.lambda_max / 1.01),
             "group_sparsity": 100 * meta["sparsity"]["group_sparsity"],
             "param_sparsity": ps, "delta_m": d,
             "gap_to_front": None if front_at is None else d - front_at,
@@ -280,6 +288,8 @@ def main() -> None:
             row["front_delta_m_at_macs"] = _interp([(-x, y) for x, y in macs_front],
                                                    -row["backbone_macs"])
         rows.append(row)
+        if o == "dense":
+            continue
         trajectories.append({"objective": o, "seed": s, "init": i,
                              "lambda": [_lam(x["lambda"]) for x in rec],
                              "grad_sign": [(-1 if g > 0 else 1 if g < 0 else 0) for g in grads],
@@ -311,6 +321,8 @@ def main() -> None:
         summary["budget"] = agg(lambda r: r["objective"] == "budget")
         summary["budget"]["front_delta_m_at_macs"] = _mean_std(
             [r["front_delta_m_at_macs"] for r in budget_rows])
+    if any(r["objective"] == "dense" for r in rows):
+        summary["meta_dense"] = agg(lambda r: r["objective"] == "dense")
 
     import torch
 
