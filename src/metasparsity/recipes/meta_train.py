@@ -208,17 +208,17 @@ class MetaTrainer:
 
     def _set_outer_lr(self) -> None:
         """The rates of the coming outer step, a function of the step alone: θ's Adam rate (and
-        prox step size) ``meta.outer_lr`` and λ's rate ``meta.lambda_lr`` (Adam on ρ, or budget
-        mode's dual step), both times the factor of ``meta.lr_schedule`` with
-        ``meta.warmup_steps``: λ anneals with θ, so the last steps train θ at a settled λ."""
+        prox step size) ``meta.outer_lr`` and ρ's Adam rate ``meta.lambda_lr``, both times the
+        factor of ``meta.lr_schedule`` with ``meta.warmup_steps``: a learned λ anneals with θ,
+        so the last steps train θ at a settled λ.  Budget mode's dual step keeps its rate: the
+        multiplier must follow the cost for as long as the zeros move."""
         m = self.cfg.meta
         f = lr_factor(m.lr_schedule, self.step, m.steps, m.warmup_steps)
         for group in self.opt_theta.param_groups:
             group["lr"] = m.outer_lr * f
-        self.lambda_rate = m.lambda_lr * f
         if self.opt_rho is not None:
             for group in self.opt_rho.param_groups:
-                group["lr"] = self.lambda_rate
+                group["lr"] = m.lambda_lr * f
 
     def _mark(self) -> None:
         self.session.mark(self.step, support=self.support.state_dict(),
@@ -305,7 +305,7 @@ class MetaTrainer:
         Returns the backbone's cost (a fraction of dense)."""
         m = self.cfg.meta
         cost = self.cost.fraction(self.model, m.target_measure)
-        self.lam.dual_step_((cost - m.target) / m.target, self.lambda_rate)
+        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
         if self.step + 1 == m.steps:  # the last step lands on the budget
             self.projected = project_to_budget(self.model, self.cost, m.target_measure, m.target,
                                                self.opt_theta.prox_scores(self.model, self.layers))
