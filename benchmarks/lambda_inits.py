@@ -20,7 +20,7 @@ Rows carry ``objective``, ``seed``, ``lambda_init``, ``lambda_final``, ``group_s
 (λ trajectories and the sign of λ's gradient over training for both objectives; Δm against
 parameter sparsity with the front).  Finished runs are reused, interrupted ones resumed.
 
-    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 480]
+    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 240]
         [--jobs 2] [key=value ...]
 """
 
@@ -158,7 +158,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query")
-    p.add_argument("--steps", type=int, default=480)
+    p.add_argument("--steps", type=int, default=240)
     p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
     p.add_argument("--measure", default="macs")
     p.add_argument("--no-dense", dest="dense", action="store_false",
