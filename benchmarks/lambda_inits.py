@@ -183,7 +183,7 @@ def main() -> None:
     seen = list(cfg.data.seen_tasks)
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
     inits = [v.strip() for v in args.inits.split(",")]
-    objectives = [v.strip() for v in args.objectives.split(",")]
+    objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]  # "": budget only
 
     meta_jobs = []  # (seed, objective, init)
     for s in args.seeds:

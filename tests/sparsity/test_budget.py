@@ -18,7 +18,10 @@ from metasparsity.meta import LearnedLambda
 from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.sparsity import (
     BackboneCost,
+    ProxAdam,
     channel_groups,
+    land_on_budget,
+    prox_param_groups,
     prune_zero_channels,
     sparsity_stats,
 )
@@ -115,6 +118,107 @@ def test_fraction_refuses_an_unknown_measure():
         BackboneCost(model, x, channel_groups(model)).fraction(model, "flops")
 
 
+# --------------------------------------------------------------------- the last step's landing
+
+
+def stepped_micro_model(scale: float = 1.0) -> tuple[nn.Module, torch.Tensor, ProxAdam, list]:
+    """The micro model in float64 after two Adam steps without prox on random gradients (so that
+    ``D`` differs between elements), then one more plain step: the weights the last outer step
+    hands to the landing."""
+    model, x = micro_model()
+    model.double()
+    layers = channel_groups(model)
+    opt = ProxAdam(prox_param_groups(model, layers), lr=1e-2, num_layers=len(layers))
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = scale * torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step(lam=None)
+    return model, x.double(), opt, layers
+
+
+def test_step_is_the_adam_step_then_apply_prox():
+    a, _, opt_a, layers = stepped_micro_model()
+    b, _, opt_b, _ = stepped_micro_model()
+    lam = torch.linspace(1e-3, 5e-2, len(layers), dtype=torch.float64)
+    for p in a.parameters():
+        p.grad = torch.ones_like(p)
+    for p in b.parameters():
+        p.grad = torch.ones_like(p)
+    opt_a.step(lam=lam)
+    opt_b.step(lam=None)
+    opt_b.apply_prox(lam)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("lam", [0.02, "layer"])
+def test_zero_thresholds_say_from_which_multiple_of_lambda_the_prox_zeroes_a_group(lam):
+    model, _, opt, layers = stepped_micro_model()
+    if lam == "layer":
+        lam = torch.logspace(-3, -1, len(layers), dtype=torch.float64)
+    thr = opt.zero_thresholds(model, layers, lam)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    hits = 0
+    for q in (0.1, 0.5, 0.9):  # several cut points: each group's fate on either side of it
+        s = float(torch.quantile(torch.cat(list(thr.values())), q, interpolation="lower"))
+        for factor, expect in ((1 - 1e-9, False), (1 + 1e-9, True)):
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(saved[n])
+            opt.apply_prox(lam * (s * factor))
+            for g in layers:
+                zero = params[g.name].flatten(2).norm(dim=(0, 2)) == 0
+                at = (thr[g.name] - s).abs() <= 1e-12 * s
+                # a group whose threshold is the cut point: alive just below it, zero just above
+                assert bool((zero[at] == expect).all()), g.name
+                hits += int(at.sum())
+                assert bool((zero[thr[g.name] < s * (1 - 1e-6)]).all())
+                assert not bool((zero[thr[g.name] > s * (1 + 1e-6)]).any())
+    assert hits == 6  # each cut point is one group's threshold, seen from both sides
+
+
+@pytest.mark.parametrize("measure", ["macs", "params", "groups"])
+@pytest.mark.parametrize("side", ["few", "all"])
+def test_the_landing_meets_the_budget_at_the_smallest_multiplier_from_either_side(measure, side):
+    """A λ that zeroes few groups (the landing takes s > 1: more) and one that zeroes them all
+    (s < 1: groups the prox at λ would zero come back): either way the prox at s·λ is within
+    the target, and at any smaller multiplier it is not."""
+    target = 0.5
+    model, x, opt, layers = stepped_micro_model()
+    cost = BackboneCost(model, x, layers)
+    unit = torch.cat(list(opt.zero_thresholds(model, layers, 1.0).values()))  # λ of each group
+    lam = float(torch.quantile(unit, 0.05)) if side == "few" else 1.01 * float(unit.max())
+    thr = opt.zero_thresholds(model, layers, lam)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    s = land_on_budget(model, cost, measure, target, thr)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # untouched
+
+    def cost_at(mult: float) -> float:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(before[n])
+        opt.apply_prox(lam * mult)
+        return cost.fraction(model, measure)
+
+    at_lam = cost_at(1.0)
+    assert cost_at(s) <= target
+    below = max(float(t[t < s].max()) if bool((t < s).any()) else 0.0 for t in thr.values())
+    assert cost_at((s + below) / 2) > target  # between the last two thresholds: over budget
+    if side == "few":
+        assert at_lam > target and s > 1  # more zeros than λ gives
+    else:
+        assert at_lam < target and s < 1  # fewer: the landing gives groups back
+
+
+def test_the_landing_is_zero_when_the_weights_already_fit_and_inf_out_of_reach():
+    model, x, opt, layers = stepped_micro_model()
+    cost = BackboneCost(model, x, layers)
+    thr = opt.zero_thresholds(model, layers, 0.05)
+    assert land_on_budget(model, cost, "macs", 1.0, thr) == 0.0
+    assert land_on_budget(model, cost, "macs", 1e-6, thr) == math.inf
+
+
 # --------------------------------------------------------------------- dual step on ρ = log λ
 
 
@@ -191,8 +295,8 @@ def budget_run(tmp_path_factory):
 def test_budget_mode_reaches_the_target_and_holds_it(budget_run):
     records, res = budget_run
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    # the dual ascent's own trajectory: steps 1 … STEPS−1 (the last step may also project the
-    # weights onto the budget, which says nothing about the multiplier)
+    # the dual ascent's own trajectory: steps 1 … STEPS−1 (the last step lands on the budget
+    # by its own prox, which says nothing about the multiplier)
     cost = [r["cost"] for r in records[:-1]]
     lam = [r["lambda"] for r in records]
     half = STEPS // 2
@@ -213,10 +317,15 @@ def test_budget_mode_reaches_the_target_and_holds_it(budget_run):
     assert max(lam) >= 3 * LAM0
     assert lam[-1] <= 1.05 * max(lam[half:])
     assert max(lam[half:]) <= 2 * min(lam[half:]), lam[half:]
-    # the model that comes out is at the budget (within the band; the projection of the last
-    # step, when there is one, puts it at or just below the target)
+    # the model that comes out is on the budget: the last step's prox at the multiplier that
+    # just meets it leaves the cost at most one group below the target
     final = res["budget"]["cost"]["groups"]
-    assert TARGET - 0.12 <= final <= TARGET + 0.08, final
+    n_groups = sum(g.num_groups for g in channel_groups(micro_model()[0]))
+    assert TARGET - 1.0 / n_groups - 1e-12 <= final <= TARGET, final
+    landing = res["budget"]["landing"]
+    assert landing["scale"] > 0 and landing["lambda"] == pytest.approx(
+        landing["scale"] * records[-2]["lambda"], rel=1e-9)
+    assert res["budget"]["projected_groups"] == 0  # nothing left for the rounding safety net
 
 
 def test_budget_mode_moves_lambda_by_the_dual_step_alone(budget_run):
@@ -227,11 +336,8 @@ def test_budget_mode_moves_lambda_by_the_dual_step_alone(budget_run):
     for k, r in enumerate(records):
         assert r["target"] == TARGET
         assert r["cost"] == pytest.approx(1.0 - r["group_sparsity"], abs=1e-12)
-        if k < len(records) - 1:
-            step = RATE * (r["cost"] - TARGET) / TARGET
-            assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
-        else:  # the logged cost of the last step may be after the projection: only a range
-            assert -RATE - 1e-9 <= rho[k + 1] - rho[k] <= RATE * (1 - TARGET) / TARGET + 1e-9
+        step = RATE * (r["cost"] - TARGET) / TARGET  # the last one's cost: after its landing
+        assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
     assert res["budget"]["measure"] == "groups" and res["budget"]["target"] == TARGET
     final = res["budget"]["cost"]
     assert set(final) == {"macs", "params", "groups"}

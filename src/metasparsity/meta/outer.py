@@ -18,7 +18,8 @@ from metasparsity.sparsity import ConvGroups, ProxAdam, prox_
 def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
                  opt_theta: torch.optim.Optimizer, opt_rho: torch.optim.Optimizer | None,
                  prox_step: float, layers: Sequence[ConvGroups],
-                 extra_params: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                 extra_params: Mapping[str, torch.Tensor] | None = None,
+                 take_prox: bool = True) -> dict[str, Any]:
     """Apply one outer step in place (DESIGN §2.4).
 
     1. ``.grad`` ← the meta-gradients; then the optimizer step on θ and ``extra_params`` (which
@@ -32,7 +33,8 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
     3. If λ is learnable: ``ρ.grad`` ← ``result.grad_rho``; ``opt_rho.step()``; ρ clamped into
        ``[log λ_min, log λ_max]``.
 
-    ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
+    ``take_prox=False`` leaves the prox out of step 1 (budget mode's last step takes it
+    itself, at the λ that meets the budget).  ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
     "lam_next": λ after the update}``.
     """
     params = dict(model.named_parameters())
@@ -44,7 +46,7 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
         g = result.grads_extra.get(name)
         p.grad = None if g is None else g.detach().to(p.dtype)
     lam_used = lam.value()
-    sparse = lam.enabled and bool(layers)
+    sparse = lam.enabled and bool(layers) and take_prox
     if isinstance(opt_theta, ProxAdam):
         opt_theta.step(lam=lam().detach() if sparse else None)
     else:

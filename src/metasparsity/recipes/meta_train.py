@@ -28,6 +28,7 @@ from metasparsity.sparsity import (
     BackboneCost,
     ProxAdam,
     channel_groups,
+    land_on_budget,
     project_to_budget,
     prox_param_groups,
     sparsity_stats,
@@ -140,7 +141,8 @@ class MetaTrainer:
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
             learnable=self.learns).to(self.device)
         self.cost = None
-        self.projected = 0  # groups budget mode's last step zeroed
+        self.projected = 0  # groups budget mode's last step zeroed after its prox (rounding)
+        self.landing: dict[str, Any] | None = None  # budget mode's last prox: s, s·λ, groups
         if self.budget:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.layers)
@@ -275,7 +277,8 @@ class MetaTrainer:
                     self._set_outer_lr()
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
-                                 extra_params=dict(self.weighting.named_parameters()))
+                                 extra_params=dict(self.weighting.named_parameters()),
+                                 take_prox=not self._landing())
                     cost = self._budget_step() if self.cost is not None else None
                     lam_now = self.lam.value()
                     lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
@@ -299,17 +302,34 @@ class MetaTrainer:
                     session.save()
         return session.finish(self._results)
 
+    def _landing(self) -> bool:
+        """Whether this outer step is budget mode's last one (it takes its own prox)."""
+        return self.cost is not None and self.sparse and self.step + 1 == self.cfg.meta.steps
+
     def _budget_step(self) -> float:
-        """Budget mode, after the outer update: dual ascent on the multiplier; the last step
-        removes the groups a larger λ would zero first until the cost is within the target.
-        Returns the backbone's cost (a fraction of dense)."""
+        """Budget mode, after the outer update: on the last step, the prox at the multiple
+        ``s·λ`` of the current λ that just meets the budget (:func:`land_on_budget`: from
+        either side, groups revive or go); then dual ascent on the multiplier.  Returns the
+        backbone's cost (a fraction of dense)."""
         m = self.cfg.meta
-        cost = self.cost.fraction(self.model, m.target_measure)
-        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
-        if self.step + 1 == m.steps:  # the last step lands on the budget
+        if self._landing():
+            lam = self.lam().detach()
+            thr = self.opt_theta.zero_thresholds(self.model, self.layers, lam)
+            s = land_on_budget(self.model, self.cost, m.target_measure, m.target, thr)
+            if math.isfinite(s):
+                at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
+                at_s = sum(int((t <= s).sum()) for t in thr.values())
+                self.opt_theta.apply_prox(lam * s)
+                lam_s = (lam * s).reshape(-1).tolist()
+                self.landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
+                                "groups_vs_lambda": at_s - at_lam}
+            else:  # out of reach (refused at the start; kept for safety): the prox at λ
+                self.opt_theta.apply_prox(lam)
+            # rounding at the threshold's edge: the groups a larger λ would zero first go
             self.projected = project_to_budget(self.model, self.cost, m.target_measure, m.target,
                                                self.opt_theta.prox_scores(self.model, self.layers))
-            cost = self.cost.fraction(self.model, m.target_measure)
+        cost = self.cost.fraction(self.model, m.target_measure)
+        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
         return cost
 
     def _record(self, res, subsets, st, lam_now, cost) -> dict[str, Any]:
@@ -375,7 +395,8 @@ class MetaTrainer:
             "lambda_objective": m.lambda_objective if self.learns else None,
             "budget": ({"measure": m.target_measure, "target": m.target,
                         "cost": self.cost.summary(self.model),
-                        "projected_groups": self.projected} if self.cost is not None else None),
+                        "landing": self.landing, "projected_groups": self.projected}
+                       if self.cost is not None else None),
             "val": val,
             "sparsity": st.to_dict(),
             "params": sum(p.numel() for p in self.model.parameters()),

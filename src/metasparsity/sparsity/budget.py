@@ -19,6 +19,7 @@ conv weights of the model :func:`~metasparsity.sparsity.pruning.prune_zero_chann
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,3 +176,46 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
             lo = mid
     zero_first(hi)
     return hi
+
+
+@torch.no_grad()
+def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
+                   thresholds: dict[str, torch.Tensor]) -> float:
+    """The smallest factor ``s`` such that zeroing every group whose threshold is at most ``s``
+    puts the backbone's cost within ``target`` (0 when the current weights already are).
+
+    Budget mode's last outer step (DESIGN §2.4) takes its prox at ``s·λ`` instead of λ, with
+    ``thresholds`` from :meth:`ProxAdam.zero_thresholds` on the weights after the plain Adam
+    step: the prox zeroes group ``g`` exactly when ``s`` reaches its threshold, so the zero set
+    grows with ``s`` and the cost falls.  A smaller ``s`` than 1 gives back the groups closest to
+    surviving (revived by the step, or kept), a larger one takes the next ones: the step lands
+    on the budget from either side, at the multiplier that just meets it.  The model's weights
+    are left as they were; returns ``inf`` when even an empty backbone is above ``target``.
+    """
+    params = dict(model.named_parameters())
+    cand = sorted((float(thresholds[g.name][c]), g.name, c)
+                  for g in cost.layers for c in range(params[g.name].shape[1]))
+    saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
+
+    def zero_first(k: int) -> float:
+        for name, w in saved.items():
+            params[name].copy_(w)
+        for _, name, c in cand[:k]:
+            params[name][:, c].zero_()
+        return cost.fraction(model, measure)
+
+    try:
+        if zero_first(0) <= target:
+            return 0.0
+        lo, hi = 0, len(cand)  # fraction(lo) > target >= fraction(hi)
+        if zero_first(hi) > target:
+            return math.inf
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if zero_first(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return cand[hi - 1][0]
+    finally:
+        zero_first(0)

@@ -149,12 +149,21 @@ class ProxAdam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None, *, lam: LamLike | None = None):  # type: ignore[override]
         loss = super().step(closure)
+        self.apply_prox(lam)
+        return loss
+
+    @torch.no_grad()
+    def apply_prox(self, lam: LamLike | None) -> None:
+        """The proximal half of :meth:`step` alone, at ``lam``, on the current weights (the
+        threshold takes each group's current learning rate).  ``step(lam=λ)`` is
+        ``step(lam=None)`` followed by ``apply_prox(λ)``; budget mode's last step puts a search
+        for λ between the two (:func:`~metasparsity.sparsity.budget.land_on_budget`)."""
         if isinstance(lam, torch.Tensor):
             lam = lam.detach()
             if not bool((lam != 0).any()):
-                return loss
+                return
         elif lam is None or not any(_as_floats(lam)):
-            return loss
+            return
         lam_by_dtype: dict[tuple, torch.Tensor] = {}
         lam_floats: list[float] | None = None
         for group in self.param_groups:
@@ -175,7 +184,28 @@ class ProxAdam(torch.optim.Adam):
             if not (tau > 0 and state and "exp_avg_sq" in state):
                 continue  # no prox, or no Adam step yet (no gradient): no metric to take it in
             w.copy_(metric_prox(w, self.denominator(w, group), tau))
-        return loss
+
+    @torch.no_grad()
+    def zero_thresholds(self, model: nn.Module, layers: Sequence[ConvGroups],
+                        lam: LamLike) -> dict[str, torch.Tensor]:
+        """Per group of ``layers``, the factor ``s`` from which :meth:`apply_prox` at ``s·λ``
+        zeroes it on the current weights: ``‖D_g ⊙ θ_g‖/(η·λ_l·w_g)`` (``D = 1`` for the
+        Euclidean metric or before a parameter's first step; ``inf`` where ``λ_l = 0``)."""
+        group_of = {id(p): grp for grp in self.param_groups for p in grp["params"]}
+        params = dict(model.named_parameters())
+        lam_t = lam.detach() if isinstance(lam, torch.Tensor) else None
+        out = {}
+        for g in layers:
+            w = params[g.name]
+            grp = group_of[id(w)]
+            lam_l = float(_layer_lambda(lam_t if lam_t is not None else lam, self.num_layers,
+                                        w)[grp["prox_layer"]])
+            euclid = self.prox_metric == "euclidean" or not self.state.get(w)
+            d = torch.ones_like(w) if euclid else self.denominator(w, grp)
+            scale = grp["lr"] * lam_l * g.group_weight
+            out[g.name] = (group_norms(d * w) / scale if lam_l > 0
+                           else torch.full((w.shape[1],), math.inf, dtype=w.dtype))
+        return out
 
     @torch.no_grad()
     def prox_scores(self, model: nn.Module, layers: Sequence[ConvGroups]) -> dict[str, torch.Tensor]:
