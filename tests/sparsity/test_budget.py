@@ -121,12 +121,13 @@ def test_fraction_refuses_an_unknown_measure():
 # --------------------------------------------------------------------- the last step's landing
 
 
-def stepped_micro_model(scale: float = 1.0) -> tuple[nn.Module, torch.Tensor, ProxAdam, list]:
-    """The micro model in float64 after two Adam steps without prox on random gradients (so that
-    ``D`` differs between elements), then one more plain step: the weights the last outer step
-    hands to the landing."""
+def stepped_micro_model(scale: float = 1.0, dtype: torch.dtype = torch.float64
+                        ) -> tuple[nn.Module, torch.Tensor, ProxAdam, list]:
+    """The micro model (float64 by default) after two Adam steps without prox on random
+    gradients (so that ``D`` differs between elements), then one more plain step: the weights
+    the last outer step hands to the landing."""
     model, x = micro_model()
-    model.double()
+    model.to(dtype)
     layers = channel_groups(model)
     opt = ProxAdam(prox_param_groups(model, layers), lr=1e-2, num_layers=len(layers))
     g = torch.Generator().manual_seed(5)
@@ -134,7 +135,7 @@ def stepped_micro_model(scale: float = 1.0) -> tuple[nn.Module, torch.Tensor, Pr
         for p in model.parameters():
             p.grad = scale * torch.randn(p.shape, generator=g, dtype=p.dtype)
         opt.step(lam=None)
-    return model, x.double(), opt, layers
+    return model, x.to(dtype), opt, layers
 
 
 def test_step_is_the_adam_step_then_apply_prox():
@@ -180,15 +181,18 @@ def test_zero_thresholds_say_from_which_multiple_of_lambda_the_prox_zeroes_a_gro
 
 @pytest.mark.parametrize("measure", ["macs", "params", "groups"])
 @pytest.mark.parametrize("side", ["few", "all"])
-def test_the_landing_meets_the_budget_at_the_smallest_multiplier_from_either_side(measure, side):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_landing_meets_the_budget_at_the_smallest_multiplier_from_either_side(
+        measure, side, dtype):
     """A λ that zeroes few groups (the landing takes s > 1: more) and one that zeroes them all
-    (s < 1: groups the prox at λ would zero come back): either way the prox at s·λ is within
-    the target, and at any smaller multiplier it is not."""
+    (s < 1: groups the prox at λ would zero come back): either way the prox at s·λ zeroes
+    exactly the groups whose threshold is at most s (float32 included: the last one needed
+    too), is within the target, and just below the last of those thresholds it is not."""
     target = 0.5
-    model, x, opt, layers = stepped_micro_model()
+    model, x, opt, layers = stepped_micro_model(dtype=dtype)
     cost = BackboneCost(model, x, layers)
     unit = torch.cat(list(opt.zero_thresholds(model, layers, 1.0).values()))  # λ of each group
-    lam = float(torch.quantile(unit, 0.05)) if side == "few" else 1.01 * float(unit.max())
+    lam = float(torch.quantile(unit.double(), 0.05)) if side == "few" else 1.01 * float(unit.max())
     thr = opt.zero_thresholds(model, layers, lam)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     s = land_on_budget(model, cost, measure, target, thr)
@@ -203,8 +207,12 @@ def test_the_landing_meets_the_budget_at_the_smallest_multiplier_from_either_sid
 
     at_lam = cost_at(1.0)
     assert cost_at(s) <= target
-    below = max(float(t[t < s].max()) if bool((t < s).any()) else 0.0 for t in thr.values())
-    assert cost_at((s + below) / 2) > target  # between the last two thresholds: over budget
+    params = dict(model.named_parameters())
+    for g in layers:  # the zero set is exactly the groups at or under s
+        zero = params[g.name].flatten(2).norm(dim=(0, 2)) == 0
+        assert torch.equal(zero, thr[g.name] <= s), g.name
+    last = max(float(t[t <= s].max()) for t in thr.values() if bool((t <= s).any()))
+    assert cost_at(last * (1 - 1e-6)) > target  # the last group needed: without it, over budget
     if side == "few":
         assert at_lam > target and s > 1  # more zeros than λ gives
     else:
@@ -374,6 +382,24 @@ def test_budget_mode_learns_only_a_per_layer_lambda_by_meta_gradient(tmp_path, s
         assert tr.lam.rho.requires_grad and tr.opt_rho is not None
 
 
+def test_per_layer_budget_mode_lands_at_a_multiple_of_the_last_steps_lambdas(tmp_path):
+    """The landing scales the λ the last step used (before ρ's Adam and dual steps) and keeps
+    the per-layer pattern; the model ends within one group of the target."""
+    steps = 12
+    run = tmp_path / "run"
+    assert cli("meta-train", "--out", run, *MICRO, *BUDGET, "meta.lambda_scope=layer",
+               f"meta.steps={steps}", f"meta.val_every={steps}") == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "meta"]
+    res = read_json(run / "results.json")
+    landing = res["budget"]["landing"]
+    before = records[-2]["lambda"]  # λ after step 11 = the λ of step 12's prox
+    assert isinstance(landing["lambda"], list) and len(landing["lambda"]) == len(before)
+    assert landing["lambda"] == pytest.approx([landing["scale"] * v for v in before], rel=1e-9)
+    n_groups = sum(g.num_groups for g in channel_groups(micro_model()[0]))
+    assert TARGET - 1.0 / n_groups - 1e-12 <= res["budget"]["cost"]["groups"] <= TARGET
+    assert res["budget"]["projected_groups"] == 0
+
+
 # --------------------------------------------------------------------- configuration
 
 
@@ -411,3 +437,23 @@ def test_a_target_below_an_empty_backbone_is_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "meta.target" in err[0] and "out of reach" in err[0]
     assert not out.exists()
+
+
+def test_a_run_stopped_after_its_landing_keeps_it_on_resume(tmp_path):
+    """Stopped once the last step (and its landing) is saved but before the results are written
+    (a Ctrl-C during the last validation), resumed: no step runs again, and the results carry
+    the straight run's landing (it lives in the checkpoint)."""
+    import shutil
+
+    steps = 6
+    cfg = load_config(None, [*MICRO, *BUDGET, f"meta.steps={steps}", "meta.val_every=3"])
+    straight = MetaTrainer(cfg, tmp_path / "a")
+    straight.setup()
+    want = straight.train()["budget"]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "results.json").unlink()
+    mt = MetaTrainer(cfg, tmp_path / "b", resume=True)
+    mt.setup()
+    assert mt.step == steps
+    got = mt.train()["budget"]
+    assert want["landing"] is not None and got == want

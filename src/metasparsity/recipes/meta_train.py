@@ -203,6 +203,8 @@ class MetaTrainer:
         if self.lambda_val is not None:
             self.lambda_val.load_state_dict(ck.meta["lambda_val"])
         self.sampler.load_state_dict(ck.meta["sampler"])
+        self.landing = ck.meta.get("landing")  # a run stopped after its last step keeps them
+        self.projected = int(ck.meta.get("projected_groups", 0))
         if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
             self.lambda0 = float(ck.meta.get("lambda_init") or m.lambda_min)
         # the config of this invocation decides the learning rates from here on
@@ -236,7 +238,8 @@ class MetaTrainer:
             state["opt_rho"] = self.opt_rho.state_dict()
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
                 "query": b["query"], "lambda_val": b["lambda_val"], "sampler": b["sampler"],
-                "lambda": self.lam.value(), "lambda_init": self.lambda0, "bn_stats": "recompute"}
+                "lambda": self.lam.value(), "lambda_init": self.lambda0, "bn_stats": "recompute",
+                "landing": self.landing, "projected_groups": self.projected}
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop
@@ -275,11 +278,12 @@ class MetaTrainer:
                 check_finite(res.query_loss, self.step + 1, "query loss")
                 with DeferInterrupt():  # the in-place update is all or nothing
                     self._set_outer_lr()
+                    lam_step = self.lam().detach().clone()  # the λ of this step's prox
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
                                  extra_params=dict(self.weighting.named_parameters()),
                                  take_prox=not self._landing())
-                    cost = self._budget_step() if self.cost is not None else None
+                    cost = self._budget_step(lam_step) if self.cost is not None else None
                     lam_now = self.lam.value()
                     lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
                     if not all(math.isfinite(v) for v in lam_list):
@@ -306,14 +310,13 @@ class MetaTrainer:
         """Whether this outer step is budget mode's last one (it takes its own prox)."""
         return self.cost is not None and self.sparse and self.step + 1 == self.cfg.meta.steps
 
-    def _budget_step(self) -> float:
+    def _budget_step(self, lam: torch.Tensor) -> float:
         """Budget mode, after the outer update: on the last step, the prox at the multiple
-        ``s·λ`` of the current λ that just meets the budget (:func:`land_on_budget`: from
-        either side, groups revive or go); then dual ascent on the multiplier.  Returns the
-        backbone's cost (a fraction of dense)."""
+        ``s·λ`` of the step's λ (``lam``, before ρ's update) that just meets the budget
+        (:func:`land_on_budget`: from either side, groups revive or go); then dual ascent on
+        the multiplier.  Returns the backbone's cost (a fraction of dense)."""
         m = self.cfg.meta
         if self._landing():
-            lam = self.lam().detach()
             thr = self.opt_theta.zero_thresholds(self.model, self.layers, lam)
             s = land_on_budget(self.model, self.cost, m.target_measure, m.target, thr)
             if math.isfinite(s):

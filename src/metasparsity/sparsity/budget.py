@@ -182,7 +182,8 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
 def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
                    thresholds: dict[str, torch.Tensor]) -> float:
     """The smallest factor ``s`` such that zeroing every group whose threshold is at most ``s``
-    puts the backbone's cost within ``target`` (0 when the current weights already are).
+    puts the backbone's cost within ``target`` (0 when the current weights already are; in
+    practice a hair above the last needed threshold, below the next).
 
     Budget mode's last outer step (DESIGN §2.4) takes its prox at ``s·λ`` instead of λ, with
     ``thresholds`` from :meth:`ProxAdam.zero_thresholds` on the weights after the plain Adam
@@ -193,8 +194,8 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
     are left as they were; returns ``inf`` when even an empty backbone is above ``target``.
     """
     params = dict(model.named_parameters())
-    cand = sorted((float(thresholds[g.name][c]), g.name, c)
-                  for g in cost.layers for c in range(params[g.name].shape[1]))
+    cand = sorted((t, g.name, c) for g in cost.layers
+                  for c, t in enumerate(thresholds[g.name].tolist()))
     saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
 
     def zero_first(k: int) -> float:
@@ -216,6 +217,10 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
                 hi = mid
             else:
                 lo = mid
-        return cand[hi - 1][0]
+        # the last group needed sits exactly at its threshold: a hair above it, so that the
+        # prox's own arithmetic (float32) zeroes it too, and below the next one
+        last = cand[hi - 1][0]
+        nxt = cand[hi][0] if hi < len(cand) else math.inf
+        return min(last * (1 + 1e-4), last + (nxt - last) / 2)
     finally:
         zero_first(0)

@@ -190,7 +190,8 @@ class ProxAdam(torch.optim.Adam):
                         lam: LamLike) -> dict[str, torch.Tensor]:
         """Per group of ``layers``, the factor ``s`` from which :meth:`apply_prox` at ``s·λ``
         zeroes it on the current weights: ``‖D_g ⊙ θ_g‖/(η·λ_l·w_g)`` (``D = 1`` for the
-        Euclidean metric or before a parameter's first step; ``inf`` where ``λ_l = 0``)."""
+        Euclidean metric; ``inf`` where ``λ_l = 0``, or in Adam's metric before the parameter's
+        first step, where :meth:`apply_prox` leaves it alone)."""
         group_of = {id(p): grp for grp in self.param_groups for p in grp["params"]}
         params = dict(model.named_parameters())
         lam_t = lam.detach() if isinstance(lam, torch.Tensor) else None
@@ -200,11 +201,13 @@ class ProxAdam(torch.optim.Adam):
             grp = group_of[id(w)]
             lam_l = float(_layer_lambda(lam_t if lam_t is not None else lam, self.num_layers,
                                         w)[grp["prox_layer"]])
-            euclid = self.prox_metric == "euclidean" or not self.state.get(w)
-            d = torch.ones_like(w) if euclid else self.denominator(w, grp)
+            euclid = self.prox_metric == "euclidean"
             scale = grp["lr"] * lam_l * g.group_weight
-            out[g.name] = (group_norms(d * w) / scale if lam_l > 0
-                           else torch.full((w.shape[1],), math.inf, dtype=w.dtype))
+            if not scale > 0 or not (euclid or self.state.get(w)):
+                out[g.name] = torch.full((w.shape[1],), math.inf, dtype=w.dtype)
+                continue
+            d = torch.ones_like(w) if euclid else self.denominator(w, grp)
+            out[g.name] = group_norms(d * w) / scale
         return out
 
     @torch.no_grad()
