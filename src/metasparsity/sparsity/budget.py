@@ -132,6 +132,22 @@ class BackboneCost:
         return {m: self.fraction(model, m) for m in MEASURES}
 
 
+def _prefix_cost(model: nn.Module, cost: BackboneCost, measure: str, cand: list):
+    """``zero_first(k)``: the weights as they are now with the first ``k`` groups of ``cand``
+    (``(key, weight name, channel)``, sorted) zeroed, and the cost that leaves."""
+    params = dict(model.named_parameters())
+    saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
+
+    def zero_first(k: int) -> float:
+        for name, w in saved.items():
+            params[name].copy_(w)
+        for _, name, c in cand[:k]:
+            params[name][:, c].zero_()
+        return cost.fraction(model, measure)
+
+    return zero_first
+
+
 @torch.no_grad()
 def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
                       scores: dict[str, torch.Tensor]) -> int:
@@ -155,14 +171,7 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
         for c in alive.nonzero().flatten().tolist():
             cand.append((float(scores[g.name][c]), g.name, c))
     cand.sort()
-    saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
-
-    def zero_first(k: int) -> float:
-        for name, w in saved.items():
-            params[name].copy_(w)
-        for _, name, c in cand[:k]:
-            params[name][:, c].zero_()
-        return cost.fraction(model, measure)
+    zero_first = _prefix_cost(model, cost, measure, cand)
 
     lo, hi = 0, len(cand)  # fraction(lo) > target >= fraction(hi)
     if zero_first(hi) > target:  # out of reach: leave the model as it was
@@ -193,17 +202,9 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
     on the budget from either side, at the multiplier that just meets it.  The model's weights
     are left as they were; returns ``inf`` when even an empty backbone is above ``target``.
     """
-    params = dict(model.named_parameters())
     cand = sorted((t, g.name, c) for g in cost.layers
                   for c, t in enumerate(thresholds[g.name].tolist()))
-    saved = {g.name: params[g.name].detach().clone() for g in cost.layers}
-
-    def zero_first(k: int) -> float:
-        for name, w in saved.items():
-            params[name].copy_(w)
-        for _, name, c in cand[:k]:
-            params[name][:, c].zero_()
-        return cost.fraction(model, measure)
+    zero_first = _prefix_cost(model, cost, measure, cand)
 
     try:
         if zero_first(0) <= target:
