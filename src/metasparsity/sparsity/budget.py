@@ -148,6 +148,24 @@ def _prefix_cost(model: nn.Module, cost: BackboneCost, measure: str, cand: list)
     return zero_first
 
 
+def _fewest_within(zero_first, n: int, target: float) -> int | None:
+    """The smallest ``k`` in ``[0, n]`` with ``zero_first(k) <= target`` (the cost falls as
+    ``k`` grows: a binary search), or None when even ``zero_first(n)`` is above ``target``.
+    The weights are left at whatever ``zero_first`` set last."""
+    if zero_first(0) <= target:
+        return 0
+    lo, hi = 0, n  # fraction(lo) > target >= fraction(hi)
+    if zero_first(hi) > target:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if zero_first(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @torch.no_grad()
 def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
                       scores: dict[str, torch.Tensor]) -> int:
@@ -172,19 +190,9 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
             cand.append((float(scores[g.name][c]), g.name, c))
     cand.sort()
     zero_first = _prefix_cost(model, cost, measure, cand)
-
-    lo, hi = 0, len(cand)  # fraction(lo) > target >= fraction(hi)
-    if zero_first(hi) > target:  # out of reach: leave the model as it was
-        zero_first(0)
-        return 0
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if zero_first(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    zero_first(hi)
-    return hi
+    k = _fewest_within(zero_first, len(cand), target)
+    zero_first(k or 0)  # out of reach (None): leave the model as it was
+    return k or 0
 
 
 @torch.no_grad()
@@ -207,17 +215,11 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
     zero_first = _prefix_cost(model, cost, measure, cand)
 
     try:
-        if zero_first(0) <= target:
-            return 0.0
-        lo, hi = 0, len(cand)  # fraction(lo) > target >= fraction(hi)
-        if zero_first(hi) > target:
+        hi = _fewest_within(zero_first, len(cand), target)
+        if hi is None:
             return math.inf
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if zero_first(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
+        if hi == 0:
+            return 0.0
         # the last group needed sits exactly at its threshold: a hair above it, so that the
         # prox's own arithmetic (float32) zeroes it too, and below the next one
         last = cand[hi - 1][0]
