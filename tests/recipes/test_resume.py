@@ -18,11 +18,13 @@ from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
 
 # Everything that carries state across steps: warm-up + cosine LR, Adam, learned loss weights,
-# the fixed-λ prox, and (meta) both Adam states, ρ, the subset sampler, support/query streams.
+# the fixed-λ prox, and (meta) both Adam states, ρ, the subset sampler, support/query streams,
+# the clip's norm history (clip_grad = 0.5: the sixth step is clipped; it needs 5 norms).
 RESUME = MICRO + ["train.max_steps=6", "train.val_every=4", "train.warmup_steps=2",
                   "sparsity.lam=0.05", "train.loss_weighting=uncertainty",
                   "data.train_size=24", "meta.steps=6", "meta.val_every=4",
-                  "meta.lr_schedule=cosine", "meta.warmup_steps=2"]
+                  "meta.lr_schedule=cosine", "meta.warmup_steps=2",
+                  "meta.clip_grad=0.5", "meta.outer_beta1=0.8"]
 
 
 def _last(run_dir: Path):
@@ -83,6 +85,12 @@ def test_meta_train_stop_and_resume_is_bit_identical(straight, tmp_path):
     assert a.meta["sampler"] == b.meta["sampler"]
     lam_steps = [r["step"] for r in res["lambda_trajectory"]]
     assert lam_steps == [1, 2, 3, 4, 5, 6]
+    # the clip acted on the last step only (5 norms needed), in both runs alike
+    recs = [r for r in read_jsonl(straight["root"] / "meta" / "metrics.jsonl")
+            if r["kind"] == "meta"]
+    assert [r["clip_scale"] == 1.0 for r in recs] == [True] * 5 + [False]
+    assert a.state["clip"] == b.state["clip"] and len(a.state["clip"]["history"]) == 6
+    assert all(g["betas"][0] == 0.8 for g in b.state["opt_theta"]["param_groups"])
 
 
 def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):

@@ -124,6 +124,13 @@ class MetaConfig:
     lr_schedule: str = _f("constant", choices=["constant", "cosine", "poly", "step"],
                           help="schedule of outer_lr over meta.steps (also the prox step size)")
     warmup_steps: int = _f(0, min=0, help="linear warm-up of outer_lr (outer steps)")
+    outer_beta1: float = _f(0.9, min=0.0, max=0.999,
+                            help="Adam's β1 on θ: the prox in Adam's metric keeps a zero group "
+                                 "while ‖m̂_g‖ ≤ λ·w_g, m̂ averaging the meta-gradient over "
+                                 "about 1/(1−β1) outer steps")
+    clip_grad: float = _f(0.0, min=0.0,
+                          help="clip θ's meta-gradient norm at this multiple of the median norm "
+                               "of the last 20 outer steps (0 = off)")
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])

@@ -4,7 +4,7 @@ and its reduction over processes, the outer update."""
 from metasparsity.meta.inner import MODES, adapted_names, batch_stat_buffers, inner_loop
 from metasparsity.meta.lam import LearnedLambda, broadcast_lambda
 from metasparsity.meta.meta_step import MetaStepResult, meta_step
-from metasparsity.meta.outer import outer_update
+from metasparsity.meta.outer import RelativeClip, outer_update
 from metasparsity.meta.sampler import TaskSubsetSampler
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "inner_loop",
     "meta_step",
     "outer_update",
+    "RelativeClip",
 ]

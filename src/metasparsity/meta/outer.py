@@ -4,6 +4,8 @@ change in place (Adam on θ with the group prox at the current λ, then Adam on 
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,3 +70,45 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
         lam.rho.grad = None
         lam.clamp_rho_()
     return {"lam": lam_used, "lam_next": lam.value()}
+
+
+class RelativeClip:
+    """Clip θ's meta-gradient at ``multiple`` times the median norm of the last ``window``
+    outer steps (``meta.clip_grad``; 0 measures the norm and clips nothing).
+
+    Why relative: the prox in Adam's metric keeps a zero group while ``‖m̂_g‖ ≤ λ·w_g``, so one
+    outer step whose gradient is several times the usual one (a hard query batch) pushes every
+    group near its threshold over it at once, and a third of the zero set can revive in a step.
+    A cap tied to the recent median bounds such steps without a scale of its own.  Nothing is
+    clipped before ``min_history`` norms are known.  The history (unclipped norms) is part of a
+    checkpoint (:meth:`state_dict`), so a resumed run clips as the uninterrupted one.
+    """
+
+    def __init__(self, multiple: float, window: int = 20, min_history: int = 5):
+        if multiple < 0 or window < 1 or min_history < 1:
+            raise ValueError(f"RelativeClip: multiple >= 0, window >= 1 and min_history >= 1 "
+                             f"(got {multiple}, {window}, {min_history})")
+        self.multiple, self.window, self.min_history = float(multiple), int(window), int(min_history)
+        self.history: list[float] = []
+
+    @torch.no_grad()
+    def __call__(self, grads: Mapping[str, torch.Tensor | None]) -> tuple[float, float]:
+        """Scale ``grads`` in place when their joint norm is above the cap; returns ``(norm
+        before clipping, scale applied)``."""
+        gs = [g for g in grads.values() if g is not None]
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gs))
+        scale = 1.0
+        if self.multiple > 0 and len(self.history) >= self.min_history:
+            cap = self.multiple * statistics.median(self.history)
+            if norm > cap:
+                scale = cap / norm
+                for g in gs:
+                    g.mul_(scale)
+        self.history = (self.history + [norm])[-self.window:]
+        return norm, scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [float(x) for x in state["history"]][-self.window:]

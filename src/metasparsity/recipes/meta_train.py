@@ -14,7 +14,13 @@ import torch
 from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.meta import LearnedLambda, TaskSubsetSampler, meta_step, outer_update
+from metasparsity.meta import (
+    LearnedLambda,
+    RelativeClip,
+    TaskSubsetSampler,
+    meta_step,
+    outer_update,
+)
 from metasparsity.meta.lambda_init import auto_lambda0
 from metasparsity.meta.meta_batch import (
     batch_filter,
@@ -150,7 +156,9 @@ class MetaTrainer:
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
             prox_param_groups(self.model, self.layers, extra=self.weighting.parameters()),
-            lr=m.outer_lr, prox_metric=cfg.sparsity.prox_metric, num_layers=len(self.layers))
+            lr=m.outer_lr, betas=(m.outer_beta1, 0.999), prox_metric=cfg.sparsity.prox_metric,
+            num_layers=len(self.layers))
+        self.clip = RelativeClip(m.clip_grad)  # meta.clip_grad = 0: measures the norm only
         rho = [p for p in self.lam.parameters() if p.requires_grad]
         self.opt_rho = torch.optim.Adam(rho, lr=m.lambda_lr) if rho else None
         self.sampler = TaskSubsetSampler(list(self.tasks), min_size=m.min_subset_size,
@@ -203,6 +211,8 @@ class MetaTrainer:
         if self.lambda_val is not None:
             self.lambda_val.load_state_dict(ck.meta["lambda_val"])
         self.sampler.load_state_dict(ck.meta["sampler"])
+        if "clip" in ck.state:  # checkpoints before meta.clip_grad: no history yet
+            self.clip.load_state_dict(ck.state["clip"])
         self.landing = ck.meta.get("landing")  # a run stopped after its last step keeps them
         self.projected = int(ck.meta.get("projected_groups", 0))
         if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
@@ -220,6 +230,7 @@ class MetaTrainer:
         f = lr_factor(m.lr_schedule, self.step, m.steps, m.warmup_steps)
         for group in self.opt_theta.param_groups:
             group["lr"] = m.outer_lr * f
+            group["betas"] = (m.outer_beta1, group["betas"][1])
         if self.opt_rho is not None:
             for group in self.opt_rho.param_groups:
                 group["lr"] = m.lambda_lr * f
@@ -233,7 +244,7 @@ class MetaTrainer:
     def _snapshot(self, b: dict[str, Any]) -> tuple[dict, dict, dict]:
         """What a checkpoint of boundary ``b`` holds (:meth:`RunSession.save`)."""
         state = {"opt_theta": self.opt_theta.state_dict(), "lam": self.lam.state_dict(),
-                 "weighting": self.weighting.state_dict()}
+                 "weighting": self.weighting.state_dict(), "clip": self.clip.state_dict()}
         if self.opt_rho is not None:
             state["opt_rho"] = self.opt_rho.state_dict()
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
@@ -278,6 +289,7 @@ class MetaTrainer:
                 check_finite(res.query_loss, self.step + 1, "query loss")
                 with DeferInterrupt():  # the in-place update is all or nothing
                     self._set_outer_lr()
+                    grad_norm, clip_scale = self.clip(res.grads_theta)
                     lam_step = self.lam().detach().clone()  # the λ of this step's prox
                     outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
@@ -294,7 +306,8 @@ class MetaTrainer:
                     self._mark()
                 if self.step % m.log_every == 0 or self.step == m.steps:
                     st = sparsity_stats(self.model)
-                    session.log("meta", self._record(res, subsets, st, lam_now, cost))
+                    rec = self._record(res, subsets, st, lam_now, cost)
+                    session.log("meta", {**rec, "grad_norm": grad_norm, "clip_scale": clip_scale})
                     if hasattr(steps, "set_postfix"):
                         steps.set_postfix(lam=f"{sum(lam_list) / len(lam_list):.2e}",
                                           sparsity=f"{100 * st.group_sparsity:.0f}%")
