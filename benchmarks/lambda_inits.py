@@ -282,6 +282,11 @@ def main() -> None:
             "passes": passes, "unseen_test": r.get("unseen", {}).get("test"),
             "delta_m_unseen": dm_unseen(r.get("unseen", {}).get("test"), s),
         }
+        win = meta.get("final_zero_window") or {}
+        if win.get("landing"):  # what the last step's own prox at λ would have kept zero
+            sp = meta["sparsity"]
+            row["group_sparsity_last_step"] = 100 * (
+                sp["num_zero_groups"] - win["landing"]["groups_vs_lambda"]) / sp["num_groups"]
         if o == "budget":
             row["target"] = 100 * args.target
             # MACs: lower is better, so the front is read in −MACs
@@ -302,8 +307,12 @@ def main() -> None:
             rs = [r for r in rows if r["objective"] == o and r["seed"] == s]
             lams = [r["lambda_final"] for r in rs]
             gs = [r["group_sparsity"] for r in rs]
+            last = [r.get("group_sparsity_last_step") for r in rs]
             conv.append({"objective": o, "seed": s, "lambda_ratio": max(lams) / min(lams),
                          "sparsity_spread": max(gs) - min(gs), "min_group_sparsity": min(gs),
+                         # meta.final_zero_window: the spread the last step's own prox left
+                         "last_step_spread": (max(last) - min(last)
+                                              if None not in last else None),
                          "any_at_clamp": any(r["at_clamp"] for r in rs),
                          "converged": (max(lams) / min(lams) <= 3 and max(gs) - min(gs) <= 10
                                        and min(gs) >= 20 and not any(r["at_clamp"] for r in rs))})
@@ -366,20 +375,23 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
              f"on them the same way. The grid costs {grid_passes} passes in all.", "",
              "## Runs", ""]
     lines.append(markdown_table(
-        ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %", "param sp. %",
+        ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %",
+         "group sp. % of the last step's prox", "param sp. %",
          "backbone MACs %", "Δm %", "gap to front", "steps pushing λ up %", "passes"],
         [[r["objective"], r["seed"], f"{r['lambda_init']:.3g}" + (" (auto)" if r["init"] == "auto"
                                                                    else ""),
           f"{r['lambda_final']:.3g}", "yes" if r["at_clamp"] else "no", _f(r["group_sparsity"], 1),
+          _f(r.get("group_sparsity_last_step"), 1),
           _f(r["param_sparsity"], 1), _f(r["backbone_macs"], 1), _f(r["delta_m"]),
           _f(r["gap_to_front"]), _f(100 * r["share_steps_pushing_up"], 0), _f(r["passes"], 0)]
          for r in rows]))
     lines += ["", "## Does λ converge? (per seed, over the λ0 of the run)", ""]
     lines.append(markdown_table(
         ["objective", "seed", "max/min final λ", "group sparsity spread (points)",
-         "lowest group sparsity %", "a λ at its clamp", "converged (≤3×, ≤10 points, ≥20 %)"],
+         "spread of the last step's own prox", "lowest group sparsity %", "a λ at its clamp",
+         "converged (≤3×, ≤10 points, ≥20 %)"],
         [[c["objective"], c["seed"], _f(c["lambda_ratio"]), _f(c["sparsity_spread"], 1),
-          _f(c["min_group_sparsity"], 1), "yes" if c["any_at_clamp"] else "no",
+          _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1), "yes" if c["any_at_clamp"] else "no",
           "yes" if c["converged"] else "no"] for c in conv]))
     lines += ["", "## Means over seeds", ""]
     lines.append(markdown_table(

@@ -196,6 +196,14 @@ def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
     front = fixed_lambda_front(per_seed)
     assert front[0]["lam"] == 0.0 and front[0]["front"]
     assert gap_to_front(front, 7.5, 1.0) == pytest.approx(-2.0)  # front: 4 + (2 − 4)·0.5 = 3
+    # dense MTL beaten by a sparser grid point (Δm 1 < 2 at 15 %): flat to the left of 15 %
+    for seed in ("0", "1"):
+        per_seed[seed]["mtl"] = {"delta_m": {"seen": 1.0}}
+    front = fixed_lambda_front(per_seed)
+    assert front[0]["lam"] == 0.0 and not front[0]["front"]
+    assert gap_to_front(front, 7.5, 1.0) == pytest.approx(-1.0)
+    assert gap_to_front(front, 0.0, 1.0) == pytest.approx(-1.0)
+    assert gap_to_front(front, 61.0, 0.0) is None
 
 
 def test_meta_sparsity_with_lambda_init_0_is_refused_before_anything_is_written(tmp_path, capsys):

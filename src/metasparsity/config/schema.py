@@ -161,6 +161,16 @@ class MetaConfig:
     target_measure: str = _f("macs", choices=["macs", "params", "groups"],
                              help="cost that meta.target bounds: backbone MACs or conv "
                                   "parameters after pruning, or non-zero groups")
+    final_zero_window: int = _f(0, min=0,
+                                help="the last outer step's prox zeroes as many groups as were "
+                                     "zero on average over the last N steps, at the multiple "
+                                     "of λ that does (from either side, as budget mode's "
+                                     "landing; 0 = off; budget mode lands on its target)")
+    final_zero_window: int = _f(0, min=0,
+                                help="the last outer step's prox zeroes as many groups as were "
+                                     "zero on average over the last N steps, at the multiple "
+                                     "of λ that does (from either side, as budget mode's "
+                                     "landing; 0 = off; budget mode lands on its target)")
     val_every: int = _f(100, min=1)
     log_every: int = _f(1, min=1)
 

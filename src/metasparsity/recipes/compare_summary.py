@@ -137,10 +137,12 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
 
 def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:
     """``delta`` minus the front's Δm linearly interpolated at ``param_sparsity`` (%); None
-    outside the front's range (nothing to compare with).  With dense MTL in the comparison the
-    front starts at 0 % (λ = 0)."""
+    outside the front's range (nothing to compare with).  With dense MTL in the comparison
+    (λ = 0) the range starts at 0 %: when a sparse grid point beats dense MTL, the front is flat
+    to the left of it (that point is sparser and at least as good)."""
     pts = sorted((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in front if p["front"])
-    if not pts or not pts[0][0] - 1e-9 <= param_sparsity <= pts[-1][0] + 1e-9:
+    start = 0.0 if any(p["lam"] == 0.0 for p in front) else (pts[0][0] if pts else 0.0)
+    if not pts or not start - 1e-9 <= param_sparsity <= pts[-1][0] + 1e-9:
         return None
     if param_sparsity <= pts[0][0]:
         return delta - pts[0][1]

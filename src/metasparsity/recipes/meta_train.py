@@ -147,11 +147,15 @@ class MetaTrainer:
             num_layers=len(self.layers), lambda_min=m.lambda_min, lambda_max=m.lambda_max,
             learnable=self.learns).to(self.device)
         self.cost = None
-        self.projected = 0  # groups budget mode's last step zeroed after its prox (rounding)
-        self.landing: dict[str, Any] | None = None  # budget mode's last prox: s, s·λ, groups
-        if self.budget:
+        self.projected = 0  # groups the landing's last step zeroed after its prox (rounding)
+        self.landing: dict[str, Any] | None = None  # the last step's prox: s, s·λ, groups
+        # meta.final_zero_window: the group sparsity of the last N outer steps (not budget mode)
+        self.window = m.final_zero_window if self.sparse and not self.budget else 0
+        self.recent_sparsity: list[float] = []
+        if self.budget or self.window:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.layers)
+        if self.budget:
             self.cost.check_target(self.model, m.target_measure, m.target)
         # Adam on θ (and learned loss weights) with the group prox in its metric (DESIGN §2.2.1)
         self.opt_theta = ProxAdam(
@@ -213,6 +217,7 @@ class MetaTrainer:
         self.sampler.load_state_dict(ck.meta["sampler"])
         if "clip" in ck.state:  # checkpoints before meta.clip_grad: no history yet
             self.clip.load_state_dict(ck.state["clip"])
+        self.recent_sparsity = [float(v) for v in ck.meta.get("recent_sparsity", [])]
         self.landing = ck.meta.get("landing")  # a run stopped after its last step keeps them
         self.projected = int(ck.meta.get("projected_groups", 0))
         if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
@@ -250,7 +255,8 @@ class MetaTrainer:
         meta = {"kind": self.kind, "tasks": self.model.tasks, "support": b["support"],
                 "query": b["query"], "lambda_val": b["lambda_val"], "sampler": b["sampler"],
                 "lambda": self.lam.value(), "lambda_init": self.lambda0, "bn_stats": "recompute",
-                "landing": self.landing, "projected_groups": self.projected}
+                "landing": self.landing, "projected_groups": self.projected,
+                "recent_sparsity": self.recent_sparsity}
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop
@@ -295,7 +301,9 @@ class MetaTrainer:
                                  prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
                                  extra_params=dict(self.weighting.named_parameters()),
                                  take_prox=not self._landing())
-                    cost = self._budget_step(lam_step) if self.cost is not None else None
+                    cost = self._budget_step(lam_step) if self.budget else None
+                    if self.window:
+                        self._window_step(lam_step)
                     lam_now = self.lam.value()
                     lam_list = lam_now if isinstance(lam_now, list) else [lam_now]
                     if not all(math.isfinite(v) for v in lam_list):
@@ -320,8 +328,47 @@ class MetaTrainer:
         return session.finish(self._results)
 
     def _landing(self) -> bool:
-        """Whether this outer step is budget mode's last one (it takes its own prox)."""
+        """Whether this outer step is the last one of budget mode or of
+        ``meta.final_zero_window`` (it takes its own prox)."""
         return self.cost is not None and self.sparse and self.step + 1 == self.cfg.meta.steps
+
+    def _land(self, lam: torch.Tensor, measure: str, target: float) -> dict[str, Any] | None:
+        """The last step's prox at the multiple ``s·λ`` of the step's λ (``lam``, before ρ's
+        update) that just brings the backbone's ``measure`` within ``target``
+        (:func:`land_on_budget`: from either side, groups revive or go), then the rounding
+        safety net (:func:`project_to_budget`).  Returns ``{scale, lambda, groups_vs_lambda}``
+        (None when out of reach: the prox at λ)."""
+        thr = self.opt_theta.zero_thresholds(self.model, self.layers, lam)
+        s = land_on_budget(self.model, self.cost, measure, target, thr)
+        landing = None
+        if math.isfinite(s):
+            at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
+            at_s = sum(int((t <= s).sum()) for t in thr.values())
+            self.opt_theta.apply_prox(lam * s)
+            lam_s = (lam * s).reshape(-1).tolist()
+            landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
+                       "groups_vs_lambda": at_s - at_lam}
+        else:  # out of reach (budget mode refuses it at the start; kept for safety): at λ
+            self.opt_theta.apply_prox(lam)
+        # rounding at the threshold's edge: the groups a larger λ would zero first go
+        self.projected = project_to_budget(self.model, self.cost, measure, target,
+                                           self.opt_theta.prox_scores(self.model, self.layers))
+        return landing
+
+    def _window_step(self, lam: torch.Tensor) -> None:
+        """``meta.final_zero_window`` = N: remember this step's group sparsity; on the last step
+        (whose outer update left the prox out) land on the mean group sparsity of the N steps
+        before it.  One step's zero set is a sample of a sawtooth (README, "Damping the
+        sawtooth"); its mean over a window is what the learned λ keeps zero."""
+        if self._landing() and not self.recent_sparsity:  # a one-step run: nothing to average
+            self.opt_theta.apply_prox(lam)
+        elif self._landing():
+            mean = sum(self.recent_sparsity) / len(self.recent_sparsity)
+            self.landing = self._land(lam, "groups", 1.0 - mean)
+            if self.landing is not None:
+                self.landing.update(window=len(self.recent_sparsity), mean_group_sparsity=mean)
+        gs = 1.0 - self.cost.fraction(self.model, "groups")
+        self.recent_sparsity = (self.recent_sparsity + [gs])[-self.window:]
 
     def _budget_step(self, lam: torch.Tensor) -> float:
         """Budget mode, after the outer update: on the last step, the prox at the multiple
@@ -330,20 +377,7 @@ class MetaTrainer:
         the multiplier.  Returns the backbone's cost (a fraction of dense)."""
         m = self.cfg.meta
         if self._landing():
-            thr = self.opt_theta.zero_thresholds(self.model, self.layers, lam)
-            s = land_on_budget(self.model, self.cost, m.target_measure, m.target, thr)
-            if math.isfinite(s):
-                at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
-                at_s = sum(int((t <= s).sum()) for t in thr.values())
-                self.opt_theta.apply_prox(lam * s)
-                lam_s = (lam * s).reshape(-1).tolist()
-                self.landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
-                                "groups_vs_lambda": at_s - at_lam}
-            else:  # out of reach (refused at the start; kept for safety): the prox at λ
-                self.opt_theta.apply_prox(lam)
-            # rounding at the threshold's edge: the groups a larger λ would zero first go
-            self.projected = project_to_budget(self.model, self.cost, m.target_measure, m.target,
-                                               self.opt_theta.prox_scores(self.model, self.layers))
+            self.landing = self._land(lam, m.target_measure, m.target)
         cost = self.cost.fraction(self.model, m.target_measure)
         self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
         return cost
@@ -412,7 +446,10 @@ class MetaTrainer:
             "budget": ({"measure": m.target_measure, "target": m.target,
                         "cost": self.cost.summary(self.model),
                         "landing": self.landing, "projected_groups": self.projected}
-                       if self.cost is not None else None),
+                       if self.budget else None),
+            "final_zero_window": ({"window": m.final_zero_window, "landing": self.landing,
+                                   "projected_groups": self.projected}
+                                  if self.window else None),
             "val": val,
             "sparsity": st.to_dict(),
             "params": sum(p.numel() for p in self.model.parameters()),
