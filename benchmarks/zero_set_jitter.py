@@ -10,7 +10,8 @@ it?  One seed, a few λ0, and variants of ``--config`` (default the SynthScenes 
 Meta-training only (no fine-tuning, no test metrics).  Per run, from ``metrics.jsonl``: the
 final λ, the last step's group sparsity, the mean ± std of group sparsity over the last
 ``--tail`` steps, the steps whose group sparsity fell by ≥ 10 points in one step (mass
-revivals), the median meta-gradient norm and the share of clipped steps.  Per variant: the
+revivals) and how many of them came on a gradient spike (norm ≥ 1.5× the median of the 20
+steps before), the median meta-gradient norm and the share of clipped steps.  Per variant: the
 spread of the last step's group sparsity and the ratio of final λ over the λ0 (does the damped
 zero set still let λ converge?).  Writes ``benchmarks/results/zero_set_jitter.{json,md}``;
 finished runs are reused.
@@ -66,6 +67,9 @@ def _stats(records: list[dict[str, Any]], tail: int) -> dict[str, Any]:
     end = gs[-tail:]
     falls = [k + 1 for k in range(1, len(gs)) if gs[k - 1] - gs[k] >= 10]
     norms = [r["grad_norm"] for r in records]
+    # a spike: the meta-gradient norm (before any clipping) ≥ 1.5× the median of the 20 before
+    spikes = {k + 1 for k in range(5, len(norms))
+              if norms[k] >= 1.5 * statistics.median(norms[max(0, k - 20):k])}
     return {"lambda_final": _lam(records[-1]["lambda"]), "group_sparsity_last": gs[-1],
             "tail_mean": statistics.fmean(end), "tail_std": statistics.stdev(end),
             "tail_min": min(end), "tail_max": max(end),
@@ -73,6 +77,8 @@ def _stats(records: list[dict[str, Any]], tail: int) -> dict[str, Any]:
             "largest_fall": max([gs[k - 1] - gs[k] for k in range(1, len(gs))], default=0.0),
             "median_grad_norm": statistics.median(norms),
             "clipped_share": sum(r["clip_scale"] < 1 for r in records) / len(records),
+            "spike_share": len(spikes) / len(records),
+            "falls_on_spikes": sum(k in spikes for k in falls),
             "group_sparsity": gs}
 
 
@@ -142,13 +148,17 @@ def main() -> None:
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "Variants: " + "; ".join(f"`{v}`: {' '.join(VARIANTS[v])}" for v in variants)
              + f". Tail: the last {args.tail} outer steps. A fall: group sparsity down by ≥ 10 "
-             "points in one step (a mass revival).", "", "## Runs", ""]
+             "points in one step (a mass revival). A spike: a step whose meta-gradient norm "
+             "(before clipping) is ≥ 1.5× the median of the 20 steps before it.", "",
+             "## Runs", ""]
     lines.append(markdown_table(
         ["variant", "λ0", "final λ", "group sp. % (last step)", "tail mean ± std %",
-         "tail min–max %", "falls (all / tail)", "largest fall", "median ‖g‖", "clipped %"],
+         "tail min–max %", "falls (all / tail)", "falls on a spike", "spike steps %",
+         "largest fall", "median ‖g‖", "clipped %"],
         [[r["variant"], r["init"], f"{r['lambda_final']:.3g}", f1(r["group_sparsity_last"]),
           f"{f1(r['tail_mean'])} ± {f1(r['tail_std'])}", f"{f1(r['tail_min'])}–{f1(r['tail_max'])}",
-          f"{r['falls_10']} / {r['falls_10_in_tail']}", f1(r["largest_fall"]),
+          f"{r['falls_10']} / {r['falls_10_in_tail']}", r["falls_on_spikes"],
+          f"{100 * r['spike_share']:.0f}", f1(r["largest_fall"]),
           f"{r['median_grad_norm']:.3g}", f"{100 * r['clipped_share']:.0f}"] for r in rows]))
     lines += ["", "## Per variant (over the λ0)", ""]
     lines.append(markdown_table(
