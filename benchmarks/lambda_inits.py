@@ -286,7 +286,8 @@ def main() -> None:
         if win.get("landing"):  # what the last step's own prox at λ would have kept zero
             sp = meta["sparsity"]
             row["group_sparsity_last_step"] = 100 * (
-                sp["num_zero_groups"] - win["landing"]["groups_vs_lambda"]) / sp["num_groups"]
+                sp["num_zero_groups"] - win["landing"]["groups_vs_lambda"]
+                - win["projected_groups"]) / sp["num_groups"]
         if o == "budget":
             row["target"] = 100 * args.target
             # MACs: lower is better, so the front is read in −MACs

@@ -43,7 +43,11 @@ def test_the_last_step_lands_on_the_windows_mean(straight):
     groups = sum(g.num_groups for g in channel_groups(_model(straight, model)))
     final = res["sparsity"]["group_sparsity"]
     assert final == recs[-1]["group_sparsity"]
-    assert mean <= final < mean + 1.5 / groups  # the fewest groups that reach the mean
+    # the fewest groups that reach the mean: ⌈mean⌉ zero groups, exactly
+    counts = [round(r["group_sparsity"] * groups) for r in recs[-5:-1]]
+    k = -(-sum(counts) // 4)
+    assert win["landing"]["target_zero_groups"] == k
+    assert round(final * groups) == k and mean <= final < mean + 1 / groups
     # the prox at λ itself would have kept more zeros here: the landing revived groups
     assert win["landing"]["groups_vs_lambda"] < 0 and win["landing"]["scale"] < 1
     assert win["projected_groups"] == 0  # no safety-net rounding was needed
@@ -69,11 +73,23 @@ def test_a_resumed_run_lands_as_the_straight_one(straight, tmp_path):
     assert mt.train(stop_after=7) is None
     mt = MetaTrainer(cfg, tmp_path / "m", resume=True)
     mt.setup()
-    assert len(mt.recent_sparsity) == 4
+    assert len(mt.recent_zeros) == 4
     res = mt.train()
     a, b = load_run_checkpoint(straight, "last"), load_run_checkpoint(tmp_path / "m", "last")
     assert same_tensors(a.model, b.model) == []
     assert res["final_zero_window"] == read_json(straight / "results.json")["final_zero_window"]
+
+
+def test_a_resume_with_a_smaller_window_averages_only_its_own_steps(tmp_path):
+    cfg = load_config(None, [*MICRO, *WINDOW])
+    mt = MetaTrainer(cfg, tmp_path / "m")
+    mt.setup()
+    assert mt.train(stop_after=7) is None
+    mt = MetaTrainer(load_config(None, [*MICRO, *WINDOW, "meta.final_zero_window=2"]),
+                     tmp_path / "m", resume=True)
+    mt.setup()
+    assert len(mt.recent_zeros) == 2
+    assert mt.train()["final_zero_window"]["landing"]["window"] == 2
 
 
 def test_budget_mode_lands_on_its_target_not_on_the_window(tmp_path):

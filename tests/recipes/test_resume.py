@@ -93,6 +93,18 @@ def test_meta_train_stop_and_resume_is_bit_identical(straight, tmp_path):
     assert all(g["betas"][0] == 0.8 for g in b.state["opt_theta"]["param_groups"])
 
 
+def test_a_resumed_meta_train_takes_beta1_from_its_own_config(tmp_path):
+    mt = MetaTrainer(load_config(None, RESUME), tmp_path / "m")
+    mt.setup()
+    assert mt.train(stop_after=2) is None
+    assert all(g["betas"][0] == 0.8 for g in mt.opt_theta.param_groups)
+    mt = MetaTrainer(load_config(None, [*RESUME, "meta.outer_beta1=0.7"]), tmp_path / "m",
+                     resume=True)
+    mt.setup()
+    assert mt.step == 2
+    assert all(g["betas"] == (0.7, 0.999) for g in mt.opt_theta.param_groups)
+
+
 def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):
     """θ's rate (and prox step) at outer step s is outer_lr · lr_factor(s): warm-up, then cosine;
     λ's is lambda_lr · lr_factor(s)."""

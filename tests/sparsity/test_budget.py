@@ -375,7 +375,7 @@ def test_budget_mode_learns_only_a_per_layer_lambda_by_meta_gradient(tmp_path, s
     cfg = load_config(None, [*MICRO, *BUDGET, f"meta.lambda_scope={scope}"])
     tr = MetaTrainer(cfg, tmp_path / "run")
     tr.setup()
-    assert tr.cost is not None
+    assert tr.budget and tr.cost is not None
     if scope == "global":  # the multiplier alone: dual ascent, no Adam on ρ
         assert not tr.lam.rho.requires_grad and tr.opt_rho is None
     else:  # the per-layer pattern keeps its meta-gradient; the dual step moves its level

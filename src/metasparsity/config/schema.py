@@ -130,7 +130,7 @@ class MetaConfig:
                                  "about 1/(1−β1) outer steps")
     clip_grad: float = _f(0.0, min=0.0,
                           help="clip θ's meta-gradient norm at this multiple of the median norm "
-                               "of the last 20 outer steps (0 = off)")
+                               "of the last 20 outer steps, from the 6th step on (0 = off)")
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
@@ -163,12 +163,7 @@ class MetaConfig:
                                   "parameters after pruning, or non-zero groups")
     final_zero_window: int = _f(0, min=0,
                                 help="the last outer step's prox zeroes as many groups as were "
-                                     "zero on average over the last N steps, at the multiple "
-                                     "of λ that does (from either side, as budget mode's "
-                                     "landing; 0 = off; budget mode lands on its target)")
-    final_zero_window: int = _f(0, min=0,
-                                help="the last outer step's prox zeroes as many groups as were "
-                                     "zero on average over the last N steps, at the multiple "
+                                     "zero on average over the N steps before it, at the multiple "
                                      "of λ that does (from either side, as budget mode's "
                                      "landing; 0 = off; budget mode lands on its target)")
     val_every: int = _f(100, min=1)

@@ -35,8 +35,8 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
     3. If λ is learnable: ``ρ.grad`` ← ``result.grad_rho``; ``opt_rho.step()``; ρ clamped into
        ``[log λ_min, log λ_max]``.
 
-    ``take_prox=False`` leaves the prox out of step 1 (budget mode's last step takes it
-    itself, at the λ that meets the budget).  ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
+    ``take_prox=False`` leaves the prox out of step 1 (the last step of budget mode or of
+    ``meta.final_zero_window`` takes it itself, at the multiple of λ it lands on).  ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
     "lam_next": λ after the update}``.
     """
     params = dict(model.named_parameters())
@@ -100,7 +100,7 @@ class RelativeClip:
         scale = 1.0
         if self.multiple > 0 and len(self.history) >= self.min_history:
             cap = self.multiple * statistics.median(self.history)
-            if norm > cap:
+            if 0 < cap < norm:  # a median of 0 (no gradient yet) caps nothing
                 scale = cap / norm
                 for g in gs:
                     g.mul_(scale)

@@ -151,7 +151,7 @@ class MetaTrainer:
         self.landing: dict[str, Any] | None = None  # the last step's prox: s, s·λ, groups
         # meta.final_zero_window: the group sparsity of the last N outer steps (not budget mode)
         self.window = m.final_zero_window if self.sparse and not self.budget else 0
-        self.recent_sparsity: list[float] = []
+        self.recent_zeros: list[int] = []  # zero groups after each of the last N steps
         if self.budget or self.window:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.layers)
@@ -217,7 +217,8 @@ class MetaTrainer:
         self.sampler.load_state_dict(ck.meta["sampler"])
         if "clip" in ck.state:  # checkpoints before meta.clip_grad: no history yet
             self.clip.load_state_dict(ck.state["clip"])
-        self.recent_sparsity = [float(v) for v in ck.meta.get("recent_sparsity", [])]
+        if self.window:  # a resume with a smaller window averages only its own N steps
+            self.recent_zeros = [int(v) for v in ck.meta.get("recent_zeros", [])][-self.window:]
         self.landing = ck.meta.get("landing")  # a run stopped after its last step keeps them
         self.projected = int(ck.meta.get("projected_groups", 0))
         if self.lambda0 is None:  # auto, resumed: the λ0 measured when the run started
@@ -256,7 +257,7 @@ class MetaTrainer:
                 "query": b["query"], "lambda_val": b["lambda_val"], "sampler": b["sampler"],
                 "lambda": self.lam.value(), "lambda_init": self.lambda0, "bn_stats": "recompute",
                 "landing": self.landing, "projected_groups": self.projected,
-                "recent_sparsity": self.recent_sparsity}
+                "recent_zeros": self.recent_zeros}
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop
@@ -356,19 +357,24 @@ class MetaTrainer:
         return landing
 
     def _window_step(self, lam: torch.Tensor) -> None:
-        """``meta.final_zero_window`` = N: remember this step's group sparsity; on the last step
-        (whose outer update left the prox out) land on the mean group sparsity of the N steps
-        before it.  One step's zero set is a sample of a sawtooth (README, "Damping the
-        sawtooth"); its mean over a window is what the learned λ keeps zero."""
-        if self._landing() and not self.recent_sparsity:  # a one-step run: nothing to average
+        """``meta.final_zero_window`` = N: remember this step's number of zero groups; on the last
+        step (whose outer update left the prox out) land on the smallest zero set at least as
+        large as the mean of the N steps before it.  One step's zero set is a sample of a
+        sawtooth (README, "Damping the sawtooth"); its mean over a window is what the learned λ
+        keeps zero."""
+        n = sum(g.num_groups for g in self.layers)
+        if self._landing() and not self.recent_zeros:  # a one-step run: nothing to average
             self.opt_theta.apply_prox(lam)
         elif self._landing():
-            mean = sum(self.recent_sparsity) / len(self.recent_sparsity)
-            self.landing = self._land(lam, "groups", 1.0 - mean)
+            k = -(-sum(self.recent_zeros) // len(self.recent_zeros))  # ⌈mean⌉ groups
+            # the target as BackboneCost.fraction computes it for k zero groups: exact compare
+            self.landing = self._land(lam, "groups", 1.0 - k / n)
             if self.landing is not None:
-                self.landing.update(window=len(self.recent_sparsity), mean_group_sparsity=mean)
-        gs = 1.0 - self.cost.fraction(self.model, "groups")
-        self.recent_sparsity = (self.recent_sparsity + [gs])[-self.window:]
+                self.landing.update(window=len(self.recent_zeros),
+                                    mean_group_sparsity=sum(self.recent_zeros)
+                                    / len(self.recent_zeros) / n, target_zero_groups=k)
+        zeros = sparsity_stats(self.model, layers=self.layers).num_zero_groups
+        self.recent_zeros = (self.recent_zeros + [zeros])[-self.window:]
 
     def _budget_step(self, lam: torch.Tensor) -> float:
         """Budget mode, after the outer update: on the last step, the prox at the multiple
