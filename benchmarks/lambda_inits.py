@@ -20,7 +20,7 @@ Rows carry ``objective``, ``seed``, ``lambda_init``, ``lambda_final``, ``group_s
 (λ trajectories and the sign of λ's gradient over training for both objectives; Δm against
 parameter sparsity with the front).  Finished runs are reused, interrupted ones resumed.
 
-    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps 240]
+    python benchmarks/lambda_inits.py [--seeds 0 1 2] [--inits auto,0.0001,0.01] [--steps N]
         [--jobs 2] [key=value ...]
 """
 
@@ -158,7 +158,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query")
-    p.add_argument("--steps", type=int, default=240)
+    p.add_argument("--steps", type=int, default=None,
+                   help="meta-steps per run (default: the config's meta.steps)")
     p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
     p.add_argument("--measure", default="macs")
     p.add_argument("--no-dense", dest="dense", action="store_false",
@@ -180,6 +181,10 @@ def main() -> None:
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
 
     cfg = load_config(args.config, args.overrides)
+    if args.steps is None:
+        args.steps = cfg.meta.steps
+    if args.steps < 1:
+        p.error(f"--steps must be ≥ 1, got {args.steps}")
     seen = list(cfg.data.seen_tasks)
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
     inits = [v.strip() for v in args.inits.split(",")]
