@@ -48,7 +48,8 @@ def implicit_lambda_grad(params: Mapping[str, torch.Tensor], layers: Sequence[Co
         layers: the grouped conv weights (``channel_groups``); their zero groups are held at 0.
         lam: λ, a scalar or one value per layer (it enters ``H`` through ``λ·∇²Ω``).
         train_loss, val_loss: ``loss(params dict) -> scalar``, e.g. a batch each.
-        alpha: the Neumann step; the series converges when ``0 < α < 2 / ‖H‖`` on the active set.
+        alpha: the Neumann step; the series converges when ``H`` is positive definite on the
+            active set and ``α < 2 / ‖H‖`` (``growth`` shows when it does not).
         terms: the ``J`` to report (``J = 0``: ``−α ⟨∇L_val, ∇Ω_l⟩``).
     """
     if alpha <= 0:
