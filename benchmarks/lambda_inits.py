@@ -90,7 +90,8 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 
 def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> dict[str, Any]:
     """The unseen-task reference: the dense MTL model fine-tuned on the unseen tasks exactly as
-    the meta-trained ones are (same steps, batch, learning rate)."""
+    the meta-trained ones are (same steps, batch, learning rate), without a penalty: a dense
+    source has no λ, so ``finetune.lam`` is 0 here whatever the overrides say."""
     import torch
 
     torch.set_num_threads(1)
@@ -101,7 +102,7 @@ def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> d
     d = Path(out)
     res, resume = sub_run(d)
     if res is None:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, [*overrides, "finetune.lam=0"])
         res = run_finetune(Path(source), list(cfg.data.unseen_tasks), d, cfg=cfg, resume=resume,
                            overwrite=not resume)
     return res

@@ -51,3 +51,20 @@ def start_long_training(run, *extra: str):
             break
         time.sleep(0.05)
     return proc
+
+
+def interrupt_on_call(monkeypatch, module: str, k: int):
+    """Make the recipe's k-th batch transfer raise KeyboardInterrupt (Ctrl-C mid-step)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    real = mod.to_device
+    calls = {"n": 0}
+
+    def flaky(batch, device):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise KeyboardInterrupt
+        return real(batch, device)
+
+    monkeypatch.setattr(mod, "to_device", flaky)

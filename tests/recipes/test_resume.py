@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.recipes.micro import MICRO, cli, same_tensors, start_long_training
+from tests.recipes.micro import (
+    MICRO,
+    cli,
+    interrupt_on_call,
+    same_tensors,
+    start_long_training,
+)
 
 from metasparsity.config import load_config
 from metasparsity.recipes.meta_train import MetaTrainer
@@ -132,26 +138,9 @@ def test_meta_outer_lr_follows_its_schedule(monkeypatch, tmp_path):
     assert [r[0] for r in rho_lr] == [m.lambda_lr * lr_factor("cosine", s, 6, 2) for s in range(6)]
 
 
-def _interrupt_on_call(monkeypatch, module: str, k: int):
-    """Make the recipe's k-th batch transfer raise KeyboardInterrupt (Ctrl-C mid-step)."""
-    import importlib
-
-    mod = importlib.import_module(module)
-    real = mod.to_device
-    calls = {"n": 0}
-
-    def flaky(batch, device):
-        calls["n"] += 1
-        if calls["n"] == k:
-            raise KeyboardInterrupt
-        return real(batch, device)
-
-    monkeypatch.setattr(mod, "to_device", flaky)
-
-
 def test_ctrl_c_saves_last_step_and_resume_matches(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
+    interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
     assert cli("train", "--out", run, *RESUME) == 130
     err = capsys.readouterr().err
     assert f"interrupted at step 2; resume with: metasparsity train --resume {run}" in err
@@ -167,7 +156,7 @@ def test_ctrl_c_in_meta_train_then_resume_matches(straight, tmp_path, monkeypatc
     run = tmp_path / "meta"
     # λ0 = auto reads 3 batches first; then each meta step moves 2 subsets x (support, query,
     # λ-validation) = 6 batches: call 3 + 19 is in step 4
-    _interrupt_on_call(monkeypatch, "metasparsity.recipes.meta_train", 3 + 19)
+    interrupt_on_call(monkeypatch, "metasparsity.recipes.meta_train", 3 + 19)
     assert cli("meta-train", "--out", run, *RESUME) == 130
     assert (f"interrupted at step 3; resume with: metasparsity meta-train --resume {run}"
             in capsys.readouterr().err)
@@ -213,7 +202,7 @@ def test_real_sigint_saves_and_exits_130(tmp_path):
 def test_sweep_resume_reuses_finished_and_continues_unfinished(tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
     # dense MTL takes calls 1-4; the first λ run is interrupted during its step 2
-    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 6)
+    interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 6)
     assert cli("sweep-lambda", "--out", out, "--grid", "0.01,30", *MICRO) == 130
     err = capsys.readouterr().err
     assert f"interrupted at step 1 of {out / 'lam_0.01'}; resume with: " \
@@ -239,7 +228,7 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
 
     def train(self, stop_after=None):
         if self.run_dir == target:  # Ctrl-C during step 2 of the last fine-tuning
-            _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 2)
+            interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 2)
         return real_train(self, stop_after)
 
     monkeypatch.setattr(mtl.Trainer, "train", train)
@@ -266,7 +255,7 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
 def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp_path,
                                                                    monkeypatch, capsys):
     src, out = straight["root"] / "meta", tmp_path / "ft"
-    _interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
+    interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 3)  # during step 3
     assert cli("finetune", src, "--tasks", "normal", "--out", out) == 130
     assert (f"interrupted at step 2; resume with: metasparsity finetune {src} --resume {out}"
             in capsys.readouterr().err)

@@ -178,6 +178,13 @@ class FinetuneConfig:
     batch_size: int = _f(32, min=1)
     fraction: float = _f(1.0, min=0.0, max=1.0, min_open=True, help="share of training data (few-shot)")
     freeze_backbone: bool = _f(False)
+    lam: float | str = _f(0.0, min=0.0, pattern="source", pattern_help="a number >= 0, or source",
+                          help="group-lasso λ while fine-tuning: 0 (no penalty), a number, or "
+                               "source (the source run's final λ: meta-training's learned λ, "
+                               "per layer if so, a fixed-λ run's λ, 0 for a dense run); the "
+                               "prox in Adam's metric may zero more groups; the source's zero "
+                               "groups stay zero; from a budget-mode run λ stays its multiplier "
+                               "and the budget holds")
     val_every: int = _f(100, min=1)
 
 

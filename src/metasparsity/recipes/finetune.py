@@ -12,7 +12,7 @@ from typing import Any
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
 from metasparsity.recipes import run_recipe
-from metasparsity.recipes.train import Trainer, TrainSettings
+from metasparsity.recipes.train import Trainer, TrainSettings, has_penalty
 from metasparsity.training import collectives
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.training.run_checkpoints import load_run_checkpoint
@@ -41,6 +41,22 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         kind="finetune")
 
 
+def finetune_lambda(lam: float | str, source_meta: dict[str, Any],
+                    source: str | Path) -> float | list[float]:
+    """``finetune.lam`` resolved: a number as given; ``source``: the λ the source run ended
+    with (a meta-trained run's learned ``lambda``, per layer if it learned one per layer; a
+    fixed-λ run's ``lam``; 0 for a dense source; budget mode's multiplier, which
+    :func:`run_finetune` keeps moving so that the budget holds)."""
+    if not isinstance(lam, str):
+        return float(lam)
+    value = source_meta.get("lambda") if "lambda" in source_meta else source_meta.get("lam")
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
+        raise UserError(f"finetune.lam=source: the source run {source} records no usable λ "
+                        f"({value!r}); give finetune.lam a number (0: no penalty)")
+    return [float(v) for v in value] if isinstance(value, list) else float(value or 0.0)
+
+
 def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Path, *,
                  overrides: Sequence[str] = (), cfg: Config | None = None, resume: bool = False,
                  overwrite: bool = False) -> dict[str, Any]:
@@ -50,6 +66,11 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     backbone (and the heads of requested tasks it has) initialise the model; other tasks get
     fresh heads.  Zero groups of the source backbone stay zero (gradients masked, weights
     re-masked after every step), so the sparse structure learned is what gets evaluated.
+    ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
+    as fixed-λ training does: the surviving groups are shrunk and may reach zero too.  From a
+    budget-mode source (``meta.target``), λ stays the budget's multiplier: dual ascent after
+    every step and a last step that lands on the target, as meta-training's; the last step is
+    the one kept (``best``), and ``results.json`` has a ``budget`` entry.
     BatchNorm statistics of a meta-trained source are re-estimated first.  Options
     (``finetune.*``): share of the training data (few-shot), steps or epochs, frozen backbone.
     """
@@ -76,6 +97,13 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
     world = collectives.init_distributed(cfg.train.device).world_size
     settings = finetune_settings(cfg, tasks, n_train, world)
+    settings.lam = finetune_lambda(cfg.finetune.lam, ck.meta, source)
+    m = cfg.meta
+    if m.target is not None and ck.meta.get("kind") == "meta_sparsity" and has_penalty(settings.lam):
+        # a budget-mode source keeps its budget: λ stays its multiplier (dual ascent) and the
+        # last step lands on the target, as in meta-training
+        settings.budget = (m.target_measure, m.target)
+        settings.dual_rate, settings.lam_range = m.lambda_lr, (m.lambda_min, m.lambda_max)
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}

@@ -34,8 +34,7 @@ from metasparsity.sparsity import (
     BackboneCost,
     ProxAdam,
     channel_groups,
-    land_on_budget,
-    project_to_budget,
+    land_prox,
     prox_param_groups,
     sparsity_stats,
 )
@@ -336,24 +335,10 @@ class MetaTrainer:
     def _land(self, lam: torch.Tensor, measure: str, target: float) -> dict[str, Any] | None:
         """The last step's prox at the multiple ``s·λ`` of the step's λ (``lam``, before ρ's
         update) that just brings the backbone's ``measure`` within ``target``
-        (:func:`land_on_budget`: from either side, groups revive or go), then the rounding
-        safety net (:func:`project_to_budget`).  Returns ``{scale, lambda, groups_vs_lambda}``
-        (None when out of reach: the prox at λ)."""
-        thr = self.opt_theta.zero_thresholds(self.model, self.layers, lam)
-        s = land_on_budget(self.model, self.cost, measure, target, thr)
-        landing = None
-        if math.isfinite(s):
-            at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
-            at_s = sum(int((t <= s).sum()) for t in thr.values())
-            self.opt_theta.apply_prox(lam * s)
-            lam_s = (lam * s).reshape(-1).tolist()
-            landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
-                       "groups_vs_lambda": at_s - at_lam}
-        else:  # out of reach (budget mode refuses it at the start; kept for safety): at λ
-            self.opt_theta.apply_prox(lam)
-        # rounding at the threshold's edge: the groups a larger λ would zero first go
-        self.projected = project_to_budget(self.model, self.cost, measure, target,
-                                           self.opt_theta.prox_scores(self.model, self.layers))
+        (:func:`~metasparsity.sparsity.land_prox`).  Returns ``{scale, lambda,
+        groups_vs_lambda}`` (None when out of reach: the prox at λ)."""
+        landing, self.projected = land_prox(self.model, self.opt_theta, self.cost, measure,
+                                            target, lam)
         return landing
 
     def _window_step(self, lam: torch.Tensor) -> None:

@@ -19,9 +19,11 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.models.sync_bn import convert_sync_batchnorm
 from metasparsity.recipes import run_recipe
 from metasparsity.sparsity import (
+    BackboneCost,
     ProxAdam,
     apply_masks_,
     channel_groups,
+    land_prox,
     mask_zero_group_grads_,
     prox_param_groups,
     sparsity_stats,
@@ -57,7 +59,7 @@ class TrainSettings:
     batch_size: int
     lr: float
     val_every: int
-    lam: float = 0.0
+    lam: float | list[float] = 0.0  # fixed λ (one per grouped layer if a list); 0: no prox
     prox_metric: str = "adam"
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
@@ -68,11 +70,21 @@ class TrainSettings:
     seed: int = 0
     data_fraction: float = 1.0
     keep_zero_groups: bool = False
+    # (measure, target): λ is budget mode's multiplier, moved by dual ascent after every step at
+    # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget
+    budget: tuple[str, float] | None = None
+    dual_rate: float = 0.05
+    lam_range: tuple[float, float] = (1e-6, 10.0)
     freeze_backbone: bool = False
     recompute_bn_stats: bool = False
     amp: bool = False
     kind: str = "train"
     extra_results: dict[str, Any] = field(default_factory=dict)
+
+
+def has_penalty(lam: float | list[float]) -> bool:
+    """Whether a fixed λ (a float or one value per layer) puts a group penalty on."""
+    return any(v > 0 for v in lam) if isinstance(lam, list) else lam > 0
 
 
 def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
@@ -154,7 +166,10 @@ class Trainer:
         if not s.freeze_backbone:
             params = list(self.model.shared_parameters()) + params
         params += list(self.weighting.parameters())
-        self.groups = channel_groups(self.model) if s.lam > 0 else None
+        self.groups = channel_groups(self.model) if has_penalty(s.lam) else None
+        if self.groups is not None and isinstance(s.lam, list) and len(s.lam) != len(self.groups):
+            raise UserError(f"λ has {len(s.lam)} per-layer values but the model has "
+                            f"{len(self.groups)} grouped layers")
         if self.groups is None:
             self.opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
         else:  # Adam, then the group prox in its metric (DESIGN §2.2.1)
@@ -162,6 +177,16 @@ class Trainer:
                                 weight_decay=s.weight_decay, prox_metric=s.prox_metric,
                                 num_layers=len(self.groups))
         self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
+        self.cost: BackboneCost | None = None  # budget mode: the pruned backbone's cost
+        self.lam_now: Any = s.lam  # the prox's λ (budget mode: the multiplier, [1] or [L])
+        self.landing: dict[str, Any] | None = None
+        self.projected = 0
+        if s.budget is not None and self.groups is not None:
+            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            self.cost = BackboneCost(self.model, x0, self.groups)
+            self.cost.check_target(self.model, *s.budget)
+            lam = s.lam if isinstance(s.lam, list) else [s.lam]
+            self.lam_now = torch.tensor(lam, dtype=torch.float64, device=self.device)
         self.step = 0
         self.best_score = float("inf")
         self.reference_val: dict | None = None  # first validation: the baseline of selection
@@ -216,6 +241,9 @@ class Trainer:
         self.best_step = int(m["best_step"])
         self.reference_val = m.get("reference_val")
         self.history = list(m.get("history", []))
+        if self.cost is not None:
+            self.lam_now = torch.tensor(m["budget_lambda"], dtype=torch.float64, device=self.device)
+            self.landing, self.projected = m.get("landing"), int(m.get("projected_groups", 0))
         # The config of this invocation decides the LR schedule and weight decay from here on.
         self.sched.base_lrs = [s.lr for _ in self.opt.param_groups]
         for group in self.opt.param_groups:
@@ -232,6 +260,9 @@ class Trainer:
                 "reference_val": self.reference_val, "history": self.history, "lam": self.s.lam,
                 "source": self.source, "bn_stats": "running",
                 "world_size": self.dist.world_size}
+        if self.cost is not None:
+            meta.update(budget_lambda=self.lam_now.tolist(), landing=self.landing,
+                        projected_groups=self.projected)
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop
@@ -264,11 +295,16 @@ class Trainer:
                     lr_now = self.opt.param_groups[0]["lr"]
                     if self.groups is None:
                         self.opt.step()
+                    elif self.cost is not None and self.step + 1 == s.max_steps:
+                        self.opt.step(lam=None)  # budget mode's last step lands on the budget
+                        self.landing, self.projected = land_prox(
+                            self.model, self.opt, self.cost, *s.budget, self.lam_now)
                     else:
-                        self.opt.step(lam=s.lam)  # τ = lr_now·λ·w_g
+                        self.opt.step(lam=self.lam_now)  # τ = lr_now·λ·w_g
                     self.sched.step()
                     if self.masks is not None:
                         apply_masks_(self.model, self.masks)
+                    cost = self._dual_step() if self.cost is not None else None
                     check_finite_params(self._all_tensors(), self.step + 1)
                     self.step += 1
                     session.mark(self.step, stream=self.stream.state_dict())
@@ -278,6 +314,8 @@ class Trainer:
                            "losses": {t: float(v.detach()) for t, v in losses_g.items()}}
                     if self.groups is not None:
                         rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
+                    if cost is not None:
+                        rec.update(cost=cost, **{"lambda": _floats(self.lam_now)})
                     if s.loss_weighting != "equal":
                         rec["weights"] = self.weighting.weights()
                     session.log("train", rec)
@@ -290,6 +328,17 @@ class Trainer:
                 elif s.ckpt_every and self.step % s.ckpt_every == 0:
                     session.save()
         return session.finish(self._results)
+
+    def _dual_step(self) -> float:
+        """Budget mode, after the update: dual ascent on the multiplier in log space,
+        ``log λ ← clamp(log λ + dual_rate·(cost − target)/target)`` (every layer alike, as
+        :meth:`~metasparsity.meta.LearnedLambda.dual_step_`).  Returns the cost."""
+        measure, target = self.s.budget
+        cost = self.cost.fraction(self.model, measure)
+        lo, hi = (math.log(v) for v in self.s.lam_range)
+        rho = (self.lam_now.log() + self.s.dual_rate * (cost - target) / target).clamp(lo, hi)
+        self.lam_now = rho.exp()
+        return cost
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -330,7 +379,9 @@ class Trainer:
             self.reference_val = val
         score = selection_score(val, self.reference_val,
                                 {t: task.type for t, task in self.tasks.items()})
-        best = math.isfinite(score) and score < self.best_score
+        # budget mode: only the last step has landed on the budget, so it is the one kept
+        best = math.isfinite(score) and (score < self.best_score if self.cost is None
+                                         else self.step == self.s.max_steps)
         if best:
             self.best_score, self.best_step = score, self.step
         rec: dict[str, Any] = {"val": val, "score": score}
@@ -360,6 +411,12 @@ class Trainer:
                    "sparsity": sparsity_stats(self.model).to_dict(),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    **self.s.extra_results}
+        if self.cost is not None:
+            measure, target = self.s.budget
+            results["budget"] = {"measure": measure, "target": target,
+                                 "cost": self.cost.summary(self.model),
+                                 "lambda_final": _floats(self.lam_now), "landing": self.landing,
+                                 "projected_groups": self.projected}
         if self.source:
             results["source"] = self.source
         self.session.log("test", {"test": test})
@@ -375,3 +432,8 @@ def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     settings = settings_from_config(cfg, tasks)
     settings.kind = "fixed_lambda" if settings.lam > 0 else ("stl" if len(settings.tasks) == 1 else "mtl")
     return run_recipe(Trainer(cfg, run_dir, settings, resume=resume, overwrite=overwrite))
+
+
+def _floats(lam: torch.Tensor) -> float | list[float]:
+    v = lam.tolist()
+    return v[0] if len(v) == 1 else v

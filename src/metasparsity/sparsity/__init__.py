@@ -1,6 +1,11 @@
 """Channel-group sparsity of the shared backbone (DESIGN §2.2): groups, Ω, prox, statistics."""
 
-from metasparsity.sparsity.budget import BackboneCost, land_on_budget, project_to_budget
+from metasparsity.sparsity.budget import (
+    BackboneCost,
+    land_on_budget,
+    land_prox,
+    project_to_budget,
+)
 from metasparsity.sparsity.groups import (
     ConvGroups,
     SparsityStats,
@@ -25,6 +30,7 @@ from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report
 __all__ = [
     "BackboneCost",
     "land_on_budget",
+    "land_prox",
     "project_to_budget",
     "PROX_METRICS",
     "ConvGroups",

@@ -227,3 +227,32 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
         return min(last * (1 + 1e-4), last + (nxt - last) / 2)
     finally:
         zero_first(0)
+
+
+@torch.no_grad()
+def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, target: float,
+              lam: torch.Tensor) -> tuple[dict[str, Any] | None, int]:
+    """The landing of budget mode's last step: after a plain Adam step of ``opt``
+    (:class:`~metasparsity.sparsity.ProxAdam`, ``step(lam=None)``), its prox at the multiple
+    ``s·λ`` of ``lam`` (``[1]`` or ``[L]``) that just brings the backbone's ``measure`` within
+    ``target`` (:func:`land_on_budget`: from either side, groups revive or go), then the
+    rounding safety net (:func:`project_to_budget`, the groups a larger λ would zero first).
+
+    Returns ``({scale, lambda, groups_vs_lambda}, projected)``: ``s``, ``s·λ``, how many groups
+    more (or fewer) than the prox at λ would have zeroed, and how many the safety net zeroed;
+    the landing is None when the target is out of reach (then the prox is taken at λ)."""
+    layers = cost.layers
+    thr = opt.zero_thresholds(model, layers, lam)
+    s = land_on_budget(model, cost, measure, target, thr)
+    landing = None
+    if math.isfinite(s):
+        at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
+        at_s = sum(int((t <= s).sum()) for t in thr.values())
+        opt.apply_prox(lam * s)
+        lam_s = (lam * s).reshape(-1).tolist()
+        landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
+                   "groups_vs_lambda": at_s - at_lam}
+    else:  # out of reach (the recipes refuse it at the start; kept for safety): at λ
+        opt.apply_prox(lam)
+    projected = project_to_budget(model, cost, measure, target, opt.prox_scores(model, layers))
+    return landing, projected

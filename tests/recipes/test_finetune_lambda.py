@@ -1,0 +1,148 @@
+"""``finetune.lam``: fine-tuning with the group prox at a fixed or the source run's λ."""
+
+from __future__ import annotations
+
+import pytest
+from tests.recipes.micro import MICRO, cli, interrupt_on_call, same_tensors
+
+from metasparsity.recipes.finetune import finetune_lambda
+from metasparsity.training.run_checkpoints import load_run_checkpoint
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import read_json, read_jsonl
+
+SEEN = "segment,depth,edge,has_sphere,many_objects"
+
+
+def _zero_sets(state) -> dict[str, list[bool]]:
+    return {k: (v.flatten(2).abs().sum(dim=(0, 2)) == 0).tolist() for k, v in state.items()
+            if k.startswith("backbone.") and v.dim() == 4}
+
+
+@pytest.fixture(scope="module")
+def meta_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft_lam")
+    runs = {}
+    for name, extra in (("global", []), ("layer", ["meta.lambda_scope=layer"]),
+                        ("dense", ["meta.lambda_init=0"])):
+        d = root / name
+        lam = [] if name == "dense" else ["meta.lambda_init=0.01"]
+        assert cli("meta-train", "--out", d, *MICRO, *lam, "meta.outer_lr=0.05", *extra) == 0
+        runs[name] = d
+    return runs
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_source_lambda_is_the_meta_runs_final_lambda_and_the_prox_is_on(meta_runs, scope):
+    src = meta_runs[scope]
+    out = src / "ft_source"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=source") == 0
+    res, mres = read_json(out / "results.json"), read_json(src / "results.json")
+    assert res["lam"] == mres["lambda_final"]
+    assert isinstance(res["lam"], list) == (scope == "layer")
+    # the prox ran (ProxAdam logs the group sparsity), and the source's zeros stayed zero
+    assert all("group_sparsity" in r for r in read_jsonl(out / "metrics.jsonl")
+               if r["kind"] == "train")
+    before = _zero_sets(load_run_checkpoint(src, "best").model)
+    assert any(any(z) for z in before.values())
+    for which in ("best", "last"):
+        after = _zero_sets(load_run_checkpoint(out, which).model)
+        assert all(a for k in before for b, a in zip(before[k], after[k]) if b)
+
+
+def test_a_large_lambda_zeroes_more_groups_than_the_source_kept(meta_runs):
+    src = meta_runs["global"]
+    out = src / "ft_big"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=10") == 0
+    res, mres = read_json(out / "results.json"), read_json(src / "results.json")
+    assert res["lam"] == 10.0
+    assert res["sparsity"]["group_sparsity"] > mres["sparsity"]["group_sparsity"]
+    # λ = 0 (the default) keeps exactly the source's zero set
+    out0 = src / "ft_zero"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out0) == 0
+    assert read_json(out0 / "results.json")["sparsity"]["group_sparsity"] == \
+        mres["sparsity"]["group_sparsity"]
+
+
+def test_source_lambda_of_a_dense_run_is_zero(meta_runs):
+    src = meta_runs["dense"]
+    out = src / "ft_dense"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=source") == 0
+    res = read_json(out / "results.json")
+    assert res["lam"] == 0.0 and res["sparsity"]["group_sparsity"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    src = tmp_path_factory.mktemp("ft_budget") / "budget"
+    assert cli("meta-train", "--out", src, *MICRO, "meta.lambda_init=0.01", "meta.outer_lr=0.05",
+               "meta.target=0.8") == 0
+    return src
+
+
+def test_a_budget_run_keeps_its_budget_while_fine_tuning_with_its_multiplier(budget_run):
+    src, out = budget_run, budget_run / "ft_source"
+    mres = read_json(src / "results.json")
+    assert mres["budget"]["cost"]["macs"] <= 0.8
+    ft = ["finetune.steps=6", "finetune.val_every=2"]
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=source", *ft) == 0
+    res = read_json(out / "results.json")
+    assert res["lam"] == mres["lambda_final"]
+    b = res["budget"]
+    assert b["measure"] == "macs" and b["target"] == 0.8 and b["cost"]["macs"] <= 0.8
+    assert res["best_step"] == res["steps"] == 6  # only the last step has landed
+    recs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    # dual ascent: λ follows the cost, down while it is below the target, up while above
+    for a, r in zip(recs, recs[1:]):
+        assert (r["lambda"] < a["lambda"]) == (r["cost"] < 0.8) or r["cost"] == 0.8
+    assert b["lambda_final"] == recs[-1]["lambda"]
+
+
+def test_a_budget_fine_tune_with_a_huge_lambda_gives_back_what_the_budget_allows(budget_run):
+    """λ = 10 zeroes every group it reaches; the landing gives back all but the source's zeros
+    (kept zero), so the cost ends where the source's did, not far below the target."""
+    src, out = budget_run, budget_run / "ft_huge"
+    ft = ["finetune.steps=4", "finetune.val_every=2"]
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=10", *ft) == 0
+    res, mres = read_json(out / "results.json"), read_json(src / "results.json")
+    recs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert min(r["cost"] for r in recs[:-1]) < mres["budget"]["cost"]["macs"]  # the prox bit
+    assert res["budget"]["cost"]["macs"] == pytest.approx(mres["budget"]["cost"]["macs"])
+    assert res["sparsity"]["num_zero_groups"] == mres["sparsity"]["num_zero_groups"]
+    assert res["budget"]["landing"]["scale"] < 1
+
+
+def test_a_budget_fine_tune_interrupted_and_resumed_is_bit_identical(budget_run, tmp_path,
+                                                                     monkeypatch):
+    ft = ["finetune.lam=source", "finetune.steps=4", "finetune.val_every=2"]
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    assert cli("finetune", budget_run, "--tasks", SEEN, "--out", straight, *ft) == 0
+    interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 2)  # during step 2
+    assert cli("finetune", budget_run, "--tasks", SEEN, "--out", out, *ft) == 130
+    monkeypatch.undo()
+    assert load_run_checkpoint(out, "last").meta["step"] == 1
+    assert cli("finetune", budget_run, "--resume", out) == 0
+    a, b = load_run_checkpoint(straight, "last"), load_run_checkpoint(out, "last")
+    assert same_tensors(a.model, b.model) == []
+    assert a.meta["budget_lambda"] == b.meta["budget_lambda"]
+    assert read_json(straight / "results.json")["budget"] == read_json(out / "results.json")["budget"]
+
+
+@pytest.mark.parametrize("bad", ["learned", "-1", "nan"])
+def test_bad_finetune_lam_is_a_config_error(meta_runs, bad, capsys):
+    src = meta_runs["global"]
+    assert cli("finetune", src, "--tasks", SEEN, "--out", src / "ft_bad", f"finetune.lam={bad}") == 2
+    assert "finetune.lam" in capsys.readouterr().err
+    assert not (src / "ft_bad").exists()
+
+
+def test_finetune_lambda_resolution():
+    assert finetune_lambda(0.003, {}, "x") == 0.003
+    assert finetune_lambda("source", {"kind": "meta_sparsity", "lambda": 0.002}, "x") == 0.002
+    assert finetune_lambda("source", {"kind": "meta_sparsity", "lambda": [1e-3, 2e-3]}, "x") \
+        == [1e-3, 2e-3]
+    assert finetune_lambda("source", {"kind": "fixed_lambda", "lam": 3e-4}, "x") == 3e-4
+    assert finetune_lambda("source", {"kind": "mtl", "lam": 0.0}, "x") == 0.0
+    assert finetune_lambda("source", {"kind": "meta_dense", "lambda": 0.0}, "x") == 0.0
+    for meta in ({}, {"lambda": float("nan")}, {"lambda": [1e-3, -1.0]}):
+        with pytest.raises(UserError, match="no usable λ"):
+            finetune_lambda("source", meta, "x")
