@@ -281,6 +281,8 @@ def main() -> None:
             "at_clamp": o != "dense" and (lam_f <= plan_cfg.lambda_min * 1.01
                                           or lam_f >= plan_cfg.lambda_max / 1.01),
             "group_sparsity": 100 * meta["sparsity"]["group_sparsity"],
+            # after fine-tuning: the same unless finetune.lam keeps the prox on
+            "group_sparsity_deployed": 100 * r["seen"]["sparsity"]["group_sparsity"],
             "param_sparsity": ps, "delta_m": d,
             "gap_to_front": None if front_at is None else d - front_at,
             "backbone_macs": 100 * r["cost"]["macs"],
@@ -314,12 +316,15 @@ def main() -> None:
             rs = [r for r in rows if r["objective"] == o and r["seed"] == s]
             lams = [r["lambda_final"] for r in rs]
             gs = [r["group_sparsity"] for r in rs]
+            dep = [r["group_sparsity_deployed"] for r in rs]
             last = [r.get("group_sparsity_last_step") for r in rs]
             conv.append({"objective": o, "seed": s, "lambda_ratio": max(lams) / min(lams),
                          "sparsity_spread": max(gs) - min(gs), "min_group_sparsity": min(gs),
                          # meta.final_zero_window: the spread the last step's own prox left
                          "last_step_spread": (max(last) - min(last)
                                               if None not in last else None),
+                         "deployed_spread": max(dep) - min(dep),
+                         "min_deployed_group_sparsity": min(dep),
                          "any_at_clamp": any(r["at_clamp"] for r in rs),
                          "converged": (max(lams) / min(lams) <= 3 and max(gs) - min(gs) <= 10
                                        and min(gs) >= 20 and not any(r["at_clamp"] for r in rs))})
@@ -327,7 +332,8 @@ def main() -> None:
     def agg(sel) -> dict[str, Any]:
         rs = [r for r in rows if sel(r)]
         return {k: _mean_std([r[k] for r in rs]) for k in
-                ("lambda_final", "group_sparsity", "param_sparsity", "delta_m", "gap_to_front",
+                ("lambda_final", "group_sparsity", "group_sparsity_deployed", "param_sparsity",
+                 "delta_m", "gap_to_front",
                  "backbone_macs", "passes", "delta_m_unseen")} | {"n": len(rs)}
 
     summary = {f"{o}/{i}": agg(lambda r, o=o, i=i: r["objective"] == o and r["init"] == i)
@@ -383,28 +389,32 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
              "## Runs", ""]
     lines.append(markdown_table(
         ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %",
-         "group sp. % of the last step's prox", "param sp. %",
+         "group sp. % of the last step's prox", "group sp. % deployed", "param sp. %",
          "backbone MACs %", "Δm %", "gap to front", "steps pushing λ up %", "passes"],
         [[r["objective"], r["seed"], f"{r['lambda_init']:.3g}" + (" (auto)" if r["init"] == "auto"
                                                                    else ""),
           f"{r['lambda_final']:.3g}", "yes" if r["at_clamp"] else "no", _f(r["group_sparsity"], 1),
-          _f(r.get("group_sparsity_last_step"), 1),
+          _f(r.get("group_sparsity_last_step"), 1), _f(r["group_sparsity_deployed"], 1),
           _f(r["param_sparsity"], 1), _f(r["backbone_macs"], 1), _f(r["delta_m"]),
           _f(r["gap_to_front"]), _f(100 * r["share_steps_pushing_up"], 0), _f(r["passes"], 0)]
          for r in rows]))
     lines += ["", "## Does λ converge? (per seed, over the λ0 of the run)", ""]
     lines.append(markdown_table(
         ["objective", "seed", "max/min final λ", "group sparsity spread (points)",
-         "spread of the last step's own prox", "lowest group sparsity %", "a λ at its clamp",
+         "spread of the last step's own prox", "lowest group sparsity %",
+         "spread deployed (after fine-tuning)", "a λ at its clamp",
          "converged (≤3×, ≤10 points, ≥20 %)"],
         [[c["objective"], c["seed"], _f(c["lambda_ratio"]), _f(c["sparsity_spread"], 1),
-          _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1), "yes" if c["any_at_clamp"] else "no",
+          _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1),
+          _f(c["deployed_spread"], 1), "yes" if c["any_at_clamp"] else "no",
           "yes" if c["converged"] else "no"] for c in conv]))
     lines += ["", "## Means over seeds", ""]
     lines.append(markdown_table(
-        ["run", "final λ", "group sp. %", "param sp. %", "backbone MACs %", "Δm seen %",
+        ["run", "final λ", "group sp. %", "group sp. % deployed", "param sp. %",
+         "backbone MACs %", "Δm seen %",
          "gap to front", "Δm unseen %", "passes"],
-        [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1), _ms(v["param_sparsity"], 1),
+        [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1),
+          _ms(v["group_sparsity_deployed"], 1), _ms(v["param_sparsity"], 1),
           _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"]),
           _ms(v["delta_m_unseen"]), _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
     b = summary.get("budget")
