@@ -4,6 +4,7 @@ number in report.md is the one in results.json, and `report` regenerates the sam
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from tests.recipes.micro import MICRO, cli
@@ -224,3 +225,19 @@ def test_meta_sparsity_in_budget_mode_when_the_config_sets_a_target(tmp_path):
     assert rows["meta_dense"]["budget"] is None
     md = (out / "report.md").read_text()
     assert "| meta-sparsity, budget mode (70 % macs) |" in md and "multiplier" in md
+
+
+def test_compare_fine_tunes_at_the_learned_lambda_and_keeps_the_budget(tmp_path):
+    """``finetune.lam=source`` (the demo preset): the dense meta row fine-tunes without a
+    penalty (its λ is 0), budget mode's fine-tuning keeps the prox at the multiplier and ends
+    within its target."""
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[meta_dense,meta_sparsity]",
+               "meta.target=0.7", "finetune.lam=source") == 0
+    rows = read_json(out / "results.json")["per_seed"]["0"]
+    dense = read_json(Path(rows["meta_dense"]["run_dir"]) / "results.json")
+    assert dense["lam"] == 0.0 and "budget" not in dense
+    ft = read_json(Path(rows["meta_sparsity"]["run_dir"]) / "results.json")
+    assert ft["lam"] == rows["meta_sparsity"]["lambda_final"] > 0
+    assert ft["budget"]["target"] == 0.7 and ft["budget"]["cost"]["macs"] <= 0.7
+    assert ft["best_step"] == ft["steps"]
