@@ -91,7 +91,8 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> dict[str, Any]:
     """The unseen-task reference: the dense MTL model fine-tuned on the unseen tasks exactly as
     the meta-trained ones are (same steps, batch, learning rate), without a penalty: a dense
-    source has no λ, so ``finetune.lam`` is 0 here whatever the overrides say."""
+    source has no λ, so ``finetune.lam`` (and ``lam_unseen``) is 0 here whatever the
+    overrides say."""
     import torch
 
     torch.set_num_threads(1)
@@ -102,7 +103,7 @@ def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> d
     d = Path(out)
     res, resume = sub_run(d)
     if res is None:
-        cfg = load_config(config, [*overrides, "finetune.lam=0"])
+        cfg = load_config(config, [*overrides, "finetune.lam=0", "finetune.lam_unseen=0"])
         res = run_finetune(Path(source), list(cfg.data.unseen_tasks), d, cfg=cfg, resume=resume,
                            overwrite=not resume)
     return res
@@ -268,7 +269,7 @@ def main() -> None:
         grads = [x["grad_lambda_implicit"] + x["grad_lambda_explicit"] if not isinstance(
             x["grad_lambda_implicit"], list) else sum(x["grad_lambda_implicit"]) for x in rec]
         lam_f = _lam(meta["lambda_final"])
-        heldout_pass = o == "heldout"
+        heldout_pass = meta.get("lambda_objective") == "heldout"  # λ-validation passes ran
         passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
                   * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
                   ) / cfg.train.batch_size

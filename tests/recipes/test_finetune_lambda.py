@@ -11,6 +11,7 @@ from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, read_jsonl
 
 SEEN = "segment,depth,edge,has_sphere,many_objects"
+UNSEEN = "normal,light_left"
 
 
 def _zero_sets(state) -> dict[str, list[bool]]:
@@ -71,6 +72,28 @@ def test_source_lambda_of_a_dense_run_is_zero(meta_runs):
     assert res["lam"] == 0.0 and res["sparsity"]["group_sparsity"] == 0.0
 
 
+def test_lam_unseen_replaces_lam_when_every_task_is_unseen(meta_runs):
+    src = meta_runs["global"]
+    mres = read_json(src / "results.json")
+
+    def lam_of(name, tasks, *over):
+        assert cli("finetune", src, "--tasks", tasks, "--out", src / name, *over) == 0
+        return read_json(src / name / "results.json")
+
+    # unseen tasks only, lam_unseen=0: no penalty, exactly the source's zero set
+    res = lam_of("ft_u0", UNSEEN, "finetune.lam=source", "finetune.lam_unseen=0")
+    assert res["lam"] == 0.0
+    assert res["sparsity"]["group_sparsity"] == mres["sparsity"]["group_sparsity"]
+    # lam_unseen=source: the learned λ on the unseen tasks, while finetune.lam says 0
+    assert lam_of("ft_us", UNSEEN, "finetune.lam_unseen=source")["lam"] == mres["lambda_final"]
+    # null (the default): finetune.lam, here large enough to zero more groups
+    res = lam_of("ft_un", UNSEEN, "finetune.lam=10")
+    assert res["lam"] == 10.0
+    assert res["sparsity"]["group_sparsity"] > mres["sparsity"]["group_sparsity"]
+    # a seen task among them: finetune.lam
+    assert lam_of("ft_mix", "segment,normal", "finetune.lam=10", "finetune.lam_unseen=0")["lam"] == 10.0
+
+
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory):
     src = tmp_path_factory.mktemp("ft_budget") / "budget"
@@ -127,11 +150,13 @@ def test_a_budget_fine_tune_interrupted_and_resumed_is_bit_identical(budget_run,
     assert read_json(straight / "results.json")["budget"] == read_json(out / "results.json")["budget"]
 
 
+@pytest.mark.parametrize("key", ["lam", "lam_unseen"])
 @pytest.mark.parametrize("bad", ["learned", "-1", "nan"])
-def test_bad_finetune_lam_is_a_config_error(meta_runs, bad, capsys):
+def test_bad_finetune_lam_is_a_config_error(meta_runs, key, bad, capsys):
     src = meta_runs["global"]
-    assert cli("finetune", src, "--tasks", SEEN, "--out", src / "ft_bad", f"finetune.lam={bad}") == 2
-    assert "finetune.lam" in capsys.readouterr().err
+    assert cli("finetune", src, "--tasks", UNSEEN, "--out", src / "ft_bad",
+               f"finetune.{key}={bad}") == 2
+    assert f"finetune.{key}" in capsys.readouterr().err
     assert not (src / "ft_bad").exists()
 
 
@@ -146,3 +171,5 @@ def test_finetune_lambda_resolution():
     for meta in ({}, {"lambda": float("nan")}, {"lambda": [1e-3, -1.0]}):
         with pytest.raises(UserError, match="no usable λ"):
             finetune_lambda("source", meta, "x")
+    with pytest.raises(UserError, match="finetune.lam_unseen=source"):
+        finetune_lambda("source", {}, "x", "finetune.lam_unseen")

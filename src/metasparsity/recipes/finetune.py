@@ -42,18 +42,18 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
 
 
 def finetune_lambda(lam: float | str, source_meta: dict[str, Any],
-                    source: str | Path) -> float | list[float]:
-    """``finetune.lam`` resolved: a number as given; ``source``: the λ the source run ended
-    with (a meta-trained run's learned ``lambda``, per layer if it learned one per layer; a
-    fixed-λ run's ``lam``; 0 for a dense source; budget mode's multiplier, which
+                    source: str | Path, key: str = "finetune.lam") -> float | list[float]:
+    """``finetune.lam`` (or ``key``) resolved: a number as given; ``source``: the λ the source
+    run ended with (a meta-trained run's learned ``lambda``, per layer if it learned one per
+    layer; a fixed-λ run's ``lam``; 0 for a dense source; budget mode's multiplier, which
     :func:`run_finetune` keeps moving so that the budget holds)."""
     if not isinstance(lam, str):
         return float(lam)
     value = source_meta.get("lambda") if "lambda" in source_meta else source_meta.get("lam")
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
-        raise UserError(f"finetune.lam=source: the source run {source} records no usable λ "
-                        f"({value!r}); give finetune.lam a number (0: no penalty)")
+        raise UserError(f"{key}=source: the source run {source} records no usable λ "
+                        f"({value!r}); give {key} a number (0: no penalty)")
     return [float(v) for v in value] if isinstance(value, list) else float(value or 0.0)
 
 
@@ -67,7 +67,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     fresh heads.  Zero groups of the source backbone stay zero (gradients masked, weights
     re-masked after every step), so the sparse structure learned is what gets evaluated.
     ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
-    as fixed-λ training does: the surviving groups are shrunk and may reach zero too.  From a
+    as fixed-λ training does: the surviving groups are shrunk and may reach zero too;
+    ``finetune.lam_unseen``, when set, replaces it if every task in ``tasks`` is unseen.  From a
     budget-mode source (``meta.target``), λ stays the budget's multiplier: dual ascent after
     every step and a last step that lands on the target, as meta-training's; the last step is
     the one kept (``best``), and ``results.json`` has a ``budget`` entry.
@@ -97,7 +98,11 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     n_train = len(build_dataset(cfg, "train")) if cfg.finetune.epochs is not None else None
     world = collectives.init_distributed(cfg.train.device).world_size
     settings = finetune_settings(cfg, tasks, n_train, world)
-    settings.lam = finetune_lambda(cfg.finetune.lam, ck.meta, source)
+    f = cfg.finetune
+    if f.lam_unseen is not None and all(t in cfg.data.unseen_tasks for t in tasks):
+        settings.lam = finetune_lambda(f.lam_unseen, ck.meta, source, "finetune.lam_unseen")
+    else:
+        settings.lam = finetune_lambda(f.lam, ck.meta, source)
     m = cfg.meta
     if m.target is not None and ck.meta.get("kind") == "meta_sparsity" and has_penalty(settings.lam):
         # a budget-mode source keeps its budget: λ stays its multiplier (dual ascent) and the
