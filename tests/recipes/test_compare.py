@@ -230,10 +230,11 @@ def test_meta_sparsity_in_budget_mode_when_the_config_sets_a_target(tmp_path):
 def test_compare_fine_tunes_at_the_learned_lambda_and_keeps_the_budget(tmp_path):
     """``finetune.lam=source`` (the demo preset): the dense meta row fine-tunes without a
     penalty (its λ is 0), budget mode's fine-tuning keeps the prox at the multiplier and ends
-    within its target."""
+    within its target; ``finetune.lam_unseen=0``: the unseen tasks' fine-tuning has no penalty
+    and no budget hold, only the source's zero set."""
     out = tmp_path / "run"
     assert cli("compare", "--out", out, *SMALL, "compare.methods=[meta_dense,meta_sparsity]",
-               "meta.target=0.7", "finetune.lam=source") == 0
+               "meta.target=0.7", "finetune.lam=source", "finetune.lam_unseen=0") == 0
     rows = read_json(out / "results.json")["per_seed"]["0"]
     dense = read_json(Path(rows["meta_dense"]["run_dir"]) / "results.json")
     assert dense["lam"] == 0.0 and "budget" not in dense
@@ -241,3 +242,8 @@ def test_compare_fine_tunes_at_the_learned_lambda_and_keeps_the_budget(tmp_path)
     assert ft["lam"] == rows["meta_sparsity"]["lambda_final"] > 0
     assert ft["budget"]["target"] == 0.7 and ft["budget"]["cost"]["macs"] <= 0.7
     assert ft["best_step"] == ft["steps"]
+    unseen = read_json(Path(rows["meta_sparsity"]["run_dir"]).parent / "finetune_unseen"
+                       / "results.json")
+    assert unseen["lam"] == 0.0 and "budget" not in unseen
+    assert unseen["sparsity"]["group_sparsity"] == read_json(
+        Path(rows["meta_sparsity"]["run_dir"]).parent / "results.json")["sparsity"]["group_sparsity"]
