@@ -187,7 +187,7 @@ class FinetuneConfig:
                                "and the budget holds")
     lam_unseen: float | str | None = _f(
         None, min=0.0, pattern="source", pattern_help="null, a number >= 0, or source",
-        help="λ while fine-tuning on unseen tasks only (fresh heads): null = finetune.lam; 0 "
+        help="λ while fine-tuning on data.unseen_tasks only: null = finetune.lam; 0 "
              "keeps the source's zero set and adds no penalty (DESIGN §2.5's meta-testing)")
     val_every: int = _f(100, min=1)
 
