@@ -242,14 +242,18 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
     finished = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     assert len(finished) == 7  # 3 STL; MTL + its unseen fine-tuning; meta-training + seen FT
     monkeypatch.undo()
-    assert cli("compare", "--resume", out) == 0
+    capsys.readouterr()
+    assert cli("compare", "--resume", out, "name=renamed") == 0  # an override on continuing
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # reused as they were
+    assert "config.yaml updated: name 'run' -> 'renamed'" in capsys.readouterr().out
+    assert yaml.safe_load((out / "config.yaml").read_text())["name"] == "renamed"
     recs = read_jsonl(target / "metrics.jsonl")
     assert [r["from_step"] for r in recs if r["kind"] == "resume"] == [1]
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
     res = read_json(out / "results.json")
     assert set(res["summary"]) == {"stl", "mtl", "meta_sparsity"}
     assert "depth" in res["per_seed"]["0"]["meta_sparsity"]["unseen"]["test"]
+    assert res["config"]["name"] == "renamed"  # config.yaml and results.json agree
 
 
 def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp_path,

@@ -22,7 +22,7 @@ from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost
 from metasparsity.training import collectives
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
-from metasparsity.utils.rundir import create_run_dir
+from metasparsity.utils.rundir import create_run_dir, update_run_config
 
 RESULTS = "results.json"
 
@@ -59,8 +59,15 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
              f"{plan.passes_per_meta_step} passes + {plan.finetune_steps} fine-tuning steps); "
              "tuning on top")
     collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
-    if not resume and collectives.is_main():
-        create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
+    if collectives.is_main():
+        if resume:  # a continued run's config.yaml is the config its new runs follow
+            changed = update_run_config(out, cfg.to_yaml())
+            if changed:
+                progress("[compare] config.yaml updated: " + ", ".join(
+                    f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                    + " (finished runs are reused as they are)")
+        else:
+            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
     t_start = time.time()
     per_seed: dict[str, dict[str, Any]] = {}
     stl_by_seed: dict[str, Any] = {}
