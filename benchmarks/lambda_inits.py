@@ -132,27 +132,6 @@ def _lam(v) -> float:
     return float(statistics.fmean(v)) if isinstance(v, list) else float(v)
 
 
-def _interp(points: list[tuple[float, float]], x: float) -> float | None:
-    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x), flat to the left of the first
-    point (a front point there is better in both coordinates); None beyond the last."""
-    pts = sorted(points)
-    if not pts or x > pts[-1][0] + 1e-9:
-        return None
-    if x <= pts[0][0]:
-        return pts[0][1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 - 1e-9 <= x <= x1 + 1e-9:
-            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
-            return y0 + t * (y1 - y0)
-    return pts[0][1]
-
-
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats in both sparsity (x, higher better) and Δm (y)."""
-    return sorted(p for p in points if not any(
-        q != p and q[0] >= p[0] and q[1] >= p[1] for q in points))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes_meta.yaml"))
@@ -180,6 +159,7 @@ def main() -> None:
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+    from metasparsity.recipes.compare_summary import front_value, pareto_points
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
 
     cfg = load_config(args.config, args.overrides)
@@ -255,9 +235,9 @@ def main() -> None:
         ms = [100 * grid_cost[(s, lam)]["macs"] for s in args.seeds]
         grid_pts.append({"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys),
                          "backbone_macs": _mean_std(ms)})
-    front = _pareto([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
+    front = pareto_points([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
     macs_curve = sorted((g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts)
-    macs_front = [(-x, y) for x, y in _pareto([(-x, y) for x, y in macs_curve])]  # (MACs, Δm)
+    macs_front = [(-x, y) for x, y in pareto_points([(-x, y) for x, y in macs_curve])]  # (MACs, Δm)
     grid_passes = len(args.grid) * load_config(args.grid_config).train.max_steps
 
     # ---- rows
@@ -275,7 +255,7 @@ def main() -> None:
                   ) / cfg.train.batch_size
         ps = 100 * r["seen"]["sparsity"]["param_sparsity"]
         d = dm(r["seen"]["test"], s)
-        front_at = _interp(front, ps)
+        front_at = front_value(front, ps)
         row = {
             "objective": o, "seed": s, "lambda_init": meta["lambda_init"], "init": i,
             "lambda_final": lam_f,
@@ -300,7 +280,7 @@ def main() -> None:
         if o == "budget":
             row["target"] = 100 * args.target
             # MACs: lower is better, so the front is read in −MACs
-            row["front_delta_m_at_macs"] = _interp([(-x, y) for x, y in macs_front],
+            row["front_delta_m_at_macs"] = front_value([(-x, y) for x, y in macs_front],
                                                    -row["backbone_macs"])
         rows.append(row)
         if o == "dense":

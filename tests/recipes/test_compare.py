@@ -190,7 +190,8 @@ def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
     assert gap_to_front(front, 37.5, 0.5) == pytest.approx(1.5)
     assert gap_to_front(front, 60.0, -4.0) == pytest.approx(0.0)
     assert gap_to_front(front, 61.0, 0.0) is None  # beyond the sparsest grid point
-    assert gap_to_front(front, 10.0, 1.0) is None  # denser than the grid, and no dense MTL
+    # denser than the grid, no dense MTL: the densest front point is sparser and at Δm 2
+    assert gap_to_front(front, 10.0, 1.0) == pytest.approx(-1.0)
     # with dense MTL (λ = 0, 0 % sparsity, Δm 5 and 3) the front starts at 0 %
     for seed, d in (("0", 5.0), ("1", 3.0)):
         per_seed[seed]["mtl"] = {"delta_m": {"seen": d}}

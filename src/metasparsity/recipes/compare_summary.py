@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,30 +128,42 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
         p = {"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys)}
         if all(math.isfinite(p[k]["mean"]) for k in ("param_sparsity", "delta_m")):
             pts.append(p)
+    front = set(pareto_points((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in pts))
     for p in pts:
-        x, y = p["param_sparsity"]["mean"], p["delta_m"]["mean"]
-        p["front"] = not any(q is not p and q["param_sparsity"]["mean"] >= x and q["delta_m"]["mean"] >= y
-                             and (q["param_sparsity"]["mean"] > x or q["delta_m"]["mean"] > y)
-                             for q in pts)
+        p["front"] = (p["param_sparsity"]["mean"], p["delta_m"]["mean"]) in front
     return pts
 
 
-def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:
-    """``delta`` minus the front's Δm linearly interpolated at ``param_sparsity`` (%); None
-    outside the front's range (nothing to compare with).  With dense MTL in the comparison
-    (λ = 0) the range starts at 0 %: when a sparse grid point beats dense MTL, the front is flat
-    to the left of it (that point is sparser and at least as good)."""
-    pts = sorted((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in front if p["front"])
-    start = 0.0 if any(p["lam"] == 0.0 for p in front) else (pts[0][0] if pts else 0.0)
-    if not pts or not start - 1e-9 <= param_sparsity <= pts[-1][0] + 1e-9:
+def pareto_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points ``(x, y)`` no other point beats in both (higher is better in each), sorted."""
+    pts = set(points)
+    return sorted(p for p in pts if not any(
+        q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts))
+
+
+def front_value(points: Iterable[tuple[float, float]], x: float) -> float | None:
+    """The Pareto front of ``points`` (``(sparsity, Δm)``, higher is better in both) read at
+    ``x``: linear between front points, flat to the left of the first (that point is sparser
+    and at least as good), None beyond the last (nothing there to compare with)."""
+    pts = pareto_points(points)
+    if not pts or x > pts[-1][0] + 1e-9:
         return None
-    if param_sparsity <= pts[0][0]:
-        return delta - pts[0][1]
+    if x <= pts[0][0]:
+        return pts[0][1]
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= param_sparsity <= x1:
-            t = 0.0 if x1 == x0 else (param_sparsity - x0) / (x1 - x0)
-            return delta - (y0 + t * (y1 - y0))
+        if x0 - 1e-9 <= x <= x1 + 1e-9:
+            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            return y0 + t * (y1 - y0)
     return None  # pragma: no cover - the cases above cover the range
+
+
+def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:
+    """``delta`` minus the front's Δm at ``param_sparsity`` (%) (:func:`front_value`): linear
+    between front points, flat to the left of the densest one; None beyond the sparsest grid
+    point.  With dense MTL in the comparison (λ = 0) the front may start at 0 %."""
+    at = front_value([(p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in front],
+                     param_sparsity)
+    return None if at is None else delta - at
 
 
 def _lam_scalar(v) -> float:
