@@ -17,10 +17,12 @@ def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = 
                    help="dotted overrides, e.g. train.max_steps=2 model.depth=18")
 
 
-def add_run_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
-    """``--config FILE --out RUN_DIR --resume RUN_DIR --overwrite key=value...``"""
+def add_run_args(p: argparse.ArgumentParser, *, default_config: str | None = None,
+                 suffix: str = "") -> None:
+    """``--config FILE --out RUN_DIR --resume RUN_DIR --overwrite key=value...``; the default
+    run directory is ``runs/<name><suffix>``."""
     add_config_args(p, default_config=default_config)
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<name>)")
+    p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default runs/<name>{suffix})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 

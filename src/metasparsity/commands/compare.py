@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare", help="STL, MTL, fixed-λ grid, (Optuna), meta λ=0, meta-sparsity: one protocol",
         description="Run every method of compare.methods for every seed of compare.seeds under "
         "the same budget and split, then write results.json, report.md and plots.")
-    add_run_args(p)
+    add_run_args(p, suffix="_compare")
     p.set_defaults(func=run)
     r = sub.add_parser("report", help="regenerate report.md and plots of a compare run, no training")
     r.add_argument("run_dir", metavar="RUN_DIR")

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep-lambda", help="fixed-λ sparse MTL over a λ grid: table + Δm/sparsity plot")
     p.add_argument("--grid", default=None,
                    help="comma-separated λ values (default: compare.lambda_grid)")
-    add_run_args(p)
+    add_run_args(p, suffix="_sweep")
     p.set_defaults(func=run)
 
 
