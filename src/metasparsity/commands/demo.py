@@ -24,7 +24,7 @@ PRESET = Path(__file__).resolve().parent.parent / "presets" / "synthscenes_demo.
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="the main job on SynthScenes: data preview + every method compared (CPU, ~10 min)",
+        "demo", help="the main job on SynthScenes: data preview + every method compared (2 CPU cores: 6–13 min)",
         description="Generate SynthScenes samples and a preview, then compare STL, dense MTL, "
         "fixed-λ sparse MTL over a λ grid, meta-learning with λ = 0 and meta-sparsity under one "
         "CPU-sized budget; print the table and write report.md with plots into --out.")
