@@ -30,7 +30,12 @@ def runs(tmp_path_factory):
     bare = root / "bare"
     bare.mkdir()
     (bare / "config.yaml").write_text(cfg.to_yaml())
-    return {"src": src, "bare": bare}
+    cmp = create_run_dir(root / "cmp", cfg.to_yaml(), layout="compare")  # a comparison's
+    (cmp / "results.json").write_text('{"per_seed": {}}')
+    sweep = root / "sweep"  # a sweep of a version whose marker did not say its layout
+    create_run_dir(sweep, cfg.to_yaml())
+    (sweep / "dense_mtl").mkdir()
+    return {"src": src, "bare": bare, "cmp": cmp, "sweep": sweep}
 
 
 def _listing(root: Path) -> dict[str, int]:
@@ -70,6 +75,22 @@ def _listing(root: Path) -> dict[str, int]:
         (["train", "--resume", "{src}", "--config", "x.yaml"], ["--config and --resume"]),
         (["train", "--resume", "{src}", "--out", "elsewhere"], ["--out and --resume"]),
         (["train", "--out", "{src}/checkpoints/last"], ["not a directory"]),
+        (["train", "--out", ""], ["--out: empty path"]),
+        (["train", "--resume", "{src}/config.yaml"], ["config.yaml: not a directory"]),
+        (["evaluate", "{src}/config.yaml"], ["config.yaml: not a directory"]),
+        (["train", "--resume", "{src}", "--overwrite"], ["--overwrite and --resume"]),
+        # a run continued by the command of another kind of run
+        (["train", "--resume", "{cmp}"], ["--resume", "a compare (or demo) run"]),
+        (["meta-train", "--resume", "{sweep}"], ["--resume", "a sweep-lambda run"]),
+        (["compare", "--resume", "{src}"], ["--resume", "a training run"]),
+        (["sweep-lambda", "--resume", "{cmp}"], ["--resume", "a compare (or demo) run"]),
+        (["demo", "--out", "{src}"], ["--out", "a training run"]),
+        # the demo and compare check their comparison before anything is written
+        (["demo", "--out", "d", "compare.methods=[bogus]"], ["bogus"]),
+        (["demo", "--out", "d", "--data-only", "compare.methods=[bogus]"], ["bogus"]),
+        (["demo", "--out", ""], ["--out: empty path"]),
+        (["compare", "--out", "c", "compare.methods=[mtl,meta_sparsity]", "compare.budget=60",
+          "meta.target=1e-6"], ["meta.target", "out of reach"]),
     ],
 )
 def test_bad_input_exits_2_naming_it_and_writes_nothing(tmp_path, monkeypatch, capsys, runs,

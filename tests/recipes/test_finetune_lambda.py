@@ -134,6 +134,23 @@ def test_a_budget_fine_tune_with_a_huge_lambda_gives_back_what_the_budget_allows
     assert res["budget"]["landing"]["scale"] < 1
 
 
+@pytest.mark.parametrize("lam", ["source", "10"])
+def test_a_frozen_backbone_takes_no_prox_and_keeps_the_budget_sources_weights(budget_run, lam):
+    """With ``finetune.freeze_backbone`` the backbone does not move: no prox, no budget hold,
+    whatever ``finetune.lam`` says (the heads train)."""
+    out = budget_run / f"ft_frozen_{lam}"
+    assert cli("finetune", budget_run, "--tasks", SEEN, "--out", out, f"finetune.lam={lam}",
+               "finetune.freeze_backbone=true", "finetune.steps=3", "finetune.val_every=3") == 0
+    res = read_json(out / "results.json")
+    assert "budget" not in res
+    a, b = load_run_checkpoint(budget_run, "best").model, load_run_checkpoint(out, "best").model
+    backbone = [k for k in a if k.startswith("backbone.") and "running" not in k
+                and "num_batches" not in k]
+    assert backbone and same_tensors({k: a[k] for k in backbone}, {k: b[k] for k in backbone}) == []
+    assert same_tensors({k: a[k] for k in a if k.startswith("heads.")},
+                        {k: b[k] for k in b if k.startswith("heads.")}) != []
+
+
 def test_a_budget_fine_tune_interrupted_and_resumed_is_bit_identical(budget_run, tmp_path,
                                                                      monkeypatch):
     ft = ["finetune.lam=source", "finetune.steps=4", "finetune.val_every=2"]

@@ -408,6 +408,7 @@ def test_per_layer_budget_mode_lands_at_a_multiple_of_the_last_steps_lambdas(tmp
     (["meta.target=1.5"], "meta.target"),
     (["meta.target=-0.2"], "meta.target"),
     (["meta.target=0.5", "meta.lambda_init=0"], "meta.target"),
+    (["meta.target=0.5", "meta.learn_lambda=false"], "meta.learn_lambda"),
     (["meta.target=0.5", "meta.target_measure=foo"], "meta.target_measure"),
     (["meta.target_measure=flops"], "meta.target_measure"),
 ])

@@ -34,11 +34,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     last invocation) with the new overrides on top, e.g. ``--resume DIR train.max_steps=2000``
     to train longer; the recipe then rewrites ``config.yaml`` with the result.
     """
+    for opt in ("out", "resume"):
+        if getattr(args, opt, None) == "":
+            raise UserError(f"--{opt}: empty path")
     if getattr(args, "resume", None):
         if getattr(args, "config", None):
             raise UserError("--config and --resume both given: a resumed run uses its own "
                             f"{CONFIG_FILE}; change it with key=value overrides")
-        check_run_dir(args.resume, resume=True)
+        if getattr(args, "overwrite", False):
+            raise UserError("--overwrite and --resume both given: --resume continues the run, "
+                            "--overwrite would start it again; give one")
+        check_run_dir(args.resume, resume=True, layout=command_layout(args))
         return load_config(Path(args.resume) / CONFIG_FILE, args.overrides)
     return load_config(args.config, args.overrides)
 
@@ -51,12 +57,23 @@ def run_dir_from_args(args: argparse.Namespace, cfg: Config) -> Path:
     if getattr(args, "resume", None):
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        out = check_run_dir(args.resume, resume=True, inputs=command_inputs(args, cfg))
+        out = check_run_dir(args.resume, resume=True, inputs=command_inputs(args, cfg),
+                            layout=command_layout(args))
     else:
         out = check_run_dir(Path(args.out) if args.out else Path("runs") / cfg.name,
                             overwrite=args.overwrite, inputs=command_inputs(args, cfg))
     args.out = str(out)
     return out
+
+
+COMMAND_LAYOUTS = {"train": "training", "meta-train": "training", "finetune": "training",
+                   "sweep-lambda": "sweep", "compare": "compare", "demo": "compare"}
+"""The run directories each command continues (:data:`~metasparsity.utils.rundir.LAYOUTS`)."""
+
+
+def command_layout(args: argparse.Namespace) -> str | None:
+    """The layout of run directory the command of ``args`` writes and continues."""
+    return COMMAND_LAYOUTS.get(getattr(args, "command", None) or "")
 
 
 def command_inputs(args: argparse.Namespace, cfg: Config) -> list[Labelled]:

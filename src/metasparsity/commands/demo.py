@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
+    if args.out == "":
+        raise UserError("--out: empty path")
     out = Path(args.out) if args.out else DEFAULT_OUT
     check_parents(out)
     if out.exists() and not out.is_dir():
@@ -56,14 +58,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{out} holds a previous demo: drop --config to continue it, "
                             "or pass --overwrite to start again")
         cfg = load_config(out / CONFIG_FILE, args.overrides)
-        check_run_dir(out, resume=True, inputs=command_inputs(args, cfg), label="--out")
+        check_run_dir(out, resume=True, inputs=command_inputs(args, cfg), label="--out",
+                      layout="compare")
     else:
         cfg = load_config(args.config or PRESET, args.overrides)
         check_run_dir(out, overwrite=args.overwrite, inputs=command_inputs(args, cfg))
-        from metasparsity.data import build_dataset
+    from metasparsity.recipes.compare import check_compare
 
-        build_dataset(cfg, "train")  # a bad data config stops here, before anything is written
-        create_run_dir(out, cfg.to_yaml(), overwrite=args.overwrite)
+    check_compare(cfg)  # a bad data or comparison setting stops here, before anything is written
+    if not resume:
+        create_run_dir(out, cfg.to_yaml(), overwrite=args.overwrite, layout="compare")
     from metasparsity.recipes.demo import summarize_data
 
     summarize_data(cfg, args.samples, out)

@@ -134,7 +134,8 @@ class MetaConfig:
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
-    learn_lambda: bool = _f(True, help="learn λ (false: keep it at lambda_init)")
+    learn_lambda: bool = _f(True, help="learn λ (false: keep it at lambda_init; not with "
+                                       "meta.target, whose multiplier λ is)")
     lambda_init: float | str = _f("auto", min=0.0, pattern="auto",
                                   pattern_help="a number >= 0, or auto",
                                   help="λ0: auto (the median over groups of ‖∇_g L‖/w_g at the "
@@ -184,7 +185,7 @@ class FinetuneConfig:
                                "per layer if so, a fixed-λ run's λ, 0 for a dense run); the "
                                "prox in Adam's metric may zero more groups; the source's zero "
                                "groups stay zero; from a budget-mode run λ stays its multiplier "
-                               "and the budget holds")
+                               "and the budget holds; a frozen backbone takes no prox")
     lam_unseen: float | str | None = _f(
         None, min=0.0, pattern="source", pattern_help="null, a number >= 0, or source",
         help="λ while fine-tuning on data.unseen_tasks only: null = finetune.lam; 0 "

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from metasparsity.config import Config
-from metasparsity.data import resolve_tasks
+from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec
-from metasparsity.recipes.compare_methods import METHODS, Context, compute_plan
+from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
 from metasparsity.training import collectives
 from metasparsity.utils.errors import UserError
@@ -27,15 +27,14 @@ from metasparsity.utils.rundir import create_run_dir, update_run_config
 RESULTS = "results.json"
 
 
-def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                progress: Callable[[str], None] = print) -> dict[str, Any]:
-    out = Path(out_dir)
+def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
+    """Every check of a comparison that needs no training, before anything is written: the
+    methods, their settings, the compute plan and a budget-mode target within reach.  Returns
+    the methods in the order they run (STL first) and the equal-compute plan."""
     methods = list(cfg.compare.methods)
     for m in methods:
         METHODS.get(m)  # unknown names fail before anything is written
-    if "stl" not in methods:
-        methods = ["stl"] + methods  # Δm needs the single-task baselines
-    methods = ["stl"] + [m for m in methods if m != "stl"]
+    methods = ["stl"] + [m for m in methods if m != "stl"]  # Δm needs the single-task baselines
     if "optuna" in methods and cfg.compare.optuna_trials <= 0:
         raise UserError("compare.methods has optuna but compare.optuna_trials is 0")
     if "meta_budget" in methods and cfg.meta.target is None and (
@@ -45,11 +44,32 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")
+    resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
+    train_set = build_dataset(cfg, "train")  # a bad data config stops here
+    plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
+    if cfg.meta.target is not None and {"meta_sparsity", "meta_budget"} & set(methods):
+        _check_target(cfg, train_set[0][0].unsqueeze(0))
+    return methods, plan
+
+
+def _check_target(cfg: Config, x0: torch.Tensor) -> None:
+    """``meta.target`` within reach of the seen-task model (as meta-training checks it)."""
+    from metasparsity.builders import build_model
+    from metasparsity.sparsity import BackboneCost, channel_groups
+
+    model = build_model(cfg, list(cfg.data.seen_tasks))
+    layers = channel_groups(model)
+    BackboneCost(model, x0, layers).check_target(model, cfg.meta.target_measure, cfg.meta.target)
+
+
+def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                progress: Callable[[str], None] = print) -> dict[str, Any]:
+    out = Path(out_dir)
+    methods, plan = check_compare(cfg)
     tasks = resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
     spec_unseen = default_spec({t: types[t] for t in cfg.data.unseen_tasks}) if cfg.data.unseen_tasks else {}
-    plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
     cfg = cfg.copy()  # the equal-compute budget, written into config.yaml as it is used
     cfg.train.max_steps = plan.budget
     if plan.meta_steps >= 1:
@@ -67,7 +87,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
                     f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
                     + " (finished runs are reused as they are)")
         else:
-            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
+            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite, layout="compare")
     t_start = time.time()
     per_seed: dict[str, dict[str, Any]] = {}
     stl_by_seed: dict[str, Any] = {}

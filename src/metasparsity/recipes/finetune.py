@@ -104,9 +104,10 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     else:
         settings.lam = finetune_lambda(f.lam, ck.meta, source)
     m = cfg.meta
-    if m.target is not None and ck.meta.get("kind") == "meta_sparsity" and has_penalty(settings.lam):
+    if (m.target is not None and ck.meta.get("kind") == "meta_sparsity"
+            and has_penalty(settings.lam) and not settings.freeze_backbone):
         # a budget-mode source keeps its budget: λ stays its multiplier (dual ascent) and the
-        # last step lands on the target, as in meta-training
+        # last step lands on the target, as in meta-training (a frozen backbone keeps its cost)
         settings.budget = (m.target_measure, m.target)
         settings.dual_rate, settings.lam_range = m.lambda_lr, (m.lambda_min, m.lambda_max)
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)

@@ -166,7 +166,9 @@ class Trainer:
         if not s.freeze_backbone:
             params = list(self.model.shared_parameters()) + params
         params += list(self.weighting.parameters())
-        self.groups = channel_groups(self.model) if has_penalty(s.lam) else None
+        # the penalty is on the backbone's groups: a frozen backbone takes no prox
+        self.groups = (channel_groups(self.model)
+                       if has_penalty(s.lam) and not s.freeze_backbone else None)
         if self.groups is not None and isinstance(s.lam, list) and len(s.lam) != len(self.groups):
             raise UserError(f"λ has {len(s.lam)} per-layer values but the model has "
                             f"{len(self.groups)} grouped layers")

@@ -121,7 +121,8 @@ class RunSession:
                     point_last_at(self.run_dir, self.checkpoint)
                 truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
             else:
-                create_run_dir(self.run_dir, config_yaml, overwrite=self.overwrite)
+                create_run_dir(self.run_dir, config_yaml, overwrite=self.overwrite,
+                               layout="training")
         self.logger = RunLogger(self.run_dir, enabled=self.main)
         if self.resume:
             self.log("resume", {"from_step": self.step, "changed": changed})

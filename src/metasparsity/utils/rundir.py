@@ -66,11 +66,12 @@ class RunInterrupted(KeyboardInterrupt):
 
 # ----------------------------------------------------------------------------- the marker
 
-def write_marker(path: PathLike, kind: str) -> Path:
-    """Mark the folder ``path`` (created if needed) as a ``kind`` folder made by this tool."""
+def write_marker(path: PathLike, kind: str, **extra: str) -> Path:
+    """Mark the folder ``path`` (created if needed) as a ``kind`` folder made by this tool
+    (``extra``: more fields, e.g. a run directory's ``layout``)."""
     from metasparsity import __version__
 
-    doc = {"kind": kind, "version": MARKER_VERSION, "metasparsity_version": __version__}
+    doc = {"kind": kind, "version": MARKER_VERSION, "metasparsity_version": __version__, **extra}
     return atomic_write_text(Path(path) / MARKER_FILE, json.dumps(doc) + "\n")
 
 
@@ -240,17 +241,46 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+LAYOUTS = {"training": "a training run (train, meta-train or finetune)",
+           "sweep": "a sweep-lambda run", "compare": "a compare (or demo) run"}
+"""What a run directory holds, by the commands that continue it: one model's training, a λ
+sweep of such runs, or a comparison of methods over seeds."""
+
+
+def run_layout(path: PathLike) -> str | None:
+    """The layout of run directory ``path`` (a key of :data:`LAYOUTS`): its marker's, or for a
+    run written before markers had it, what it holds; None while that cannot tell yet."""
+    p = Path(path)
+    doc = read_marker(p)
+    if doc is not None and doc.get("layout") in LAYOUTS:
+        return doc["layout"]
+    if (p / CHECKPOINTS_DIR).is_dir() or (p / "metrics.jsonl").is_file():
+        return "training"
+    if (p / "sweep.json").is_file() or (p / "dense_mtl").is_dir():
+        return "sweep"
+    if any(p.glob("seed_*")):
+        return "compare"
+    return None
+
+
 def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                  inputs: Iterable[Labelled] = (), label: str | None = None) -> Path:
+                  inputs: Iterable[Labelled] = (), label: str | None = None,
+                  layout: str | None = None) -> Path:
     """Validate (without touching the disk) that ``path`` can be used as a run directory.
 
     ``inputs``: what the command reads (``(label, path)``); the run directory may not equal,
     contain or lie inside any of them (for ``resume`` too).  ``label`` names ``path`` in
-    messages (default ``--resume`` / ``--out``).
+    messages (default ``--resume`` / ``--out``).  ``layout``: what the resuming command
+    continues (:data:`LAYOUTS`); a run of another layout is refused (a training run continued
+    by ``compare`` would lose its ``results.json``, and the other way round).
     """
     p = Path(path)
     if resume:
         label = label or "--resume"
+        if not str(path):
+            raise UserError(f"{label}: empty path")
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{label} {p}: not a directory")
         if not p.is_dir():
             raise UserError(f"{label} {p}: no such run directory")
         if not is_run_dir(p):
@@ -260,9 +290,15 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
             # later --overwrite could then delete the user's other files in it
             raise UserError(f"{label} {p}: not a run directory made by metasparsity (no "
                             f"{MARKER_FILE} marker, no checkpoints or metrics to resume)")
+        found = run_layout(p)
+        if layout is not None and found is not None and found != layout:
+            raise UserError(f"{label} {p}: this is {LAYOUTS[found]}, not "
+                            f"{LAYOUTS[layout]}; continue it with its own command")
         check_outputs_vs_inputs([(label, p)], inputs)
         return p
     label = label or "--out"
+    if not str(path):
+        raise UserError(f"{label}: empty path")
     check_outputs_vs_inputs([(label, p)], inputs)
     check_parents(p, label)
     if p.exists() and not p.is_dir():
@@ -275,14 +311,17 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
     return p
 
 
-def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = False) -> Path:
-    """Create (or, with ``overwrite``, empty) ``path``, mark it, and write the resolved config."""
+def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = False,
+                   layout: str | None = None) -> Path:
+    """Create (or, with ``overwrite``, empty) ``path``, mark it (with its ``layout``, a key of
+    :data:`LAYOUTS`, when given), and write the resolved config."""
     p = Path(path)
     check_run_dir(p, overwrite=overwrite)
     if p.is_dir() and overwrite and any(p.iterdir()):
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)
-    write_marker(p, RUN)  # before config.yaml: a folder with our config.yaml is always marked
+    # before config.yaml: a folder with our config.yaml is always marked
+    write_marker(p, RUN, **({"layout": layout} if layout else {}))
     atomic_write_text(p / CONFIG_FILE, config_yaml)
     return p
 
@@ -323,6 +362,10 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
 def require_run_dir(path: str | Path, *, need: tuple[str, ...] = (CONFIG_FILE,)) -> Path:
     """Check that ``path`` is an existing run directory holding the files in ``need``."""
     p = Path(path)
+    if not str(path):
+        raise UserError("run directory: empty path")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"run directory {p}: not a directory")
     if not p.is_dir():
         raise UserError(f"run directory {p} does not exist")
     for name in need:
