@@ -43,6 +43,17 @@ def test_unknown_key_in_a_yaml_file(tmp_path, capsys):
     assert "data.trian_size" in err and "data.train_size" in err  # names it, suggests the fix
 
 
+def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text("meta:\n  target: 0.5\n  target: 0.7\n")
+    assert main(["config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "'target' is given twice" in err and "line 3" in err and "Traceback" not in err
+    # a YAML merge (<<) whose keys are then set again is not a repeat
+    cfg.write_text("data: &d {image_size: 32}\nmodel:\n  depth: 18\n")
+    assert main(["config", "--config", str(cfg)]) == 0
+
+
 def test_real_exit_code_from_the_console_entry():
     out = subprocess.run([sys.executable, "-m", "metasparsity", "config", "model.depth=19"],
                          capture_output=True, text=True, timeout=120)

@@ -207,3 +207,45 @@ def test_predict_bad_image_writes_nothing(pruned_dir, tmp_path, capsys):
     assert "missing.jpg" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "no_model"), str(good), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1025", "2000", "100000", "two"])
+def test_prune_and_predict_take_the_same_thread_counts(pruned_dir, run_dir, tmp_path, capsys,
+                                                       value):
+    """``--threads 100000`` crashed torch (2000 hung); ``predict --threads 0`` was accepted."""
+    from tests.recipes.micro import cli
+
+    img = images(tmp_path, 1)[0]
+    stamp = (pruned_dir / "model.safetensors").stat().st_mtime_ns
+    for args in (["prune", run_dir, "--out", tmp_path / "m", "--no-latency"],
+                 ["predict", pruned_dir, img, "--out", tmp_path / "p"]):
+        assert cli(*args, "--threads", value) == 2
+        err = capsys.readouterr().err
+        assert "--threads" in err and value in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
+    assert (pruned_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_thread_counts_up_to_1024_are_taken_and_the_recipe_checks_them_too(run_dir, tmp_path):
+    from metasparsity.cli import build_parser
+    from metasparsity.recipes.prune import prune_run
+
+    parser = build_parser()
+    for command in (["prune", "RUN"], ["predict", "MODEL", "img.png"]):
+        for n in (1, 1024):
+            assert parser.parse_args([*command, "--threads", str(n)]).threads == n
+    with pytest.raises(UserError, match="--threads must be between 1 and 1024, got 5000"):
+        prune_run(run_dir, tmp_path / "m", threads=5000, latency=False)
+    with pytest.raises(UserError, match="--batch-sizes: each batch size may appear only once"):
+        prune_run(run_dir, tmp_path / "m", batch_sizes=(2, 2))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("sizes", ["1,1", "1,16,1", "4,4"])
+def test_prune_refuses_a_batch_size_given_twice(run_dir, tmp_path, capsys, sizes):
+    from tests.recipes.micro import cli
+
+    assert cli("prune", run_dir, "--out", tmp_path / "m", "--batch-sizes", sizes) == 2
+    err = capsys.readouterr().err
+    assert "--batch-sizes" in err and sizes in err and "only once" in err
+    assert not (tmp_path / "m").exists()

@@ -79,6 +79,9 @@ def _listing(root: Path) -> dict[str, int]:
         (["train", "--resume", "{src}/config.yaml"], ["config.yaml: not a directory"]),
         (["evaluate", "{src}/config.yaml"], ["config.yaml: not a directory"]),
         (["train", "--resume", "{src}", "--overwrite"], ["--overwrite and --resume"]),
+        (["finetune", "{src}", "--resume", "{src}", "--overwrite"], ["--overwrite and --resume"]),
+        (["finetune", "{src}", "--tasks", "normal", "--out", ""], ["--out: empty path"]),
+        (["finetune", "{src}", "--resume", "{cmp}"], ["--resume", "a compare (or demo) run"]),
         # a run continued by the command of another kind of run
         (["train", "--resume", "{cmp}"], ["--resume", "a compare (or demo) run"]),
         (["meta-train", "--resume", "{sweep}"], ["--resume", "a sweep-lambda run"]),
@@ -146,3 +149,10 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_pat
     assert cli("train", "--resume", run, "train.max_steps=2") == 0
     assert read_json(run / "results.json")["steps"] == 2
     assert load_run_checkpoint(run, "last").meta["step"] == 2
+
+
+def test_report_of_an_empty_path_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli("report", "") == 2
+    assert "RUN_DIR: empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

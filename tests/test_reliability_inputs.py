@@ -51,6 +51,11 @@ def _one_line_error(err: str) -> str:
         (["sweep-lambda", "--grid", "0.1,0.1"], ["--grid", "more than once"]),
         (["sweep-lambda", "--grid", "0.1,abc"], ["--grid", "'abc'"]),
         (["sweep-lambda", "--grid", ","], ["--grid", "empty"]),
+        (["sweep-lambda", "--grid", "1e-3,"], ["--grid", "'1e-3,'", "empty entry at the end"]),
+        (["sweep-lambda", "--grid", "1e-3,,3e-3"], ["--grid", "empty entry after '1e-3'"]),
+        (["sweep-lambda", "--grid", ",1e-3"], ["--grid", "empty entry at the start"]),
+        (["sweep-lambda", "--grid", "1e-3, ,3e-3"], ["--grid", "empty entry"]),
+        (["sweep-lambda", "--grid", "1e-3,0.001"], ["--grid", "more than once"]),
         (["compare", "compare.lambda_grid=[-1]"], ["compare.lambda_grid[0]", "> 0"]),
         (["compare", "compare.lambda_grid=[.nan]"], ["compare.lambda_grid[0]", "finite"]),
         (["compare", "compare.lambda_grid=[]"], ["compare.lambda_grid", "λ grid"]),
@@ -61,6 +66,13 @@ def _one_line_error(err: str) -> str:
         (["compare", "compare.methods=[mtl,mtl]"], ["compare.methods", "more than once"]),
         (["train", "train.device=gpu"], ["train.device", "cuda:N"]),
         (["train", "train.device=cuda:x"], ["train.device", "cuda:N"]),
+        pytest.param(["train", "train.device=mps"], ["train.device='mps'", "MPS"],
+                     marks=pytest.mark.skipif(torch.backends.mps.is_available(),
+                                              reason="this machine has MPS")),
+        pytest.param(["sweep-lambda", "--grid", "1e-3", "train.device=mps"],
+                     ["train.device='mps'", "MPS"],
+                     marks=pytest.mark.skipif(torch.backends.mps.is_available(),
+                                              reason="this machine has MPS")),
         (["train", "model.width=0.001"], ["model.width", "no channels"]),
         (["train", "model.width=1e6"], ["model.width", "<= 8"]),
         (["train", "model.head_channels=100000000"], ["model.head_channels", "<= 4096"]),
@@ -95,6 +107,88 @@ def test_parse_lambda_grid_checks_like_the_config_field():
     for bad in ("nan", "inf,1", "-1", "0", "1,1", "", "x"):
         with pytest.raises(ConfigError, match="--grid"):
             parse_lambda_grid(bad)
+
+
+def test_unusable_devices_are_user_errors_naming_train_device(monkeypatch):
+    from metasparsity.utils.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(UserError, match=r"train\.device='mps'.*MPS"):
+            resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"train\.device='cuda:1'.*CUDA is not available"):
+            resolve_device("cuda:1")
+    # a CUDA machine with one GPU: cuda:0 is fine, cuda:3 does not exist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match=r"train\.device='cuda:3'.*1 CUDA device \(cuda:0\)"):
+        resolve_device("cuda:3")
+    with pytest.raises(UserError, match=r"train\.device='bogus'"):
+        resolve_device("bogus")
+
+
+def _source_run(path: Path) -> Path:
+    """A run directory ``finetune`` accepts as its source (config + best checkpoint), no training."""
+    path.mkdir()
+    cfg = load_config(None, MICRO)
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    save_checkpoint(path, 2, build_model(cfg, SEEN).state_dict(), {}, {"tasks": SEEN}, best=True)
+    return path
+
+
+@pytest.mark.parametrize(("tasks", "words"), [
+    ("normal,normal", ["--tasks", "'normal'", "more than once"]),
+    (" normal , depth,normal", ["--tasks", "'normal'", "more than once"]),
+    ("normal,", ["--tasks", "'normal,'", "empty entry"]),
+    ("normal,,depth", ["--tasks", "'normal,,depth'", "empty entry"]),
+    (",normal", ["--tasks", "empty entry"]),
+    (",", ["--tasks", "at least one task"]),
+    ("", ["--tasks", "at least one task"]),
+])
+def test_finetune_tasks_with_empty_entries_or_duplicates_are_refused(tmp_path, capsys, tasks, words):
+    src = _source_run(tmp_path / "src")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert cli("finetune", src, "--tasks", tasks, *MICRO) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    for w in words:
+        assert w in line, (w, line)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_sweep_skips_metrics_whose_dense_baseline_is_0(tmp_path, monkeypatch, capsys):
+    """A degenerate dense model (here: an F1 of 0 on many_objects, forced on the real tiny run)
+    leaves that metric out of Δm, named in sweep.json and sweep.md, as compare does."""
+    import metasparsity.recipes.sweep as sweep
+    from metasparsity.eval.delta import delta_m
+    from metasparsity.utils.io import read_json
+
+    real = sweep.train_or_load
+
+    def degenerate_dense(cfg, run_dir, lam, kind, *a, **k):
+        res = real(cfg, run_dir, lam, kind, *a, **k)
+        if kind == "mtl":
+            res["test"]["many_objects"]["f1"] = 0.0
+            res["val"]["many_objects"]["f1"] = 0.0
+        return res
+
+    monkeypatch.setattr(sweep, "train_or_load", degenerate_dense)
+    out = tmp_path / "sweep"
+    assert cli("sweep-lambda", "--out", out, *MICRO, "data.train_size=8", "train.max_steps=2",
+               "--grid", "0.001") == 0
+    summary = read_json(out / "sweep.json")
+    assert summary["left_out"] == {"test": ["many_objects.f1"], "val": ["many_objects.f1"]}
+    assert summary["selected"] == 0.001
+    (row,) = summary["rows"]
+    assert summary["spec"]["many_objects"] == {"accuracy": True, "f1": True}  # the table's columns
+    spec = {t: {m: h for m, h in ms.items() if (t, m) != ("many_objects", "f1")}
+            for t, ms in summary["spec"].items()}
+    assert row["delta_m"] == pytest.approx(delta_m(row["test"], summary["dense"]["test"], spec))
+    md = (out / "sweep.md").read_text()
+    assert "Left out of Δm because the dense-MTL baseline is 0 or undefined: many_objects.f1" in md
+    assert "many_objects.f1" in capsys.readouterr().out
+    assert (out / "delta_vs_sparsity.png").is_file()
 
 
 def test_evaluate_with_an_architecture_override_is_refused(tmp_path, capsys):
@@ -144,6 +238,44 @@ def test_malformed_config_files_are_config_errors(tmp_path, content):
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _shaped_results() -> dict:
+    """results.json with every key ``report`` checks, but a config without data.name: the old
+    ``report`` drew delta_vs_sparsity.png and then failed on report.md (a half-written report)."""
+    return {
+        "config": {"name": "x", "data": {}, "model": {}, "train": {}, "meta": {}, "finetune": {},
+                   "compare": {"lambda_grid": [0.001]}},
+        "methods": ["mtl"], "seeds": [0], "seen_tasks": ["segment"], "unseen_tasks": [],
+        "spec": {"seen": {}, "unseen": {}},
+        "summary": {"mtl": {"param_sparsity": {"mean": 0.0, "std": 0.0},
+                            "delta_m_seen": {"mean": 0.0, "std": 0.0}}},
+        "per_seed": {"0": {"mtl": {}}}, "total_wall_time_s": 1.0,
+    }
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("[]", ["expected an object", "a list"]),
+    ('"str"', ["expected an object"]),
+    ("null", ["expected an object", "null"]),
+    ('{"seeds": 5}', ["'config' is missing"]),
+    ("{not json", ["not valid JSON"]),
+    (json.dumps({**_shaped_results(), "seeds": "0"}), ["['seeds']", "expected a list"]),
+    (json.dumps({**_shaped_results(), "seeds": []}), ["no seeds"]),
+    (json.dumps({**_shaped_results(), "per_seed": {}}), ["KeyError"]),
+    (json.dumps(_shaped_results()), []),  # the old report left delta_vs_sparsity.png behind
+])
+def test_report_of_a_results_file_of_another_kind_is_one_line_and_writes_nothing(
+        tmp_path, capsys, content, words):
+    (tmp_path / "results.json").write_text(content)
+    assert cli("report", tmp_path) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(tmp_path / "results.json") in line
+    for w in words:
+        assert w in line, (w, line)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 # ----------------------------------------------------------------------------- JSON helpers

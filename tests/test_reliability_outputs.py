@@ -271,7 +271,8 @@ def test_demo_and_preview_outputs_may_not_overlap_their_inputs(tmp_path, capsys)
             "data", [cache, "lies inside data.cache_dir"], [tmp_path])
 
 
-def test_predict_never_writes_over_the_model_or_files_it_did_not_make(tmp_path, capsys):
+def compact_model_and_image(tmp_path: Path) -> tuple[Path, Path]:
+    """A compact model folder ``tmp_path/model`` and an 8×8 image ``tmp_path/photos/img.png``."""
     import numpy as np
     from PIL import Image
     from tests.test_export_predict import sparse_model
@@ -285,6 +286,11 @@ def test_predict_never_writes_over_the_model_or_files_it_did_not_make(tmp_path, 
     img = tmp_path / "photos" / "img.png"
     img.parent.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    return model_dir, img
+
+
+def test_predict_never_writes_over_the_model_or_files_it_did_not_make(tmp_path, capsys):
+    model_dir, img = compact_model_and_image(tmp_path)
     refused(capsys, ["predict", model_dir, img, "--out", model_dir], "predict",
             [model_dir, "MODEL_DIR"], [tmp_path])
     refused(capsys, ["predict", model_dir, img, "--out", img.parent], "predict",
@@ -293,11 +299,97 @@ def test_predict_never_writes_over_the_model_or_files_it_did_not_make(tmp_path, 
     mine.mkdir()
     (mine / "img_segment.npy").write_bytes(b"my own array")
     refused(capsys, ["predict", model_dir, img, "--out", mine], "predict",
-            [mine / "img_segment.npy", "not written by metasparsity"], [tmp_path])
+            [mine, "not a predictions folder"], [tmp_path])
     ours = tmp_path / "pred"
     assert cli("predict", model_dir, img, "--out", ours) == 0
     assert made_by_us(ours, "predictions")
     assert cli("predict", model_dir, img, "--out", ours) == 0  # our own files: replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli("predict", model_dir, img, "--out", empty) == 0  # an empty folder: taken
+    assert made_by_us(empty, "predictions")
+
+
+def test_predict_refuses_a_non_empty_folder_it_did_not_make(tmp_path, capsys, src_run):
+    """``predict MODEL img.png --out DIR`` added its files to any folder (``keep.txt``, a run)."""
+    model_dir, img = compact_model_and_image(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("my notes")
+    refused(capsys, ["predict", model_dir, img, "--out", mine], "predict",
+            ["--out", mine, "not a predictions folder"], [tmp_path])
+    refused(capsys, ["predict", model_dir, img, "--out", src_run], "predict",
+            ["--out", src_run, "is a run directory, not a predictions folder"], [tmp_path])
+    refused(capsys, ["predict", model_dir, img, "--out", tmp_path / "runs"], "predict",
+            ["--out", tmp_path / "runs", "not a predictions folder"], [tmp_path])
+
+
+def test_preview_replaces_an_existing_file_only_with_overwrite(src_run, capsys):
+    """``data preview --out RUN/samples.png`` silently replaced the run's file."""
+    png = src_run / "samples.png"
+    png.write_bytes(b"the run's own samples")
+    refused(capsys, ["data", "preview", "--out", png, "-n", "1", *MICRO], "data",
+            ["--out", png, "already exists", "--overwrite"], [src_run])
+    assert cli("data", "preview", "--out", png, "-n", "1", "--overwrite", *MICRO) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in src_run.iterdir() if p.name.startswith(".samples")] == []
+
+
+@pytest.mark.parametrize(("args", "command", "label"), [
+    (["prune", "{run}", "--out", ""], "prune", "--out"),
+    (["prune", ""], "prune", "run directory"),
+    (["evaluate", ""], "evaluate", "run directory"),
+    (["finetune", "", "--tasks", "depth"], "finetune", "run directory"),
+    (["data", "preview", "--out", "", "-n", "1"], "data", "--out"),
+    (["data", "preview", "--config", "", "-n", "1"], "data", "--config"),
+    (["predict", "{model}", "{img}", "--out", ""], "predict", "--out"),
+    (["predict", "", "{img}"], "predict", "MODEL_DIR"),
+    (["predict", "{model}", ""], "predict", "IMAGE"),
+    (["data", "prepare", "celebamaskhq", "--src", "", "--out", "prepared"], "data", "--src"),
+    (["data", "prepare", "celebamaskhq", "--src", "{run}", "--out", ""], "data", "--out"),
+    (["train", "--config", ""], "train", "--config"),
+])
+def test_an_empty_path_is_refused_naming_the_option(tmp_path, capsys, monkeypatch, src_run,
+                                                     args, command, label):
+    """``--out ""`` fell back to the default location; an empty RUN_DIR read as ``.``."""
+    model_dir, img = compact_model_and_image(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(run=src_run, model=model_dir, img=img) for a in args]
+    overrides = MICRO if command in ("evaluate", "finetune", "train") or "preview" in args else []
+    line = refused(capsys, [*args, *overrides], command, [f"{label}: empty path"], [tmp_path])
+    assert "does not exist" not in line
+
+
+def test_a_file_for_a_directory_or_a_directory_for_a_file_is_named_so(tmp_path, capsys,
+                                                                       src_run):
+    """``evaluate FILE`` said "does not exist"; an image folder "no such file"; ``--config DIR``
+    "missing config file"."""
+    model_dir, img = compact_model_and_image(tmp_path)
+    f = tmp_path / "notes.txt"
+    f.write_text("a file")
+    for args, command in [(["evaluate", f], "evaluate"), (["prune", f], "prune"),
+                          (["finetune", f, "--tasks", "depth"], "finetune"),
+                          (["predict", f, img, "--out", tmp_path / "p"], "predict")]:
+        line = refused(capsys, args, command, [f, "not a directory"], [tmp_path])
+        assert "does not exist" not in line
+    line = refused(capsys, ["predict", model_dir, img.parent, "--out", tmp_path / "p"], "predict",
+                   [img.parent, "is a directory"], [tmp_path])
+    assert "no such file" not in line
+    for command in [["train", "--out", tmp_path / "run"], ["data", "preview", "-n", "1"]]:
+        line = refused(capsys, [*command, "--config", img.parent, *MICRO], command[0],
+                       [img.parent, "is a directory"], [tmp_path])
+        assert "missing" not in line
+    (src_run / "checkpoints").rename(tmp_path / "ck")
+    (src_run / "checkpoints").write_text("not a folder")
+    refused(capsys, ["evaluate", src_run], "evaluate",
+            [src_run / "checkpoints", "not a directory"], [tmp_path])
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_unwritable_preview_names_the_path_given_not_a_temporary_file(capsys):
+    line = refused(capsys, ["data", "preview", "--out", "/proc/x.png", "-n", "1", *MICRO], "data",
+                   ["/proc/x.png"], [])
+    assert ".tmp" not in line
 
 
 def test_evaluate_output_may_not_overlap_the_data(src_run, capsys):

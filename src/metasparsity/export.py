@@ -219,6 +219,10 @@ def load_compact_model(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]
     from safetensors.torch import load_file
 
     d = Path(model_dir)
+    if not str(model_dir):
+        raise UserError("model directory: empty path")
+    if d.exists() and not d.is_dir():
+        raise UserError(f"model directory {d} is not a directory")
     if not d.is_dir():
         raise UserError(f"model directory {d} does not exist")
     for f in (SPEC_FILE, MODEL_FILE):

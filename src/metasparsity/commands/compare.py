@@ -34,19 +34,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_report(args: argparse.Namespace) -> int:
-    from metasparsity.report.compare import summary_table, write_report
-    from metasparsity.utils.errors import UserError
-    from metasparsity.utils.io import read_json
+# The parts of results.json that ``report`` reads (other keys are allowed; checked before
+# anything is written, so that a file of another kind is a one-line error, not a traceback).
+RESULTS_SHAPE = {
+    "config": {"name": str, "data": dict, "model": dict, "train": dict, "meta": dict,
+               "finetune": dict, "compare": {"lambda_grid": [float]}},
+    "methods": [str], "seeds": [(int, str)], "seen_tasks": [str], "unseen_tasks": [str],
+    "spec": {"seen": dict, "unseen": dict},
+    "summary": dict, "per_seed": dict, "total_wall_time_s": float,
+}
 
+
+def run_report(args: argparse.Namespace) -> int:
+    from metasparsity.report.compare import (
+        front_points,
+        grid_points,
+        report_markdown,
+        summary_points,
+        summary_table,
+        write_report,
+    )
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import load_json
+
+    if not args.run_dir:
+        raise UserError("RUN_DIR: empty path")
     path = Path(args.run_dir) / "results.json"
     if not path.is_file():
         raise UserError(f"{args.run_dir}: no results.json (is it a compare run directory?)")
+    results = load_json(path, RESULTS_SHAPE, what="compare results file")
+    bad = (KeyError, ValueError, TypeError, AttributeError, IndexError)
+    try:  # everything the report reads, before a plot or report.md is written
+        if not results["seeds"]:
+            raise ValueError("no seeds")
+        table = summary_table(results)
+        report_markdown(results, {})
+        summary_points(results)
+        if "fixed_lambda_front" in results:
+            front_points(results)
+        else:
+            grid_points(results, str(results["seeds"][0]))
+    except bad as e:
+        raise UserError(f"compare results file {path} is malformed ({type(e).__name__}: {e})") from None
     try:
-        results = read_json(path)
         out = write_report(Path(args.run_dir), results)
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{path} is not a compare results file ({e})") from None
-    print(summary_table(results))
+    except bad as e:
+        raise UserError(f"compare results file {path} is malformed ({type(e).__name__}: {e})") from None
+    print(table)
     print(f"\nwritten {out}")
     return 0

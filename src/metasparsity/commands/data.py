@@ -29,6 +29,7 @@ def register_preview(sub: argparse._SubParsersAction) -> None:
                    help=f"output image (default {DEFAULT_PREVIEW})")
     p.add_argument("-n", type=int, default=6, metavar="N", help="number of samples (default 6)")
     p.add_argument("--split", default="train", help="train, val or test (default train)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run_preview)
 
 
@@ -53,13 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         register_fn(actions)
 
 
-def preview_path(out: str | None) -> Path:
-    """Validate the ``--out`` of a preview (a ``.png`` file, not a folder)."""
-    path = Path(out) if out else DEFAULT_PREVIEW
+def preview_path(out: str | None, overwrite: bool = False) -> Path:
+    """Validate the ``--out`` of a preview (a ``.png`` file, not a folder); an existing file is
+    replaced only with ``overwrite``."""
+    if out == "":
+        raise UserError("--out: empty path")
+    path = Path(out) if out is not None else DEFAULT_PREVIEW
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path}: the preview is a PNG image; give a file name ending in .png")
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name ending in .png")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UserError(f"--out {path} already exists; pass --overwrite to replace it")
     return path
 
 
@@ -75,7 +81,7 @@ def run_preview(args: argparse.Namespace) -> int:
     from metasparsity.commands.common import command_inputs
     from metasparsity.utils.rundir import check_outputs_vs_inputs, check_parents
 
-    out = preview_path(args.out)
+    out = preview_path(args.out, args.overwrite)
     check_parents(out)
     cfg = load_config(args.config, args.overrides)
     check_outputs_vs_inputs([("--out", out)], command_inputs(args, cfg))

@@ -24,6 +24,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def parse_tasks(text: str) -> list[str]:
+    """``"normal,depth"`` -> ``["normal", "depth"]``; an empty entry (``normal,``,
+    ``normal,,depth``) or a task named twice is a UserError naming --tasks."""
+    parts = [t.strip() for t in str(text).split(",")]
+    if not any(parts):
+        raise UserError("--tasks: give at least one task name")
+    if not all(parts):
+        raise UserError(f"--tasks {text!r} has an empty entry; give comma-separated task names, "
+                        "e.g. normal,depth")
+    seen: set[str] = set()
+    for t in parts:
+        if t in seen:
+            raise UserError(f"--tasks: {t!r} appears more than once; give each task once")
+        seen.add(t)
+    return parts
+
+
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
     from metasparsity.recipes.finetune import run_finetune
@@ -36,14 +53,18 @@ def run(args: argparse.Namespace) -> int:
         run_inputs,
     )
 
+    tasks = None if args.tasks is None else parse_tasks(args.tasks)
+    for opt in ("out", "resume"):
+        if getattr(args, opt) == "":
+            raise UserError(f"--{opt}: empty path")
     src = require_run_dir(args.source)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    if args.tasks is not None and not tasks:
-        raise UserError("--tasks: give at least one task name")
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        check_run_dir(args.resume, resume=True, inputs=run_inputs(src))
+        if args.overwrite:
+            raise UserError("--overwrite and --resume both given: --resume continues the run, "
+                            "--overwrite would start it again; give one")
+        check_run_dir(args.resume, resume=True, inputs=run_inputs(src), layout="training")
         out = Path(args.resume)
         # the interrupted run's own resolved config (it records the tasks), new overrides on top
         cfg = load_config(out / CONFIG_FILE, args.overrides)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from metasparsity.commands.prune import MAX_THREADS, threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a compact (pruned) model on image files",
@@ -16,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", default="predictions",
                    help="output directory (default ./predictions)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=threads, default=None,
+                   help=f"torch CPU threads, 1 to {MAX_THREADS} (default: the cores, at most 8)")
     p.set_defaults(func=run)
 
 

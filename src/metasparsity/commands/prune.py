@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from metasparsity.config.schema import MAX_THREADS
+
 
 def _sizes(text: str) -> list[int]:
     try:
@@ -13,6 +15,8 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
     if not vals or any(v < 1 for v in vals):
         raise argparse.ArgumentTypeError(f"batch sizes must be positive integers: {text!r}")
+    if len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"each batch size may appear only once: {text!r}")
     return vals
 
 
@@ -23,6 +27,14 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def threads(text: str) -> int:
+    """``--threads N`` of ``prune`` and ``predict``: an integer in [1, :data:`MAX_THREADS`]."""
+    v = _positive(text)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS}, got {v}")
     return v
 
 
@@ -39,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="batch sizes of the latency measurement (default 1,16)")
     p.add_argument("--repeats", type=_positive, default=10, help="timed passes per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
-    p.add_argument("--threads", type=_positive, default=None,
-                   help="torch CPU threads (default: the run's train.num_threads)")
+    p.add_argument("--threads", type=threads, default=None,
+                   help=f"torch CPU threads, 1 to {MAX_THREADS} (default: the run's "
+                   "train.num_threads)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.set_defaults(func=run)

@@ -17,6 +17,32 @@ from metasparsity.utils.errors import ConfigError
 from metasparsity.utils.io import read_text_file
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML
+    itself keeps the last one silently: a config with ``target`` twice would run the second)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: keys it brings may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            twice = key in seen
+        except TypeError:  # an unhashable key: the safe loader reports it
+            break
+        if twice:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice",
+                key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=[1, 2]"`` -> (["a", "b"], [1, 2]); values are parsed as YAML scalars/lists."""
     if "=" not in text:
@@ -62,9 +88,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if not str(path):
+            raise ConfigError("--config: empty path")
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a directory, not a YAML file")
         text = read_text_file(p, "config file", ConfigError)
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a safe loader)
         except yaml.YAMLError as e:
             raise ConfigError(f"config {p}: {yaml_error_line(e)}") from None
         except RecursionError:

@@ -44,6 +44,10 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
     return field(default=default, metadata=meta)
 
 
+MAX_THREADS = 1024
+"""The most torch CPU threads a setting or option takes (``train.num_threads``, ``--threads``)."""
+
+
 @dataclass
 class DataConfig:
     name: str = _f("synthscenes", help="data set: synthscenes, nyuv2, celebamaskhq, or a registered one")
@@ -101,7 +105,7 @@ class TrainConfig:
     seed: int = _f(0, min=0)
     device: str = _f("auto", pattern=DEVICE_PATTERN, pattern_help="auto, cpu, cuda, cuda:N or mps",
                      help="auto, cpu, cuda, cuda:N or mps")
-    num_threads: int | None = _f(None, min=1, max=1024,
+    num_threads: int | None = _f(None, min=1, max=MAX_THREADS,
                                  help="torch CPU threads (null = all cores, at most 8)")
     amp: bool = _f(False, help="bf16 autocast on GPU (ignored on CPU)")
     progress: bool = _f(True, help="tqdm progress bars")

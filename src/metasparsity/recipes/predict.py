@@ -41,11 +41,17 @@ def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence
     from metasparsity.data.transforms import center_crop_resize, normalize_image
 
     p = Path(path)
+    if not str(path):
+        raise UserError("IMAGE: empty path")
+    if p.is_dir():
+        raise UserError(f"cannot read image {p}: it is a directory, not an image file")
     try:
         with Image.open(p) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise UserError(f"cannot read image {p}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"cannot read image {p}: it is a directory, not an image file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {p}: {e}") from None
     img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
@@ -105,6 +111,26 @@ def _image_value(out: Any, task: Mapping[str, Any]) -> Any:
     return {"output": [float(v) for v in out.reshape(-1)]}
 
 
+def check_predictions_dir(out_dir: str | Path) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a predictions folder
+    made by this command (no ``.metasparsity.json`` marker of kind ``predictions``)."""
+    from metasparsity.utils.rundir import KIND_NAMES, MARKER_FILE, PREDICTIONS, read_marker
+
+    p = Path(out_dir)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {p} exists and is not a directory")
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    doc = read_marker(p)
+    if doc is None:
+        raise UserError(f"--out {p} is not empty and is not a predictions folder made by "
+                        f"metasparsity (no valid {MARKER_FILE} marker); choose a new or empty --out")
+    if doc["kind"] != PREDICTIONS:
+        theirs = KIND_NAMES.get(doc["kind"], doc["kind"])
+        raise UserError(f"--out {p} is a {theirs}, not a predictions folder; choose a new or "
+                        "empty --out")
+
+
 def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | Path,
                   batch_size: int = 16) -> dict[str, Any]:
     """Predict every task for every image; returns the content of ``predictions.json``.
@@ -128,9 +154,10 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
     ``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
     read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
     written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
-    DIR may not equal, contain or lie inside MODEL_DIR or hold an input image; a DIR that this command
-    did not make (no ``.metasparsity.json`` marker of kind ``predictions``) keeps its files: a
-    prediction that would replace one of them is refused before anything is moved.
+    DIR may not equal, contain or lie inside MODEL_DIR or hold an input image, and must be new,
+    empty, or a predictions folder this command made (its ``.metasparsity.json`` marker of kind
+    ``predictions``; its files of the same names are replaced): any other non-empty folder is
+    refused before anything is written.
     """
     import torch
 
@@ -139,15 +166,19 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         PREDICTIONS,
         check_outputs_vs_inputs,
         check_parents,
-        made_by_us,
         write_marker,
     )
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    for label, path in [("MODEL_DIR", model_dir), ("--out", out_dir),
+                        *(("IMAGE", p) for p in images)]:
+        if not str(path):
+            raise UserError(f"{label}: empty path")
     check_outputs_vs_inputs([("--out", out_dir)],
                             [("MODEL_DIR", model_dir), *(("IMAGE", p) for p in images)])
     check_parents(out_dir)
+    check_predictions_dir(out_dir)
     model, meta = load_compact_model(model_dir)
     size = int(meta["image_size"])
     norm = meta.get("normalization") or {}
@@ -158,8 +189,6 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
     # Read every image first: a bad file stops the batch before anything is written.
     inputs = [read_image(p, size, mean, std) for p in images]
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a directory")
     stems = _stems(images)
     records: list[dict[str, Any]] = []
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -184,16 +213,8 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         result = {"model_dir": str(model_dir), "image_size": size,
                   "tasks": list(tasks.values()), "images": records}
         (tmp / PREDICTIONS_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        ours = not out_dir.exists() or not any(out_dir.iterdir()) or made_by_us(out_dir, PREDICTIONS)
-        if not ours:  # a folder of the user's: add files, never replace one
-            taken = [out_dir / f.name for f in sorted(tmp.iterdir()) if (out_dir / f.name).exists()]
-            if taken:
-                raise UserError(f"--out {out_dir} already holds {taken[0]}"
-                                + (f" and {len(taken) - 1} more file(s)" if len(taken) > 1 else "")
-                                + " not written by metasparsity predict; choose another --out")
         out_dir.mkdir(parents=True, exist_ok=True)
-        if ours:
-            write_marker(out_dir, PREDICTIONS)
+        write_marker(out_dir, PREDICTIONS)
         for f in sorted(tmp.iterdir()):
             f.replace(out_dir / f.name)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from metasparsity.config.schema import MAX_THREADS
 from metasparsity.data import resolve_tasks
 from metasparsity.export import (
     COST_JSON,
@@ -54,8 +55,15 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
     """
     if warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {warmup}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
+    if len(set(batch_sizes)) != len(batch_sizes):
+        raise UserError(f"--batch-sizes: each batch size may appear only once, got "
+                        f"{','.join(map(str, batch_sizes))}")
+    if out is not None and not str(out):
+        raise UserError("--out: empty path")
     run_dir = require_run_dir(run_dir)
-    out = Path(out) if out else run_dir / "pruned"
+    out = Path(out) if out is not None else run_dir / "pruned"
     # the run's config.yaml and checkpoints are read: the output may be a new folder inside the
     # run (the default), never the run itself; overwrite replaces only a compact model folder
     check_output_dir(out, COMPACT_MODEL, overwrite=overwrite, inputs=run_inputs(run_dir))

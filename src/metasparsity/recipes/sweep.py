@@ -11,7 +11,7 @@ from typing import Any
 
 from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
-from metasparsity.eval.delta import default_spec, delta_m
+from metasparsity.eval.delta import default_spec, delta_m, usable_spec
 from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.report.tables import markdown_table
@@ -45,6 +45,11 @@ def primary_columns(spec: dict[str, dict[str, bool]]) -> list[tuple[str, str]]:
     return [(t, m) for t, ms in spec.items() for m in ms]
 
 
+def _delta(results: dict, baseline: dict, spec: dict) -> float | None:
+    """Δm over ``spec`` (already without the metrics whose baseline is 0); None when none is left."""
+    return delta_m(results, baseline, spec) if spec else None
+
+
 def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume: bool = False,
               overwrite: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
@@ -58,24 +63,31 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         if resume:
             update_run_config(out, cfg.to_yaml())
         else:
-            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite)
+            create_run_dir(out, cfg.to_yaml(), overwrite=overwrite, layout="sweep")
     dense = train_or_load(cfg, out / "dense_mtl", 0.0, "mtl")
+    # Δm is undefined over a metric whose dense baseline is 0 (e.g. an F1 of a degenerate dense
+    # model): left out, per split, and named in sweep.json / sweep.md, as compare does
+    spec_test, left_out_test = usable_spec(spec, dense["test"])
+    spec_val, left_out_val = usable_spec(spec, dense["val"])
     rows = []
     for lam in grid:
         res = train_or_load(cfg, out / f"lam_{lam:g}", lam, "fixed_lambda")
         rows.append({
             "label": lam_label(lam), "lam": lam, "run_dir": str(out / f"lam_{lam:g}"),
             "test": res["test"], "val": res["val"],
-            "delta_m": delta_m(res["test"], dense["test"], spec),
-            "val_delta_m": delta_m(res["val"], dense["val"], spec),
+            "delta_m": _delta(res["test"], dense["test"], spec_test),
+            "val_delta_m": _delta(res["val"], dense["val"], spec_val),
             "group_sparsity": res["sparsity"]["group_sparsity"],
             "param_sparsity": res["sparsity"]["param_sparsity"],
             "wall_time_s": res.get("wall_time_s", res.get("train_time_s")),
             "per_layer": res["sparsity"]["per_layer"],
         })
-    best = max(range(len(rows)), key=lambda i: rows[i]["val_delta_m"])
+    # chosen on validation Δm; with no usable validation metric, the first grid point
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_delta_m"] is not None,
+                                                rows[i]["val_delta_m"] or 0.0, -i))
     summary = {
         "grid": grid, "spec": spec, "selected": rows[best]["lam"],
+        "left_out": {"test": left_out_test, "val": left_out_val},
         "dense": {"test": dense["test"], "val": dense["val"],
                   "wall_time_s": dense.get("wall_time_s", dense.get("train_time_s"))},
         "rows": rows,
@@ -86,7 +98,8 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
         atomic_write_text(out / "sweep.md", sweep_markdown(summary))
         from metasparsity.report.plots import plot_delta_vs_sparsity, plot_per_layer_sparsity
 
-        plot_delta_vs_sparsity(rows, out / "delta_vs_sparsity.png",
+        plot_delta_vs_sparsity([r for r in rows if r["delta_m"] is not None],
+                               out / "delta_vs_sparsity.png",
                                title="fixed-λ sweep: Δm against dense MTL vs sparsity")
         plot_per_layer_sparsity({f"λ={r['label']}": r["per_layer"] for r in rows},
                                 out / "per_layer_sparsity.png",
@@ -106,7 +119,14 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
         rows.append([r["label"] + mark] + [r["test"][t][m] for t, m in cols]
                     + [r["delta_m"], r["val_delta_m"], 100 * r["group_sparsity"],
                        100 * r["param_sparsity"], r["wall_time_s"]])
-    return ("Fixed-λ group-sparse MTL. Δm against dense MTL over the metrics: "
+    text = ("Fixed-λ group-sparse MTL. Δm against dense MTL over the metrics: "
             + ", ".join(f"{t}.{m}" for t, m in cols)
-            + ". ← = grid point chosen on validation Δm.\n\n"
-            + markdown_table(header, rows) + "\n")
+            + ". ← = grid point chosen on validation Δm.\n\n")
+    left_out = summary.get("left_out", {})
+    test, val = left_out.get("test", []), left_out.get("val", [])
+    names = [f"{m} ({'test, val' if m in test and m in val else 'test' if m in test else 'val'})"
+             for m in dict.fromkeys(test + val)]
+    if names:
+        text += ("Left out of Δm because the dense-MTL baseline is 0 or undefined: "
+                 + ", ".join(names) + ".\n\n")
+    return text + markdown_table(header, rows) + "\n"

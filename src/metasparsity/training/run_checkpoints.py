@@ -112,6 +112,9 @@ def find_checkpoint(run_dir: str | Path, which: str = "last") -> Checkpoint | No
 def load_run_checkpoint(run_dir: str | Path, which: str = "best") -> Checkpoint:
     """The ``best`` (falling back to ``last``) or ``last`` checkpoint of a run directory; a
     pointer to a missing or incomplete checkpoint falls back to the newest complete one."""
+    root = Path(run_dir) / CKPT_DIR
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is not a directory: {run_dir} is not a complete run directory")
     ck = find_checkpoint(run_dir, which)
     if ck is None:
         raise UserError(f"{run_dir} has no checkpoint (expected {CKPT_DIR}/{which})")

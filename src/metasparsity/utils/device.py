@@ -11,12 +11,37 @@ from metasparsity.utils.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    """``auto`` -> CUDA if available else CPU; ``cpu``/``cuda``/``cuda:N``/``mps`` as given,
+    checked to be usable here: a device this machine or PyTorch build lacks is a UserError
+    naming ``train.device`` (before anything is written), not a RuntimeError mid-recipe."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name!r} but CUDA is not available on this machine")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"train.device={name!r} is not a device name; use auto, cpu, cuda, "
+                        "cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name!r} but CUDA is not available on this machine")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"train.device={name!r} but this machine has {n} CUDA device"
+                            f"{'' if n == 1 else 's'} (cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            why = ("this PyTorch build has no MPS support" if mps is None or not mps.is_built()
+                   else "MPS (Apple GPU) is not available on this machine")
+            raise UserError(f"train.device={name!r} but {why}; use cpu or auto")
+    try:  # any other device type: usable only if a tensor can live there
+        torch.empty(0, device=dev)
+    except Exception as e:  # RuntimeError, AssertionError, ImportError… by build and type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"train.device={name!r} cannot be used here ({first}); use cpu or auto") from None
     return dev
 
 

@@ -19,7 +19,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. /proc: name the file asked for, not the temporary one
+        if e.errno is None:
+            raise
+        raise _named(e, path) from e
     os.close(fd)
     try:
         write(tmp)
@@ -27,7 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             raise _named(e, path) from e  # e.g. a full disk: name the file (one-line message)
         raise
     return path
