@@ -92,6 +92,8 @@ def _listing(root: Path) -> dict[str, int]:
         (["demo", "--out", "d", "compare.methods=[bogus]"], ["bogus"]),
         (["demo", "--out", "d", "--data-only", "compare.methods=[bogus]"], ["bogus"]),
         (["demo", "--out", ""], ["--out: empty path"]),
+        (["demo", "--config", ""], ["--config: empty path"]),
+        (["sweep-lambda", "--grid", "1e-3,,3e-3"], ["--grid", "empty entry after '1e-3'"]),
         (["compare", "--out", "c", "compare.methods=[mtl,meta_sparsity]", "compare.budget=60",
           "meta.target=1e-6"], ["meta.target", "out of reach"]),
     ],

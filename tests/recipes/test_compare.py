@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.recipes.micro import MICRO, cli
 
 from metasparsity.report.compare import METHOD_NAMES, count_cell, mean_std
+from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json
 
 ALL = ["stl", "mtl", "fixed_lambda", "optuna", "meta_dense", "meta_sparsity", "meta_budget"]
@@ -160,6 +162,9 @@ def test_demo_runs_the_comparison_and_reuses_it(tmp_path, capsys):
     assert cli(*args) == 0
     first = capsys.readouterr().out
     assert "dense MTL" in first and str(out / "report.md") in first
+    # a fresh demo writes the config its runs follow (with the equal-compute budget) at once
+    assert "config.yaml updated" not in first
+    assert yaml.safe_load((out / "config.yaml").read_text()) == read_json(out / "results.json")["config"]
     assert (out / "preview.png").is_file() and (out / "report.md").is_file()
     stamp = (out / "results.json").stat().st_mtime_ns
     mtl = (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns
@@ -248,3 +253,17 @@ def test_compare_fine_tunes_at_the_learned_lambda_and_keeps_the_budget(tmp_path)
     assert unseen["lam"] == 0.0 and "budget" not in unseen
     assert unseen["sparsity"]["group_sparsity"] == read_json(
         Path(rows["meta_sparsity"]["run_dir"]).parent / "results.json")["sparsity"]["group_sparsity"]
+
+
+def test_check_compare_tests_meta_target_only_where_a_method_takes_it():
+    """``meta.target`` out of reach is refused before anything runs, unless only ``meta_budget``
+    after the grid would meet it (it takes the grid's costs instead)."""
+    from metasparsity.config import load_config
+    from metasparsity.recipes.compare import check_compare
+
+    far = [*SMALL, "meta.target=1e-6"]
+    methods, plan = check_compare(load_config(None, [*far, "compare.methods=[fixed_lambda,meta_budget]"]))
+    assert methods == ["stl", "fixed_lambda", "meta_budget"] and plan.meta_steps >= 1
+    for ms in ("[meta_sparsity]", "[meta_budget,fixed_lambda]"):
+        with pytest.raises(UserError, match="meta.target: 1e-06 is out of reach"):
+            check_compare(load_config(None, [*far, f"compare.methods={ms}"]))

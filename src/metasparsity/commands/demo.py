@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
-    if args.out == "":
-        raise UserError("--out: empty path")
+    for opt in ("out", "config"):
+        if getattr(args, opt) == "":
+            raise UserError(f"--{opt}: empty path")
     out = Path(args.out) if args.out else DEFAULT_OUT
     check_parents(out)
     if out.exists() and not out.is_dir():
@@ -63,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config or PRESET, args.overrides)
         check_run_dir(out, overwrite=args.overwrite, inputs=command_inputs(args, cfg))
-    from metasparsity.recipes.compare import check_compare
+    from metasparsity.recipes.compare import check_compare, equal_compute_config
 
-    check_compare(cfg)  # a bad data or comparison setting stops here, before anything is written
-    if not resume:
-        create_run_dir(out, cfg.to_yaml(), overwrite=args.overwrite, layout="compare")
+    # a bad data or comparison setting stops here, before anything is written
+    _, plan = check_compare(cfg)
+    if not resume:  # the config its runs follow: with the equal-compute budget
+        create_run_dir(out, equal_compute_config(cfg, plan).to_yaml(), overwrite=args.overwrite,
+                       layout="compare")
     from metasparsity.recipes.demo import summarize_data
 
     summarize_data(cfg, args.samples, out)

@@ -107,10 +107,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
 def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
     """``"1e-4,1e-3"`` -> ``[1e-4, 1e-3]``, checked as ``compare.lambda_grid`` is (each λ finite and
     > 0, no duplicate, at least one); errors are one-line ConfigErrors naming ``key``."""
-    parts = [v.strip() for v in str(text).split(",") if v.strip()]
-    if not parts:
+    parts = [v.strip() for v in str(text).split(",")]
+    if not any(parts):
         raise ConfigError(f"{key}: the λ grid is empty; give comma-separated positive numbers, "
                           f"e.g. 1e-4,1e-3")
+    if not all(parts):  # a typo, not a value to drop
+        where = ("at the end" if not parts[-1] else "at the start" if not parts[0]
+                 else f"after {next(p for p, q in zip(parts, parts[1:]) if p and not q)!r}")
+        raise ConfigError(f"{key} {text!r} has an empty entry {where}; give comma-separated "
+                          "positive numbers, e.g. 1e-4,1e-3")
     vals = []
     for v in parts:
         try:

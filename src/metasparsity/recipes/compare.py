@@ -45,19 +45,34 @@ def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")
     resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
-    train_set = build_dataset(cfg, "train")  # a bad data config stops here
+    build_dataset(cfg, "train")  # a bad data config stops here
     plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
-    if cfg.meta.target is not None and {"meta_sparsity", "meta_budget"} & set(methods):
-        _check_target(cfg, train_set[0][0].unsqueeze(0))
+    grid_first = "fixed_lambda" in methods and "meta_budget" in methods and (
+        methods.index("fixed_lambda") < methods.index("meta_budget"))
+    if cfg.meta.target is not None and (
+            "meta_sparsity" in methods or ("meta_budget" in methods and not grid_first)):
+        _check_target(cfg)  # (meta_budget after the grid takes the grid's costs instead)
     return methods, plan
 
 
-def _check_target(cfg: Config, x0: torch.Tensor) -> None:
-    """``meta.target`` within reach of the seen-task model (as meta-training checks it)."""
+def equal_compute_config(cfg: Config, plan: ComputePlan) -> Config:
+    """A copy of ``cfg`` with the equal-compute budget of ``plan``: ``train.max_steps`` and the
+    derived ``meta.steps`` (what ``config.yaml`` records and the runs follow)."""
+    cfg = cfg.copy()
+    cfg.train.max_steps = plan.budget
+    if plan.meta_steps >= 1:
+        cfg.meta.steps = plan.meta_steps
+    return cfg
+
+
+def _check_target(cfg: Config) -> None:
+    """``meta.target`` within reach of the seen-task model (as meta-training checks it; the
+    cost does not depend on the pixels, so no sample is rendered or cached)."""
     from metasparsity.builders import build_model
     from metasparsity.sparsity import BackboneCost, channel_groups
 
     model = build_model(cfg, list(cfg.data.seen_tasks))
+    x0 = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
     layers = channel_groups(model)
     BackboneCost(model, x0, layers).check_target(model, cfg.meta.target_measure, cfg.meta.target)
 
@@ -70,10 +85,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
     spec_unseen = default_spec({t: types[t] for t in cfg.data.unseen_tasks}) if cfg.data.unseen_tasks else {}
-    cfg = cfg.copy()  # the equal-compute budget, written into config.yaml as it is used
-    cfg.train.max_steps = plan.budget
-    if plan.meta_steps >= 1:
-        cfg.meta.steps = plan.meta_steps
+    cfg = equal_compute_config(cfg, plan)  # written into config.yaml as it is used
     progress(f"[compare] equal compute: {plan.budget} batch passes per method "
              f"(training: {plan.budget} steps; meta-training: {plan.meta_steps} steps × "
              f"{plan.passes_per_meta_step} passes + {plan.finetune_steps} fine-tuning steps); "

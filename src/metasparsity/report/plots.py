@@ -27,13 +27,12 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated when both coordinates are to be maximised."""
-    idx = []
-    for i, (x, y) in enumerate(points):
-        dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
-        if not dominated:
-            idx.append(i)
-    return sorted(idx, key=lambda i: points[i][0])
+    """Indices of points not dominated when both coordinates are to be maximised, by x
+    (:func:`~metasparsity.recipes.compare_summary.pareto_points`, as the gap to the front)."""
+    from metasparsity.recipes.compare_summary import pareto_points
+
+    front = set(pareto_points(points))
+    return sorted((i for i, p in enumerate(points) if tuple(p) in front), key=lambda i: points[i][0])
 
 
 def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,

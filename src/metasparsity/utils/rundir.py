@@ -353,7 +353,8 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
         old = {}
     changed = _diff(old or {}, yaml.safe_load(config_yaml) or {})
     if read_marker(p.parent) is None and _has_run_contents(p.parent):
-        write_marker(p.parent, RUN)
+        layout = run_layout(p.parent)
+        write_marker(p.parent, RUN, **({"layout": layout} if layout else {}))
     if changed or not p.is_file():
         atomic_write_text(p, config_yaml)
     return changed
