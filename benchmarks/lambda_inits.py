@@ -158,8 +158,13 @@ def main() -> None:
     import fixed_lambda_grid as flg
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
-    from metasparsity.eval.delta import default_spec, delta_m, usable_spec
-    from metasparsity.recipes.compare_summary import front_value, pareto_points
+    from metasparsity.eval.delta import (
+        default_spec,
+        delta_m,
+        front_value,
+        pareto_points,
+        usable_spec,
+    )
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
 
     cfg = load_config(args.config, args.overrides)

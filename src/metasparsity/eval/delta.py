@@ -13,7 +13,7 @@ type's ``primary`` keys (:mod:`metasparsity.eval.metrics`) — report the spec w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from metasparsity.eval.metrics import METRICS
 
@@ -103,3 +103,26 @@ def usable_spec(spec: dict, baseline: dict) -> tuple[dict, list[str]]:
             else:
                 kept.setdefault(t, {})[m] = hib
     return kept, dropped
+
+
+def pareto_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points ``(x, y)`` no other point beats in both (higher is better in each), sorted."""
+    pts = set(points)
+    return sorted(p for p in pts if not any(
+        q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts))
+
+
+def front_value(points: Iterable[tuple[float, float]], x: float) -> float | None:
+    """The Pareto front of ``points`` (``(sparsity, Δm)``, higher is better in both) read at
+    ``x``: linear between front points, flat to the left of the first (that point is sparser
+    and at least as good), None beyond the last (nothing there to compare with)."""
+    pts = pareto_points(points)
+    if not pts or x > pts[-1][0] + 1e-9:
+        return None
+    if x <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 - 1e-9 <= x <= x1 + 1e-9:
+            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            return y0 + t * (y1 - y0)
+    return None  # pragma: no cover - the cases above cover the range

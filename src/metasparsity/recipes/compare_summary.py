@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metasparsity.eval.delta import delta_m, usable_spec
+from metasparsity.eval.delta import delta_m, front_value, pareto_points, usable_spec
 
 
 def pruned_cost(run_dir: str | Path, image_size: int) -> dict[str, Any]:
@@ -132,29 +131,6 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
     for p in pts:
         p["front"] = (p["param_sparsity"]["mean"], p["delta_m"]["mean"]) in front
     return pts
-
-
-def pareto_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points ``(x, y)`` no other point beats in both (higher is better in each), sorted."""
-    pts = set(points)
-    return sorted(p for p in pts if not any(
-        q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts))
-
-
-def front_value(points: Iterable[tuple[float, float]], x: float) -> float | None:
-    """The Pareto front of ``points`` (``(sparsity, Δm)``, higher is better in both) read at
-    ``x``: linear between front points, flat to the left of the first (that point is sparser
-    and at least as good), None beyond the last (nothing there to compare with)."""
-    pts = pareto_points(points)
-    if not pts or x > pts[-1][0] + 1e-9:
-        return None
-    if x <= pts[0][0]:
-        return pts[0][1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 - 1e-9 <= x <= x1 + 1e-9:
-            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
-            return y0 + t * (y1 - y0)
-    return None  # pragma: no cover - the cases above cover the range
 
 
 def gap_to_front(front: list[dict[str, Any]], param_sparsity: float, delta: float) -> float | None:

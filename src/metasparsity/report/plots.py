@@ -28,8 +28,8 @@ def _save(fig, path: str | Path) -> Path:
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of points not dominated when both coordinates are to be maximised, by x
-    (:func:`~metasparsity.recipes.compare_summary.pareto_points`, as the gap to the front)."""
-    from metasparsity.recipes.compare_summary import pareto_points
+    (:func:`~metasparsity.eval.delta.pareto_points`, as the gap to the front)."""
+    from metasparsity.eval.delta import pareto_points
 
     front = set(pareto_points(points))
     return sorted((i for i, p in enumerate(points) if tuple(p) in front), key=lambda i: points[i][0])
