@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from metasparsity.recipes.compare import check_compare, equal_compute_config
 
     # a bad data or comparison setting stops here, before anything is written
-    _, plan = check_compare(cfg)
+    checked = check_compare(cfg)
     if not resume:  # the config its runs follow: with the equal-compute budget
-        create_run_dir(out, equal_compute_config(cfg, plan).to_yaml(), overwrite=args.overwrite,
-                       layout="compare")
+        create_run_dir(out, equal_compute_config(cfg, checked[1]).to_yaml(),
+                       overwrite=args.overwrite, layout="compare")
     from metasparsity.recipes.demo import summarize_data
 
     summarize_data(cfg, args.samples, out)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if resume:
         print(f"continuing the demo in {out} (finished runs are reused; --overwrite starts again)")
     t0 = time.time()
-    res = run_compare(cfg, out, resume=True)  # the run directory exists: created above
+    res = run_compare(cfg, out, resume=True, checked=checked)  # the run directory exists
     print()
     print(summary_table(res))
     print(f"\ndemo finished in {time.time() - t0:.0f} s. Report with plots: {out / 'report.md'}; "

@@ -78,9 +78,12 @@ def _check_target(cfg: Config) -> None:
 
 
 def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                progress: Callable[[str], None] = print) -> dict[str, Any]:
+                progress: Callable[[str], None] = print,
+                checked: tuple[list[str], ComputePlan] | None = None) -> dict[str, Any]:
+    """``checked``: what :func:`check_compare` returned for ``cfg``, when the caller ran it
+    already (the demo, before writing its run directory)."""
     out = Path(out_dir)
-    methods, plan = check_compare(cfg)
+    methods, plan = checked if checked is not None else check_compare(cfg)
     tasks = resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
     types = {t: task.type for t, task in tasks.items()}
     spec_seen = default_spec({t: types[t] for t in cfg.data.seen_tasks})
