@@ -238,6 +238,12 @@ def test_thread_counts_up_to_1024_are_taken_and_the_recipe_checks_them_too(run_d
         prune_run(run_dir, tmp_path / "m", threads=5000, latency=False)
     with pytest.raises(UserError, match="--batch-sizes: each batch size may appear only once"):
         prune_run(run_dir, tmp_path / "m", batch_sizes=(2, 2))
+    with pytest.raises(UserError, match="--batch-sizes must be between 1 and 4096, got 1,100000"):
+        prune_run(run_dir, tmp_path / "m", batch_sizes=(1, 100000))
+    assert parser.parse_args(["prune", "RUN", "--batch-sizes", "1,4096"]).batch_sizes == [1, 4096]
+    for bad in ("4097", "0,1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["prune", "RUN", "--batch-sizes", bad])
     assert not (tmp_path / "m").exists()
 
 

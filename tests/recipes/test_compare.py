@@ -189,7 +189,7 @@ def test_the_fixed_lambda_front_and_each_methods_gap_to_it():
     assert [p["lam"] for p in front] == [0.001, 0.01, 0.1]
     assert [p["front"] for p in front] == [True, False, True]
     assert front[0]["param_sparsity"]["mean"] == pytest.approx(15.0)
-    assert front[0]["delta_m"] == {"mean": pytest.approx(2.0), "std": pytest.approx(2 ** 0.5)}
+    assert front[0]["delta_m"] == {"mean": pytest.approx(2.0), "std": pytest.approx(2 ** 0.5), "n": 2}
     assert front[2]["delta_m"]["mean"] == pytest.approx(-4.0)
     # between 15 % (Δm 2) and 60 % (Δm −4): linear; at 37.5 % the front is at −1
     assert gap_to_front(front, 37.5, 0.5) == pytest.approx(1.5)
@@ -267,3 +267,15 @@ def test_check_compare_tests_meta_target_only_where_a_method_takes_it():
     for ms in ("[meta_sparsity]", "[meta_budget,fixed_lambda]"):
         with pytest.raises(UserError, match="meta.target: 1e-06 is out of reach"):
             check_compare(load_config(None, [*far, f"compare.methods={ms}"]))
+
+
+def test_a_cell_averaged_over_fewer_seeds_says_so_and_one_value_shows_no_spread():
+    from metasparsity.recipes.compare_summary import _mean_std
+
+    one = _mean_std([1.5, None, None])  # the gap exists for one seed of three
+    assert one["n"] == 1 and mean_std(one, 3) == "1.50 (1 of 3 seeds)"
+    two = _mean_std([1.0, 3.0, None])
+    assert mean_std(two, 3) == "2.00 ± 1.41 (2 of 3 seeds)"
+    assert mean_std(_mean_std([1.0, 3.0, 2.0]), 3) == "2.00 ± 1.00"
+    assert mean_std(_mean_std([None, None]), 2) == "–"
+    assert mean_std({"mean": 2.0, "std": 1.0}, 3) == "2.00 ± 1.00"  # results.json before ``n``

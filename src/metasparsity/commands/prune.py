@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from metasparsity.config.schema import MAX_THREADS
+from metasparsity.config.schema import MAX_LATENCY_BATCH, MAX_THREADS
 
 
 def _sizes(text: str) -> list[int]:
@@ -13,8 +13,9 @@ def _sizes(text: str) -> list[int]:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers: {text!r}")
+    if not vals or any(not 1 <= v <= MAX_LATENCY_BATCH for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"batch sizes must be integers between 1 and {MAX_LATENCY_BATCH}: {text!r}")
     if len(set(vals)) != len(vals):
         raise argparse.ArgumentTypeError(f"each batch size may appear only once: {text!r}")
     return vals
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="MODEL_DIR", help="output directory (default RUN_DIR/pruned)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint to load")
     p.add_argument("--batch-sizes", type=_sizes, default=[1, 16], metavar="B1,B2",
-                   help="batch sizes of the latency measurement (default 1,16)")
+                   help="batch sizes of the latency measurement, each 1 to "
+                   f"{MAX_LATENCY_BATCH} (default 1,16)")
     p.add_argument("--repeats", type=_positive, default=10, help="timed passes per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
     p.add_argument("--threads", type=threads, default=None,

@@ -27,16 +27,17 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: keys it brings may be overridden
             continue
+        # keyed by type too: ``1`` and ``true`` are equal in Python but two keys in YAML
         key = loader.construct_object(key_node, deep=True)
         try:
-            twice = key in seen
+            twice = (type(key), key) in seen
         except TypeError:  # an unhashable key: the safe loader reports it
             break
         if twice:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark, f"the key {key!r} is given twice",
                 key_node.start_mark)
-        seen.add(key)
+        seen.add((type(key), key))
     return loader.construct_mapping(node, deep)
 
 

@@ -47,6 +47,9 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
 MAX_THREADS = 1024
 """The most torch CPU threads a setting or option takes (``train.num_threads``, ``--threads``)."""
 
+MAX_LATENCY_BATCH = 4096
+"""The largest batch ``prune --batch-sizes`` measures latency on (dense and pruned, on the CPU)."""
+
 
 @dataclass
 class DataConfig:

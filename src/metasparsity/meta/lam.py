@@ -34,6 +34,14 @@ def broadcast_lambda(lam: torch.Tensor, num_layers: int) -> torch.Tensor:
     return lam
 
 
+def dual_ascent(log_lam: torch.Tensor, violation: float, rate: float,
+                lo: float, hi: float) -> torch.Tensor:
+    """Budget mode's multiplier update in log space (DESIGN §2.4), every entry shifted alike:
+    ``clamp(log λ + rate·violation, lo, hi)`` with ``violation = (cost − target)/target``, so
+    that λ grows while the backbone costs more than its target and shrinks once it costs less."""
+    return (log_lam + rate * float(violation)).clamp(lo, hi)
+
+
 class LearnedLambda(nn.Module):
     """``λ = exp(clamp(ρ, log λ_min, log λ_max))``, shape ``[1]`` or ``[L]``.
 
@@ -116,16 +124,10 @@ class LearnedLambda(nn.Module):
 
     @torch.no_grad()
     def dual_step_(self, violation: float, rate: float) -> None:
-        """Budget mode (DESIGN §2.4): dual ascent on the multiplier in log space.
-
-        ``ρ ← clamp(ρ + rate·violation)``, every entry shifted alike, with ``violation =
-        (cost − target)/target``: λ grows while the backbone costs more than its target and
-        shrinks once it costs less.  A per-layer λ keeps its pattern across layers (that is the
-        meta-gradient's part); only its level moves.
-        """
+        """Budget mode: :func:`dual_ascent` on ρ.  A per-layer λ keeps its pattern across
+        layers (that is the meta-gradient's part); only its level moves."""
         if self.enabled:
-            self.rho.add_(rate * float(violation))
-            self.clamp_rho_()
+            self.rho.copy_(dual_ascent(self.rho, violation, rate, *self.log_bounds))
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope}, enabled={self.enabled}, learnable={self.learnable}, "

@@ -44,8 +44,9 @@ def backbone_cost(run_dir: str | Path, image_size: int) -> dict[str, float]:
 def _mean_std(values: list[float]) -> dict[str, float]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
-        return {"mean": float("nan"), "std": float("nan")}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals)}
 
 
 def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen: dict,

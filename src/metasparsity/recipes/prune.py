@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metasparsity.config.schema import MAX_THREADS
+from metasparsity.config.schema import MAX_LATENCY_BATCH, MAX_THREADS
 from metasparsity.data import resolve_tasks
 from metasparsity.export import (
     COST_JSON,
@@ -57,6 +57,9 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
         raise UserError(f"--warmup must be >= 0, got {warmup}")
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
+    if any(not 1 <= b <= MAX_LATENCY_BATCH for b in batch_sizes):
+        raise UserError(f"--batch-sizes must be between 1 and {MAX_LATENCY_BATCH}, got "
+                        f"{','.join(map(str, batch_sizes))}")
     if len(set(batch_sizes)) != len(batch_sizes):
         raise UserError(f"--batch-sizes: each batch size may appear only once, got "
                         f"{','.join(map(str, batch_sizes))}")

@@ -16,6 +16,7 @@ import torch
 from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.meta.lam import dual_ascent
 from metasparsity.models.sync_bn import convert_sync_batchnorm
 from metasparsity.recipes import run_recipe
 from metasparsity.sparsity import (
@@ -332,14 +333,13 @@ class Trainer:
         return session.finish(self._results)
 
     def _dual_step(self) -> float:
-        """Budget mode, after the update: dual ascent on the multiplier in log space,
-        ``log λ ← clamp(log λ + dual_rate·(cost − target)/target)`` (every layer alike, as
-        :meth:`~metasparsity.meta.LearnedLambda.dual_step_`).  Returns the cost."""
+        """Budget mode, after the update: :func:`~metasparsity.meta.lam.dual_ascent` on the
+        multiplier (every layer alike, as meta-training does).  Returns the cost."""
         measure, target = self.s.budget
         cost = self.cost.fraction(self.model, measure)
         lo, hi = (math.log(v) for v in self.s.lam_range)
-        rho = (self.lam_now.log() + self.s.dual_rate * (cost - target) / target).clamp(lo, hi)
-        self.lam_now = rho.exp()
+        self.lam_now = dual_ascent(self.lam_now.log(), (cost - target) / target, self.s.dual_rate,
+                                   lo, hi).exp()
         return cost
 
     def _set_train_mode(self) -> None:

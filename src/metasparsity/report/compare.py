@@ -32,10 +32,16 @@ def method_label(results: dict[str, Any], name: str) -> str:
 
 
 def mean_std(cell: dict[str, float] | None, n_seeds: int, scale: float = 1.0) -> str:
-    """``mean ± std`` (std only with several seeds), numbers formatted with :func:`fmt`."""
+    """``mean ± std`` (std only with several seeds), numbers formatted with :func:`fmt`.  A cell
+    that records how many seeds it averages (``n``: a gap to the front exists only for seeds
+    within the grid's range) shows no spread when that is one, and the count when it is fewer
+    than ``n_seeds``."""
     if cell is None or cell.get("mean") is None or cell["mean"] != cell["mean"]:
         return "–"
     m = cell["mean"] * scale
+    n = cell.get("n", n_seeds)
+    if n < n_seeds:
+        return (f"{fmt(m)} ± {fmt(cell['std'] * scale)}" if n > 1 else fmt(m)) + f" ({n} of {n_seeds} seeds)"
     if n_seeds > 1:
         return f"{fmt(m)} ± {fmt(cell['std'] * scale)}"
     return fmt(m)
