@@ -73,6 +73,10 @@ def _one_line_error(err: str) -> str:
                      ["train.device='mps'", "MPS"],
                      marks=pytest.mark.skipif(torch.backends.mps.is_available(),
                                               reason="this machine has MPS")),
+        *(pytest.param([cmd, "compare.methods=[mtl]", "train.device=cuda:3"], ["train.device='cuda:3'"],
+                       marks=pytest.mark.skipif(torch.cuda.device_count() > 3,
+                                                reason="this machine has cuda:3"))
+          for cmd in ("compare", "demo")),
         (["train", "model.width=0.001"], ["model.width", "no channels"]),
         (["train", "model.width=1e6"], ["model.width", "<= 8"]),
         (["train", "model.head_channels=100000000"], ["model.head_channels", "<= 4096"]),

@@ -380,6 +380,12 @@ def test_budget_mode_learns_only_a_per_layer_lambda_by_meta_gradient(tmp_path, s
         assert not tr.lam.rho.requires_grad and tr.opt_rho is None
     else:  # the per-layer pattern keeps its meta-gradient; the dual step moves its level
         assert tr.lam.rho.requires_grad and tr.opt_rho is not None
+    # meta.learn_lambda=false: no meta-gradient at either scope; λ is the multiplier alone
+    cfg = load_config(None, [*MICRO, *BUDGET, f"meta.lambda_scope={scope}", "meta.learn_lambda=false"])
+    tr = MetaTrainer(cfg, tmp_path / "fixed")
+    tr.setup()
+    assert tr.budget and tr.cost is not None and tr.lam.enabled
+    assert not tr.lam.rho.requires_grad and tr.opt_rho is None
 
 
 def test_per_layer_budget_mode_lands_at_a_multiple_of_the_last_steps_lambdas(tmp_path):
@@ -408,7 +414,6 @@ def test_per_layer_budget_mode_lands_at_a_multiple_of_the_last_steps_lambdas(tmp
     (["meta.target=1.5"], "meta.target"),
     (["meta.target=-0.2"], "meta.target"),
     (["meta.target=0.5", "meta.lambda_init=0"], "meta.target"),
-    (["meta.target=0.5", "meta.learn_lambda=false"], "meta.learn_lambda"),
     (["meta.target=0.5", "meta.target_measure=foo"], "meta.target_measure"),
     (["meta.target_measure=flops"], "meta.target_measure"),
 ])
@@ -423,6 +428,10 @@ def test_good_budget_configs_load():
     cfg = load_config(None, ["meta.target=0.25", "meta.lambda_init=0.01"])
     assert cfg.meta.target == 0.25 and cfg.meta.target_measure == "macs"
     assert load_config(None, []).meta.target is None  # off by default
+    # no meta-gradient for λ: budget mode moves it as the multiplier alone (what compare's
+    # meta_budget method writes into its runs' config.yaml when meta.learn_lambda=false)
+    cfg = load_config(None, ["meta.target=0.5", "meta.learn_lambda=false", "meta.lambda_scope=layer"])
+    assert cfg.meta.target == 0.5 and not cfg.meta.learn_lambda
 
 
 def test_a_target_below_an_empty_backbone_is_refused_before_anything_is_written(tmp_path, capsys):

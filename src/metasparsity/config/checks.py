@@ -213,10 +213,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "meta.meta_grad: 'first_order' gives λ no gradient at all, so it cannot be learned; "
             "use second_order or lambda_path, or set meta.learn_lambda=false")
-    if m.target is not None and not m.learn_lambda:
-        raise ConfigError("meta.learn_lambda: false keeps λ at meta.lambda_init, but budget mode "
-                          "(meta.target) moves λ as the budget's multiplier; set "
-                          "meta.learn_lambda=true or meta.target=null")
     if m.target is not None and numeric_init and m.lambda_init == 0:
         raise ConfigError("meta.target: budget mode needs sparsity, but meta.lambda_init=0 turns "
                           "it off; give meta.lambda_init auto or a number > 0")

@@ -23,21 +23,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: set = set()
+    seen: dict = {}  # key -> how the file wrote it
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: keys it brings may be overridden
             continue
-        # keyed by type too: ``1`` and ``true`` are equal in Python but two keys in YAML
         key = loader.construct_object(key_node, deep=True)
+        written = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key)
         try:
-            twice = (type(key), key) in seen
+            first = seen.get(key)
         except TypeError:  # an unhashable key: the safe loader reports it
             break
-        if twice:
+        if first is not None:
+            # ``1`` and ``true`` are one key once read (1 == True): the mapping would keep one
+            what = (f"the key {key!r} is given twice" if first == written else
+                    f"the keys {first!r} and {written!r} are the same key once read")
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice",
-                key_node.start_mark)
-        seen.add((type(key), key))
+                "while reading a mapping", node.start_mark, what, key_node.start_mark)
+        seen[key] = written
     return loader.construct_mapping(node, deep)
 
 

@@ -141,8 +141,9 @@ class MetaConfig:
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
-    learn_lambda: bool = _f(True, help="learn λ (false: keep it at lambda_init; not with "
-                                       "meta.target, whose multiplier λ is)")
+    learn_lambda: bool = _f(True, help="learn λ by its meta-gradient (false: none; λ stays at "
+                                       "lambda_init, or with meta.target moves only as the "
+                                       "budget's multiplier)")
     lambda_init: float | str = _f("auto", min=0.0, pattern="auto",
                                   pattern_help="a number >= 0, or auto",
                                   help="λ0: auto (the median over groups of ‖∇_g L‖/w_g at the "

@@ -20,6 +20,7 @@ from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
 from metasparsity.training import collectives
+from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
 from metasparsity.utils.rundir import create_run_dir, update_run_config
@@ -29,16 +30,19 @@ RESULTS = "results.json"
 
 def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
     """Every check of a comparison that needs no training, before anything is written: the
-    methods, their settings, the compute plan and a budget-mode target within reach.  Returns
-    the methods in the order they run (STL first) and the equal-compute plan."""
+    device, the methods, their settings, the compute plan and a budget-mode target within
+    reach.  Returns the methods in the order they run (STL first) and the equal-compute plan."""
+    resolve_device(cfg.train.device)  # a device this machine lacks
     methods = list(cfg.compare.methods)
     for m in methods:
         METHODS.get(m)  # unknown names fail before anything is written
     methods = ["stl"] + [m for m in methods if m != "stl"]  # Δm needs the single-task baselines
     if "optuna" in methods and cfg.compare.optuna_trials <= 0:
         raise UserError("compare.methods has optuna but compare.optuna_trials is 0")
-    if "meta_budget" in methods and cfg.meta.target is None and (
-            "fixed_lambda" not in methods or methods.index("fixed_lambda") > methods.index("meta_budget")):
+    # meta_budget after the grid runs at the grid's costs; otherwise at meta.target
+    grid_first = "fixed_lambda" in methods and "meta_budget" in methods and (
+        methods.index("fixed_lambda") < methods.index("meta_budget"))
+    if "meta_budget" in methods and cfg.meta.target is None and not grid_first:
         raise UserError("compare.methods has meta_budget but nothing sets its targets: put "
                         "fixed_lambda before it (budget mode at the grid's costs) or set meta.target")
     if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
@@ -47,11 +51,9 @@ def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
     resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
     build_dataset(cfg, "train")  # a bad data config stops here
     plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
-    grid_first = "fixed_lambda" in methods and "meta_budget" in methods and (
-        methods.index("fixed_lambda") < methods.index("meta_budget"))
     if cfg.meta.target is not None and (
             "meta_sparsity" in methods or ("meta_budget" in methods and not grid_first)):
-        _check_target(cfg)  # (meta_budget after the grid takes the grid's costs instead)
+        _check_target(cfg)
     return methods, plan
 
 
