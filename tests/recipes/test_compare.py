@@ -279,3 +279,22 @@ def test_a_cell_averaged_over_fewer_seeds_says_so_and_one_value_shows_no_spread(
     assert mean_std(_mean_std([1.0, 3.0, 2.0]), 3) == "2.00 ± 1.00"
     assert mean_std(_mean_std([None, None]), 2) == "–"
     assert mean_std({"mean": 2.0, "std": 1.0}, 3) == "2.00 ± 1.00"  # results.json before ``n``
+
+
+def test_stl_baselines_that_learned_nothing_are_a_user_error_naming_the_metrics():
+    from metasparsity.eval.delta import usable_spec
+    from metasparsity.recipes.compare_summary import summarize
+    from metasparsity.utils.errors import UserError
+
+    spec = {"seg": {"miou": True, "pixel_acc": True}}
+    zero = {"seg": {"miou": 0.0, "pixel_acc": 0.0}}
+    row = {"seen": {"test": {"seg": {"miou": 0.3, "pixel_acc": 0.5}}}, "unseen": {"test": {}},
+           "sparsity": {"group_sparsity": 0.0, "param_sparsity": 0.0}, "wall_time_s": 1.0}
+    with pytest.raises(UserError, match=r"seed 0's seen tasks.*seg\.miou, seg\.pixel_acc"):
+        summarize({"0": {"mtl": row}}, spec, {}, {"0": {"test": zero}})
+    assert usable_spec(spec, zero) == ({}, ["seg.miou", "seg.pixel_acc"])  # without ``needed``
+    with pytest.raises(UserError, match="the grid's choice"):
+        usable_spec(spec, zero, needed="the grid's choice")
+    # one usable metric is enough
+    assert usable_spec(spec, {"seg": {"miou": 0.0, "pixel_acc": 0.4}}, needed="x")[0] == {
+        "seg": {"pixel_acc": True}}

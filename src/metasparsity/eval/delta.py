@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from metasparsity.eval.metrics import METRICS
+from metasparsity.utils.errors import UserError
 
 Results = Mapping[str, Mapping[str, float]]
 Spec = Mapping[str, Mapping[str, bool]]
@@ -90,9 +91,11 @@ def default_spec(task_types: Mapping[str, str]) -> dict[str, dict[str, bool]]:
     return spec
 
 
-def usable_spec(spec: dict, baseline: dict) -> tuple[dict, list[str]]:
+def usable_spec(spec: dict, baseline: dict, *, needed: str | None = None) -> tuple[dict, list[str]]:
     """``spec`` without the metrics whose baseline is 0 or not finite (Δm is undefined there),
-    and the list of ``task.metric`` names left out (reported beside Δm)."""
+    and the list of ``task.metric`` names left out (reported beside Δm).  ``needed`` names what
+    the Δm is for (e.g. ``"seed 0's seen tasks"``): then none left is a UserError naming the
+    metrics, not a ValueError from :func:`delta_m`."""
     kept: dict = {}
     dropped: list[str] = []
     for t, ms in spec.items():
@@ -102,6 +105,10 @@ def usable_spec(spec: dict, baseline: dict) -> tuple[dict, list[str]]:
                 dropped.append(f"{t}.{m}")
             else:
                 kept.setdefault(t, {})[m] = hib
+    if needed and spec and not kept:
+        raise UserError(f"Δm over {needed}: every metric's baseline is 0 or missing "
+                        f"({', '.join(dropped)}), so no relative change is defined; the "
+                        "baseline models learned nothing (train them longer)")
     return kept, dropped
 
 

@@ -156,7 +156,8 @@ def _unseen(ctx: Context, source: Path) -> tuple[dict, float]:
 
 
 def _val_delta(ctx: Context, res: dict) -> float:
-    spec, _ = usable_spec(ctx.spec_seen, ctx.stl["val"])
+    spec, _ = usable_spec(ctx.spec_seen, ctx.stl["val"],
+                          needed="the seen tasks (validation split, STL), which selects λ")
     return delta_m(res["val"], ctx.stl["val"], spec)
 
 

@@ -55,7 +55,8 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
     methods: dict[str, Any] = {}
     for seed, rows in per_seed.items():
         stl = stl_by_seed[seed]
-        s_seen, drop_seen = usable_spec(spec_seen, stl["test"])
+        s_seen, drop_seen = usable_spec(spec_seen, stl["test"],
+                                        needed=f"seed {seed}'s seen tasks (test split, STL)")
         s_unseen, drop_unseen = usable_spec(spec_unseen, stl["test"])
         for name in ("fixed_lambda", "meta_budget"):
             for p in rows.get(name, {}).get("grid", []):
