@@ -3,6 +3,7 @@ number in report.md is the one in results.json, and `report` regenerates the sam
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def test_report_regenerates_the_same_report_without_training(compared, capsys):
     assert (compared / "report.md").read_text() == before
     assert (compared / "lambda.png").is_file()
     assert "meta-sparsity (learned λ)" in capsys.readouterr().out
+
+
+def test_report_reads_every_input_before_it_writes_a_file(compared, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(compared, run)
+    res = read_json(run / "results.json")
+    seed = str(res["seeds"][0])
+    del res["per_seed"][seed]["fixed_lambda"]["sparsity"]["per_layer"]  # read for the 2nd plot
+    (run / "results.json").write_text(json.dumps(res))
+    (run / "delta_vs_sparsity.png").unlink()
+    before = (run / "report.md").read_text()
+    assert cli("report", run) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and "per_layer" in err and "Traceback" not in err
+    assert not (run / "delta_vs_sparsity.png").exists()  # the first plot was not drawn either
+    assert (run / "report.md").read_text() == before
 
 
 def test_report_of_a_non_compare_directory_is_a_clean_error(tmp_path, capsys):

@@ -46,14 +46,7 @@ RESULTS_SHAPE = {
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from metasparsity.report.compare import (
-        front_points,
-        grid_points,
-        report_markdown,
-        summary_points,
-        summary_table,
-        write_report,
-    )
+    from metasparsity.report.compare import prepare_report, summary_table
     from metasparsity.utils.errors import UserError
     from metasparsity.utils.io import load_json
 
@@ -63,23 +56,14 @@ def run_report(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"{args.run_dir}: no results.json (is it a compare run directory?)")
     results = load_json(path, RESULTS_SHAPE, what="compare results file")
-    bad = (KeyError, ValueError, TypeError, AttributeError, IndexError)
     try:  # everything the report reads, before a plot or report.md is written
         if not results["seeds"]:
             raise ValueError("no seeds")
         table = summary_table(results)
-        report_markdown(results, {})
-        summary_points(results)
-        if "fixed_lambda_front" in results:
-            front_points(results)
-        else:
-            grid_points(results, str(results["seeds"][0]))
-    except bad as e:
+        write = prepare_report(Path(args.run_dir), results)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"compare results file {path} is malformed ({type(e).__name__}: {e})") from None
-    try:
-        out = write_report(Path(args.run_dir), results)
-    except bad as e:
-        raise UserError(f"compare results file {path} is malformed ({type(e).__name__}: {e})") from None
+    out = write()  # drawing: an error here is ours, not the file's
     print(table)
     print(f"\nwritten {out}")
     return 0

@@ -4,6 +4,7 @@ saved ``samples.npz`` and the runs' ``metrics.jsonl`` for the pictures), so that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,24 +131,27 @@ def summary_points(results: dict[str, Any]) -> list[dict[str, Any]]:
     return pts
 
 
-def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
+def report_plots(out: Path, results: dict[str, Any]) -> list[tuple[str, str, Callable[[], Any]]]:
+    """The report's plots as ``(name, file name, draw)``: every input is read here (a
+    malformed ``results.json`` or run folder fails before any file is written); ``draw()``
+    writes the PNG into ``out``."""
     from metasparsity.report import plots
 
-    made: dict[str, str] = {}
+    made: list[tuple[str, str, Callable[[], Any]]] = []
     seed = str(results["seeds"][0])
     rows = results["per_seed"][seed]
     n = len(results["seeds"])
-    plots.plot_delta_vs_sparsity(
-        front_points(results) if "fixed_lambda_front" in results else grid_points(results, seed),
-        out / "delta_vs_sparsity.png", key="param_sparsity",
+    points = front_points(results) if "fixed_lambda_front" in results else grid_points(results, seed)
+    extra = summary_points(results)
+    made.append(("delta_vs_sparsity", "delta_vs_sparsity.png", lambda: plots.plot_delta_vs_sparsity(
+        points, out / "delta_vs_sparsity.png", key="param_sparsity",
         title=f"Δm (seen tasks, test) against sparsity{f', mean ± std of {n} seeds' if n > 1 else ''}",
-        extra=summary_points(results))
-    made["delta_vs_sparsity"] = "delta_vs_sparsity.png"
+        extra=extra)))
     per_layer = {method_label(results, m): rows[m]["sparsity"]["per_layer"]
                  for m in ("fixed_lambda", "optuna", "meta_sparsity", "meta_budget") if m in rows}
     if per_layer:
-        plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")
-        made["per_layer_sparsity"] = "per_layer_sparsity.png"
+        made.append(("per_layer_sparsity", "per_layer_sparsity.png",
+                     lambda: plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")))
     runs = []
     for s in results["seeds"]:
         r = results["per_seed"][str(s)].get("meta_sparsity")
@@ -155,12 +159,12 @@ def write_plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
             rec = [x for x in read_jsonl(Path(r["meta_run_dir"]) / "metrics.jsonl") if x.get("kind") == "meta"]
             runs.append({"label": f"seed {s}", "records": rec})
     if runs:
-        plots.plot_meta_training(runs if len(runs) > 1 else runs[0]["records"], out / "lambda.png",
-                                 title="meta-sparsity: λ and sparsity over meta-training")
-        made["lambda"] = "lambda.png"
+        made.append(("lambda", "lambda.png", lambda: plots.plot_meta_training(
+            runs if len(runs) > 1 else runs[0]["records"], out / "lambda.png",
+            title="meta-sparsity: λ and sparsity over meta-training")))
     if (out / "samples.npz").is_file():
-        plots.plot_samples(out / "samples.npz", out / "samples.png")
-        made["samples"] = "samples.png"
+        made.append(("samples", "samples.png",
+                     lambda: plots.plot_samples(out / "samples.npz", out / "samples.png")))
     return made
 
 
@@ -232,7 +236,22 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: str | Path, results: dict[str, Any]) -> Path:
+def prepare_report(out: str | Path, results: dict[str, Any]) -> Callable[[], Path]:
+    """Read everything the report shows (``results`` and the runs' logs) and render its text;
+    returns the step that writes the plots and ``report.md`` into ``out``.  A malformed input
+    fails here, before any file is written."""
     out = Path(out)
-    images = write_plots(out, results)
-    return atomic_write_text(out / "report.md", report_markdown(results, images))
+    plot_list = report_plots(out, results)
+    text = report_markdown(results, {name: file for name, file, _ in plot_list})
+
+    def write() -> Path:
+        for _, _, draw in plot_list:
+            draw()
+        return atomic_write_text(out / "report.md", text)
+
+    return write
+
+
+def write_report(out: str | Path, results: dict[str, Any]) -> Path:
+    """``report.md`` and its plots in ``out`` (:func:`prepare_report`, then its writing)."""
+    return prepare_report(out, results)()
