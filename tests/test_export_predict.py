@@ -241,7 +241,7 @@ def test_thread_counts_up_to_1024_are_taken_and_the_recipe_checks_them_too(run_d
     with pytest.raises(UserError, match="--batch-sizes must be between 1 and 4096, got 1,100000"):
         prune_run(run_dir, tmp_path / "m", batch_sizes=(1, 100000))
     assert parser.parse_args(["prune", "RUN", "--batch-sizes", "1,4096"]).batch_sizes == [1, 4096]
-    for bad in ("4097", "0,1"):
+    for bad in ("4097", "0,1", "1,,16", "1,", ""):
         with pytest.raises(SystemExit):
             parser.parse_args(["prune", "RUN", "--batch-sizes", bad])
     assert not (tmp_path / "m").exists()
@@ -253,5 +253,5 @@ def test_prune_refuses_a_batch_size_given_twice(run_dir, tmp_path, capsys, sizes
 
     assert cli("prune", run_dir, "--out", tmp_path / "m", "--batch-sizes", sizes) == 2
     err = capsys.readouterr().err
-    assert "--batch-sizes" in err and sizes in err and "only once" in err
+    assert "--batch-sizes" in err and "more than once" in err
     assert not (tmp_path / "m").exists()

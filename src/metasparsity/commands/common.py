@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from metasparsity.config import Config, load_config
+from metasparsity.config.schema import MAX_THREADS
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.rundir import CONFIG_FILE, Labelled, check_run_dir, config_inputs
 
@@ -27,6 +28,35 @@ def add_run_args(p: argparse.ArgumentParser, *, default_config: str | None = Non
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def threads(text: str) -> int:
+    """``--threads N`` of ``prune`` and ``predict``: an integer in [1, :data:`MAX_THREADS`]."""
+    v = positive_int(text)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS}, got {v}")
+    return v
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """``--out`` / ``--resume`` not empty, and not ``--resume`` with ``--overwrite``."""
+    for opt in ("out", "resume"):
+        if getattr(args, opt, None) == "":
+            raise UserError(f"--{opt}: empty path")
+    if getattr(args, "resume", None) and getattr(args, "overwrite", False):
+        raise UserError("--overwrite and --resume both given: --resume continues the run, "
+                        "--overwrite would start it again; give one")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Load the config, overrides applied.
 
@@ -34,16 +64,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     last invocation) with the new overrides on top, e.g. ``--resume DIR train.max_steps=2000``
     to train longer; the recipe then rewrites ``config.yaml`` with the result.
     """
-    for opt in ("out", "resume"):
-        if getattr(args, opt, None) == "":
-            raise UserError(f"--{opt}: empty path")
+    check_run_options(args)
     if getattr(args, "resume", None):
         if getattr(args, "config", None):
             raise UserError("--config and --resume both given: a resumed run uses its own "
                             f"{CONFIG_FILE}; change it with key=value overrides")
-        if getattr(args, "overwrite", False):
-            raise UserError("--overwrite and --resume both given: --resume continues the run, "
-                            "--overwrite would start it again; give one")
         check_run_dir(args.resume, resume=True, layout=command_layout(args))
         return load_config(Path(args.resume) / CONFIG_FILE, args.overrides)
     return load_config(args.config, args.overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from metasparsity.utils.args import split_list
 from metasparsity.utils.errors import UserError
 
 
@@ -27,21 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def parse_tasks(text: str) -> list[str]:
     """``"normal,depth"`` -> ``["normal", "depth"]``; an empty entry (``normal,``,
     ``normal,,depth``) or a task named twice is a UserError naming --tasks."""
-    parts = [t.strip() for t in str(text).split(",")]
-    if not any(parts):
-        raise UserError("--tasks: give at least one task name")
-    if not all(parts):
-        raise UserError(f"--tasks {text!r} has an empty entry; give comma-separated task names, "
-                        "e.g. normal,depth")
-    seen: set[str] = set()
-    for t in parts:
-        if t in seen:
-            raise UserError(f"--tasks: {t!r} appears more than once; give each task once")
-        seen.add(t)
-    return parts
+    return split_list(text, "--tasks", "task name", "normal,depth")
 
 
 def run(args: argparse.Namespace) -> int:
+    from metasparsity.commands.common import check_run_options
     from metasparsity.config import load_config
     from metasparsity.recipes.finetune import run_finetune
     from metasparsity.report.tables import metrics_table
@@ -54,16 +45,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     tasks = None if args.tasks is None else parse_tasks(args.tasks)
-    for opt in ("out", "resume"):
-        if getattr(args, opt) == "":
-            raise UserError(f"--{opt}: empty path")
+    check_run_options(args)
     src = require_run_dir(args.source)
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--out and --resume name different directories; give only --resume")
-        if args.overwrite:
-            raise UserError("--overwrite and --resume both given: --resume continues the run, "
-                            "--overwrite would start it again; give one")
         check_run_dir(args.resume, resume=True, inputs=run_inputs(src), layout="training")
         out = Path(args.resume)
         # the interrupted run's own resolved config (it records the tasks), new overrides on top

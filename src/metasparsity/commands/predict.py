@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from metasparsity.commands.prune import MAX_THREADS, threads
+from metasparsity.commands.common import threads
+from metasparsity.config.schema import MAX_THREADS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

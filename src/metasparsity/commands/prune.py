@@ -5,38 +5,23 @@ from __future__ import annotations
 
 import argparse
 
+from metasparsity.commands.common import positive_int, threads
 from metasparsity.config.schema import MAX_LATENCY_BATCH, MAX_THREADS
+from metasparsity.utils.args import split_list
 
 
 def _sizes(text: str) -> list[int]:
+    parts = split_list(text, "--batch-sizes", "batch size", "1,16", error=argparse.ArgumentTypeError)
     try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
+        vals = [int(v) for v in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not vals or any(not 1 <= v <= MAX_LATENCY_BATCH for v in vals):
+    if any(not 1 <= v <= MAX_LATENCY_BATCH for v in vals):
         raise argparse.ArgumentTypeError(
             f"batch sizes must be integers between 1 and {MAX_LATENCY_BATCH}: {text!r}")
-    if len(set(vals)) != len(vals):
+    if len(set(vals)) != len(vals):  # "4,04"
         raise argparse.ArgumentTypeError(f"each batch size may appear only once: {text!r}")
     return vals
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def threads(text: str) -> int:
-    """``--threads N`` of ``prune`` and ``predict``: an integer in [1, :data:`MAX_THREADS`]."""
-    v = _positive(text)
-    if v > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS}, got {v}")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", type=_sizes, default=[1, 16], metavar="B1,B2",
                    help="batch sizes of the latency measurement, each 1 to "
                    f"{MAX_LATENCY_BATCH} (default 1,16)")
-    p.add_argument("--repeats", type=_positive, default=10, help="timed passes per measurement")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed passes per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
     p.add_argument("--threads", type=threads, default=None,
                    help=f"torch CPU threads, 1 to {MAX_THREADS} (default: the run's "

@@ -13,6 +13,7 @@ import yaml
 
 from metasparsity.config.checks import _apply, _check_field, _hints, _show, _type_name, _validate
 from metasparsity.config.schema import CompareConfig, Config
+from metasparsity.utils.args import split_list
 from metasparsity.utils.errors import ConfigError
 from metasparsity.utils.io import read_text_file
 
@@ -110,15 +111,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
 def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
     """``"1e-4,1e-3"`` -> ``[1e-4, 1e-3]``, checked as ``compare.lambda_grid`` is (each λ finite and
     > 0, no duplicate, at least one); errors are one-line ConfigErrors naming ``key``."""
-    parts = [v.strip() for v in str(text).split(",")]
-    if not any(parts):
-        raise ConfigError(f"{key}: the λ grid is empty; give comma-separated positive numbers, "
-                          f"e.g. 1e-4,1e-3")
-    if not all(parts):  # a typo, not a value to drop
-        where = ("at the end" if not parts[-1] else "at the start" if not parts[0]
-                 else f"after {next(p for p, q in zip(parts, parts[1:]) if p and not q)!r}")
-        raise ConfigError(f"{key} {text!r} has an empty entry {where}; give comma-separated "
-                          "positive numbers, e.g. 1e-4,1e-3")
+    parts = split_list(text, key, "positive number", "1e-4,1e-3", error=ConfigError)
     vals = []
     for v in parts:
         try:
