@@ -379,6 +379,9 @@ def test_a_file_for_a_directory_or_a_directory_for_a_file_is_named_so(tmp_path, 
         line = refused(capsys, [*command, "--config", img.parent, *MICRO], command[0],
                        [img.parent, "is a directory"], [tmp_path])
         assert "missing" not in line
+    from metasparsity.utils.io import load_json  # every text file read names a folder so
+    with pytest.raises(UserError, match=r"results file .* is a directory, not a file"):
+        load_json(img.parent, what="results file")
     (src_run / "checkpoints").rename(tmp_path / "ck")
     (src_run / "checkpoints").write_text("not a folder")
     refused(capsys, ["evaluate", src_run], "evaluate",

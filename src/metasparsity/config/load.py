@@ -94,8 +94,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         p = Path(path)
         if not str(path):
             raise ConfigError("--config: empty path")
-        if p.is_dir():
-            raise ConfigError(f"config file {p} is a directory, not a YAML file")
         text = read_text_file(p, "config file", ConfigError)
         try:
             data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a safe loader)

@@ -229,6 +229,8 @@ def read_text_file(path: str | os.PathLike, what: str, error: type[Exception] | 
 
     error = error or UserError
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{what} {p} is a directory, not a file")
     if not p.is_file():
         raise error(f"missing {what}: {p}")
     try:
