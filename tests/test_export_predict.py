@@ -109,7 +109,15 @@ def test_prune_command_writes_compact_model_and_costs(run_dir, pruned_dir):
     assert cost["ratio"]["total"]["macs"] > 1.0
     assert set(cost["latency"]) == {"1", "2"}
     assert all(v["dense_ms"] > 0 and v["pruned_ms"] > 0 for v in cost["latency"].values())
-    assert "latency, batch 2" in (pruned_dir / "cost.md").read_text()
+    md = (pruned_dir / "cost.md").read_text()
+    assert "latency, batch 2" in md
+    stages = {r["name"]: r for r in cost["backbone_stages"]}
+    assert {"conv1", "layer1", "layer4"} <= set(stages)
+    for v in ("dense", "pruned"):  # the stages add up to the backbone
+        for q in ("params", "macs"):
+            assert sum(r[v][q] for r in stages.values()) == cost[v]["backbone"][q], (v, q)
+    assert stages["layer1"]["pruned"]["macs"] < stages["layer1"]["dense"]["macs"]
+    assert "| layer1 |" in md and "Backbone by stage" in md
     assert 0.0 <= cost["max_abs_output_difference"] <= 1e-5
     rows = {r["name"]: r for r in cost["layers"]}
     assert rows["backbone.layer1.0.conv1"]["out_after"] < rows["backbone.layer1.0.conv1"]["out_before"]

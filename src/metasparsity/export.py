@@ -309,13 +309,14 @@ def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
                     latency: bool = True, seed: int = 0) -> dict[str, Any]:
     """Parameters, MACs (per image) and latency of ``dense`` and ``pruned``.
 
-    MACs: :func:`model_cost` on one ``[1, 3, S, S]`` input.  Latency:
+    MACs: :func:`model_cost` on one ``[1, 3, S, S]`` input, and per backbone stage
+    (``backbone_stages``: :func:`metasparsity.eval.stage_costs`, dense and pruned).  Latency:
     :func:`metasparsity.eval.measure_latency` (median of ``repeats`` timed passes after
     ``warmup``, eval mode, ``torch.inference_mode``, the current ``torch.get_num_threads()``) at
     every batch size, dense and pruned measured back to back so that background load affects both
     alike.  Ratios are ``dense / pruned`` (> 1: the pruned model is smaller / faster).
     """
-    from metasparsity.eval.cost import measure_latency
+    from metasparsity.eval.cost import measure_latency, stage_costs
 
     g = torch.Generator().manual_seed(seed)
     device = next(dense.parameters()).device
@@ -326,6 +327,11 @@ def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
     out["ratio"] = {
         part: {q: _ratio(out["dense"][part][q], out["pruned"][part][q]) for q in ("params", "macs")}
         for part in ("backbone", "heads", "total")}
+    after = {row["name"]: row for row in stage_costs(pruned.backbone, x1)}
+    out["backbone_stages"] = [
+        {"name": row["name"], "dense": {q: row[q] for q in ("params", "macs")},
+         "pruned": {q: after.get(row["name"], {}).get(q, 0) for q in ("params", "macs")}}
+        for row in stage_costs(dense.backbone, x1)]
     if latency:
         lat: dict[str, Any] = {}
         for b in batch_sizes:
@@ -365,4 +371,18 @@ def cost_markdown(cost: Mapping[str, Any]) -> str:
     for b, row in cost.get("latency", {}).items():
         lines.append(f"| latency, batch {b} (ms) | {row['dense_ms']:.2f} | {row['pruned_ms']:.2f} "
                      f"| {row['speedup']:.2f}× |")
+    stages = cost.get("backbone_stages")
+    if stages:
+        dense = cost["dense"]["backbone"]
+        lines += ["", "Backbone by stage (in brackets: the share of the dense backbone's cost):", "",
+                  "| stage | parameters, dense | pruned | MACs, dense | pruned |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in stages:
+            cells = [f"{_human(row[v][q])} ({_share(row[v][q], dense[q])})"
+                     for q in ("params", "macs") for v in ("dense", "pruned")]
+            lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f} %" if whole else "–"

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from metasparsity.eval.cost import cost_table, count_macs, count_parameters, measure_latency
+from metasparsity.eval.cost import (
+    cost_table,
+    count_macs,
+    count_parameters,
+    measure_latency,
+    stage_costs,
+)
 
 
 def test_count_parameters_exact():
@@ -71,6 +77,34 @@ def test_cost_table_breakdown():
     assert table["other_params"] == 2
     with pytest.raises(ValueError):
         cost_table(nn.Linear(2, 2), torch.randn(1, 2))
+
+
+class Stages(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.block = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), self.relu, nn.Conv2d(6, 8, 1))
+        self.unused = nn.MaxPool2d(2)  # never called: neither parameters nor MACs
+
+    def forward(self, x):
+        return self.block(self.relu(self.bn(self.stem(x))))
+
+
+def test_stage_costs_are_closed_forms_and_sum_to_the_whole():
+    net = Stages().train()
+    x = torch.randn(2, 3, 8, 10)
+    rows = stage_costs(net, x)
+    px = 2 * 4 * 5  # batch × the 4 × 5 output of the stride-2 stem
+    assert rows == [
+        {"name": "stem", "params": 4 * 3 * 9, "macs": 4 * 3 * 9 * px},
+        {"name": "bn", "params": 8, "macs": 0},
+        {"name": "block", "params": 6 * 4 * 9 + 6 + 8 * 6 + 8, "macs": (6 * 4 * 9 + 8 * 6) * px},
+    ]
+    assert sum(r["macs"] for r in rows) == count_macs(net, x)
+    assert sum(r["params"] for r in rows) == count_parameters(net)
+    assert net.training and net.bn.training  # modes restored
 
 
 def test_measure_latency_positive_and_mode_restored():

@@ -12,7 +12,13 @@ This package imports only :mod:`metasparsity.utils` (plus torch, NumPy and SciPy
 """
 
 from metasparsity.eval import metrics
-from metasparsity.eval.cost import cost_table, count_macs, count_parameters, measure_latency
+from metasparsity.eval.cost import (
+    cost_table,
+    count_macs,
+    count_parameters,
+    measure_latency,
+    stage_costs,
+)
 from metasparsity.eval.delta import default_spec, delta_m, per_task_delta
 from metasparsity.eval.metrics import (
     METRICS,
@@ -51,5 +57,6 @@ __all__ = [
     "count_parameters",
     "count_macs",
     "measure_latency",
+    "stage_costs",
     "cost_table",
 ]

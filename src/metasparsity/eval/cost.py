@@ -70,6 +70,34 @@ def count_macs(model: nn.Module, example_input: Inputs, **fwd_kwargs: Any) -> in
         return _macs_of(lambda: model(*args, **fwd_kwargs))
 
 
+def stage_costs(module: nn.Module, example_input: Inputs, **fwd_kwargs: Any) -> list[dict[str, Any]]:
+    """Parameters and MACs of each direct child of ``module`` over one ``module(x)`` pass.
+
+    For a backbone these are its stages (a ResNet's ``conv1``, ``bn1``, ``layer1`` … ``layer4``):
+    where its cost lies.  MACs are those :func:`count_macs` counts, attributed to the child whose
+    forward ran them (``torch.utils.flop_counter``'s module hierarchy), so they sum to
+    ``count_macs(module, x)`` when every matrix product runs inside a child.  Children with
+    neither parameters nor MACs (activations, pooling, children the forward never calls) are
+    left out.
+
+    Returns:
+        ``[{"name", "params", "macs"}, …]`` in ``named_children`` order (MACs for the whole batch).
+    """
+    args = _as_args(example_input)
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(module), torch.inference_mode(), counter:
+        module(*args, **fwd_kwargs)
+    flops = counter.get_flop_counts()
+    root = type(module).__name__
+    out = []
+    for name, child in module.named_children():
+        params = count_parameters(child)
+        macs = int(sum(flops.get(f"{root}.{name}", {}).values())) // 2
+        if params or macs:
+            out.append({"name": name, "params": params, "macs": macs})
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
