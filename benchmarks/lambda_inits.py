@@ -121,13 +121,6 @@ def _grid_cost(run_dir: str, image_size: int) -> dict[str, float]:
     return BackboneCost(model, x, channel_groups(model)).summary(model)
 
 
-def _mean_std(xs: list[float]) -> dict[str, float]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return {"mean": float("nan"), "std": float("nan")}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
-
-
 def _lam(v) -> float:
     return float(statistics.fmean(v)) if isinstance(v, list) else float(v)
 
@@ -165,6 +158,7 @@ def main() -> None:
         pareto_points,
         usable_spec,
     )
+    from metasparsity.recipes.compare_summary import mean_std_cell
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
 
     cfg = load_config(args.config, args.overrides)
@@ -238,8 +232,8 @@ def main() -> None:
         xs = [100 * grid_res[(s, lam)]["sparsity"]["param_sparsity"] for s in args.seeds]
         ys = [dm(grid_res[(s, lam)]["test"], s) for s in args.seeds]
         ms = [100 * grid_cost[(s, lam)]["macs"] for s in args.seeds]
-        grid_pts.append({"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys),
-                         "backbone_macs": _mean_std(ms)})
+        grid_pts.append({"lam": lam, "param_sparsity": mean_std_cell(xs), "delta_m": mean_std_cell(ys),
+                         "backbone_macs": mean_std_cell(ms)})
     front = pareto_points([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
     macs_curve = sorted((g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts)
     macs_front = [(-x, y) for x, y in pareto_points([(-x, y) for x, y in macs_curve])]  # (MACs, Δm)
@@ -317,7 +311,7 @@ def main() -> None:
 
     def agg(sel) -> dict[str, Any]:
         rs = [r for r in rows if sel(r)]
-        return {k: _mean_std([r[k] for r in rs]) for k in
+        return {k: mean_std_cell([r[k] for r in rs]) for k in
                 ("lambda_final", "group_sparsity", "group_sparsity_deployed", "param_sparsity",
                  "delta_m", "gap_to_front",
                  "backbone_macs", "passes", "delta_m_unseen")} | {"n": len(rs)}
@@ -327,7 +321,7 @@ def main() -> None:
     budget_rows = [r for r in rows if r["objective"] == "budget"]
     if budget_rows:
         summary["budget"] = agg(lambda r: r["objective"] == "budget")
-        summary["budget"]["front_delta_m_at_macs"] = _mean_std(
+        summary["budget"]["front_delta_m_at_macs"] = mean_std_cell(
             [r["front_delta_m_at_macs"] for r in budget_rows])
     if any(r["objective"] == "dense" for r in rows):
         summary["meta_dense"] = agg(lambda r: r["objective"] == "dense")
@@ -356,8 +350,14 @@ def _f(v, nd=2) -> str:
     return f"{v:.{nd}f}"
 
 
-def _ms(c: dict, nd=2) -> str:
-    return f"{_f(c['mean'], nd)} ± {_f(c['std'], nd)}"
+def _ms(c: dict, nd=2, of: int | None = None) -> str:
+    """``mean ± std``; with ``of`` (the runs in the row), the count when fewer had a value (a gap
+    to the front exists only within the grid's range, Δm unseen only where unseen tasks ran)."""
+    n = c.get("n", of)
+    if _f(c["mean"]) == "–":
+        return "–"
+    text = f"{_f(c['mean'], nd)} ± {_f(c['std'], nd)}" if n != 1 else _f(c["mean"], nd)
+    return text + (f" ({n} of {of})" if of is not None and n is not None and 0 < n < of else "")
 
 
 def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
@@ -401,8 +401,9 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
          "gap to front", "Δm unseen %", "passes"],
         [[k, _ms(v["lambda_final"], 5), _ms(v["group_sparsity"], 1),
           _ms(v["group_sparsity_deployed"], 1), _ms(v["param_sparsity"], 1),
-          _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"]),
-          _ms(v["delta_m_unseen"]), _f(v["passes"]["mean"], 0)] for k, v in summary.items()]))
+          _ms(v["backbone_macs"], 1), _ms(v["delta_m"]), _ms(v["gap_to_front"], of=v["n"]),
+          _ms(v["delta_m_unseen"], of=v["n"]), _f(v["passes"]["mean"], 0)]
+         for k, v in summary.items()]))
     b = summary.get("budget")
     lines += ["", f"Budget mode (target {100 * args.target:g} % of the backbone's {args.measure}): "
               f"ends at {_ms(b['backbone_macs'], 1)} %; the fixed-λ curve's Δm at that MACs share "

@@ -41,7 +41,9 @@ def backbone_cost(run_dir: str | Path, image_size: int) -> dict[str, float]:
     return BackboneCost(model, x, channel_groups(model)).summary(model)
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
+def mean_std_cell(values: list[float | None]) -> dict[str, float]:
+    """``{"mean", "std", "n"}`` over the values that exist (None and NaN left out; ``n``: how
+    many), the cell the reports print as ``mean ± std`` (:func:`metasparsity.report.compare.mean_std`)."""
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
@@ -83,7 +85,7 @@ def summarize(per_seed: dict[str, dict[str, Any]], spec_seen: dict, spec_unseen:
     out = {}
     for name, rows in methods.items():
         def col(f, rows=rows):
-            return _mean_std([f(r) for r in rows])
+            return mean_std_cell([f(r) for r in rows])
 
         agg = {
             "delta_m_seen": col(lambda r: r["delta_m"]["seen"]),
@@ -126,7 +128,7 @@ def fixed_lambda_front(per_seed: dict[str, dict[str, Any]]) -> list[dict[str, An
     pts = []
     for lam, vals in sorted(by_lam.items()):
         xs, ys = [v[0] for v in vals], [v[1] for v in vals]
-        p = {"lam": lam, "param_sparsity": _mean_std(xs), "delta_m": _mean_std(ys)}
+        p = {"lam": lam, "param_sparsity": mean_std_cell(xs), "delta_m": mean_std_cell(ys)}
         if all(math.isfinite(p[k]["mean"]) for k in ("param_sparsity", "delta_m")):
             pts.append(p)
     front = set(pareto_points((p["param_sparsity"]["mean"], p["delta_m"]["mean"]) for p in pts))
