@@ -64,6 +64,35 @@ def test_a_large_lambda_zeroes_more_groups_than_the_source_kept(meta_runs):
         mres["sparsity"]["group_sparsity"]
 
 
+def test_keep_zeros_removed_revives_only_the_zero_groups_pruning_keeps(meta_runs):
+    """``finetune.keep_zeros=removed``: the zero groups whose channel pruning removes stay zero
+    (the pruned cost is the source's), the others train again."""
+    import torch
+
+    from metasparsity.recipes.load_run import load_run_model
+    from metasparsity.sparsity import BackboneCost, channel_groups, removed_zero_masks
+
+    src = meta_runs["global"]
+    out = src / "ft_removed"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.keep_zeros=removed") == 0
+    cfg, model, _ = load_run_model(src, "best")
+    x = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
+    removed = removed_zero_masks(model, x)
+    before = _zero_sets(load_run_checkpoint(src, "best").model)
+    kept = {k: [z and not bool(removed[k][i]) for i, z in enumerate(zs)] for k, zs in before.items()}
+    assert any(any(v) for v in removed.values()) and any(any(v) for v in kept.values())
+    layers = channel_groups(model)
+    cost = BackboneCost(model, x, layers).summary(model)
+    for which in ("best", "last"):
+        _, tuned, _ = load_run_model(out, which)
+        after = _zero_sets({k: v for k, v in tuned.state_dict().items()})
+        assert all(after[k][i] for k, m in removed.items() for i in m.nonzero().flatten().tolist())
+        # the others are free to train (a group whose block is dead has no gradient and stays 0)
+        revived = [(k, i) for k, v in kept.items() for i, z in enumerate(v) if z and not after[k][i]]
+        assert len(revived) >= 10, revived
+        assert BackboneCost(tuned, x, layers).summary(tuned)["macs"] == cost["macs"]
+
+
 def test_source_lambda_of_a_dense_run_is_zero(meta_runs):
     src = meta_runs["dense"]
     out = src / "ft_dense"

@@ -8,7 +8,13 @@ from torch import nn
 
 from metasparsity.data import TASKS
 from metasparsity.models import build_model_from_tasks
-from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
+from metasparsity.sparsity import (
+    prune_zero_channels,
+    pruning_report,
+    removed_zero_masks,
+    sparsity_stats,
+    zero_group_masks,
+)
 from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
 
 TASK_NAMES = ("segment", "depth", "has_sphere")  # two ASPP heads, one mlp head
@@ -152,6 +158,38 @@ def test_channel_read_by_residual_path_is_kept():
     assert pruned.backbone.bn1.num_features == n - 1
     for name in stream_readers:
         assert after[name].in_channels == n - 1
+
+
+def test_removed_zero_masks_mark_only_the_groups_whose_channel_goes():
+    """A zero group on the residual stream that another layer still reads is not removed by
+    pruning; the zero groups of an internal channel (conv1 → conv2 of a block) are."""
+    model = make_model(18, 0.25, 32)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    stream_readers = ["backbone.layer1.0.conv1", "backbone.layer1.1.conv1",
+                      "backbone.layer2.0.conv1", "backbone.layer2.0.downsample.0"]
+    for name in stream_readers[:3]:
+        zero_inputs(model, name, [0])
+    zero_inputs(model, "backbone.layer1.0.conv2", [1, 2])  # conv1's out channels 1, 2: unread
+    masks = removed_zero_masks(model, x)
+    zeros = zero_group_masks(model)
+    assert masks.keys() == zeros.keys()
+    for k in masks:  # a subset of the zero groups
+        assert not (masks[k] & ~zeros[k]).any(), k
+    marked = {k: m.nonzero().flatten().tolist() for k, m in masks.items() if m.any()}
+    assert marked == {"backbone.layer1.0.conv2.weight": [1, 2]}
+    assert zeros["backbone.layer1.0.conv1.weight"][0]  # zero, but read by the downsample
+
+    zero_inputs(model, stream_readers[3], [0])  # now nobody reads channel 0 of the stream
+    marked = {k: m.nonzero().flatten().tolist()
+              for k, m in removed_zero_masks(model, x).items() if m.any()}
+    assert marked == {"backbone.layer1.0.conv2.weight": [1, 2],
+                      **{f"{n}.weight": [0] for n in stream_readers}}
+    # what the masks mark is exactly what pruning removes
+    pruned = prune_zero_channels(model, x)
+    removed_in = {n: convs(model)[n].in_channels - c.in_channels for n, c in convs(pruned).items()
+                  if n.startswith("backbone.")}
+    assert {k: len(v) for k, v in marked.items()} == \
+        {f"{n}.weight": d for n, d in removed_in.items() if d}
 
 
 @pytest.mark.parametrize("depth", [18, 50])

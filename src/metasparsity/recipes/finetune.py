@@ -37,7 +37,7 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         val_every=min(f.val_every, steps), weight_decay=cfg.train.weight_decay,
         lr_schedule=cfg.train.lr_schedule, warmup_steps=0, log_every=cfg.train.log_every,
         loss_weighting=cfg.train.loss_weighting, seed=cfg.train.seed, data_fraction=f.fraction,
-        keep_zero_groups=True, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
+        keep_zero_groups=f.keep_zeros, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
         kind="finetune")
 
 

@@ -27,6 +27,7 @@ from metasparsity.sparsity import (
     land_prox,
     mask_zero_group_grads_,
     prox_param_groups,
+    removed_zero_masks,
     sparsity_stats,
     zero_group_masks,
 )
@@ -70,7 +71,9 @@ class TrainSettings:
     loss_weighting: str = "equal"
     seed: int = 0
     data_fraction: float = 1.0
-    keep_zero_groups: bool = False
+    # zero groups of the initial weights kept at zero: none (False), "all", or "removed" (those
+    # whose channel pruning removes); True means "all"
+    keep_zero_groups: bool | str = False
     # (measure, target): λ is budget mode's multiplier, moved by dual ascent after every step at
     # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget
     budget: tuple[str, float] | None = None
@@ -159,7 +162,7 @@ class Trainer:
 
         self.model = self._build_model()
         self.weighting = LossWeighting(list(self.tasks), s.loss_weighting).to(self.device)
-        self.masks = zero_group_masks(self.model) if s.keep_zero_groups else None
+        self.masks = self._zero_masks()
         if s.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
@@ -341,6 +344,16 @@ class Trainer:
         self.lam_now = dual_ascent(self.lam_now.log(), (cost - target) / target, self.s.dual_rate,
                                    lo, hi).exp()
         return cost
+
+    def _zero_masks(self) -> dict[str, torch.Tensor] | None:
+        """The groups fine-tuning keeps at zero (``keep_zero_groups``), from the initial weights."""
+        keep = self.s.keep_zero_groups
+        if not keep:
+            return None
+        if keep == "removed":
+            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            return removed_zero_masks(self.model, x0)
+        return zero_group_masks(self.model)
 
     def _set_train_mode(self) -> None:
         self.model.train()

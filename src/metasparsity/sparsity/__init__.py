@@ -25,7 +25,7 @@ from metasparsity.sparsity.groups import (
     zero_group_masks,
 )
 from metasparsity.sparsity.proxadam import PROX_METRICS, ProxAdam, metric_prox, prox_param_groups
-from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report
+from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report, removed_zero_masks
 
 __all__ = [
     "BackboneCost",
@@ -52,6 +52,7 @@ __all__ = [
     "prox_params",
     "prune_zero_channels",
     "pruning_report",
+    "removed_zero_masks",
     "sparsity_stats",
     "zero_group_masks",
 ]

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from metasparsity.sparsity.groups import channel_groups
+
 Inputs = torch.Tensor | tuple[Any, ...] | list[Any]
 
 #: Relative tolerance of the self-check in :func:`prune_zero_channels` (``max |Δ| / (1 + max |y|)``).
@@ -192,6 +194,29 @@ def plan_pruning(model: nn.Module, groups: Sequence[FeatureMapGroup]) -> list[Gr
         remove = removable[1:] if len(removable) == g.size else list(removable)
         plans.append(GroupPlan(g, removable, remove))
     return plans
+
+
+def removed_zero_masks(model: nn.Module, example_input: Inputs,
+                       layers: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
+    """``{weight name: bool [I]}``, True on the zero input-channel groups whose channel
+    :func:`prune_zero_channels` removes (every layer reading it has a zero group there).
+
+    A subset of :func:`~metasparsity.sparsity.groups.zero_group_masks`: a zero group whose
+    channel another layer still reads (a block's first conv on the residual stream, a
+    downsample) stays in the pruned model as zeros, so it costs the same whatever its weights.
+    ``layers``: the grouped conv weights (default ``channel_groups(model)``).
+    """
+    layers = channel_groups(model) if layers is None else layers
+    weight_of = {g.module_name: g.name for g in layers}
+    masks = {g.name: torch.zeros(g.num_groups, dtype=torch.bool) for g in layers}
+    for plan in plan_pruning(model, feature_map_groups(model, example_input)):
+        gone = set(plan.remove)
+        for c in plan.group.consumers:
+            if c.name in weight_of:
+                for local, root in c.pairs:
+                    if root in gone:
+                        masks[weight_of[c.name]][local] = True
+    return masks
 
 
 # ----------------------------------------------------------------------------- pruning
