@@ -180,9 +180,12 @@ def test_a_frozen_backbone_takes_no_prox_and_keeps_the_budget_sources_weights(bu
                         {k: b[k] for k in b if k.startswith("heads.")}) != []
 
 
+@pytest.mark.parametrize("keep", ["all", "removed"])
 def test_a_budget_fine_tune_interrupted_and_resumed_is_bit_identical(budget_run, tmp_path,
-                                                                     monkeypatch):
-    ft = ["finetune.lam=source", "finetune.steps=4", "finetune.val_every=2"]
+                                                                     monkeypatch, keep):
+    # the kept zeros come from the source's weights, also on resume
+    ft = ["finetune.lam=source", "finetune.steps=4", "finetune.val_every=2",
+          f"finetune.keep_zeros={keep}"]
     straight, out = tmp_path / "straight", tmp_path / "resumed"
     assert cli("finetune", budget_run, "--tasks", SEEN, "--out", straight, *ft) == 0
     interrupt_on_call(monkeypatch, "metasparsity.recipes.train", 2)  # during step 2
