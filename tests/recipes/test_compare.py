@@ -289,14 +289,14 @@ def test_check_compare_tests_meta_target_only_where_a_method_takes_it():
 
 
 def test_a_cell_averaged_over_fewer_seeds_says_so_and_one_value_shows_no_spread():
-    from metasparsity.recipes.compare_summary import _mean_std
+    from metasparsity.recipes.compare_summary import mean_std_cell
 
-    one = _mean_std([1.5, None, None])  # the gap exists for one seed of three
+    one = mean_std_cell([1.5, None, None])  # the gap exists for one seed of three
     assert one["n"] == 1 and mean_std(one, 3) == "1.50 (1 of 3 seeds)"
-    two = _mean_std([1.0, 3.0, None])
+    two = mean_std_cell([1.0, 3.0, None])
     assert mean_std(two, 3) == "2.00 ± 1.41 (2 of 3 seeds)"
-    assert mean_std(_mean_std([1.0, 3.0, 2.0]), 3) == "2.00 ± 1.00"
-    assert mean_std(_mean_std([None, None]), 2) == "–"
+    assert mean_std(mean_std_cell([1.0, 3.0, 2.0]), 3) == "2.00 ± 1.00"
+    assert mean_std(mean_std_cell([None, None]), 2) == "–"
     assert mean_std({"mean": 2.0, "std": 1.0}, 3) == "2.00 ± 1.00"  # results.json before ``n``
 
 
