@@ -65,7 +65,9 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     ``tasks``: names (seen or unseen); None = the source's seen tasks together.  The source's
     backbone (and the heads of requested tasks it has) initialise the model; other tasks get
     fresh heads.  Zero groups of the source backbone stay zero (gradients masked, weights
-    re-masked after every step), so the sparse structure learned is what gets evaluated.
+    re-masked after every step), so the sparse structure learned is what gets evaluated;
+    ``finetune.keep_zeros=removed`` keeps only those whose channel pruning removes (the others
+    stay in the pruned model whatever their weights, so they train again).
     ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
     as fixed-λ training does: the surviving groups are shrunk and may reach zero too;
     ``finetune.lam_unseen``, when set, replaces it if every task in ``tasks`` is unseen.  From a
