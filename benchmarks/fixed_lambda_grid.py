@@ -32,6 +32,7 @@ import concurrent.futures as cf
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,10 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--current-code-only", action="store_true",
+                   help="refuse (exit 2) to reuse finished runs made by other code than this "
+                        "(their results.json records the commit); by default they are reused "
+                        "and the report says how many")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
@@ -113,6 +118,12 @@ def main() -> None:
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
     from metasparsity.utils.io import atomic_write_text, write_json
+    from metasparsity.utils.provenance import (
+        code_identity,
+        code_label,
+        other_code_note,
+        reused_from_other_code,
+    )
 
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
@@ -121,6 +132,13 @@ def main() -> None:
     for s in args.seeds:
         jobs += [(s, "adam", 0.0)] + [(s, m, lam) for m, grid in (
             ("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
+    dirs = [_run_dir(args.runs, s, m, lam) for s, m, lam in jobs]
+    other = reused_from_other_code(dirs)
+    code_note = other_code_note(other, len(dirs))
+    if code_note and args.current_code_only:
+        p.error(f"--current-code-only: {code_note}")
+    if code_note:
+        print(f"warning: {code_note}", file=sys.stderr, flush=True)
     results: dict[tuple, dict] = {}
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -171,6 +189,7 @@ def main() -> None:
     lines = [f"Fixed-λ grid, `python benchmarks/fixed_lambda_grid.py {' '.join(args.overrides)}`"
              .rstrip() + f" on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
              "Δm vs the dense MTL model of the same seed (mean ± std over seeds).", "",
+             code_note or f"Every run was made by this code ({code_label(code_identity())}).", "",
              "| prox metric | λ | group sparsity | param sparsity | Δm test | Δm val |",
              "|---|---|---|---|---|---|"]
     for a in sorted(summary, key=lambda a: (a["prox_metric"] != "none", a["prox_metric"], a["lam"])):
@@ -201,7 +220,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "fixed_lambda_grid.json", {
         "machine": machine, "config": Path(args.config).name, "overrides": args.overrides,
-        "rows": rows, "summary": summary, "dense_fit": fit, "best": best, "pruned": pruned})
+        "rows": rows, "summary": summary, "dense_fit": fit, "best": best, "pruned": pruned,
+        "code": {"this": code_identity(), "runs_from_other_code": other}})
     atomic_write_text(args.out / "fixed_lambda_grid.md", table)
     _plot(summary, args.out / "fixed_lambda_grid.png")
     print(table)

@@ -144,6 +144,10 @@ def main() -> None:
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="lambda_inits", help="stem of the result files")
+    p.add_argument("--current-code-only", action="store_true",
+                   help="refuse (exit 2) to reuse finished runs made by other code than this "
+                        "(their results.json records the commit); by default they are reused "
+                        "and the report says how many")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
@@ -160,6 +164,12 @@ def main() -> None:
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
+    from metasparsity.utils.provenance import (
+        code_identity,
+        code_label,
+        other_code_note,
+        reused_from_other_code,
+    )
 
     cfg = load_config(args.config, args.overrides)
     if args.steps is None:
@@ -184,6 +194,17 @@ def main() -> None:
         return args.runs / f"seed_{s}" / f"{o}_{tag}"
 
     grid_jobs = [(s, lam) for s in args.seeds for lam in [0.0, *args.grid]]
+    all_dirs = [*(run_dir(*k) / sub for k in meta_jobs for sub in ("", "finetune_seen")),
+                *(run_dir(s, o, i) / "finetune_unseen" for s, o, i in meta_jobs
+                  if (o, i) in (("heldout", "auto"), ("budget", "auto"))),
+                *(flg._run_dir(args.grid_runs, s, "adam", lam) for s, lam in grid_jobs),
+                *(args.runs / f"seed_{s}" / "dense_mtl_unseen" for s in args.seeds)]
+    other = reused_from_other_code(all_dirs)
+    code_note = other_code_note(other, len(all_dirs))
+    if code_note and args.current_code_only:
+        p.error(f"--current-code-only: {code_note}")
+    if code_note:
+        print(f"warning: {code_note}", file=sys.stderr, flush=True)
     t0 = time.time()
     meta_res: dict[tuple, dict] = {}
     grid_res: dict[tuple, dict] = {}
@@ -337,9 +358,12 @@ def main() -> None:
         "overrides": args.overrides, "steps": args.steps, "target": args.target,
         "measure": args.measure, "grid": grid_pts, "front": front, "grid_passes": grid_passes,
         "rows": rows, "convergence": conv, "summary": summary, "trajectories": trajectories,
-        "wall_time_s": round(time.time() - t0, 1)})
+        "wall_time_s": round(time.time() - t0, 1),
+        "code": {"this": code_identity(), "runs_from_other_code": other}})
+    code_line = code_note or f"Every run was made by this code ({code_label(code_identity())})."
     atomic_write_text(args.out / f"{args.name}.md", _markdown(rows, conv, summary, grid_pts,
-                                                              grid_passes, args, machine))
+                                                              grid_passes, args, machine,
+                                                              code_line))
     _plot(trajectories, grid_pts, front, summary, args.out / f"{args.name}.png", objectives)
     print((args.out / f"{args.name}.md").read_text())
 
@@ -360,13 +384,13 @@ def _ms(c: dict, nd=2, of: int | None = None) -> str:
     return text + (f" ({n} of {of})" if of is not None and n is not None and 0 < n < of else "")
 
 
-def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine) -> str:
+def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_line="") -> str:
     from metasparsity.report.tables import markdown_table
 
     lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
              "", f"`python benchmarks/lambda_inits.py {' '.join(sys.argv[1:])}` on "
              f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
-             "",
+             "", *([code_line, ""] if code_line else []),
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "
              "(benchmarks/fixed_lambda_grid.py). Gap: Δm minus the fixed-λ front's Δm at the same "
              "parameter sparsity (the Pareto front, flat to the left of its densest point). Δm "

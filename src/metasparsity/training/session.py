@@ -7,6 +7,7 @@ one rule by which sweeps and comparisons reuse, continue or start their sub-runs
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from metasparsity.training.run_checkpoints import (
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, truncate_jsonl, write_json
+from metasparsity.utils.provenance import code_identity, code_label
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
 
 RESULTS = "results.json"
@@ -215,7 +217,7 @@ class RunSession:
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "train_time_s": round(self.train_time, 2),
-                   "wall_time_s": round(time.time() - self.started, 2)}
+                   "wall_time_s": round(time.time() - self.started, 2), "code": code_identity()}
         write_json(self.run_dir / RESULTS, results)
         return results
 
@@ -247,12 +249,18 @@ def sub_run(run_dir: str | Path) -> tuple[dict[str, Any] | None, bool]:
     """What a sweep or comparison does with one of its sub-runs, decided on rank 0:
     ``(results, False)`` when it finished (its ``results.json`` is reused as it is), else
     ``(None, resume)``: continue it when it is a run directory with a checkpoint (never restart
-    over one), start it afresh otherwise (nothing a restart could lose)."""
+    over one), start it afresh otherwise (nothing a restart could lose).  A finished run made
+    by another commit (or before runs recorded theirs) is reused with a note on stderr."""
     run_dir = Path(run_dir)
 
     def decide() -> tuple[dict[str, Any] | None, bool]:
         if (run_dir / RESULTS).is_file():
-            return read_json(run_dir / RESULTS), False
+            res = read_json(run_dir / RESULTS)
+            made, here = res.get("code") or {}, code_identity()
+            if here["commit"] and made.get("commit") != here["commit"]:
+                print(f"note: reusing {run_dir}, made by other code ({code_label(made)}; this "
+                      f"is {code_label(here)})", file=sys.stderr, flush=True)
+            return res, False
         return None, is_run_dir(run_dir) and has_checkpoints(run_dir)
 
     return from_main(decide)
