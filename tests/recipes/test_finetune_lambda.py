@@ -222,3 +222,33 @@ def test_finetune_lambda_resolution():
             finetune_lambda("source", meta, "x")
     with pytest.raises(UserError, match="finetune.lam_unseen=source"):
         finetune_lambda("source", {}, "x", "finetune.lam_unseen")
+
+
+def test_keep_zeros_none_without_a_penalty_trains_the_zero_groups_again(meta_runs):
+    src = meta_runs["global"]
+    out = src / "ft_none"
+    assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.keep_zeros=none",
+               "finetune.steps=2", "finetune.val_every=2") == 0
+    before = _zero_sets(load_run_checkpoint(src, "best").model)
+    after = _zero_sets(load_run_checkpoint(out, "last").model)
+    zeros = [(k, i) for k, v in before.items() for i, z in enumerate(v) if z]
+    revived = [(k, i) for k, i in zeros if not after[k][i]]
+    assert zeros and len(revived) >= len(zeros) // 2, (len(zeros), len(revived))
+
+
+def test_a_budget_fine_tune_with_keep_zeros_none_lets_zero_groups_revive_and_lands(budget_run):
+    """Without the mask the prox alone decides: the cost can rise above the source's (zero groups
+    revive where the multiplier is too small to hold them), and the last step lands on the
+    budget as ever.  With the mask (``all``) the cost never rises above the source's."""
+    mres = read_json(budget_run / "results.json")
+    src_cost = mres["budget"]["cost"]["macs"]
+    costs = {}
+    for keep in ("all", "none"):
+        out = budget_run / f"ft_keep_{keep}"
+        assert cli("finetune", budget_run, "--tasks", SEEN, "--out", out, "finetune.lam=source",
+                   f"finetune.keep_zeros={keep}", "finetune.steps=6", "finetune.val_every=2") == 0
+        recs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+        costs[keep] = [r["cost"] for r in recs]
+        assert read_json(out / "results.json")["budget"]["cost"]["macs"] <= 0.8
+    assert max(costs["all"]) <= src_cost + 1e-12
+    assert max(costs["none"]) > src_cost, (src_cost, costs)

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune RUN_DIR's best checkpoint on --tasks (default: its seen tasks "
         "together). Unseen tasks get fresh heads; zero groups of the backbone stay zero. "
         "Options via finetune.* overrides: steps, epochs, lr, fraction (few-shot), freeze_backbone, "
-        "lam, lam_unseen, keep_zeros (removed: only the zeros pruning removes stay zero).")
+        "lam, lam_unseen, keep_zeros (removed: only the zeros pruning removes stay zero; "
+        "none: the prox alone decides, zeros may revive).")
     p.add_argument("source", metavar="RUN_DIR", help="run to start from")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (seen or unseen)")
     p.add_argument("--out", metavar="OUT_DIR", help="run directory (default RUN_DIR/finetune_<tasks>)")

@@ -198,11 +198,15 @@ class FinetuneConfig:
         None, min=0.0, pattern="source", pattern_help="null, a number >= 0, or source",
         help="λ while fine-tuning on data.unseen_tasks only: null = finetune.lam; 0 "
              "keeps the source's zero set and adds no penalty (DESIGN §2.5's meta-testing)")
-    keep_zeros: str = _f("all", choices=["all", "removed"],
-                         help="the source's zero groups kept at zero: all, or only those whose "
+    keep_zeros: str = _f("all", choices=["all", "removed", "none"],
+                         help="the source's zero groups kept at zero: all, only those whose "
                               "channel pruning removes (removed: a zero group whose channel "
                               "another layer still reads stays in the pruned model, so it "
-                              "trains again at no cost)")
+                              "trains again at no cost), or none (with finetune.lam > 0 the "
+                              "prox alone decides, so a zero group revives when its gradient "
+                              "outgrows the threshold; from a budget-mode source the "
+                              "multiplier then holds the budget both ways; with lam 0 the "
+                              "model trains dense)")
     val_every: int = _f(100, min=1)
 
 

@@ -37,7 +37,7 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         val_every=min(f.val_every, steps), weight_decay=cfg.train.weight_decay,
         lr_schedule=cfg.train.lr_schedule, warmup_steps=0, log_every=cfg.train.log_every,
         loss_weighting=cfg.train.loss_weighting, seed=cfg.train.seed, data_fraction=f.fraction,
-        keep_zero_groups=f.keep_zeros, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
+        keep_zero_groups=False if f.keep_zeros == "none" else f.keep_zeros, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
         kind="finetune")
 
 
@@ -67,7 +67,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     fresh heads.  Zero groups of the source backbone stay zero (gradients masked, weights
     re-masked after every step), so the sparse structure learned is what gets evaluated;
     ``finetune.keep_zeros=removed`` keeps only those whose channel pruning removes (the others
-    stay in the pruned model whatever their weights, so they train again).
+    stay in the pruned model whatever their weights, so they train again); ``none`` keeps none,
+    so that with a penalty the prox alone decides and a zero group may revive.
     ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
     as fixed-λ training does: the surviving groups are shrunk and may reach zero too;
     ``finetune.lam_unseen``, when set, replaces it if every task in ``tasks`` is unseen.  From a
