@@ -87,5 +87,5 @@ def other_code_note(other: Mapping[str, list[str]], total: int) -> str:
         return ""
     parts = ", ".join(f"{label}: {len(v)}" for label, v in sorted(other.items()))
     return (f"{n} of the {total} runs were reused from other code than this code "
-            f"({code_label(code_identity())}): {parts}; rerun them in a fresh --runs folder to "
+            f"({code_label(code_identity())}): {parts}; rerun them in fresh run folders to "
             "measure this code alone.")
