@@ -143,3 +143,68 @@ def test_a_few_steps_of_mtl_lower_every_task_loss(tmp_path):
         first = sum(r[t] for r in losses[:3]) / 3
         last = sum(r[t] for r in losses[-3:]) / 3
         assert last < 0.95 * first, (t, first, last)
+
+
+# DESIGN §4's primary metrics of the SynthScenes seen tasks: higher is better (True) or lower
+PRIMARY = {"segment": {"miou": True, "pixel_acc": True}, "depth": {"abs_err": False, "rel_err": False},
+           "edge": {"ods_f": True}, "has_sphere": {"accuracy": True, "f1": True},
+           "many_objects": {"accuracy": True, "f1": True}}
+
+
+def test_evaluate_against_a_reference_run_gives_design_delta_m(train_run, tmp_path, capsys):
+    import numpy as np
+
+    sparse = tmp_path / "sparse"
+    assert cli("train", "--out", sparse, *MICRO, "sparsity.lam=0.05") == 0
+    capsys.readouterr()
+    assert cli("evaluate", sparse, "--against", train_run) == 0
+    out = capsys.readouterr().out
+    ev = read_json(sparse / "eval_test.json")
+    a = ev["against"]
+    ref = read_json(train_run / "results.json")["test"]
+    for t in SEEN:  # the reference is re-scored on the same split: its results.json values
+        for m, v in ref[t].items():
+            assert a["metrics"][t][m] == pytest.approx(v, rel=1e-5, abs=1e-6), (t, m)
+    per_task = {}
+    for t, ms in PRIMARY.items():
+        rel = [(1 if hib else -1) * (ev["metrics"][t][m] - a["metrics"][t][m]) / a["metrics"][t][m]
+               for m, hib in ms.items()]
+        per_task[t] = 100 * float(np.mean(rel))
+    assert a["tasks"] == SEEN and a["left_out"] == []
+    assert a["per_task"] == pytest.approx(per_task, rel=1e-9, abs=1e-12)
+    assert a["delta_m"] == pytest.approx(float(np.mean(list(per_task.values()))), rel=1e-9, abs=1e-12)
+    assert f"Δm {a['delta_m']:+.2f} % over 5 tasks" in out
+    # against itself: 0 for every task
+    assert cli("evaluate", train_run, "--against", train_run) == 0
+    assert read_json(train_run / "eval_test.json")["against"]["delta_m"] == 0.0
+
+
+def test_evaluate_against_refuses_other_data_or_a_missing_run(train_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert cli("train", "--out", other, *MICRO, "data.seed=1", "train.max_steps=2") == 0
+    (other / "eval_test.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert cli("evaluate", other, "--against", train_run) == 2
+    err = capsys.readouterr().err
+    assert "data.seed: 1 vs 0" in err and "other samples" in err
+    assert not (other / "eval_test.json").exists()
+    assert cli("evaluate", other, "--against", tmp_path / "missing") == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (other / "eval_test.json").exists()
+
+
+def test_delta_against_names_a_non_finite_metric_and_a_zero_reference():
+    from metasparsity.recipes.evaluate_run import delta_against
+    from metasparsity.utils.errors import UserError
+
+    cfg = load_config(None, MICRO)
+    ref = {"run_dir": "ref", "checkpoint": "c", "metrics": {
+        "segment": {"miou": 50.0, "pixel_acc": 0.0}, "depth": {"abs_err": 0.5, "rel_err": 0.1}}}
+    res = {"run_dir": "run", "split": "test", "metrics": {
+        "segment": {"miou": 55.0, "pixel_acc": 80.0}, "depth": {"abs_err": 0.4, "rel_err": 0.1}}}
+    d = delta_against(cfg, res, cfg, ref)
+    assert d["left_out"] == ["segment.pixel_acc"]
+    assert d["per_task"] == pytest.approx({"segment": 10.0, "depth": 10.0})
+    res["metrics"]["depth"]["abs_err"] = float("nan")
+    with pytest.raises(UserError, match="depth.abs_err is not a finite number"):
+        delta_against(cfg, res, cfg, ref)

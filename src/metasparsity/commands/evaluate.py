@@ -1,4 +1,5 @@
-"""``metasparsity evaluate RUN_DIR [--split test] [--trivial]``: re-score a run's best checkpoint."""
+"""``metasparsity evaluate RUN_DIR [--split test] [--trivial] [--against REF_RUN]``: re-score a
+run's best checkpoint, and its Δm against another run."""
 
 from __future__ import annotations
 
@@ -14,14 +15,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trivial", action="store_true",
                    help="also score the trivial predictors (majority class, mean depth, mean "
                    "normal, all-zero edges, majority attribute; statistics from the train split)")
+    p.add_argument("--against", metavar="REF_RUN",
+                   help="also score REF_RUN's best checkpoint on the split and print Δm (DESIGN "
+                   "§4: each task's primary metrics, relative to REF_RUN's) over the tasks both "
+                   "have, e.g. a sparse model against the dense MTL model of the same seed")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="overrides of the run's config (e.g. data.num_workers=2)")
+                   help="overrides of the run's config (e.g. data.num_workers=2; with --against, "
+                   "of both runs' configs)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
-    from metasparsity.recipes.evaluate_run import evaluate_run, trivial_results
+    from metasparsity.recipes.evaluate_run import (
+        check_same_data,
+        delta_against,
+        evaluate_run,
+        trivial_results,
+    )
     from metasparsity.report.tables import markdown_table, metrics_table
     from metasparsity.utils.io import write_json
     from metasparsity.utils.rundir import (
@@ -33,10 +44,17 @@ def run(args: argparse.Namespace) -> int:
 
     out = require_run_dir(args.run_dir) / f"eval_{args.split}.json"
     cfg = load_config(Path(args.run_dir) / CONFIG_FILE, args.overrides)
+    ref_cfg = None
+    if args.against is not None:
+        ref_cfg = load_config(require_run_dir(args.against) / CONFIG_FILE, args.overrides)
+        check_same_data(cfg, ref_cfg, args.split, args.against)
     check_outputs_vs_inputs([("the evaluation file", out)], config_inputs(cfg))
     res = evaluate_run(Path(args.run_dir), args.split, which=args.which, overrides=args.overrides)
     if args.trivial:
         res["trivial"] = trivial_results(cfg, list(res["metrics"]), args.split)
+    if ref_cfg is not None:
+        ref = evaluate_run(Path(args.against), args.split, overrides=args.overrides)
+        res["against"] = delta_against(cfg, res, ref_cfg, ref)
     write_json(out, res)
     if args.trivial:
         rows = [[t, k, v, res["trivial"][t].get(k)]
@@ -44,5 +62,11 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(["task", "metric", "model", "trivial predictor"], rows))
     else:
         print(metrics_table(res["metrics"]))
+    if ref_cfg is not None:
+        d = res["against"]
+        print(markdown_table(["task", f"Δ_t % against {args.against}"],
+                             [[t, f"{v:+.2f}"] for t, v in d["per_task"].items()]))
+        left = f" (left out, reference value 0: {', '.join(d['left_out'])})" if d["left_out"] else ""
+        print(f"Δm {d['delta_m']:+.2f} % over {len(d['tasks'])} tasks{left}")
     print(f"written {out}")
     return 0

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.eval.delta import default_spec, per_task_delta, usable_spec
 from metasparsity.eval.trivial import trivial_prediction, trivial_statistics
 from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
 from metasparsity.training.batches import eval_loader
 from metasparsity.training.evaluation import evaluate
 from metasparsity.utils.device import resolve_device, set_threads
+from metasparsity.utils.errors import UserError
+
+# the data keys that decide which samples a split holds (num_workers, cache_dir do not)
+_SAME_DATA_KEYS = ("name", "root", "image_size", "train_size", "val_size", "test_size", "seed",
+                   "layout", "num_classes", "attributes")
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
@@ -30,6 +38,43 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
     with torch.no_grad():
         metrics = evaluate(model, loader, tasks, device, progress=cfg.train.progress)
     return {"run_dir": str(run_dir), "checkpoint": str(ck.path), "split": split, "metrics": metrics}
+
+
+def check_same_data(cfg: Config, ref_cfg: Config, split: str, ref_dir: str | Path) -> None:
+    """A :class:`UserError` unless the two configs' ``split`` holds the same samples."""
+    differ = [f"data.{k}: {getattr(cfg.data, k)!r} vs {getattr(ref_cfg.data, k)!r}"
+              for k in _SAME_DATA_KEYS if getattr(cfg.data, k) != getattr(ref_cfg.data, k)]
+    if differ:
+        raise UserError(f"--against {ref_dir}: the two runs' {split} splits hold other samples "
+                        f"({'; '.join(differ)}), so Δm would compare nothing")
+
+
+def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
+                  reference: dict[str, Any]) -> dict[str, Any]:
+    """Δm (DESIGN §4, the primary metrics of each task) of :func:`evaluate_run`'s ``result``
+    against ``reference``, another run scored on the same split: over the tasks both models
+    have, with each task's Δ_t beside it.  Metrics whose reference value is 0 or not finite
+    leave Δm (listed in ``left_out``).  Runs on other data, or without a task in common, are a
+    :class:`UserError`."""
+    check_same_data(cfg, ref_cfg, result["split"], reference["run_dir"])
+    tasks = [t for t in result["metrics"] if t in reference["metrics"]]
+    if not tasks:
+        raise UserError(f"--against {reference['run_dir']}: no task in common "
+                        f"({', '.join(result['metrics'])} vs {', '.join(reference['metrics'])})")
+    types = {t: task.type for t, task in resolve_tasks(cfg, tasks).items()}
+    ref = {t: reference["metrics"][t] for t in tasks}
+    spec, left_out = usable_spec(default_spec(types), ref,
+                                 needed=f"the tasks in common with {reference['run_dir']}")
+    bad = [f"{t}.{m}" for t, ms in spec.items() for m in ms
+           if not math.isfinite(result["metrics"][t].get(m, math.nan))]
+    if bad:
+        raise UserError(f"{result['run_dir']}: {', '.join(bad)} is not a finite number, so Δm "
+                        "is undefined")
+    per_task = per_task_delta({t: result["metrics"][t] for t in spec}, ref, spec)
+    return {"run_dir": reference["run_dir"], "checkpoint": reference["checkpoint"],
+            "metrics": reference["metrics"], "tasks": list(spec),
+            "delta_m": sum(per_task.values()) / len(per_task), "per_task": per_task,
+            "left_out": left_out}
 
 
 @torch.no_grad()
