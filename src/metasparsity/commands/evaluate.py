@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print(metrics_table(res["metrics"]))
     if ref_cfg is not None:
         d = res["against"]
+        print()
         print(markdown_table(["task", f"Δ_t % against {args.against}"],
                              [[t, f"{v:+.2f}"] for t, v in d["per_task"].items()]))
         left = f" (left out, reference value 0: {', '.join(d['left_out'])})" if d["left_out"] else ""
