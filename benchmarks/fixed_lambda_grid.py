@@ -32,7 +32,6 @@ import concurrent.futures as cf
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -118,12 +117,7 @@ def main() -> None:
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
     from metasparsity.utils.io import atomic_write_text, write_json
-    from metasparsity.utils.provenance import (
-        code_identity,
-        code_label,
-        other_code_note,
-        reused_from_other_code,
-    )
+    from metasparsity.utils.provenance import check_reuse, code_identity, code_label
 
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
@@ -133,12 +127,7 @@ def main() -> None:
         jobs += [(s, "adam", 0.0)] + [(s, m, lam) for m, grid in (
             ("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
     dirs = [_run_dir(args.runs, s, m, lam) for s, m, lam in jobs]
-    other = reused_from_other_code(dirs)
-    code_note = other_code_note(other, len(dirs))
-    if code_note and args.current_code_only:
-        p.error(f"--current-code-only: {code_note}")
-    if code_note:
-        print(f"warning: {code_note}", file=sys.stderr, flush=True)
+    other, code_note = check_reuse(dirs, refuse=args.current_code_only, error=p.error)
     results: dict[tuple, dict] = {}
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -164,12 +164,7 @@ def main() -> None:
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
-    from metasparsity.utils.provenance import (
-        code_identity,
-        code_label,
-        other_code_note,
-        reused_from_other_code,
-    )
+    from metasparsity.utils.provenance import check_reuse, code_identity, code_label
 
     cfg = load_config(args.config, args.overrides)
     if args.steps is None:
@@ -199,12 +194,7 @@ def main() -> None:
                   if (o, i) in (("heldout", "auto"), ("budget", "auto"))),
                 *(flg._run_dir(args.grid_runs, s, "adam", lam) for s, lam in grid_jobs),
                 *(args.runs / f"seed_{s}" / "dense_mtl_unseen" for s in args.seeds)]
-    other = reused_from_other_code(all_dirs)
-    code_note = other_code_note(other, len(all_dirs))
-    if code_note and args.current_code_only:
-        p.error(f"--current-code-only: {code_note}")
-    if code_note:
-        print(f"warning: {code_note}", file=sys.stderr, flush=True)
+    other, code_note = check_reuse(all_dirs, refuse=args.current_code_only, error=p.error)
     t0 = time.time()
     meta_res: dict[tuple, dict] = {}
     grid_res: dict[tuple, dict] = {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,18 @@ def other_code_note(other: Mapping[str, list[str]], total: int) -> str:
     return (f"{n} of the {total} runs were reused from other code than this code "
             f"({code_label(code_identity())}): {parts}; rerun them in fresh run folders to "
             "measure this code alone.")
+
+
+def check_reuse(run_dirs: Iterable[str | Path], *, refuse: bool,
+                error: Callable[[str], Any]) -> tuple[dict[str, list[str]], str]:
+    """A benchmark's check before it reuses ``run_dirs``: the runs made by other code and the
+    :func:`other_code_note` on them (empty when none), warned about on stderr; with ``refuse``
+    any such run is passed to ``error`` (e.g. ``ArgumentParser.error``: exit 2) instead."""
+    dirs = list(run_dirs)
+    other = reused_from_other_code(dirs)
+    note = other_code_note(other, len(dirs))
+    if note and refuse:
+        error(f"--current-code-only: {note}")
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    return other, note
