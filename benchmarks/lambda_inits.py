@@ -31,6 +31,7 @@ import concurrent.futures as cf
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -378,7 +379,7 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
     from metasparsity.report.tables import markdown_table
 
     lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
-             "", f"`python benchmarks/lambda_inits.py {' '.join(sys.argv[1:])}` on "
+             "", f"`python benchmarks/lambda_inits.py {shlex.join(sys.argv[1:])}` on "
              f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
              "", *([code_line, ""] if code_line else []),
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "

@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures as cf
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -144,7 +145,7 @@ def main() -> None:
         "per_variant": per_variant, "wall_time_s": round(time.time() - t0, 1)})
     f1 = "{:.1f}".format
     lines = [f"# Zero-set jitter over meta-training (seed {args.seed})", "",
-             f"`python benchmarks/zero_set_jitter.py {' '.join(sys.argv[1:])}` on "
+             f"`python benchmarks/zero_set_jitter.py {shlex.join(sys.argv[1:])}` on "
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "Variants: " + "; ".join(f"`{v}`: {' '.join(VARIANTS[v])}" for v in variants)
              + f". Tail: the last {args.tail} outer steps. A fall: group sparsity down by ≥ 10 "
