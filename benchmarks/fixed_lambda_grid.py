@@ -31,7 +31,9 @@ import argparse
 import concurrent.futures as cf
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +103,8 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--grid-adam", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
-    p.add_argument("--grid-euclidean", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    p.add_argument("--grid-euclidean", type=float, nargs="*", default=[0.1, 0.3, 0.5],
+                   help="λ of the Euclidean-metric prox (none given: no Euclidean runs)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
@@ -116,8 +119,9 @@ def main() -> None:
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+    from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, write_json
-    from metasparsity.utils.provenance import check_reuse, code_identity, code_label
+    from metasparsity.utils.provenance import code_identity, code_label
 
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
@@ -127,7 +131,7 @@ def main() -> None:
         jobs += [(s, "adam", 0.0)] + [(s, m, lam) for m, grid in (
             ("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
     dirs = [_run_dir(args.runs, s, m, lam) for s, m, lam in jobs]
-    other, code_note = check_reuse(dirs, refuse=args.current_code_only, error=p.error)
+    other, code_note = check_reuse(dirs, refuse=args.current_code_only, error=p.error, root=ROOT)
     results: dict[tuple, dict] = {}
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -175,8 +179,8 @@ def main() -> None:
 
     machine = (f"{platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
                f"{args.jobs} trainings at once, 1 thread each")
-    lines = [f"Fixed-λ grid, `python benchmarks/fixed_lambda_grid.py {' '.join(args.overrides)}`"
-             .rstrip() + f" on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
+    lines = ["Fixed-λ grid, `" + shlex.join(["python", "benchmarks/fixed_lambda_grid.py", *sys.argv[1:]])
+             + f"` on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
              "Δm vs the dense MTL model of the same seed (mean ± std over seeds).", "",
              code_note or f"Every run was made by this code ({code_label(code_identity())}).", "",
              "| prox metric | λ | group sparsity | param sparsity | Δm test | Δm val |",

@@ -167,7 +167,7 @@ def main() -> None:
 
     lines = [f"# The horizon of λ's hypergradient (λ0 = {args.init}, state after {args.steps} "
              "outer steps)", "",
-             f"`python benchmarks/hypergrad_horizon.py {shlex.join(sys.argv[1:])}` on "
+             "`" + shlex.join(["python", "benchmarks/hypergrad_horizon.py", *sys.argv[1:]]) + "` on "
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "dL_val/dλ by the implicit function theorem with a Neumann series of J terms "
              f"(step α = {rows[0]['alpha']:g}; J = 0 is the one-step signal of meta-training), "

@@ -164,8 +164,9 @@ def main() -> None:
         usable_spec,
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
+    from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
-    from metasparsity.utils.provenance import check_reuse, code_identity, code_label
+    from metasparsity.utils.provenance import code_identity, code_label
 
     cfg = load_config(args.config, args.overrides)
     if args.steps is None:
@@ -195,7 +196,8 @@ def main() -> None:
                   if (o, i) in (("heldout", "auto"), ("budget", "auto"))),
                 *(flg._run_dir(args.grid_runs, s, "adam", lam) for s, lam in grid_jobs),
                 *(args.runs / f"seed_{s}" / "dense_mtl_unseen" for s in args.seeds)]
-    other, code_note = check_reuse(all_dirs, refuse=args.current_code_only, error=p.error)
+    other, code_note = check_reuse(all_dirs, refuse=args.current_code_only, error=p.error,
+                                   root=ROOT)
     t0 = time.time()
     meta_res: dict[tuple, dict] = {}
     grid_res: dict[tuple, dict] = {}
@@ -379,7 +381,7 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
     from metasparsity.report.tables import markdown_table
 
     lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
-             "", f"`python benchmarks/lambda_inits.py {shlex.join(sys.argv[1:])}` on "
+             "", "`" + shlex.join(["python", "benchmarks/lambda_inits.py", *sys.argv[1:]]) + "` on "
              f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
              "", *([code_line, ""] if code_line else []),
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "

@@ -145,7 +145,7 @@ def main() -> None:
         "per_variant": per_variant, "wall_time_s": round(time.time() - t0, 1)})
     f1 = "{:.1f}".format
     lines = [f"# Zero-set jitter over meta-training (seed {args.seed})", "",
-             f"`python benchmarks/zero_set_jitter.py {shlex.join(sys.argv[1:])}` on "
+             "`" + shlex.join(["python", "benchmarks/zero_set_jitter.py", *sys.argv[1:]]) + "` on "
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "Variants: " + "; ".join(f"`{v}`: {' '.join(VARIANTS[v])}" for v in variants)
              + f". Tail: the last {args.tail} outer steps. A fall: group sparsity down by ≥ 10 "

@@ -21,7 +21,8 @@ from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.recipes.train import Trainer, settings_from_config
 from metasparsity.training.checkpoint import checkpoint_step
 from metasparsity.training.run_checkpoints import load_run_checkpoint
-from metasparsity.utils.io import read_json, read_jsonl
+from metasparsity.utils.io import read_json, read_jsonl, write_json
+from metasparsity.utils.provenance import code_identity
 
 # Everything that carries state across steps: warm-up + cosine LR, Adam, learned loss weights,
 # the fixed-λ prox, and (meta) both Adam states, ρ, the subset sampler, support/query streams,
@@ -239,6 +240,10 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
     assert cli("compare", "--out", out, *micro) == 130
     assert (f"interrupted at step 1 of {target}; resume with: metasparsity compare --resume {out}"
             in capsys.readouterr().err)
+    # one finished sub-run as if an older commit had made it: reused, and named in the results
+    old = min(out.rglob("results.json"))
+    old_res = read_json(old)
+    write_json(old, {**old_res, "code": {**old_res["code"], "commit": "b" * 40, "dirty": False}})
     finished = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     assert len(finished) == 7  # 3 STL; MTL + its unseen fine-tuning; meta-training + seen FT
     monkeypatch.undo()
@@ -254,6 +259,13 @@ def test_compare_resume_reuses_finished_runs_and_continues_the_interrupted_one(
     assert set(res["summary"]) == {"stl", "mtl", "meta_sparsity"}
     assert "depth" in res["per_seed"]["0"]["meta_sparsity"]["unseen"]["test"]
     assert res["config"]["name"] == "renamed"  # config.yaml and results.json agree
+    here = code_identity()
+    assert res["code"] == here
+    name = str(old.parent.relative_to(out))
+    assert name in res["runs_from_other_code"]["bbbbbbb"]
+    if here["commit"] and not here["dirty"]:  # this code vouches for the runs it made itself
+        assert res["runs_from_other_code"] == {"bbbbbbb": [name]}
+    assert f"bbbbbbb: {name}" in (out / "report.md").read_text()
 
 
 def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp_path,

@@ -10,6 +10,7 @@ import pytest
 from tests.recipes.micro import MICRO, cli
 
 from metasparsity import __version__
+from metasparsity.training.reuse import reused_from_other_code
 from metasparsity.utils import provenance
 from metasparsity.utils.io import read_json, write_json
 from metasparsity.utils.provenance import (
@@ -17,7 +18,7 @@ from metasparsity.utils.provenance import (
     code_label,
     other_code,
     other_code_note,
-    reused_from_other_code,
+    run_code_label,
 )
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -45,6 +46,7 @@ def test_code_identity_is_the_checkouts_commit_and_sees_edits_of_tracked_files(t
     repo = tmp_path / "repo"
     pkg = repo / "pkg"
     pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("x = 1\n")
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
@@ -59,6 +61,22 @@ def test_code_identity_is_the_checkouts_commit_and_sees_edits_of_tracked_files(t
     (pkg / "a.py").write_text("x = 2\n")
     code_identity.cache_clear()
     assert code_identity() == {"version": __version__, "commit": head, "dirty": True}
+
+
+@needs_git
+def test_a_repository_around_the_package_that_does_not_track_it_names_no_commit(tmp_path,
+                                                                              package_in):
+    """A project's own repository around its .venv, where the package is installed."""
+    repo = tmp_path / "project"
+    pkg = repo / ".venv" / "site" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (repo / ".gitignore").write_text(".venv/\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    package_in(pkg)
+    assert code_identity() == {"version": __version__, "commit": None, "dirty": None}
 
 
 def test_outside_a_checkout_only_the_version_is_known(tmp_path, package_in):
@@ -89,23 +107,79 @@ def test_other_code_groups_runs_that_this_code_did_not_make():
     assert other_code([("same", {"code": dict(here)})], here) == {}
 
 
-def test_reused_from_other_code_reads_finished_runs_only(tmp_path):
-    finished, unfinished, old = tmp_path / "done", tmp_path / "running", tmp_path / "old"
-    for d in (finished, unfinished, old):
+def _checkpoint(run, meta):
+    """A bare checkpoint folder with its ``state.json`` and the ``last`` pointer to it."""
+    ck = run / "checkpoints" / "step_0000002"
+    ck.mkdir(parents=True)
+    write_json(ck / "state.json", {"step": 2, **meta})
+    (run / "checkpoints" / "last").write_text("step_0000002\n")
+
+
+OTHER = {"version": "0.1.0", "commit": "b" * 40, "dirty": False}
+
+
+def test_reused_from_other_code_reads_finished_and_unfinished_runs(tmp_path):
+    here = code_identity()
+    runs = {n: tmp_path / n for n in ("done", "old", "started_here", "started_before",
+                                      "started_unrecorded", "empty")}
+    for d in runs.values():
         d.mkdir()
-    write_json(finished / "results.json", {"code": code_identity()})
-    write_json(old / "results.json", {"kind": "mtl"})
-    other = reused_from_other_code([finished, unfinished, old, tmp_path / "missing"])
-    label = code_label(code_identity())
-    expected = {"unrecorded": [str(old)]}
+    write_json(runs["done"] / "results.json", {"code": here})
+    write_json(runs["old"] / "results.json", {"kind": "mtl"})
+    _checkpoint(runs["started_here"], {"code": [here]})
+    _checkpoint(runs["started_before"], {"code": [OTHER]})
+    _checkpoint(runs["started_unrecorded"], {})
+    other = reused_from_other_code([*runs.values(), tmp_path / "missing"])
+    label = code_label(here)
+    expected = {"unrecorded": [str(runs["old"])],
+                "unfinished, bbbbbbb": [str(runs["started_before"])],
+                "unfinished, unrecorded": [str(runs["started_unrecorded"])]}
     if label.endswith("+dirty") or label.startswith("version"):
         # no commit or an edited tree: even this code's own runs cannot be vouched for
-        expected = ({label: [str(finished)]} | expected) if label.endswith("+dirty") else expected
+        expected |= {label: [str(runs["done"])],
+                     f"unfinished, {label}": [str(runs["started_here"])]}
     assert other == expected
-    note = other_code_note(other, 3)
-    assert note.startswith(f"{sum(map(len, other.values()))} of the 3 runs were reused")
-    assert "unrecorded: 1" in note
+    note = other_code_note(other, 6)
+    assert note.startswith(f"{sum(map(len, other.values()))} of the 6 runs were reused")
+    assert "unrecorded: 1" in note and "unfinished, bbbbbbb: 1" in note
     assert other_code_note({}, 3) == ""
+
+
+def test_a_run_resumed_across_code_says_so_and_is_other_code(tmp_path, capsys):
+    """An interrupted run continued by other code: its results.json names both codes, and
+    whatever reuses it counts it as other code; sub_run notes the continuation."""
+    from metasparsity.config import load_config
+    from metasparsity.recipes.train import Trainer, settings_from_config
+    from metasparsity.training.session import sub_run
+
+    here = code_identity()
+    run = tmp_path / "run"
+    cfg = load_config(None, MICRO)
+    tr = Trainer(cfg, run, settings_from_config(cfg))
+    tr.setup()
+    assert tr.train(stop_after=2) is None
+    state = run / "checkpoints" / "step_0000002" / "state.json"
+    assert read_json(state)["code"] == [here]
+    write_json(state, {**read_json(state), "code": [OTHER]})  # as if older code had started it
+    capsys.readouterr()
+    assert sub_run(run) == (None, True)
+    err = capsys.readouterr().err
+    if here["commit"]:
+        assert f"note: continuing {run}, made by " in err and "unfinished, bbbbbbb" in err
+    else:
+        assert err == ""
+    assert cli("train", "--resume", run) == 0
+    res = read_json(run / "results.json")
+    assert res["code"] == here and res["code_before_resume"] == [OTHER]
+    assert run_code_label(res) == f"{code_label(here)} after bbbbbbb"
+    assert other_code([("run", res)]) == {f"{code_label(here)} after bbbbbbb": ["run"]}
+    # a run resumed by the code that started it records one code
+    run2 = tmp_path / "run2"
+    tr = Trainer(cfg, run2, settings_from_config(cfg))
+    tr.setup()
+    assert tr.train(stop_after=2) is None
+    assert cli("train", "--resume", run2) == 0
+    assert "code_before_resume" not in read_json(run2 / "results.json")
 
 
 def test_a_finished_run_records_the_code_that_made_it(tmp_path):
@@ -127,6 +201,13 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
         write_json(d / "results.json", {"kind": "mtl", "code": code})
     assert sub_run(old) == ({"kind": "mtl", "code": other}, False)
     err = capsys.readouterr().err
-    assert f"reusing {old}, made by other code (bbbbbbb; this is {code_label(here)})" in err
+    if here["dirty"]:
+        assert f"reusing {old}, made by bbbbbbb; this code has uncommitted edits" in err
+    else:
+        assert f"reusing {old}, made by other code (bbbbbbb; this is {code_label(here)})" in err
     assert sub_run(same)[0]["code"] == here
-    assert capsys.readouterr().err == ""
+    err = capsys.readouterr().err
+    if here["dirty"]:  # an edited tree cannot vouch even for its own runs
+        assert f"reusing {same}, made by {code_label(here)}; this code has uncommitted" in err
+    else:
+        assert err == ""

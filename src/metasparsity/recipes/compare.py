@@ -20,12 +20,12 @@ from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
 from metasparsity.training import collectives
+from metasparsity.training.reuse import RESULTS, reused_from_other_code
 from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
+from metasparsity.utils.provenance import code_identity
 from metasparsity.utils.rundir import create_run_dir, update_run_config
-
-RESULTS = "results.json"
 
 
 def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
@@ -131,6 +131,11 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "fixed_lambda_front": front,
         "per_seed": per_seed,
         "total_wall_time_s": round(time.time() - t_start, 1),
+        "code": code_identity(),
+        # sub-runs reused or continued from other code (training.reuse), by code
+        "runs_from_other_code": collectives.from_main(lambda: reused_from_other_code(
+            sorted(str(p.parent.relative_to(out)) for p in out.rglob(RESULTS)
+                   if p.parent != out), root=out)),
         "compute": {"budget_passes": plan.budget, "meta_steps": plan.meta_steps,
                     "passes_per_meta_step": plan.passes_per_meta_step,
                     "lambda_passes_per_meta_step": plan.lambda_passes_per_meta_step,

@@ -11,6 +11,7 @@ from typing import Any
 from metasparsity.eval.delta import delta_m, usable_spec
 from metasparsity.report.tables import fmt, markdown_table
 from metasparsity.utils.io import atomic_write_text, read_jsonl
+from metasparsity.utils.provenance import code_label
 
 METHOD_NAMES = {
     "stl": "STL (one model per task)",
@@ -190,6 +191,22 @@ def _budget_line(results: dict[str, Any]) -> str:
             f"{fmt(results['total_wall_time_s'])} s.")
 
 
+def _code_lines(results: dict[str, Any]) -> list[str]:
+    """Which code made the comparison, and the sub-runs it reused from other code (none for
+    results of an older version, which recorded neither)."""
+    code = results.get("code")
+    if code is None:
+        return []
+    other = results.get("runs_from_other_code") or {}
+    n = sum(len(v) for v in other.values())
+    line = f"Code: {code_label(code)}."
+    if n:
+        line += (f" {n} sub-runs were reused or continued from other code ("
+                 + "; ".join(f"{label}: {', '.join(v)}" for label, v in sorted(other.items()))
+                 + "); delete them and continue with --resume to measure this code alone.")
+    return [line, ""]
+
+
 def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
     c = results["config"]
     spec = results["spec"]
@@ -206,6 +223,7 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         "",
         _budget_line(results),
         "",
+        *_code_lines(results),
         "Δm (%, higher is better) is against the single-task models on the test split, over: "
         f"{spec_txt}. Sparsity is of the shared backbone's input-channel groups; parameters and "
         "MACs are of the deployed seen-task model after removing zero channels (STL: all its "

@@ -20,6 +20,7 @@ from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
 from metasparsity.training.logs import RunLogger, progress_bar
+from metasparsity.training.reuse import RESULTS, checkpoint_codes, reuse_note, run_code
 from metasparsity.training.rng import gather_rng, rng_state, seed_everything, seed_rank
 from metasparsity.training.run_checkpoints import (
     has_checkpoints,
@@ -32,10 +33,8 @@ from metasparsity.training.run_checkpoints import (
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, truncate_jsonl, write_json
-from metasparsity.utils.provenance import code_identity, code_label
+from metasparsity.utils.provenance import code_identity
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
-
-RESULTS = "results.json"
 
 Snapshot = Callable[[Mapping[str, Any]],
                     tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]]
@@ -78,6 +77,7 @@ class RunSession:
         self.total = 0
         self.train_time = 0.0  # seconds in training steps, over every attempt of the run
         self.checkpoint: Checkpoint | None = None
+        self.codes: list[dict[str, Any] | None] = []  # the code that trained earlier attempts
         self.logger: RunLogger | None = None
         self._boundary: dict[str, Any] = {}
         self._saved_step: int | None = None
@@ -99,6 +99,7 @@ class RunSession:
                                 f"this run's config ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0]})") from None
             self.train_time = float(ck.meta.get("train_time", 0.0))
+            self.codes = checkpoint_codes(ck.meta)
         self.checkpoint = ck
         return ck
 
@@ -160,7 +161,8 @@ class RunSession:
             state = {**state, "rng": b["rng"]}
             if rngs is not None:
                 state["rng_ranks"] = rngs
-            meta = {**meta, "train_time": self.train_time, "val_finite": validated}
+            meta = {**meta, "train_time": self.train_time, "val_finite": validated,
+                    "code": self._codes()}
             save_checkpoint(self.run_dir, b["step"], model_state, state, meta, best=best)
         if validated and self._clock is not None:
             self._clock = time.perf_counter()
@@ -215,9 +217,17 @@ class RunSession:
         except NonFiniteError as e:
             raise self.diverged(e) from None
 
+    def _codes(self) -> list[dict[str, Any] | None]:
+        """Every code that trained this run so far, oldest first (this process's last)."""
+        here = code_identity()
+        return [c for c in self.codes if c != here] + [here]
+
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "train_time_s": round(self.train_time, 2),
                    "wall_time_s": round(time.time() - self.started, 2), "code": code_identity()}
+        before = self._codes()[:-1]
+        if before:  # resumed from a checkpoint of other code: both made this result
+            results["code_before_resume"] = before
         write_json(self.run_dir / RESULTS, results)
         return results
 
@@ -249,18 +259,21 @@ def sub_run(run_dir: str | Path) -> tuple[dict[str, Any] | None, bool]:
     """What a sweep or comparison does with one of its sub-runs, decided on rank 0:
     ``(results, False)`` when it finished (its ``results.json`` is reused as it is), else
     ``(None, resume)``: continue it when it is a run directory with a checkpoint (never restart
-    over one), start it afresh otherwise (nothing a restart could lose).  A finished run made
-    by another commit (or before runs recorded theirs) is reused with a note on stderr."""
+    over one), start it afresh otherwise (nothing a restart could lose).  A run made or
+    started by other code (or before runs recorded theirs) is reused or continued with a note
+    on stderr (:func:`~metasparsity.training.reuse.reuse_note`)."""
     run_dir = Path(run_dir)
 
     def decide() -> tuple[dict[str, Any] | None, bool]:
-        if (run_dir / RESULTS).is_file():
-            res = read_json(run_dir / RESULTS)
-            made, here = res.get("code") or {}, code_identity()
-            if here["commit"] and made.get("commit") != here["commit"]:
-                print(f"note: reusing {run_dir}, made by other code ({code_label(made)}; this "
-                      f"is {code_label(here)})", file=sys.stderr, flush=True)
-            return res, False
-        return None, is_run_dir(run_dir) and has_checkpoints(run_dir)
+        finished = (run_dir / RESULTS).is_file()
+        resume = not finished and is_run_dir(run_dir) and has_checkpoints(run_dir)
+        if finished or resume:
+            made = read_json(run_dir / RESULTS) if finished else run_code(run_dir)
+            note = reuse_note(run_dir, made)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+            if finished:
+                return made, False
+        return None, resume
 
     return from_main(decide)
