@@ -193,6 +193,37 @@ def test_evaluate_against_refuses_other_data_or_a_missing_run(train_run, tmp_pat
     assert not (other / "eval_test.json").exists()
 
 
+def test_evaluate_against_checks_the_scored_split_and_the_tasks_before_scoring(
+        train_run, tmp_path, capsys):
+    # other training and validation data, the same test split: compared, over the tasks both
+    # models have
+    mixed = tmp_path / "mixed"
+    assert cli("train", "--out", mixed, *MICRO, "data.train_size=16", "data.val_size=8",
+               "train.max_steps=2", "train.tasks=[segment,normal]") == 0
+    capsys.readouterr()
+    assert cli("evaluate", mixed, "--against", train_run) == 0
+    out = capsys.readouterr().out
+    a = read_json(mixed / "eval_test.json")["against"]
+    assert a["tasks"] == ["segment"] and list(a["per_task"]) == ["segment"]
+    assert a["spec"] == {"segment": {"miou": True, "pixel_acc": True}}  # higher is better
+    assert a["only_run"] == ["normal"] and a["only_reference"] == [t for t in SEEN if t != "segment"]
+    assert "over 1 tasks: segment (miou, pixel_acc)" in out
+    assert f"not in Δm, only {mixed} has: normal" in out
+    # ... but not on the validation split, whose size differs
+    assert cli("evaluate", mixed, "--split", "val", "--against", train_run) == 2
+    assert "the two runs' val splits hold other samples (data.val_size: 8 vs 16)" \
+        in capsys.readouterr().err
+    assert not (mixed / "eval_val.json").exists()
+    # no task in common: refused before anything is scored or written
+    lone = tmp_path / "lone"
+    assert cli("train", "--out", lone, *MICRO, "train.max_steps=2", "train.tasks=[normal]") == 0
+    (lone / "eval_test.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert cli("evaluate", lone, "--against", train_run) == 2
+    assert "no task in common (normal vs " in capsys.readouterr().err
+    assert not (lone / "eval_test.json").exists()
+
+
 def test_delta_against_names_a_non_finite_metric_and_a_zero_reference():
     from metasparsity.recipes.evaluate_run import delta_against
     from metasparsity.utils.errors import UserError

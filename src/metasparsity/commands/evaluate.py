@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from metasparsity.config import load_config
     from metasparsity.recipes.evaluate_run import (
-        check_same_data,
+        check_against,
         delta_against,
         evaluate_run,
         trivial_results,
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ref_cfg = None
     if args.against is not None:
         ref_cfg = load_config(require_run_dir(args.against) / CONFIG_FILE, args.overrides)
-        check_same_data(cfg, ref_cfg, args.split, args.against)
+        check_against(args.run_dir, cfg, args.against, ref_cfg, args.split, args.which)
     check_outputs_vs_inputs([("the evaluation file", out)], config_inputs(cfg))
     res = evaluate_run(Path(args.run_dir), args.split, which=args.which, overrides=args.overrides)
     if args.trivial:
@@ -67,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(markdown_table(["task", f"Δ_t % against {args.against}"],
                              [[t, f"{v:+.2f}"] for t, v in d["per_task"].items()]))
-        left = f" (left out, reference value 0: {', '.join(d['left_out'])})" if d["left_out"] else ""
-        print(f"Δm {d['delta_m']:+.2f} % over {len(d['tasks'])} tasks{left}")
+        print(f"Δm {d['delta_m']:+.2f} % over {len(d['tasks'])} tasks: "
+              + "; ".join(f"{t} ({', '.join(ms)})" for t, ms in d["spec"].items()))
+        if d["left_out"]:
+            print(f"left out (reference value 0 or not finite): {', '.join(d['left_out'])}")
+        for key, whose in (("only_run", args.run_dir), ("only_reference", args.against)):
+            if d[key]:
+                print(f"not in Δm, only {whose} has: {', '.join(d[key])}")
     print(f"written {out}")
     return 0

@@ -13,15 +13,15 @@ from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec, per_task_delta, usable_spec
 from metasparsity.eval.trivial import trivial_prediction, trivial_statistics
-from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
+from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats, run_tasks
 from metasparsity.training.batches import eval_loader
 from metasparsity.training.evaluation import evaluate
 from metasparsity.utils.device import resolve_device, set_threads
 from metasparsity.utils.errors import UserError
 
-# the data keys that decide which samples a split holds (num_workers, cache_dir do not)
-_SAME_DATA_KEYS = ("name", "root", "image_size", "train_size", "val_size", "test_size", "seed",
-                   "layout", "num_classes", "attributes")
+# the data keys that decide which samples a split holds, beside the split's own size
+# (num_workers, cache_dir do not; the other splits' sizes do not either)
+_SAME_DATA_KEYS = ("name", "root", "image_size", "seed", "layout", "num_classes", "attributes")
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
@@ -42,11 +42,26 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
 
 def check_same_data(cfg: Config, ref_cfg: Config, split: str, ref_dir: str | Path) -> None:
     """A :class:`UserError` unless the two configs' ``split`` holds the same samples."""
+    keys = (*_SAME_DATA_KEYS, f"{split}_size")
     differ = [f"data.{k}: {getattr(cfg.data, k)!r} vs {getattr(ref_cfg.data, k)!r}"
-              for k in _SAME_DATA_KEYS if getattr(cfg.data, k) != getattr(ref_cfg.data, k)]
+              for k in keys if getattr(cfg.data, k) != getattr(ref_cfg.data, k)]
     if differ:
         raise UserError(f"--against {ref_dir}: the two runs' {split} splits hold other samples "
                         f"({'; '.join(differ)}), so Δm would compare nothing")
+
+
+def check_against(run_dir: str | Path, cfg: Config, ref_dir: str | Path, ref_cfg: Config,
+                  split: str = "test", which: str = "best") -> list[str]:
+    """Before anything is scored: a :class:`UserError` unless the two configs' ``split`` holds
+    the same samples and the two models (``which`` checkpoint of the run, ``best`` of the
+    reference) have a task in common; returns the tasks in common."""
+    check_same_data(cfg, ref_cfg, split, ref_dir)
+    mine, theirs = run_tasks(run_dir, cfg, which), run_tasks(ref_dir, ref_cfg)
+    common = [t for t in mine if t in theirs]
+    if not common:
+        raise UserError(f"--against {ref_dir}: no task in common "
+                        f"({', '.join(mine)} vs {', '.join(theirs)})")
+    return common
 
 
 def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
@@ -54,8 +69,9 @@ def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
     """Δm (DESIGN §4, the primary metrics of each task) of :func:`evaluate_run`'s ``result``
     against ``reference``, another run scored on the same split: over the tasks both models
     have, with each task's Δ_t beside it.  Metrics whose reference value is 0 or not finite
-    leave Δm (listed in ``left_out``).  Runs on other data, or without a task in common, are a
-    :class:`UserError`."""
+    leave Δm (listed in ``left_out``); the tasks only one model has are listed in
+    ``only_run`` / ``only_reference``.  Runs on other data, or without a task in common, are a
+    :class:`UserError` (:func:`check_against` says so before anything is scored)."""
     check_same_data(cfg, ref_cfg, result["split"], reference["run_dir"])
     tasks = [t for t in result["metrics"] if t in reference["metrics"]]
     if not tasks:
@@ -74,7 +90,9 @@ def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
     return {"run_dir": reference["run_dir"], "checkpoint": reference["checkpoint"],
             "metrics": reference["metrics"], "tasks": list(spec),
             "delta_m": sum(per_task.values()) / len(per_task), "per_task": per_task,
-            "left_out": left_out}
+            "spec": spec, "left_out": left_out,
+            "only_run": [t for t in result["metrics"] if t not in reference["metrics"]],
+            "only_reference": [t for t in reference["metrics"] if t not in result["metrics"]]}
 
 
 @torch.no_grad()

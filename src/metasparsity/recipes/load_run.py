@@ -13,8 +13,10 @@ from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.data import build_dataset
 from metasparsity.training.batches import BatchStream
+from metasparsity.training.checkpoint import checkpoint_path
 from metasparsity.training.evaluation import bn_stats_to_recompute, recompute_bn_stats
 from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint
+from metasparsity.utils.io import read_json
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
 
@@ -27,6 +29,20 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     model = build_model(cfg, tasks)
     load_model_state(model, ck, run_dir, "load")
     return cfg, model, ck
+
+
+def run_tasks(run_dir: str | Path, cfg, which: str = "best") -> list[str]:
+    """The tasks whose heads :func:`load_run_model` would give the run's model, read from the
+    checkpoint's ``state.json`` alone (no weights loaded); ``cfg``: the run's config."""
+    for w in (which, "last"):
+        path = checkpoint_path(run_dir, w)
+        if path is not None and (path / "state.json").is_file():
+            try:
+                tasks = read_json(path / "state.json").get("tasks")
+            except (OSError, ValueError):
+                break
+            return list(tasks or cfg.train_tasks)
+    return list(cfg.train_tasks)
 
 
 def prepare_bn_stats(cfg, model: torch.nn.Module, ck, device: torch.device) -> bool:
