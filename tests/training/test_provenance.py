@@ -30,6 +30,20 @@ def _git(repo, *args: str) -> str:
     return out.stdout.strip()
 
 
+def _committed_package(repo, pkg, files, ignore=None):
+    """A package folder ``pkg`` (``__init__.py`` and ``files``) inside git repository ``repo``,
+    committed once; ``ignore``: a .gitignore line (the package is then left untracked)."""
+    pkg.mkdir(parents=True)
+    for name, text in {"__init__.py": "", **files}.items():
+        (pkg / name).write_text(text)
+    if ignore:
+        (repo / ".gitignore").write_text(ignore + "\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    return pkg
+
+
 @pytest.fixture
 def package_in(monkeypatch):
     """Point code_identity at another folder (and forget its cached answer)."""
@@ -44,13 +58,7 @@ def package_in(monkeypatch):
 def test_code_identity_is_the_checkouts_commit_and_sees_edits_of_tracked_files(tmp_path,
                                                                               package_in):
     repo = tmp_path / "repo"
-    pkg = repo / "pkg"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("x = 1\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    pkg = _committed_package(repo, repo / "pkg", {"a.py": "x = 1\n"})
     package_in(pkg)
     head = _git(repo, "rev-parse", "HEAD")
     assert code_identity() == {"version": __version__, "commit": head, "dirty": False}
@@ -68,14 +76,7 @@ def test_a_repository_around_the_package_that_does_not_track_it_names_no_commit(
                                                                               package_in):
     """A project's own repository around its .venv, where the package is installed."""
     repo = tmp_path / "project"
-    pkg = repo / ".venv" / "site" / "pkg"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (repo / ".gitignore").write_text(".venv/\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    package_in(pkg)
+    package_in(_committed_package(repo, repo / ".venv" / "site" / "pkg", {}, ignore=".venv/"))
     assert code_identity() == {"version": __version__, "commit": None, "dirty": None}
 
 
