@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -121,7 +120,7 @@ def main() -> None:
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, write_json
-    from metasparsity.utils.provenance import code_identity, code_label
+    from metasparsity.utils.provenance import code_identity, code_label, machine_identity
 
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
@@ -175,9 +174,9 @@ def main() -> None:
         pruned = {s: _pruned(_run_dir(args.runs, s, "adam", best["lam"]), cfg.data.image_size)
                   for s in args.seeds}
 
-    import torch
 
-    machine = (f"{platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+    m = machine_identity()
+    machine = (f"{m['cpu']} ({m['cpu_capability']}, {m['cores']} cores), torch {m['torch']}, "
                f"{args.jobs} trainings at once, 1 thread each")
     lines = ["Fixed-λ grid, `" + shlex.join(["python", "benchmarks/fixed_lambda_grid.py", *sys.argv[1:]])
              + f"` on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "

@@ -30,7 +30,6 @@ import argparse
 import concurrent.futures as cf
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -166,7 +165,7 @@ def main() -> None:
     from metasparsity.recipes.compare_summary import mean_std_cell
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
-    from metasparsity.utils.provenance import code_identity, code_label
+    from metasparsity.utils.provenance import code_identity, code_label, machine_identity
 
     cfg = load_config(args.config, args.overrides)
     if args.steps is None:
@@ -340,11 +339,7 @@ def main() -> None:
     if any(r["objective"] == "dense" for r in rows):
         summary["meta_dense"] = agg(lambda r: r["objective"] == "dense")
 
-    import torch
-
-    machine = {"python": sys.version.split()[0], "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "threads_per_run": 1, "jobs": args.jobs}
+    machine = {**machine_identity(), "threads_per_run": 1, "jobs": args.jobs}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", {
         "machine": machine, "config": os.path.relpath(args.config, ROOT),

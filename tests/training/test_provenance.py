@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 from tests.recipes.micro import MICRO, cli
 
 from metasparsity import __version__
@@ -16,6 +17,7 @@ from metasparsity.utils.io import read_json, write_json
 from metasparsity.utils.provenance import (
     code_identity,
     code_label,
+    machine_identity,
     other_code,
     other_code_note,
     run_code_label,
@@ -186,7 +188,11 @@ def test_a_run_resumed_across_code_says_so_and_is_other_code(tmp_path, capsys):
 def test_a_finished_run_records_the_code_that_made_it(tmp_path):
     run = tmp_path / "run"
     assert cli("train", "--out", run, *MICRO) == 0
-    assert read_json(run / "results.json")["code"] == code_identity()
+    res = read_json(run / "results.json")
+    assert res["code"] == code_identity()
+    assert res["machine"] == machine_identity()
+    assert set(machine_identity()) == {"cpu", "cpu_capability", "cores", "python", "torch"}
+    assert machine_identity()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, capsys):

@@ -24,7 +24,7 @@ from metasparsity.training.reuse import RESULTS, reused_from_other_code
 from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
-from metasparsity.utils.provenance import code_identity
+from metasparsity.utils.provenance import code_identity, machine_identity
 from metasparsity.utils.rundir import create_run_dir, update_run_config
 
 
@@ -132,6 +132,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         "per_seed": per_seed,
         "total_wall_time_s": round(time.time() - t_start, 1),
         "code": code_identity(),
+        "machine": machine_identity(),
         # sub-runs reused or continued from other code (training.reuse), by code
         "runs_from_other_code": collectives.from_main(lambda: reused_from_other_code(
             sorted(str(p.parent.relative_to(out)) for p in out.rglob(RESULTS)

@@ -33,7 +33,7 @@ from metasparsity.training.run_checkpoints import (
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, truncate_jsonl, write_json
-from metasparsity.utils.provenance import code_identity
+from metasparsity.utils.provenance import code_identity, machine_identity
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
 
 Snapshot = Callable[[Mapping[str, Any]],
@@ -224,7 +224,8 @@ class RunSession:
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "train_time_s": round(self.train_time, 2),
-                   "wall_time_s": round(time.time() - self.started, 2), "code": code_identity()}
+                   "wall_time_s": round(time.time() - self.started, 2), "code": code_identity(),
+                   "machine": machine_identity()}
         before = self._codes()[:-1]
         if before:  # resumed from a checkpoint of other code: both made this result
             results["code_before_resume"] = before

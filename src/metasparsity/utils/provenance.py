@@ -10,6 +10,8 @@ the check a benchmark makes before it reuses them, live in :mod:`metasparsity.tr
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -101,3 +103,28 @@ def other_code_note(other: Mapping[str, list[str]], total: int) -> str:
     return (f"{n} of the {total} runs were reused from other code than this code "
             f"({code_label(code_identity())}): {parts}; rerun them in fresh run folders to "
             "measure this code alone.")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def machine_identity() -> dict[str, Any]:
+    """``{"cpu", "cpu_capability", "cores", "python", "torch"}`` of this machine.
+
+    Training is deterministic on one machine but not across machines: another CPU's vector
+    instructions (``cpu_capability``: torch's kernel set, e.g. AVX2 or AVX512) round differently,
+    and over many steps the runs drift apart, so every run records where it ran."""
+    import torch
+
+    return {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__}
