@@ -58,7 +58,8 @@ def _train(config: str, overrides: list[str], run_dir: str, seed: int, metric: s
                                "train.num_threads=1"])
     kind = "fixed_lambda" if lam > 0 else "mtl"
     t0 = time.time()
-    res = train_or_load(cfg, Path(run_dir), lam, kind, seed=seed)
+    res = train_or_load(cfg, Path(run_dir), lam, kind, seed=seed,
+                        note_reuse=False)  # check_reuse reported them all
     res.setdefault("wall_time_s", round(time.time() - t0, 2))
     return res
 

@@ -66,7 +66,7 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
 
     cfg = load_config(config, overrides)
     d = Path(run_dir)
-    meta, resume = sub_run(d)
+    meta, resume = sub_run(d, note=False)  # check_reuse reported them all
     if meta is None:
         meta = run_recipe(MetaTrainer(cfg, d, resume=resume, overwrite=not resume))
     out = {"meta": meta}
@@ -75,7 +75,7 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
         parts.append(("unseen", list(cfg.data.unseen_tasks)))
     for name, tasks in parts:
         ft = d / f"finetune_{name}"
-        res, resume = sub_run(ft)
+        res, resume = sub_run(ft, note=False)
         if res is None:
             res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
         out[name] = res
@@ -101,7 +101,7 @@ def _dense_unseen(config: str, overrides: list[str], source: str, out: str) -> d
     from metasparsity.training.session import sub_run
 
     d = Path(out)
-    res, resume = sub_run(d)
+    res, resume = sub_run(d, note=False)
     if res is None:
         cfg = load_config(config, [*overrides, "finetune.lam=0", "finetune.lam_unseen=0"])
         res = run_finetune(Path(source), list(cfg.data.unseen_tasks), d, cfg=cfg, resume=resume,
@@ -444,7 +444,10 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(objectives) + 2, figsize=(20, 4.4))
+    # λ per objective, the sign of λ's gradient (when an objective ran), Δm against sparsity
+    panels = len(objectives) + (2 if objectives else 1)
+    fig, axes = plt.subplots(1, panels, figsize=(max(7.0, 5 * panels), 4.4), squeeze=False)
+    axes = axes[0]
     colors = {"auto": "tab:blue", "0.0001": "tab:orange", "1e-4": "tab:orange",
               "0.01": "tab:green", "1e-2": "tab:green"}
     for ax, o in zip(axes, objectives):
@@ -459,21 +462,22 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
         ax.set_ylabel("λ")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax = axes[len(objectives)]
-    w = 10
-    for o, style in zip(objectives, ("-", "--")):
-        signs = [t["grad_sign"] for t in trajectories if t["objective"] == o]
-        n = min(len(s) for s in signs)
-        mean = [statistics.fmean(s[k] for s in signs) for k in range(n)]
-        smooth = [statistics.fmean(mean[max(0, k - w + 1):k + 1]) for k in range(n)]
-        ax.plot(range(1, n + 1), smooth, style, label=f"{o}")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_title(f"sign of −dL/dλ (+1: pushes λ up), mean of runs, {w}-step window")
-    ax.set_xlabel("meta-step")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax = axes[len(objectives) + 1]
+    if objectives:
+        ax = axes[len(objectives)]
+        w = 10
+        for o, style in zip(objectives, ("-", "--")):
+            signs = [t["grad_sign"] for t in trajectories if t["objective"] == o]
+            n = min(len(s) for s in signs)
+            mean = [statistics.fmean(s[k] for s in signs) for k in range(n)]
+            smooth = [statistics.fmean(mean[max(0, k - w + 1):k + 1]) for k in range(n)]
+            ax.plot(range(1, n + 1), smooth, style, label=f"{o}")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(f"sign of −dL/dλ (+1: pushes λ up), mean of runs, {w}-step window")
+        ax.set_xlabel("meta-step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[-1]
     xs = [g["param_sparsity"]["mean"] for g in grid_pts]
     ys = [g["delta_m"]["mean"] for g in grid_pts]
     ax.errorbar(xs, ys, xerr=[g["param_sparsity"]["std"] for g in grid_pts],

@@ -206,6 +206,8 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
     for d, code in ((old, other), (same, here)):
         d.mkdir()
         write_json(d / "results.json", {"kind": "mtl", "code": code})
+    assert sub_run(old, note=False) == ({"kind": "mtl", "code": other}, False)
+    assert capsys.readouterr().err == ""  # a caller that reported every reused run at once
     assert sub_run(old) == ({"kind": "mtl", "code": other}, False)
     err = capsys.readouterr().err
     if here["dirty"]:

@@ -27,11 +27,11 @@ def lam_label(lam: float) -> str:
 
 
 def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list[str] | None = None,
-                  seed: int | None = None) -> dict[str, Any]:
+                  seed: int | None = None, note_reuse: bool = True) -> dict[str, Any]:
     """Train one fixed-λ (or dense) model into ``run_dir`` as a sub-run of a sweep or comparison:
-    reused when it finished, continued when it was started (:func:`sub_run`), so the whole
-    sweep / comparison can be resumed."""
-    done, resume = sub_run(run_dir)
+    reused when it finished, continued when it was started (:func:`sub_run`, whose note on a
+    run of other code ``note_reuse`` keeps), so the whole sweep / comparison can be resumed."""
+    done, resume = sub_run(run_dir, note=note_reuse)
     if done is not None:
         return done
     s = settings_from_config(cfg, tasks)

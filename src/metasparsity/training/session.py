@@ -256,13 +256,14 @@ class RunSession:
             self.logger.close()
 
 
-def sub_run(run_dir: str | Path) -> tuple[dict[str, Any] | None, bool]:
+def sub_run(run_dir: str | Path, note: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """What a sweep or comparison does with one of its sub-runs, decided on rank 0:
     ``(results, False)`` when it finished (its ``results.json`` is reused as it is), else
     ``(None, resume)``: continue it when it is a run directory with a checkpoint (never restart
     over one), start it afresh otherwise (nothing a restart could lose).  A run made or
     started by other code (or before runs recorded theirs) is reused or continued with a note
-    on stderr (:func:`~metasparsity.training.reuse.reuse_note`)."""
+    on stderr (:func:`~metasparsity.training.reuse.reuse_note`), unless ``note`` is False (a
+    caller that reported every reused run at once: :func:`~metasparsity.training.reuse.check_reuse`)."""
     run_dir = Path(run_dir)
 
     def decide() -> tuple[dict[str, Any] | None, bool]:
@@ -270,9 +271,9 @@ def sub_run(run_dir: str | Path) -> tuple[dict[str, Any] | None, bool]:
         resume = not finished and is_run_dir(run_dir) and has_checkpoints(run_dir)
         if finished or resume:
             made = read_json(run_dir / RESULTS) if finished else run_code(run_dir)
-            note = reuse_note(run_dir, made)
-            if note:
-                print(note, file=sys.stderr, flush=True)
+            text = reuse_note(run_dir, made) if note else ""
+            if text:
+                print(text, file=sys.stderr, flush=True)
             if finished:
                 return made, False
         return None, resume
