@@ -1,4 +1,5 @@
-"""Which code made a result: the package version and, in a git checkout, its commit.
+"""Which code made a result (the package version and, in a git checkout, its commit) and on
+which machine.
 
 Every run's ``results.json`` carries :func:`code_identity` under ``"code"`` (and, for a run
 resumed from a checkpoint of other code, that code under ``"code_before_resume"``), so whatever
@@ -120,9 +121,10 @@ def _cpu_model() -> str:
 def machine_identity() -> dict[str, Any]:
     """``{"cpu", "cpu_capability", "cores", "python", "torch"}`` of this machine.
 
-    Training is deterministic on one machine but not across machines: another CPU's vector
-    instructions (``cpu_capability``: torch's kernel set, e.g. AVX2 or AVX512) round differently,
-    and over many steps the runs drift apart, so every run records where it ran."""
+    Training is deterministic on one machine, but the same code has trained to other numbers
+    in another session, most likely on another CPU (whose vector instructions,
+    ``cpu_capability``: torch's kernel set such as AVX2 or AVX512, round differently, so that
+    runs drift apart over many steps); every run records where it ran."""
     import torch
 
     return {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
