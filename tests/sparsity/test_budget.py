@@ -15,6 +15,7 @@ from metasparsity.builders import build_model
 from metasparsity.config import ConfigError, load_config
 from metasparsity.eval.cost import count_macs
 from metasparsity.meta import LearnedLambda
+from metasparsity.meta.lam import ramped_target
 from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.sparsity import (
     BackboneCost,
@@ -368,6 +369,38 @@ def test_budget_modes_dual_step_keeps_its_rate_under_a_schedule(tmp_path):
     for k, r in enumerate(records[:-1]):
         step = RATE * (r["cost"] - TARGET) / TARGET
         assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
+
+
+def test_the_ramped_target_falls_cubically_from_dense_to_the_target_then_holds():
+    # Zhu & Gupta's schedule written out: keep = T + (1 − T)(1 − t/R)³ for t < R
+    for t, want in [(0, 1.0), (1, 0.5 + 0.5 * 0.9 ** 3), (5, 0.5 + 0.5 * 0.5 ** 3),
+                    (9, 0.5 + 0.5 * 0.1 ** 3), (10, 0.5), (11, 0.5), (1000, 0.5)]:
+        assert ramped_target(0.5, t, 10) == pytest.approx(want, abs=1e-15), t
+    values = [ramped_target(0.3, t, 40) for t in range(41)]
+    assert all(a > b for a, b in zip(values, values[1:]))  # strictly falling until it lands
+    assert ramped_target(0.3, 7, 0) == 0.3  # no ramp: the target from the first step
+
+
+def test_a_ramped_budget_runs_its_dual_step_against_the_ramped_target(tmp_path):
+    """With meta.target_ramp the multiplier moves by rate·(cost − target_t)/target_t, target_t
+    the ramp's value after the step (logged as ``target``); the ramp ends at meta.target and
+    the last step still lands on meta.target."""
+    steps, ramp = 10, 0.6
+    run = tmp_path / "run"
+    assert cli("meta-train", "--out", run, *MICRO, *BUDGET, f"meta.steps={steps}",
+               f"meta.target_ramp={ramp}", f"meta.val_every={steps}") == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "meta"]
+    targets = [r["target"] for r in records]
+    assert targets == [pytest.approx(ramped_target(TARGET, k, 6), abs=1e-15)
+                       for k in range(1, steps + 1)]
+    assert targets[0] > 0.75 and targets[5:] == [TARGET] * 5  # 0.5 + 0.5·(5/6)³
+    rho = [math.log(LAM0)] + [math.log(r["lambda"]) for r in records]
+    for k, r in enumerate(records[:-1]):
+        step = RATE * (r["cost"] - r["target"]) / r["target"]
+        assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
+    res = read_json(run / "results.json")
+    n_groups = sum(g.num_groups for g in channel_groups(micro_model()[0]))
+    assert TARGET - 1.0 / n_groups - 1e-12 <= res["budget"]["cost"]["groups"] <= TARGET
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])

@@ -170,6 +170,11 @@ class MetaConfig:
     target_measure: str = _f("macs", choices=["macs", "params", "groups"],
                              help="cost that meta.target bounds: backbone MACs or conv "
                                   "parameters after pruning, or non-zero groups")
+    target_ramp: float = _f(0.0, min=0.0, max=1.0,
+                            help="budget mode: the target falls from 1 (the dense cost) to "
+                                 "meta.target over this share of the meta-steps, cubically "
+                                 "(gradual pruning, Zhu & Gupta 2017), then holds; 0 = the "
+                                 "target from the first step")
     final_zero_window: int = _f(0, min=0,
                                 help="the last outer step's prox zeroes as many groups as were "
                                      "zero on average over the N steps before it, at the multiple "

@@ -42,6 +42,18 @@ def dual_ascent(log_lam: torch.Tensor, violation: float, rate: float,
     return (log_lam + rate * float(violation)).clamp(lo, hi)
 
 
+def ramped_target(target: float, step: int, ramp_steps: int) -> float:
+    """Budget mode's target after ``step`` outer steps when it ramps (``meta.target_ramp``):
+    ``target + (1 − target)·(1 − step/ramp_steps)³`` up to ``ramp_steps``, then ``target``
+    (``ramp_steps`` ≤ 0: ``target`` from the start).  The cubic of gradual pruning (Zhu &
+    Gupta 2017) cuts fastest early, while whole groups are still cheap to lose, and slows as the
+    network approaches its final size; the multiplier tracks a violation that stays small
+    instead of chasing the full budget from the first step."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return target
+    return target + (1.0 - target) * (1.0 - max(step, 0) / ramp_steps) ** 3
+
+
 class LearnedLambda(nn.Module):
     """``λ = exp(clamp(ρ, log λ_min, log λ_max))``, shape ``[1]`` or ``[L]``.
 

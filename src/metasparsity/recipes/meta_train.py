@@ -21,6 +21,7 @@ from metasparsity.meta import (
     meta_step,
     outer_update,
 )
+from metasparsity.meta.lam import ramped_target
 from metasparsity.meta.lambda_init import auto_lambda0
 from metasparsity.meta.meta_batch import (
     batch_filter,
@@ -370,8 +371,14 @@ class MetaTrainer:
         if self._landing():
             self.landing = self._land(lam, m.target_measure, m.target)
         cost = self.cost.fraction(self.model, m.target_measure)
-        self.lam.dual_step_((cost - m.target) / m.target, m.lambda_lr)
+        target = self._target(self.step + 1)
+        self.lam.dual_step_((cost - target) / target, m.lambda_lr)
         return cost
+
+    def _target(self, step: int) -> float:
+        """Budget mode's target after outer step ``step``: :func:`ramped_target`."""
+        m = self.cfg.meta
+        return ramped_target(m.target, step, round(m.target_ramp * m.steps))
 
     def _record(self, res, subsets, st, lam_now, cost) -> dict[str, Any]:
         """The ``meta`` record of ``metrics.jsonl`` for one step."""
@@ -389,7 +396,7 @@ class MetaTrainer:
         }
         if cost is not None:
             rec["cost"] = cost
-            rec["target"] = self.cfg.meta.target
+            rec["target"] = self._target(self.step)
         return rec
 
     def validate(self) -> dict[str, Any]:
