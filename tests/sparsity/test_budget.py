@@ -449,6 +449,8 @@ def test_per_layer_budget_mode_lands_at_a_multiple_of_the_last_steps_lambdas(tmp
     (["meta.target=0.5", "meta.lambda_init=0"], "meta.target"),
     (["meta.target=0.5", "meta.target_measure=foo"], "meta.target_measure"),
     (["meta.target_measure=flops"], "meta.target_measure"),
+    (["meta.target=0.5", "meta.target_ramp=1.5"], "meta.target_ramp"),
+    (["meta.target=0.5", "meta.target_ramp=-0.1"], "meta.target_ramp"),
 ])
 def test_bad_budget_configs_are_refused(bad, match):
     with pytest.raises(ConfigError, match=match):
