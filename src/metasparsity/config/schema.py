@@ -120,6 +120,11 @@ class SparsityConfig:
     prox_metric: str = _f("adam", choices=["adam", "euclidean"],
                           help="metric of the group prox after each Adam step: adam (DESIGN "
                                "§2.2.1) or euclidean (the first version, for ablation)")
+    penalize: str = _f("all", choices=["all", "removable"],
+                       help="which backbone groups carry the penalty: all (DESIGN §2.2), or "
+                            "removable: only those of convs that alone read their input feature "
+                            "map, where a zero group removes a channel (in a ResNet block conv2; "
+                            "not conv1, the downsample or the stem, which share their input)")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from metasparsity.sparsity import (
     ProxAdam,
     channel_groups,
     land_prox,
+    penalised_layers,
     prox_param_groups,
     sparsity_stats,
 )
@@ -130,6 +131,9 @@ class MetaTrainer:
 
         self.model = build_model(cfg, list(self.tasks)).to(self.device)
         self.layers = channel_groups(self.model)
+        if cfg.sparsity.penalize != "all":
+            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            self.layers = penalised_layers(self.model, x0, self.layers, cfg.sparsity.penalize)
         self.weighting = LossWeighting(list(self.tasks), cfg.train.loss_weighting).to(self.device)
         if not self.sparse:
             self.lambda0 = 0.0

@@ -26,6 +26,7 @@ from metasparsity.sparsity import (
     channel_groups,
     land_prox,
     mask_zero_group_grads_,
+    penalised_layers,
     prox_param_groups,
     removed_zero_masks,
     sparsity_stats,
@@ -63,6 +64,7 @@ class TrainSettings:
     val_every: int
     lam: float | list[float] = 0.0  # fixed λ (one per grouped layer if a list); 0: no prox
     prox_metric: str = "adam"
+    penalize: str = "all"  # sparsity.penalize: all groups, or only removable ones
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
@@ -96,7 +98,8 @@ def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSe
     return TrainSettings(
         tasks=list(tasks or cfg.train_tasks), max_steps=t.max_steps, batch_size=t.batch_size,
         lr=t.lr, val_every=t.val_every, lam=cfg.sparsity.lam,
-        prox_metric=cfg.sparsity.prox_metric, weight_decay=t.weight_decay,
+        prox_metric=cfg.sparsity.prox_metric, penalize=cfg.sparsity.penalize,
+        weight_decay=t.weight_decay,
         lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, log_every=t.log_every,
         ckpt_every=t.ckpt_every, loss_weighting=t.loss_weighting, seed=t.seed, amp=t.amp)
 
@@ -173,6 +176,9 @@ class Trainer:
         # the penalty is on the backbone's groups: a frozen backbone takes no prox
         self.groups = (channel_groups(self.model)
                        if has_penalty(s.lam) and not s.freeze_backbone else None)
+        if self.groups is not None and s.penalize != "all":
+            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            self.groups = penalised_layers(self.model, x0, self.groups, s.penalize)
         if self.groups is not None and isinstance(s.lam, list) and len(s.lam) != len(self.groups):
             raise UserError(f"λ has {len(s.lam)} per-layer values but the model has "
                             f"{len(self.groups)} grouped layers")

@@ -1,10 +1,13 @@
 """Channel-group sparsity of the shared backbone (DESIGN §2.2): groups, Ω, prox, statistics."""
 
 from metasparsity.sparsity.budget import (
+    PENALIZE,
     BackboneCost,
     land_on_budget,
     land_prox,
+    penalised_layers,
     project_to_budget,
+    removable_layers,
 )
 from metasparsity.sparsity.groups import (
     ConvGroups,
@@ -31,7 +34,10 @@ __all__ = [
     "BackboneCost",
     "land_on_budget",
     "land_prox",
+    "penalised_layers",
     "project_to_budget",
+    "removable_layers",
+    "PENALIZE",
     "PROX_METRICS",
     "ConvGroups",
     "ProxAdam",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,6 +32,38 @@ from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
 from metasparsity.utils.errors import UserError
 
 MEASURES = ("macs", "params", "groups")
+
+#: Which backbone groups carry the group-lasso penalty (``sparsity.penalize``).
+PENALIZE = ("all", "removable")
+
+
+def removable_layers(model: nn.Module, example_input: torch.Tensor,
+                     layers: Sequence[ConvGroups]) -> list[ConvGroups]:
+    """``layers`` with the penalty kept only where a zero group removes a channel.
+
+    A conv that is the only reader of its input feature map (in a ResNet block, ``conv2``
+    reading ``conv1``'s output) loses, with a zero group, a channel of that map: the pruned
+    network drops the channel from the producer's outputs and from this conv's inputs.  A conv
+    that shares its input with other readers (``conv1`` and the downsample reading the residual
+    stream, the stem reading the image) removes nothing with a zero group of its own; the
+    channel goes only when every reader drops it.  Those layers get ``group_weight = 0``: no
+    penalty, no prox, a threshold of ``inf``.  Layer order (the index of per-layer λ) is kept.
+    """
+    sole = set()
+    for fm in feature_map_groups(model, example_input):
+        if fm.blocked is None and len(fm.consumers) == 1 and fm.consumers[0].kind == "conv":
+            sole.add((fm.consumers[0].name, len(fm.consumers[0].pairs)))
+    return [g if (g.module_name, g.num_groups) in sole else replace(g, group_weight=0.0)
+            for g in layers]
+
+
+def penalised_layers(model: nn.Module, example_input: torch.Tensor,
+                     layers: Sequence[ConvGroups], penalize: str) -> list[ConvGroups]:
+    """``layers`` as ``sparsity.penalize`` says: ``all`` as they are, ``removable`` through
+    :func:`removable_layers`."""
+    if penalize not in PENALIZE:
+        raise ValueError(f"unknown sparsity.penalize {penalize!r}; choose one of {PENALIZE}")
+    return list(layers) if penalize == "all" else removable_layers(model, example_input, layers)
 
 
 class BackboneCost:
@@ -106,10 +139,12 @@ class BackboneCost:
 
     @torch.no_grad()
     def floor(self, model: nn.Module, measure: str) -> float:
-        """The lowest reachable :meth:`fraction`: every group zero (the stem's inputs and the
-        channels the heads read stay).  The model's weights are restored."""
+        """The lowest reachable :meth:`fraction`: every penalised group zero (the stem's inputs
+        and the channels the heads read stay; a layer with ``group_weight = 0`` keeps its
+        groups).  The model's weights are restored."""
         params = dict(model.named_parameters())
-        saved = {g.name: params[g.name].detach().clone() for g in self.layers}
+        saved = {g.name: params[g.name].detach().clone() for g in self.layers
+                 if g.group_weight > 0}
         try:
             for name in saved:
                 params[name].zero_()

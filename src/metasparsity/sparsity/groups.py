@@ -288,10 +288,13 @@ def group_gradient_ratios(grads: Mapping[str, torch.Tensor],
 
     With the prox in Adam's metric a zero group stays zero exactly while ``||∇_g L|| ≤ λ·w_g``
     (DESIGN §2.2.1), so these ratios are λ's natural scale: their median at the start of training
-    is the ``auto`` λ0 of DESIGN §2.3.  ``grads`` maps weight names to gradients (missing → 0).
+    is the ``auto`` λ0 of DESIGN §2.3.  ``grads`` maps weight names to gradients (missing → 0);
+    layers without a penalty (``group_weight = 0``, ``sparsity.penalize: removable``) are left out.
     """
-    out = []
+    out = [torch.zeros(0)]
     for g in layers:
+        if not g.group_weight > 0:
+            continue
         grad = grads.get(g.name)
         if grad is None:
             out.append(torch.zeros(g.num_groups))

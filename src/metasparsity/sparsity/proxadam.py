@@ -220,6 +220,9 @@ class ProxAdam(torch.optim.Adam):
         out = {}
         for g in layers:
             w = params[g.name]
+            if not g.group_weight > 0:  # an unpenalised layer: no λ zeroes it
+                out[g.name] = torch.full((w.shape[1],), math.inf, dtype=w.dtype)
+                continue
             d = self.denominator(w, group_of[id(w)]) if self.state.get(w) else torch.ones_like(w)
             out[g.name] = group_norms(d * w) / g.group_weight
         return out
