@@ -143,7 +143,8 @@ class MetaTrainer:
             self.lambda0 = collectives.from_main(self._auto_lambda0)
             if self.main:
                 print(f"λ0 = auto: {self.lambda0:.3g} (median ‖∇_g L‖/w_g over "
-                      f"{sum(g.num_groups for g in self.layers)} groups at the start, clamped to "
+                      f"{sum(g.num_groups for g in self.layers if g.group_weight > 0)} penalised "
+                      f"groups at the start, clamped to "
                       f"[{m.lambda_min:g}, {m.lambda_max:g}])", flush=True)
         self.lam = LearnedLambda(
             lambda_init=self.lambda0 if self.lambda0 is not None else m.lambda_min,
