@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"# Zero groups per stage\n\n`python benchmarks/zero_groups.py "
-                            f"{' '.join(sys.argv[1:])}`\n\n{text}\n")
+                            f"{shlex.join(sys.argv[1:])}`\n\n{text}\n")
 
 
 if __name__ == "__main__":
