@@ -109,3 +109,22 @@ def test_runs_zero_groups_only_where_a_channel_goes(tmp_path, command, extra):
     assert all(per_layer[n] == 0 for n, w in marked.items() if w == 0), per_layer
     if command == "meta-train":
         assert res["budget"]["cost"]["macs"] <= 0.7
+
+
+def test_a_target_only_the_unpenalised_groups_block_is_refused_before_anything_runs(tmp_path,
+                                                                                    capsys):
+    """30 % of the groups is reachable when every group can go, not when only own convs' can
+    (about half of the micro model's groups): compare and meta-train both say so, exit 2."""
+    from metasparsity.recipes.compare import check_compare
+    from metasparsity.utils.errors import UserError
+
+    target = [*MICRO, "meta.target=0.3", "meta.target_measure=groups",
+              "compare.methods=[meta_sparsity]", "train.max_steps=40"]
+    check_compare(load_config(None, target))
+    with pytest.raises(UserError, match="meta.target: 0.3 is out of reach"):
+        check_compare(load_config(None, [*target, "sparsity.penalize=removable"]))
+    out = tmp_path / "run"
+    assert cli("meta-train", "--out", out, *target, "sparsity.penalize=removable") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.target: 0.3 is out of reach" in err[0]
+    assert not out.exists()

@@ -71,11 +71,11 @@ def _check_target(cfg: Config) -> None:
     """``meta.target`` within reach of the seen-task model (as meta-training checks it; the
     cost does not depend on the pixels, so no sample is rendered or cached)."""
     from metasparsity.builders import build_model
-    from metasparsity.sparsity import BackboneCost, channel_groups
+    from metasparsity.sparsity import BackboneCost, channel_groups, penalised_layers
 
     model = build_model(cfg, list(cfg.data.seen_tasks))
     x0 = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
-    layers = channel_groups(model)
+    layers = penalised_layers(model, x0, channel_groups(model), cfg.sparsity.penalize)
     BackboneCost(model, x0, layers).check_target(model, cfg.meta.target_measure, cfg.meta.target)
 
 
