@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from tests.recipes.micro import MICRO, cli
-from tests.sparsity.test_budget import micro_model, stepped_micro_model
+from tests.sparsity.test_budget import micro_model
 
 from metasparsity.config import ConfigError, load_config
 from metasparsity.sparsity import (
     BackboneCost,
+    ProxAdam,
     channel_groups,
     group_gradient_ratios,
     penalised_layers,
+    project_to_budget,
+    prox_param_groups,
     removable_layers,
 )
 from metasparsity.utils.io import read_json
@@ -54,15 +58,23 @@ def test_all_leaves_the_layers_as_they_are_and_an_unknown_choice_is_refused():
         load_config(None, ["sparsity.penalize=some"])
 
 
+def marked_stepped_model() -> tuple:
+    """The micro model (float64) with ``removable`` layers and their ProxAdam, after three plain
+    Adam steps on random gradients (so that ``D`` differs between elements)."""
+    model, x = micro_model()
+    model.double()
+    marked = removable_layers(model, x.double(), channel_groups(model))
+    opt = ProxAdam(prox_param_groups(model, marked), lr=1e-2, num_layers=len(marked))
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step(lam=None)
+    return model, opt, marked
+
+
 def test_unpenalised_layers_take_no_prox_and_have_no_threshold():
-    model, x, opt, layers = stepped_micro_model()
-    marked = removable_layers(model, x, layers)
-    # the optimizer's groups carry the weights: rebuild them from the marked layers
-    weight = {g.name: g.group_weight for g in marked}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for grp in opt.param_groups:
-        if "prox_layer" in grp:
-            grp["group_weight"] = weight[names[id(grp["params"][0])]]
+    model, opt, marked = marked_stepped_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     thr = opt.zero_thresholds(model, marked, 1.0)
     scores = opt.prox_scores(model, marked)
@@ -80,6 +92,40 @@ def test_unpenalised_layers_take_no_prox_and_have_no_threshold():
     ratios = group_gradient_ratios(grads, marked)  # the auto λ0's sample: penalised groups only
     assert ratios.numel() == sum(g.num_groups for g in marked if g.group_weight > 0)
     assert bool(torch.isfinite(ratios).all())
+    assert group_gradient_ratios(grads, [replace(g, group_weight=0.0) for g in marked]).numel() == 0
+
+
+def test_a_resumed_optimizer_takes_the_group_weights_of_its_layers_now():
+    """``load_state_dict`` restores the saved ``w_g`` of each prox group; ``set_group_weights``
+    (what a resumed run calls) puts back those of its current layers."""
+    model, opt, marked = marked_stepped_model()
+    saved = opt.state_dict()
+    every = channel_groups(model)
+    fresh = ProxAdam(prox_param_groups(model, every), lr=1e-2, num_layers=len(every))
+    fresh.load_state_dict(saved)
+    weights = [grp["group_weight"] for grp in fresh.param_groups if "prox_layer" in grp]
+    assert weights == [g.group_weight for g in marked]  # the saved run's, not `every`'s
+    fresh.set_group_weights(every)
+    weights = [grp["group_weight"] for grp in fresh.param_groups if "prox_layer" in grp]
+    assert weights == [g.group_weight for g in every] and 0.0 not in weights
+
+
+def test_the_safety_net_never_zeroes_an_unpenalised_group():
+    """The budget's rounding net (``project_to_budget``) zeroes penalised groups only: with a
+    target only unpenalised groups could meet, it leaves the model as it was."""
+    model, opt, marked = marked_stepped_model()
+    x = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
+    cost = BackboneCost(model, x, marked)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    floor = cost.floor(model, "groups")
+    assert project_to_budget(model, cost, "groups", floor / 2, opt.prox_scores(model, marked)) == 0
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    k = project_to_budget(model, cost, "groups", (1 + floor) / 2, opt.prox_scores(model, marked))
+    params = dict(model.named_parameters())
+    assert k > 0 and cost.fraction(model, "groups") <= (1 + floor) / 2
+    for g in marked:
+        if g.group_weight == 0:
+            assert torch.equal(params[g.name], before[g.name]), g.name
 
 
 def test_the_floor_counts_only_the_groups_the_penalty_can_zero():
@@ -109,6 +155,14 @@ def test_runs_zero_groups_only_where_a_channel_goes(tmp_path, command, extra):
     assert all(per_layer[n] == 0 for n, w in marked.items() if w == 0), per_layer
     if command == "meta-train":
         assert res["budget"]["cost"]["macs"] <= 0.7
+        # fine-tuning at the multiplier reads sparsity.penalize from the source's config
+        ft = tmp_path / "ft"
+        assert cli("finetune", str(run), "--out", ft, "finetune.lam=source", "finetune.steps=8",
+                   "finetune.keep_zeros=none") == 0
+        per_layer = {r["name"]: r["zero_groups"]
+                     for r in read_json(ft / "results.json")["sparsity"]["per_layer"]}
+        assert sum(per_layer.values()) > 0
+        assert all(per_layer[n] == 0 for n, w in marked.items() if w == 0), per_layer
 
 
 def test_a_target_only_the_unpenalised_groups_block_is_refused_before_anything_runs(tmp_path,

@@ -123,8 +123,9 @@ class SparsityConfig:
     penalize: str = _f("all", choices=["all", "removable"],
                        help="which backbone groups carry the penalty: all (DESIGN §2.2), or "
                             "removable: only those of convs that alone read their input feature "
-                            "map, where a zero group removes a channel (in a ResNet block conv2; "
-                            "not conv1, the downsample or the stem, which share their input)")
+                            "map, where a zero group removes a channel (the convs inside a "
+                            "ResNet block: conv2, and conv3 in a bottleneck; not conv1, the "
+                            "downsample or the stem, which share their input)")
 
 
 @dataclass

@@ -33,7 +33,11 @@ def auto_lambda0(model: nn.Module, layers: Sequence[ConvGroups],
                                                    allow_unused=True)):
             if g is not None:
                 grads[n] = grads.get(n, 0) + g.detach() / len(batches)
-    lam0 = float(group_gradient_ratios(grads, layers).median())
+    ratios = group_gradient_ratios(grads, layers)
+    if ratios.numel() == 0:
+        raise UserError("meta.lambda_init=auto: no backbone group carries the penalty "
+                        "(sparsity.penalize); give meta.lambda_init a number")
+    lam0 = float(ratios.median())
     if not math.isfinite(lam0):
         raise UserError(f"meta.lambda_init=auto: the initial gradient scale is {lam0}; "
                         "give meta.lambda_init a number")

@@ -209,6 +209,7 @@ class MetaTrainer:
         m = self.cfg.meta
         load_model_state(self.model, ck, self.run_dir)
         self.opt_theta.load_state_dict(ck.state["opt_theta"])
+        self.opt_theta.set_group_weights(self.layers)
         self.lam.load_state_dict(ck.state["lam"])
         self.weighting.load_state_dict(ck.state["weighting"])
         if self.opt_rho is not None:

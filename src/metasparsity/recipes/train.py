@@ -243,6 +243,8 @@ class Trainer:
         s, m = self.s, ck.meta
         load_model_state(self.model, ck, self.run_dir)
         self.opt.load_state_dict(ck.state["opt"])
+        if self.groups is not None:
+            self.opt.set_group_weights(self.groups)
         self.sched.load_state_dict(ck.state["sched"])
         if "weighting" in ck.state:
             self.weighting.load_state_dict(ck.state["weighting"])

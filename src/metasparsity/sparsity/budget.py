@@ -41,8 +41,8 @@ def removable_layers(model: nn.Module, example_input: torch.Tensor,
                      layers: Sequence[ConvGroups]) -> list[ConvGroups]:
     """``layers`` with the penalty kept only where a zero group removes a channel.
 
-    A conv that is the only reader of its input feature map (in a ResNet block, ``conv2``
-    reading ``conv1``'s output) loses, with a zero group, a channel of that map: the pruned
+    A conv that is the only reader of its input feature map (inside a ResNet block: ``conv2``
+    reading ``conv1``'s output, and ``conv3`` in a bottleneck) loses, with a zero group, a channel of that map: the pruned
     network drops the channel from the producer's outputs and from this conv's inputs.  A conv
     that shares its input with other readers (``conv1`` and the downsample reading the residual
     stream, the stem reading the image) removes nothing with a zero group of its own; the
@@ -157,10 +157,14 @@ class BackboneCost:
         """Raise ``UserError`` (naming ``meta.target``) when ``target`` is below :meth:`floor`."""
         floor = self.floor(model, measure)
         if target < floor:
+            why = ("the stem and the channels the heads read stay"
+                   if all(g.group_weight > 0 for g in self.layers) else
+                   "the stem, the channels the heads read and the layers without a penalty, "
+                   "sparsity.penalize, stay")
             raise UserError(
                 f"meta.target: {target:g} is out of reach: with every group zero the backbone "
-                f"still keeps {floor:.3f} of its {measure} (the stem and the channels the heads "
-                f"read stay); use meta.target >= {floor:.3f}")
+                f"still keeps {floor:.3f} of its {measure} ({why}); use meta.target >= "
+                f"{floor:.3f}")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Every measure at once (for logs and results)."""
@@ -217,8 +221,10 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
     if cost.fraction(model, measure) <= target:
         return 0
     params = dict(model.named_parameters())
-    cand = []  # (score, name, channel) of every non-zero group
+    cand = []  # (score, name, channel) of every non-zero group the penalty can zero
     for g in cost.layers:
+        if not g.group_weight > 0:
+            continue
         w = params[g.name]
         alive = group_norms(w) > 0
         for c in alive.nonzero().flatten().tolist():
@@ -245,7 +251,7 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
     on the budget from either side, at the multiplier that just meets it.  The model's weights
     are left as they were; returns ``inf`` when even an empty backbone is above ``target``.
     """
-    cand = sorted((t, g.name, c) for g in cost.layers
+    cand = sorted((t, g.name, c) for g in cost.layers if g.group_weight > 0
                   for c, t in enumerate(thresholds[g.name].tolist()))
     zero_first = _prefix_cost(model, cost, measure, cand)
 

@@ -185,6 +185,14 @@ class ProxAdam(torch.optim.Adam):
                 continue  # no prox, or no Adam step yet (no gradient): no metric to take it in
             w.copy_(metric_prox(w, self.denominator(w, group), tau))
 
+    def set_group_weights(self, layers: Sequence[ConvGroups]) -> None:
+        """Each prox group's ``w_g`` from ``layers`` (indexed by ``prox_layer``): after
+        ``load_state_dict``, which restores the saved ``w_g``, so that a resumed run takes its
+        prox with the weights its config gives now (``sparsity.penalize``)."""
+        for group in self.param_groups:
+            if "prox_layer" in group:
+                group["group_weight"] = layers[group["prox_layer"]].group_weight
+
     @torch.no_grad()
     def zero_thresholds(self, model: nn.Module, layers: Sequence[ConvGroups],
                         lam: LamLike) -> dict[str, torch.Tensor]:
