@@ -42,8 +42,9 @@ def removable_layers(model: nn.Module, example_input: torch.Tensor,
     """``layers`` with the penalty kept only where a zero group removes a channel.
 
     A conv that is the only reader of its input feature map (inside a ResNet block: ``conv2``
-    reading ``conv1``'s output, and ``conv3`` in a bottleneck) loses, with a zero group, a channel of that map: the pruned
-    network drops the channel from the producer's outputs and from this conv's inputs.  A conv
+    reading ``conv1``'s output, and ``conv3`` in a bottleneck) loses, with a zero group, a
+    channel of that map: the pruned network drops the channel from the producer's outputs and
+    from this conv's inputs.  A conv
     that shares its input with other readers (``conv1`` and the downsample reading the residual
     stream, the stem reading the image) removes nothing with a zero group of its own; the
     channel goes only when every reader drops it.  Those layers get ``group_weight = 0``: no
