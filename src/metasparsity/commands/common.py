@@ -124,3 +124,9 @@ def interrupt_message(args: argparse.Namespace, exc: BaseException) -> str:
     source = f" {args.source}" if getattr(args, "source", None) else ""
     return (f"interrupted{' ' + where if where else ''}; resume with: "
             f"metasparsity {args.command}{source} --resume {top}")
+
+
+def budget_line(b: dict) -> str:
+    """One line on a budget-mode run's ``results.json`` entry ``budget``: its cost and target."""
+    return (f"budget: {b['measure']} {100 * b['cost'][b['measure']]:.1f} % of dense "
+            f"(target {100 * b['target']:g} %)")

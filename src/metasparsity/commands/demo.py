@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from metasparsity.recipes.compare import check_compare, equal_compute_config
 
     # a bad data or comparison setting stops here, before anything is written
-    checked = check_compare(cfg)
+    checked = check_compare(cfg, "demo")
     if not resume:  # the config its runs follow: with the equal-compute budget
         create_run_dir(out, equal_compute_config(cfg, checked[1]).to_yaml(),
                        overwrite=args.overwrite, layout="compare")

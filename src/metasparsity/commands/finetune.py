@@ -34,7 +34,7 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasparsity.commands.common import check_run_options
+    from metasparsity.commands.common import budget_line, check_run_options
     from metasparsity.config import load_config
     from metasparsity.recipes.finetune import run_finetune
     from metasparsity.report.tables import metrics_table
@@ -68,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
     args.out = str(out)  # where an interrupted run can be resumed from
     res = run_finetune(src, tasks, out, cfg=cfg, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["test"]))
+    if res.get("budget"):
+        print(budget_line(res["budget"]))
     print(f"group sparsity {100 * res['sparsity']['group_sparsity']:.1f} % kept; results in {out / 'results.json'}")
     return 0

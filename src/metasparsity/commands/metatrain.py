@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from metasparsity.commands.common import add_run_args, config_from_args, run_dir_from_args
+from metasparsity.commands.common import (
+    add_run_args,
+    budget_line,
+    config_from_args,
+    run_dir_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +38,8 @@ def run(args: argparse.Namespace) -> int:
             [layer["name"].replace("backbone.", "").replace(".weight", ""),
              f"{layer['lambda']:.3g}", f"{100 * layer['group_sparsity']:.1f}"]
             for layer in res["sparsity"]["per_layer"]]))
-    b = res.get("budget")
-    if b:
-        print(f"budget: {b['measure']} {100 * b['cost'][b['measure']]:.1f} % of dense "
-              f"(target {100 * b['target']:g} %)")
+    if res.get("budget"):
+        print(budget_line(res["budget"]))
     lam_s = f"{lam:.3g}" if not isinstance(lam, list) else "[" + ", ".join(f"{v:.2g}" for v in lam) + "]"
     print(f"λ: {res['lambda_init']:g} → {lam_s};  group sparsity "
           f"{100 * res['sparsity']['group_sparsity']:.1f} %;  plots in {run_dir}")

@@ -126,6 +126,22 @@ class SparsityConfig:
                             "map, where a zero group removes a channel (the convs inside a "
                             "ResNet block: conv2, and conv3 in a bottleneck; not conv1, the "
                             "downsample or the stem, which share their input)")
+    target: float | None = _f(None, min=0.0, max=1.0, min_open=True,
+                              help="budget mode of `train`: keep at most this fraction of the "
+                                   "dense backbone's cost (sparsity.target_measure); λ becomes a "
+                                   "Lagrange multiplier, starting at sparsity.lam and moved by "
+                                   "dual ascent after every step; the last step lands on the "
+                                   "target and is the checkpoint kept (null = off; meta-train's "
+                                   "budget is meta.target)")
+    target_measure: str = _f("macs", choices=["macs", "params", "groups"],
+                             help="cost that sparsity.target bounds: backbone MACs or conv "
+                                  "parameters after pruning, or non-zero groups")
+    target_ramp: float = _f(0.0, min=0.0, max=1.0,
+                            help="the target falls from 1 to sparsity.target over this share of "
+                                 "train.max_steps, cubically (as meta.target_ramp), then holds")
+    dual_rate: float = _f(0.05, min=0.0, min_open=True,
+                          help="sparsity.target's dual ascent: log λ moves by this rate × "
+                               "(cost − target)/target after every step")
 
 
 @dataclass

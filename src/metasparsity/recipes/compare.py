@@ -19,6 +19,7 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
+from metasparsity.recipes.train import refuse_train_budget
 from metasparsity.training import collectives
 from metasparsity.training.reuse import RESULTS, reused_from_other_code
 from metasparsity.utils.device import resolve_device
@@ -28,11 +29,13 @@ from metasparsity.utils.provenance import code_identity, machine_identity
 from metasparsity.utils.rundir import create_run_dir, update_run_config
 
 
-def check_compare(cfg: Config) -> tuple[list[str], ComputePlan]:
+def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], ComputePlan]:
     """Every check of a comparison that needs no training, before anything is written: the
     device, the methods, their settings, the compute plan and a budget-mode target within
-    reach.  Returns the methods in the order they run (STL first) and the equal-compute plan."""
+    reach.  Returns the methods in the order they run (STL first) and the equal-compute plan.
+    ``command``: the command named in errors (``compare`` or ``demo``)."""
     resolve_device(cfg.train.device)  # a device this machine lacks
+    refuse_train_budget(cfg, command, "its budget method is meta_budget, with meta.target")
     methods = list(cfg.compare.methods)
     for m in methods:
         METHODS.get(m)  # unknown names fail before anything is written

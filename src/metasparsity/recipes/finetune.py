@@ -12,7 +12,7 @@ from typing import Any
 from metasparsity.config import Config, load_config
 from metasparsity.data import resolve_tasks
 from metasparsity.recipes import run_recipe
-from metasparsity.recipes.train import Trainer, TrainSettings, has_penalty
+from metasparsity.recipes.train import TRAIN_BUDGET, Trainer, TrainSettings, has_penalty
 from metasparsity.training import collectives
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.training.run_checkpoints import load_run_checkpoint
@@ -42,15 +42,32 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         kind="finetune")
 
 
+def source_budget(cfg: Config, kind: str | None
+                  ) -> tuple[tuple[str, float], float, tuple[float, float]] | None:
+    """The budget a source run of ``kind`` trained under, from its config: ``((measure, target),
+    dual rate, λ range)``; None when it had none (``meta.target`` for a meta-trained source,
+    ``sparsity.target`` for a ``train`` run in budget mode)."""
+    m, sp = cfg.meta, cfg.sparsity
+    if kind == "meta_sparsity" and m.target is not None:
+        return (m.target_measure, m.target), m.lambda_lr, (m.lambda_min, m.lambda_max)
+    if kind == TRAIN_BUDGET and sp.target is not None:
+        return (sp.target_measure, sp.target), sp.dual_rate, TrainSettings.lam_range
+    return None
+
+
 def finetune_lambda(lam: float | str, source_meta: dict[str, Any],
                     source: str | Path, key: str = "finetune.lam") -> float | list[float]:
     """``finetune.lam`` (or ``key``) resolved: a number as given; ``source``: the λ the source
     run ended with (a meta-trained run's learned ``lambda``, per layer if it learned one per
     layer; a fixed-λ run's ``lam``; 0 for a dense source; budget mode's multiplier, which
-    :func:`run_finetune` keeps moving so that the budget holds)."""
+    :func:`run_finetune` keeps moving so that the budget holds: meta-training's ``lambda``, or
+    ``budget_lambda`` of a ``train`` run in budget mode)."""
     if not isinstance(lam, str):
         return float(lam)
-    value = source_meta.get("lambda") if "lambda" in source_meta else source_meta.get("lam")
+    key_src = next((k for k in ("lambda", "budget_lambda", "lam") if k in source_meta), "lam")
+    value = source_meta.get(key_src)
+    if key_src == "budget_lambda" and isinstance(value, list) and len(value) == 1:
+        value = value[0]  # the trainer keeps a global multiplier as one value
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
         raise UserError(f"{key}=source: the source run {source} records no usable λ "
@@ -73,7 +90,7 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
     as fixed-λ training does: the surviving groups are shrunk and may reach zero too;
     ``finetune.lam_unseen``, when set, replaces it if every task in ``tasks`` is unseen.  From a
-    budget-mode source (``meta.target``), λ stays the budget's multiplier: dual ascent after
+    budget-mode source (``meta.target``, or ``sparsity.target`` of ``train``), λ stays the budget's multiplier: dual ascent after
     every step and a last step that lands on the target, as meta-training's; the last step is
     the one kept (``best``), and ``results.json`` has a ``budget`` entry.
     BatchNorm statistics of a meta-trained source are re-estimated first.  Options
@@ -91,6 +108,10 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     cfg = cfg.copy()
     cfg.train.tasks = list(tasks)
     ck = load_run_checkpoint(source, "best")
+    if cfg.sparsity.target is not None and ck.meta.get("kind") != TRAIN_BUDGET:
+        raise UserError(f"sparsity.target: fine-tuning keeps the budget of a `train` run in budget "
+                        f"mode, but {source} is a {ck.meta.get('kind')} run; remove it "
+                        "(sparsity.target=null)")
     src_tasks = list(ck.meta.get("tasks") or [])
     keep = [t for t in tasks if t in src_tasks]
     state = {k: v for k, v in ck.model.items()
@@ -107,13 +128,11 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
         settings.lam = finetune_lambda(f.lam_unseen, ck.meta, source, "finetune.lam_unseen")
     else:
         settings.lam = finetune_lambda(f.lam, ck.meta, source)
-    m = cfg.meta
-    if (m.target is not None and ck.meta.get("kind") == "meta_sparsity"
-            and has_penalty(settings.lam) and not settings.freeze_backbone):
+    budget = source_budget(cfg, ck.meta.get("kind"))
+    if budget is not None and has_penalty(settings.lam) and not settings.freeze_backbone:
         # a budget-mode source keeps its budget: λ stays its multiplier (dual ascent) and the
-        # last step lands on the target, as in meta-training (a frozen backbone keeps its cost)
-        settings.budget = (m.target_measure, m.target)
-        settings.dual_rate, settings.lam_range = m.lambda_lr, (m.lambda_min, m.lambda_max)
+        # last step lands on the target, as in its training (a frozen backbone keeps its cost)
+        settings.budget, settings.dual_rate, settings.lam_range = budget
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}

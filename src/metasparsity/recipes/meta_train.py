@@ -31,6 +31,7 @@ from metasparsity.meta.meta_batch import (
 )
 from metasparsity.meta.sampler import meta_stream_split, support_query_split
 from metasparsity.recipes import run_recipe
+from metasparsity.recipes.train import refuse_train_budget
 from metasparsity.sparsity import (
     BackboneCost,
     ProxAdam,
@@ -485,4 +486,5 @@ def _scalar(v) -> float | list[float]:
 
 def run_meta_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                    overwrite: bool = False) -> dict[str, Any]:
+    refuse_train_budget(cfg, "meta-train", "its budget mode is meta.target")
     return run_recipe(MetaTrainer(cfg, run_dir, resume=resume, overwrite=overwrite))

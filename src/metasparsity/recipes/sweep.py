@@ -13,7 +13,7 @@ from metasparsity.config import Config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
 from metasparsity.recipes import run_recipe
-from metasparsity.recipes.train import Trainer, settings_from_config
+from metasparsity.recipes.train import Trainer, refuse_train_budget, settings_from_config
 from metasparsity.report.tables import markdown_table
 from metasparsity.training import collectives
 from metasparsity.training.session import sub_run
@@ -54,6 +54,7 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
               overwrite: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     grid = [float(g) for g in grid]
+    refuse_train_budget(cfg, "sweep-lambda", "it trains one fixed λ per grid point")
     if not grid or any(g <= 0 for g in grid):
         raise UserError(f"--grid: give positive λ values, got {grid}")
     tasks = resolve_tasks(cfg, cfg.train_tasks)

@@ -16,7 +16,7 @@ import torch
 from metasparsity.builders import build_model
 from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
-from metasparsity.meta.lam import dual_ascent
+from metasparsity.meta.lam import dual_ascent, ramped_target
 from metasparsity.models.sync_bn import convert_sync_batchnorm
 from metasparsity.recipes import run_recipe
 from metasparsity.sparsity import (
@@ -77,15 +77,28 @@ class TrainSettings:
     # whose channel pruning removes); True means "all"
     keep_zero_groups: bool | str = False
     # (measure, target): λ is budget mode's multiplier, moved by dual ascent after every step at
-    # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget
+    # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget.  The
+    # target ramps down from 1 over the first ``target_ramp_steps`` steps (0: none)
     budget: tuple[str, float] | None = None
     dual_rate: float = 0.05
+    target_ramp_steps: int = 0
     lam_range: tuple[float, float] = (1e-6, 10.0)
     freeze_backbone: bool = False
     recompute_bn_stats: bool = False
     amp: bool = False
     kind: str = "train"
     extra_results: dict[str, Any] = field(default_factory=dict)
+
+
+TRAIN_BUDGET = "train_budget"  # the kind of a `train` run in budget mode (sparsity.target)
+
+
+def refuse_train_budget(cfg: Config, command: str, instead: str) -> None:
+    """``sparsity.target`` is budget mode of ``train`` only: other commands that train refuse it
+    (exit 2) rather than ignore it."""
+    if cfg.sparsity.target is not None:
+        raise UserError(f"sparsity.target is budget mode of `metasparsity train`; {command} does "
+                        f"not use it ({instead}): remove it (sparsity.target=null)")
 
 
 def has_penalty(lam: float | list[float]) -> bool:
@@ -329,7 +342,9 @@ class Trainer:
                     if self.groups is not None:
                         rec["group_sparsity"] = sparsity_stats(self.model).group_sparsity
                     if cost is not None:
-                        rec.update(cost=cost, **{"lambda": _floats(self.lam_now)})
+                        rec.update(cost=cost, target=ramped_target(
+                            s.budget[1], self.step, s.target_ramp_steps),
+                                   **{"lambda": _floats(self.lam_now)})
                     if s.loss_weighting != "equal":
                         rec["weights"] = self.weighting.weights()
                     session.log("train", rec)
@@ -345,8 +360,10 @@ class Trainer:
 
     def _dual_step(self) -> float:
         """Budget mode, after the update: :func:`~metasparsity.meta.lam.dual_ascent` on the
-        multiplier (every layer alike, as meta-training does).  Returns the cost."""
-        measure, target = self.s.budget
+        multiplier (every layer alike, as meta-training does) towards the target of this step
+        (:func:`~metasparsity.meta.lam.ramped_target`).  Returns the cost."""
+        measure, final = self.s.budget
+        target = ramped_target(final, self.step + 1, self.s.target_ramp_steps)
         cost = self.cost.fraction(self.model, measure)
         lo, hi = (math.log(v) for v in self.s.lam_range)
         self.lam_now = dual_ascent(self.lam_now.log(), (cost - target) / target, self.s.dual_rate,
@@ -451,10 +468,28 @@ class Trainer:
 
 def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
               overwrite: bool = False, tasks: list[str] | None = None) -> dict[str, Any]:
-    """``metasparsity train``: STL when one task, MTL otherwise; fixed λ when ``sparsity.lam > 0``."""
+    """``metasparsity train``: STL when one task, MTL otherwise; fixed λ when ``sparsity.lam > 0``;
+    budget mode when ``sparsity.target`` is set (:func:`train_settings`)."""
+    return run_recipe(Trainer(cfg, run_dir, train_settings(cfg, tasks), resume=resume,
+                              overwrite=overwrite))
+
+
+def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
+    """The settings of ``metasparsity train``: :func:`settings_from_config` and the kind of run;
+    in budget mode (kind ``train_budget``, ``sparsity.target`` set) λ starts at ``sparsity.lam``
+    and is the multiplier of "backbone cost ≤ target", as in meta-training's budget mode
+    (DESIGN §2.4), moved by dual ascent after every step towards the ramped target."""
     settings = settings_from_config(cfg, tasks)
-    settings.kind = "fixed_lambda" if settings.lam > 0 else ("stl" if len(settings.tasks) == 1 else "mtl")
-    return run_recipe(Trainer(cfg, run_dir, settings, resume=resume, overwrite=overwrite))
+    sp = cfg.sparsity
+    if sp.target is not None:
+        settings.budget = (sp.target_measure, sp.target)
+        settings.dual_rate = sp.dual_rate
+        settings.target_ramp_steps = round(sp.target_ramp * settings.max_steps)
+        settings.kind = TRAIN_BUDGET
+    else:
+        settings.kind = ("fixed_lambda" if settings.lam > 0
+                         else ("stl" if len(settings.tasks) == 1 else "mtl"))
+    return settings
 
 
 def _floats(lam: torch.Tensor) -> float | list[float]:

@@ -1,0 +1,229 @@
+"""Budget mode without meta-learning: ``metasparsity train`` with ``sparsity.target``, against the
+fixed-λ grid at the same backbone MACs (DESIGN §2.4, §5).
+
+A control for meta-training's budget mode (``benchmarks/lambda_inits.py --objectives ""``):
+the same target and measure, the same cubic ramp of the target, the same dual ascent on the
+multiplier, but plain multi-task training of ``--config`` (default
+``configs/synthscenes.yaml``, the grid's config: same data, steps, batch and learning rate as
+every grid point).  It says whether a model held at the target by this mechanism reaches the
+grid's front there, with no meta-learning in the way.
+
+Per seed: one ``train`` run with ``sparsity.target`` = ``--target`` of ``--measure``,
+``sparsity.lam`` = ``--lam0`` (where the multiplier starts), ``sparsity.target_ramp`` =
+``--ramp``.  Δm (DESIGN §4, primary metrics of the seen tasks, test split) against the dense
+MTL model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (``--grid-runs``, reused or
+trained); the front's Δm at the run's backbone MACs, from the mean over seeds of the grid
+(dense as its uncut end) and from each seed's own grid.  Finished runs are reused,
+interrupted ones resumed.
+
+    python benchmarks/budget_train.py [--seeds 0 1 2] [--target 0.5] [--ramp 0.5]
+        [--grid-runs runs/bench_fixed_lambda_grid] [--jobs 2] [key=value ...]
+
+Writes ``benchmarks/results/<--name>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _budget_job(config: str, overrides: list[str], run_dir: str, image_size: int) -> dict[str, Any]:
+    """One budget-mode training (reused / resumed) and its pruned backbone's cost; in a worker."""
+    import torch
+
+    torch.set_num_threads(1)
+    from lambda_inits import _grid_cost
+    from metasparsity.config import load_config
+    from metasparsity.recipes.train import run_train
+    from metasparsity.training.session import sub_run
+
+    d = Path(run_dir)
+    res, resume = sub_run(d, note=False)  # check_reuse reported them all
+    if res is None:
+        t0 = time.time()
+        res = run_train(load_config(config, overrides), d, resume=resume, overwrite=not resume)
+        res.setdefault("wall_time_s", round(time.time() - t0, 2))
+    return {"res": res, "cost": _grid_cost(run_dir, image_size)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--measure", default="macs", choices=["macs", "params", "groups"])
+    p.add_argument("--ramp", type=float, default=0.5, help="sparsity.target_ramp")
+    p.add_argument("--lam0", type=float, default=1e-3, help="sparsity.lam: the multiplier's start")
+    p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_budget_train")
+    p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--name", default="budget_train", help="stem of the result files")
+    p.add_argument("--current-code-only", action="store_true",
+                   help="refuse (exit 2) to reuse finished runs made by other code than this")
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    args = p.parse_args()
+    if not 0 < args.target <= 1:
+        p.error(f"--target must be in (0, 1], got {args.target}")
+    if not 0 <= args.ramp <= 1:
+        p.error(f"--ramp must be in [0, 1], got {args.ramp}")
+    if args.lam0 <= 0:
+        p.error(f"--lam0 must be > 0, got {args.lam0}")
+    os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+
+    import fixed_lambda_grid as flg
+    from lambda_inits import _grid_cost
+    from metasparsity.config import load_config
+    from metasparsity.data import resolve_tasks
+    from metasparsity.eval.delta import (
+        default_spec,
+        delta_m,
+        front_value,
+        pareto_points,
+        usable_spec,
+    )
+    from metasparsity.recipes.compare_summary import mean_std_cell
+    from metasparsity.training.reuse import check_reuse
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import atomic_write_text, write_json
+    from metasparsity.utils.provenance import code_identity, code_label, machine_identity
+
+    budget_ov = [f"sparsity.target={args.target}", f"sparsity.target_measure={args.measure}",
+                 f"sparsity.target_ramp={args.ramp}", f"sparsity.lam={args.lam0}"]
+    try:
+        cfg = load_config(args.config, [*args.overrides, *budget_ov])
+    except UserError as e:
+        p.error(str(e))
+    seen = list(cfg.data.seen_tasks)
+    types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
+    lams = [0.0, *args.grid]
+    tag = f"budget_{args.measure}_{args.target:g}"
+    dirs = {s: args.runs / f"seed_{s}" / tag for s in args.seeds}
+    grid_dirs = {(s, lam): flg._run_dir(args.grid_runs, s, "adam", lam)
+                 for s in args.seeds for lam in lams}
+    other, code_note = check_reuse([*dirs.values(), *grid_dirs.values()],
+                                   refuse=args.current_code_only, error=p.error, root=ROOT)
+    t0 = time.time()
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futs = {}
+        for s in args.seeds:
+            ov = [*args.overrides, *budget_ov, f"train.seed={s}", "train.num_threads=1",
+                  "train.progress=false"]
+            futs[pool.submit(_budget_job, args.config, ov, str(dirs[s]),
+                             cfg.data.image_size)] = ("budget", s, None)
+        for (s, lam), d in grid_dirs.items():
+            futs[pool.submit(flg._train, args.config, args.overrides, str(d), s, "adam",
+                             lam)] = ("grid", s, lam)
+        done: dict[tuple, Any] = {}
+        for n, fut in enumerate(cf.as_completed(futs), 1):
+            done[futs[fut]] = fut.result()
+            print(f"[{n}/{len(futs)}] {' '.join(str(k) for k in futs[fut] if k is not None)} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        gcost = {k: pool.submit(_grid_cost, str(d), cfg.data.image_size)
+                 for k, d in grid_dirs.items()}
+        gcost = {k: f.result()["macs"] for k, f in gcost.items()}
+
+    def dm(test: dict, s: int) -> float:
+        ref = done[("grid", s, 0.0)]["test"]
+        spec, _ = usable_spec(default_spec(types), ref)
+        return delta_m({t: test[t] for t in seen}, {t: ref[t] for t in seen}, spec)
+
+    grid_pts = []
+    for lam in lams:
+        rs = [done[("grid", s, lam)] for s in args.seeds]
+        grid_pts.append({
+            "lam": lam,
+            "param_sparsity": mean_std_cell([100 * r["sparsity"]["param_sparsity"] for r in rs]),
+            "backbone_macs": mean_std_cell([100 * gcost[(s, lam)] for s in args.seeds]),
+            "delta_m": mean_std_cell([dm(r["test"], s) for s, r in zip(args.seeds, rs)])})
+    # the front in −MACs (fewer MACs is better): the best Δm at this cost or less
+    macs_front = pareto_points([(-g["backbone_macs"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
+    ps_front = pareto_points([(g["param_sparsity"]["mean"], g["delta_m"]["mean"]) for g in grid_pts])
+    rows = []
+    for s in args.seeds:
+        b = done[("budget", s, None)]
+        res, macs = b["res"], 100 * b["cost"]["macs"]
+        d = dm(res["test"], s)
+        own = pareto_points([(-100 * gcost[(s, lam)], dm(done[("grid", s, lam)]["test"], s))
+                             for lam in lams])
+        ps = 100 * res["sparsity"]["param_sparsity"]
+        rows.append({
+            "seed": s, "delta_m": d, "backbone_macs": macs, "param_sparsity": ps,
+            "group_sparsity": 100 * res["sparsity"]["group_sparsity"],
+            "lambda_final": res["budget"]["lambda_final"],
+            "front_delta_m_at_macs": front_value(macs_front, -macs),
+            "gap_to_seed_front_at_macs": d - front_value(own, -macs),
+            "gap_to_front_at_param_sparsity": d - front_value(ps_front, ps),
+            "wall_time_s": res.get("wall_time_s")})
+    summary = {k: mean_std_cell([r[k] for r in rows]) for k in (
+        "delta_m", "backbone_macs", "param_sparsity", "group_sparsity", "lambda_final",
+        "front_delta_m_at_macs", "gap_to_seed_front_at_macs", "gap_to_front_at_param_sparsity")}
+
+    mi = machine_identity()
+    machine = (f"{mi['cpu']} ({mi['cpu_capability']}, {mi['cores']} cores), torch {mi['torch']}, "
+               f"{args.jobs} trainings at once, 1 thread each")
+    command = shlex.join(["python", "benchmarks/budget_train.py", *sys.argv[1:]])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.name}.json", {
+        "command": command, "machine": machine, "config": os.path.relpath(args.config, ROOT),
+        "overrides": args.overrides, "target": args.target, "measure": args.measure,
+        "ramp": args.ramp, "lam0": args.lam0, "grid": grid_pts, "rows": rows,
+        "summary": summary, "wall_time_s": round(time.time() - t0, 1),
+        "code": {"this": code_identity(), "runs_from_other_code": other}})
+    atomic_write_text(args.out / f"{args.name}.md", _markdown(
+        rows, summary, grid_pts, args, command, machine,
+        code_note or f"Every run was made by this code ({code_label(code_identity())})."))
+    print((args.out / f"{args.name}.md").read_text())
+
+
+def _cell(c: dict, nd: int = 2, sign: bool = False) -> str:
+    f = f"{{:{'+' if sign else ''}.{nd}f}}"
+    return f"{f.format(c['mean'])} ± {c['std']:.{nd}f}"
+
+
+def _markdown(rows, summary, grid_pts, args, command, machine, code_line) -> str:
+    steps_note = f"`sparsity.target={args.target:g}` ({args.measure}), ramp {args.ramp:g}, λ0 {args.lam0:g}"
+    lines = [f"# Budget mode in plain training ({steps_note})", "",
+             f"`{command}`; {machine}; seeds {args.seeds}. Δm vs the dense MTL model of the same "
+             "seed (test split, seen tasks); the front at a model's MACs is the best grid Δm at "
+             "that many MACs or fewer (mean over seeds), or at that parameter sparsity or more.",
+             "", code_line, "",
+             "| seed | Δm % | backbone MACs % | param sparsity % | group sparsity % | final λ | "
+             "front at its MACs | gap to the mean front | gap to its seed's front | "
+             "gap at its param sparsity |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['delta_m']:+.2f} | {r['backbone_macs']:.1f} | "
+            f"{r['param_sparsity']:.1f} | {r['group_sparsity']:.1f} | {r['lambda_final']:.3g} | "
+            f"{r['front_delta_m_at_macs']:+.2f} | {r['delta_m'] - r['front_delta_m_at_macs']:+.2f} | "
+            f"{r['gap_to_seed_front_at_macs']:+.2f} | {r['gap_to_front_at_param_sparsity']:+.2f} |")
+    s = summary
+    lines += [
+        f"| mean ± std | {_cell(s['delta_m'], sign=True)} | {_cell(s['backbone_macs'], 1)} | "
+        f"{_cell(s['param_sparsity'], 1)} | {_cell(s['group_sparsity'], 1)} | | "
+        f"{_cell(s['front_delta_m_at_macs'], sign=True)} | "
+        f"{s['delta_m']['mean'] - s['front_delta_m_at_macs']['mean']:+.2f} | "
+        f"{_cell(s['gap_to_seed_front_at_macs'], sign=True)} | "
+        f"{_cell(s['gap_to_front_at_param_sparsity'], sign=True)} |", "",
+        "The fixed-λ grid (same runs, mean ± std over seeds):", "",
+        "| λ | param sparsity % | backbone MACs % | Δm % |", "|---|---|---|---|"]
+    for g in grid_pts:
+        lines.append(f"| {g['lam']:g} | {_cell(g['param_sparsity'], 1)} | "
+                     f"{_cell(g['backbone_macs'], 1)} | {_cell(g['delta_m'], sign=True)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

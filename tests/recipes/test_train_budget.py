@@ -1,0 +1,166 @@
+"""Budget mode of ``train`` (``sparsity.target``): the multiplier's dual ascent against the
+(ramped) target, the landing on the target, resuming, fine-tuning from such a run, and the
+commands that refuse the setting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tests.recipes.micro import MICRO, cli, same_tensors
+
+from metasparsity.builders import build_model
+from metasparsity.config import ConfigError, load_config
+from metasparsity.meta.lam import ramped_target
+from metasparsity.recipes.train import TRAIN_BUDGET, Trainer, settings_from_config, train_settings
+from metasparsity.sparsity import channel_groups
+from metasparsity.training.run_checkpoints import load_run_checkpoint
+from metasparsity.utils.io import read_json, read_jsonl
+
+# Measured on the micro model (32 px, width 0.125, batch 8, 40 steps, ~7 s on one thread): the
+# target falls from 0.89 to 0.5 by step 12; the cost stays at 1.0 for 4 steps, follows from
+# above and first falls under 0.55 at step 16, then stays in [0.37, 0.47] until the last step
+# lands on 0.5; the multiplier rises from 0.004 to 0.027 (step 15) and then only falls (0.0086).
+TARGET, RATE, LAM0, STEPS, RAMP = 0.5, 0.3, 0.004, 40, 0.3
+BUDGET = [f"sparsity.target={TARGET}", "sparsity.target_measure=groups", f"sparsity.lam={LAM0}",
+          f"sparsity.dual_rate={RATE}", f"sparsity.target_ramp={RAMP}", "train.lr=5e-3",
+          f"train.max_steps={STEPS}", "train.val_every=20"]
+
+
+def n_groups() -> int:
+    cfg = load_config(None, MICRO)
+    return sum(g.num_groups for g in channel_groups(build_model(cfg, cfg.data.seen_tasks)))
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("train_budget") / "run"
+    assert cli("train", "--out", run, *MICRO, *BUDGET) == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
+    return run, records, read_json(run / "results.json")
+
+
+def test_the_multiplier_moves_by_the_dual_step_against_the_ramped_target(budget_run):
+    _, records, res = budget_run
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    ramp = round(RAMP * STEPS)
+    assert [r["target"] for r in records] == [
+        pytest.approx(ramped_target(TARGET, k, ramp), abs=1e-15) for k in range(1, STEPS + 1)]
+    rho = [math.log(LAM0)] + [math.log(r["lambda"]) for r in records]
+    for k, r in enumerate(records):
+        step = RATE * (r["cost"] - r["target"]) / r["target"]
+        assert rho[k + 1] - rho[k] == pytest.approx(step, abs=1e-9), k
+        assert r["cost"] == pytest.approx(1.0 - r["group_sparsity"], abs=1e-12)  # measure: groups
+    assert res["kind"] == TRAIN_BUDGET and res["lam"] == LAM0
+    assert res["budget"]["lambda_final"] == pytest.approx(records[-1]["lambda"], rel=1e-12)
+
+
+def test_budget_training_reaches_the_target_and_ends_on_it(budget_run):
+    _, records, res = budget_run
+    cost = [r["cost"] for r in records[:-1]]  # the last step lands on the target by its own prox
+    assert cost[0] > 0.9
+    reached = next((i for i, c in enumerate(cost) if c <= TARGET + 0.05), None)
+    assert reached is not None and reached < 3 * STEPS // 4, cost
+    late = cost[reached:]
+    assert all(TARGET - 0.2 <= c <= TARGET + 0.05 for c in late), late
+    lam = [r["lambda"] for r in records]
+    assert max(lam) >= 3 * LAM0  # the multiplier had to grow to cut half of the groups
+    assert max(lam[reached:]) <= lam[reached - 1] * (1 + 1e-9)  # and stopped rising there
+    final = res["budget"]["cost"]["groups"]
+    assert TARGET - 1.0 / n_groups() - 1e-12 <= final <= TARGET, final
+    assert res["budget"]["measure"] == "groups" and res["budget"]["target"] == TARGET
+    assert res["best_step"] == STEPS  # the landed model is the one kept
+    assert final == pytest.approx(1.0 - res["sparsity"]["group_sparsity"], abs=1e-12)
+
+
+def test_a_resumed_budget_run_is_bit_identical(budget_run, tmp_path):
+    run, _, res = budget_run
+    cfg = load_config(None, [*MICRO, *BUDGET])
+
+    def trainer(resume: bool) -> Trainer:
+        return Trainer(cfg, tmp_path / "r", train_settings(cfg), resume=resume)
+
+    tr = trainer(False)
+    tr.setup()
+    assert tr.train(stop_after=13) is None
+    tr = trainer(True)
+    tr.setup()
+    got = tr.train()
+    assert got["budget"] == res["budget"]
+    a, b = load_run_checkpoint(run, "last"), load_run_checkpoint(tmp_path / "r", "last")
+    assert same_tensors(a.model, b.model) == []
+
+
+def test_fine_tuning_a_budget_run_keeps_its_budget_at_its_multiplier(budget_run, tmp_path):
+    run, _, res = budget_run
+    out = tmp_path / "ft"
+    assert cli("finetune", run, "--out", out, "finetune.steps=4", "finetune.lam=source") == 0
+    ft = read_json(out / "results.json")
+    first = next(r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train")
+    # λ starts at the source's final multiplier (not at its λ0) and the budget holds
+    assert ft["lam"] == pytest.approx(res["budget"]["lambda_final"], rel=1e-12)
+    assert ft["budget"]["target"] == TARGET and ft["budget"]["measure"] == "groups"
+    assert TARGET - 1.0 / n_groups() - 1e-12 <= ft["budget"]["cost"]["groups"] <= TARGET
+    assert first["target"] == TARGET  # fine-tuning holds the final target from its first step
+    # a new target for the fine-tuning
+    out2 = tmp_path / "ft2"
+    assert cli("finetune", run, "--out", out2, "finetune.steps=4", "finetune.lam=source",
+               "sparsity.target=0.4") == 0
+    assert read_json(out2 / "results.json")["budget"]["target"] == 0.4
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["sparsity.target=0.5"], "sparsity.lam"),  # the multiplier needs a start
+    (["sparsity.target=0", "sparsity.lam=1e-3"], "sparsity.target"),
+    (["sparsity.target=1.5", "sparsity.lam=1e-3"], "sparsity.target"),
+    (["sparsity.target=0.5", "sparsity.lam=1e-3", "sparsity.target_measure=flops"],
+     "sparsity.target_measure"),
+    (["sparsity.target=0.5", "sparsity.lam=1e-3", "sparsity.target_ramp=2"], "sparsity.target_ramp"),
+    (["sparsity.target=0.5", "sparsity.lam=1e-3", "sparsity.dual_rate=0"], "sparsity.dual_rate"),
+])
+def test_bad_train_budget_configs_are_refused(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, bad)
+
+
+@pytest.mark.parametrize("command,extra", [
+    ("meta-train", []),
+    ("sweep-lambda", ["--grid", "1e-3"]),
+    ("compare", ["compare.methods=[mtl]"]),
+    ("demo", ["compare.methods=[mtl]"]),
+])
+def test_commands_without_train_budget_refuse_it_before_writing(tmp_path, capsys, command, extra):
+    out = tmp_path / "run"
+    assert cli(command, "--out", out, *MICRO, "sparsity.lam=1e-3", "sparsity.target=0.5",
+               *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sparsity.target" in err[0] and command in err[0], err
+    assert not out.exists()
+
+
+def test_fine_tuning_a_run_without_a_train_budget_refuses_one(tmp_path, capsys):
+    src = tmp_path / "src"
+    assert cli("train", "--out", src, *MICRO, "sparsity.lam=1e-3") == 0
+    capsys.readouterr()
+    out = tmp_path / "ft"
+    assert cli("finetune", src, "--out", out, "sparsity.target=0.5") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sparsity.target" in err[0] and "fixed_lambda" in err[0], err
+    assert not out.exists()
+
+
+def test_a_target_out_of_reach_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli("train", "--out", out, *MICRO, "sparsity.lam=1e-3", "sparsity.target=0.001") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of reach" in err[0], err
+    assert not out.exists()
+
+
+def test_settings_for_sweeps_and_comparisons_carry_no_budget():
+    cfg = load_config(None, [*MICRO, "sparsity.lam=1e-3", "sparsity.target=0.5",
+                             "sparsity.target_ramp=0.5", "sparsity.dual_rate=0.2"])
+    assert settings_from_config(cfg).budget is None  # only `train` turns it on
+    s = train_settings(cfg)
+    assert (s.budget, s.dual_rate, s.target_ramp_steps, s.kind) == (
+        ("macs", 0.5), 0.2, 2, TRAIN_BUDGET)  # ramp: half of MICRO's 4 steps
