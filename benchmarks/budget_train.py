@@ -38,15 +38,19 @@ OUT = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _budget_job(config: str, overrides: list[str], run_dir: str, image_size: int) -> dict[str, Any]:
-    """One budget-mode training (reused / resumed) and its pruned backbone's cost; in a worker."""
+def _budget_job(config: str, overrides: list[str], run_dir: str, image_size: int,
+                unseen_overrides: list[str] | None) -> dict[str, Any]:
+    """One budget-mode training (reused / resumed), its pruned backbone's cost and, with
+    ``unseen_overrides``, its fine-tuning on the unseen tasks under them; in a worker."""
     import torch
 
     torch.set_num_threads(1)
     from lambda_inits import _grid_cost
     from metasparsity.config import load_config
+    from metasparsity.recipes.finetune import run_finetune
     from metasparsity.recipes.train import run_train
     from metasparsity.training.session import sub_run
+    from metasparsity.utils.rundir import CONFIG_FILE
 
     d = Path(run_dir)
     res, resume = sub_run(d, note=False)  # check_reuse reported them all
@@ -54,7 +58,29 @@ def _budget_job(config: str, overrides: list[str], run_dir: str, image_size: int
         t0 = time.time()
         res = run_train(load_config(config, overrides), d, resume=resume, overwrite=not resume)
         res.setdefault("wall_time_s", round(time.time() - t0, 2))
-    return {"res": res, "cost": _grid_cost(run_dir, image_size)}
+    out = {"res": res, "cost": _grid_cost(run_dir, image_size), "unseen": None}
+    if unseen_overrides is not None:
+        ft = d / "finetune_unseen"
+        out["unseen"], resume = sub_run(ft, note=False)
+        if out["unseen"] is None:
+            cfg = load_config(d / CONFIG_FILE, unseen_overrides)
+            out["unseen"] = run_finetune(d, list(cfg.data.unseen_tasks), ft, cfg=cfg,
+                                         resume=resume, overwrite=not resume)
+    return out
+
+
+def _unseen_overrides(ref: Path, seed: int) -> list[str]:
+    """Fine-tuning on the unseen tasks as the dense reference ``ref`` was fine-tuned (its
+    ``finetune`` steps, rate, batch and validation period), at the budget run's multiplier with
+    its budget kept (``finetune.lam=source``), with the seed's own data order."""
+    from metasparsity.config import load_config
+    from metasparsity.utils.rundir import CONFIG_FILE
+
+    f = load_config(ref / CONFIG_FILE).finetune
+    return [f"finetune.steps={f.steps}", f"finetune.lr={f.lr}", f"finetune.batch_size={f.batch_size}",
+            f"finetune.val_every={f.val_every}", "finetune.lam=source", "finetune.lam_unseen=null",
+            "finetune.keep_zeros=all", f"train.seed={seed}", "train.num_threads=1",
+            "train.progress=false"]
 
 
 def main() -> None:
@@ -69,6 +95,11 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_budget_train")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
+    p.add_argument("--unseen-ref", type=Path, default=None, metavar="RUNS",
+                   help="runs of benchmarks/lambda_inits.py whose seed_S/dense_mtl_unseen (the "
+                        "dense MTL model fine-tuned on the unseen tasks) is the reference: each "
+                        "budget model is fine-tuned on the unseen tasks as it was, at its "
+                        "multiplier with its budget kept, and scored against it")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="budget_train", help="stem of the result files")
     p.add_argument("--current-code-only", action="store_true",
@@ -113,7 +144,18 @@ def main() -> None:
     dirs = {s: args.runs / f"seed_{s}" / tag for s in args.seeds}
     grid_dirs = {(s, lam): flg._run_dir(args.grid_runs, s, "adam", lam)
                  for s in args.seeds for lam in lams}
-    other, code_note = check_reuse([*dirs.values(), *grid_dirs.values()],
+    refs = {}
+    if args.unseen_ref is not None:
+        from metasparsity.utils.io import read_json
+        from metasparsity.utils.rundir import CONFIG_FILE
+
+        for s in args.seeds:
+            ref = args.unseen_ref / f"seed_{s}" / "dense_mtl_unseen"
+            if not (ref / "results.json").is_file() or not (ref / CONFIG_FILE).is_file():
+                p.error(f"--unseen-ref: {ref} holds no finished run (results.json, {CONFIG_FILE})")
+            refs[s] = {"dir": ref, "test": read_json(ref / "results.json")["test"]}
+    other, code_note = check_reuse([*dirs.values(), *grid_dirs.values(),
+                                    *(d / "finetune_unseen" for d in dirs.values() if refs)],
                                    refuse=args.current_code_only, error=p.error, root=ROOT)
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -121,8 +163,9 @@ def main() -> None:
         for s in args.seeds:
             ov = [*args.overrides, *budget_ov, f"train.seed={s}", "train.num_threads=1",
                   "train.progress=false"]
-            futs[pool.submit(_budget_job, args.config, ov, str(dirs[s]),
-                             cfg.data.image_size)] = ("budget", s, None)
+            futs[pool.submit(_budget_job, args.config, ov, str(dirs[s]), cfg.data.image_size,
+                             _unseen_overrides(refs[s]["dir"], s) if refs else None)
+                 ] = ("budget", s, None)
         for (s, lam), d in grid_dirs.items():
             futs[pool.submit(flg._train, args.config, args.overrides, str(d), s, "adam",
                              lam)] = ("grid", s, lam)
@@ -139,6 +182,16 @@ def main() -> None:
         ref = done[("grid", s, 0.0)]["test"]
         spec, _ = usable_spec(default_spec(types), ref)
         return delta_m({t: test[t] for t in seen}, {t: ref[t] for t in seen}, spec)
+
+    unseen = list(cfg.data.unseen_tasks)
+    types_u = {t: task.type for t, task in resolve_tasks(cfg, unseen).items()} if refs else {}
+
+    def dm_unseen(res: dict | None, s: int) -> float | None:
+        if res is None:
+            return None
+        ref = refs[s]["test"]
+        spec, _ = usable_spec(default_spec(types_u), ref)
+        return delta_m({t: res["test"][t] for t in unseen}, {t: ref[t] for t in unseen}, spec)
 
     grid_pts = []
     for lam in lams:
@@ -163,13 +216,20 @@ def main() -> None:
             "seed": s, "delta_m": d, "backbone_macs": macs, "param_sparsity": ps,
             "group_sparsity": 100 * res["sparsity"]["group_sparsity"],
             "lambda_final": res["budget"]["lambda_final"],
+            # None where no grid model is as cheap (or as sparse) as this one
             "front_delta_m_at_macs": front_value(macs_front, -macs),
-            "gap_to_seed_front_at_macs": d - front_value(own, -macs),
-            "gap_to_front_at_param_sparsity": d - front_value(ps_front, ps),
+            "gap_to_seed_front_at_macs": _gap(d, front_value(own, -macs)),
+            "gap_to_front_at_param_sparsity": _gap(d, front_value(ps_front, ps)),
+            "delta_m_unseen": dm_unseen(b["unseen"], s),
+            "unseen_backbone_macs": (100 * b["unseen"]["budget"]["cost"]["macs"]
+                                     if b["unseen"] and b["unseen"].get("budget") else None),
             "wall_time_s": res.get("wall_time_s")})
-    summary = {k: mean_std_cell([r[k] for r in rows]) for k in (
+    summary = {k: _mean_std_or_none(mean_std_cell, [r[k] for r in rows]) for k in (
         "delta_m", "backbone_macs", "param_sparsity", "group_sparsity", "lambda_final",
         "front_delta_m_at_macs", "gap_to_seed_front_at_macs", "gap_to_front_at_param_sparsity")}
+    if refs:
+        summary["delta_m_unseen"] = _mean_std_or_none(mean_std_cell,
+                                                      [r["delta_m_unseen"] for r in rows])
 
     mi = machine_identity()
     machine = (f"{mi['cpu']} ({mi['cpu_capability']}, {mi['cores']} cores), torch {mi['torch']}, "
@@ -179,7 +239,9 @@ def main() -> None:
     write_json(args.out / f"{args.name}.json", {
         "command": command, "machine": machine, "config": os.path.relpath(args.config, ROOT),
         "overrides": args.overrides, "target": args.target, "measure": args.measure,
-        "ramp": args.ramp, "lam0": args.lam0, "grid": grid_pts, "rows": rows,
+        "ramp": args.ramp, "lam0": args.lam0,
+        "unseen_ref": None if args.unseen_ref is None else os.path.relpath(args.unseen_ref, ROOT),
+        "grid": grid_pts, "rows": rows,
         "summary": summary, "wall_time_s": round(time.time() - t0, 1),
         "code": {"this": code_identity(), "runs_from_other_code": other}})
     atomic_write_text(args.out / f"{args.name}.md", _markdown(
@@ -188,7 +250,22 @@ def main() -> None:
     print((args.out / f"{args.name}.md").read_text())
 
 
-def _cell(c: dict, nd: int = 2, sign: bool = False) -> str:
+def _gap(d: float, front: float | None) -> float | None:
+    return None if front is None else d - front
+
+
+def _mean_std_or_none(mean_std_cell, xs: list) -> dict | None:
+    """Mean ± std over the seeds, or None when a seed has no value (no grid model that cheap)."""
+    return None if any(x is None for x in xs) else mean_std_cell(xs)
+
+
+def _num(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:+.{nd}f}"
+
+
+def _cell(c: dict | None, nd: int = 2, sign: bool = False) -> str:
+    if c is None:
+        return "n/a"
     f = f"{{:{'+' if sign else ''}.{nd}f}}"
     return f"{f.format(c['mean'])} ± {c['std']:.{nd}f}"
 
@@ -197,26 +274,39 @@ def _markdown(rows, summary, grid_pts, args, command, machine, code_line) -> str
     steps_note = f"`sparsity.target={args.target:g}` ({args.measure}), ramp {args.ramp:g}, λ0 {args.lam0:g}"
     lines = [f"# Budget mode in plain training ({steps_note})", "",
              f"`{command}`; {machine}; seeds {args.seeds}. Δm vs the dense MTL model of the same "
-             "seed (test split, seen tasks); the front at a model's MACs is the best grid Δm at "
-             "that many MACs or fewer (mean over seeds), or at that parameter sparsity or more.",
+             "seed (test split, seen tasks). The front (the grid's means over seeds, or one seed's "
+             "own grid) is read at the model's backbone MACs, fewer being better, or at its "
+             "parameter sparsity: straight between the front's points, and flat where a cheaper "
+             "(sparser) grid model scores at least as well.",
              "", code_line, "",
              "| seed | Δm % | backbone MACs % | param sparsity % | group sparsity % | final λ | "
              "front at its MACs | gap to the mean front | gap to its seed's front | "
-             "gap at its param sparsity |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "gap at its param sparsity | Δm unseen % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['delta_m']:+.2f} | {r['backbone_macs']:.1f} | "
             f"{r['param_sparsity']:.1f} | {r['group_sparsity']:.1f} | {r['lambda_final']:.3g} | "
-            f"{r['front_delta_m_at_macs']:+.2f} | {r['delta_m'] - r['front_delta_m_at_macs']:+.2f} | "
-            f"{r['gap_to_seed_front_at_macs']:+.2f} | {r['gap_to_front_at_param_sparsity']:+.2f} |")
+            f"{_num(r['front_delta_m_at_macs'])} | {_num(_gap(r['delta_m'], r['front_delta_m_at_macs']))} | "
+            f"{_num(r['gap_to_seed_front_at_macs'])} | {_num(r['gap_to_front_at_param_sparsity'])} | "
+            f"{'' if r['delta_m_unseen'] is None else _num(r['delta_m_unseen'])} |")
     s = summary
     lines += [
         f"| mean ± std | {_cell(s['delta_m'], sign=True)} | {_cell(s['backbone_macs'], 1)} | "
         f"{_cell(s['param_sparsity'], 1)} | {_cell(s['group_sparsity'], 1)} | | "
         f"{_cell(s['front_delta_m_at_macs'], sign=True)} | "
-        f"{s['delta_m']['mean'] - s['front_delta_m_at_macs']['mean']:+.2f} | "
+        f"{_num(None if s['front_delta_m_at_macs'] is None else s['delta_m']['mean'] - s['front_delta_m_at_macs']['mean'])} | "
         f"{_cell(s['gap_to_seed_front_at_macs'], sign=True)} | "
-        f"{_cell(s['gap_to_front_at_param_sparsity'], sign=True)} |", "",
+        f"{_cell(s['gap_to_front_at_param_sparsity'], sign=True)} | "
+        f"{_cell(s['delta_m_unseen'], sign=True) if 'delta_m_unseen' in s else ''} |", ""]
+    if any(r[k] is None for r in rows for k in (
+            "front_delta_m_at_macs", "gap_to_seed_front_at_macs", "gap_to_front_at_param_sparsity")):
+        lines += ["n/a: no grid model is as cheap (or as sparse) as this one, so the front says "
+                  "nothing there.", ""]
+    if args.unseen_ref is not None:
+        lines += ["Unseen tasks: each budget model fine-tuned on the unseen tasks as the dense MTL model of `" + str(args.unseen_ref) + "/seed_S/dense_mtl_unseen` "
+                  "was (its finetune steps, rate, batch), at the budget run's multiplier with "
+                  "its budget kept (`finetune.lam=source`); Δm against that dense model.", ""]
+    lines += [
         "The fixed-λ grid (same runs, mean ± std over seeds):", "",
         "| λ | param sparsity % | backbone MACs % | Δm % |", "|---|---|---|---|"]
     for g in grid_pts:

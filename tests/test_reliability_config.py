@@ -27,7 +27,8 @@ from metasparsity.utils.errors import ConfigError
 CROSS_CHECKED = {"data.tasks", "data.seen_tasks", "data.unseen_tasks", "train.tasks", "meta.subsets",
                  "meta.min_subset_size", "meta.lambda_init", "meta.lambda_min", "meta.lambda_max",
                  "model.width", "meta.meta_grad", "model.aspp_rates", "model.dense_head",
-                 "model.output_stride", "compare.lambda_grid", "meta.learn_lambda"}
+                 "model.output_stride", "compare.lambda_grid", "meta.learn_lambda",
+                 "sparsity.target"}
 
 
 @dataclasses.dataclass(frozen=True)

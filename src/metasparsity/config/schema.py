@@ -136,9 +136,11 @@ class SparsityConfig:
     target_measure: str = _f("macs", choices=["macs", "params", "groups"],
                              help="cost that sparsity.target bounds: backbone MACs or conv "
                                   "parameters after pruning, or non-zero groups")
-    target_ramp: float = _f(0.0, min=0.0, max=1.0,
+    target_ramp: float = _f(0.5, min=0.0, max=1.0,
                             help="the target falls from 1 to sparsity.target over this share of "
-                                 "train.max_steps, cubically (as meta.target_ramp), then holds")
+                                 "train.max_steps, cubically (as meta.target_ramp), then holds; "
+                                 "0 = the target from the first step (measured worse: README, "
+                                 "budget mode in plain training)")
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
                                "(cost − target)/target after every step")
