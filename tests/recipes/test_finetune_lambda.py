@@ -217,6 +217,9 @@ def test_finetune_lambda_resolution():
     assert finetune_lambda("source", {"kind": "fixed_lambda", "lam": 3e-4}, "x") == 3e-4
     assert finetune_lambda("source", {"kind": "mtl", "lam": 0.0}, "x") == 0.0
     assert finetune_lambda("source", {"kind": "meta_dense", "lambda": 0.0}, "x") == 0.0
+    # a `train` run in budget mode: its final multiplier, not the λ0 it started from
+    assert finetune_lambda("source", {"kind": "train_budget", "lam": 1e-3,
+                                      "budget_lambda": [4e-4]}, "x") == 4e-4
     for meta in ({}, {"lambda": float("nan")}, {"lambda": [1e-3, -1.0]}):
         with pytest.raises(UserError, match="no usable λ"):
             finetune_lambda("source", meta, "x")
@@ -252,3 +255,19 @@ def test_a_budget_fine_tune_with_keep_zeros_none_lets_zero_groups_revive_and_lan
         assert read_json(out / "results.json")["budget"]["cost"]["macs"] <= 0.8
     assert max(costs["all"]) <= src_cost + 1e-12
     assert max(costs["none"]) > src_cost, (src_cost, costs)
+
+
+def test_fine_tuning_takes_the_prox_metric_of_its_config(meta_runs, tmp_path):
+    """``sparsity.prox_metric`` chooses the prox of fine-tuning too: the same fine-tuning in
+    the two metrics gives different weights (and the same metric the same ones)."""
+    src = meta_runs["global"]
+    states = {}
+    for name, metric in (("adam", "adam"), ("euclid", "euclidean"), ("euclid2", "euclidean")):
+        out = tmp_path / name
+        assert cli("finetune", src, "--tasks", SEEN, "--out", out, "finetune.lam=0.05",
+                   "finetune.steps=2", "finetune.val_every=2",
+                   f"sparsity.prox_metric={metric}") == 0
+        states[name] = load_run_checkpoint(out, "last").model
+    assert same_tensors(states["euclid"], states["euclid2"]) == []
+    changed = same_tensors(states["adam"], states["euclid"])
+    assert any(k.startswith("backbone.") for k in changed)

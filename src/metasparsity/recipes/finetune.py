@@ -35,7 +35,7 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
     return TrainSettings(
         tasks=list(tasks), max_steps=steps, batch_size=f.batch_size, lr=f.lr,
         val_every=min(f.val_every, steps), weight_decay=cfg.train.weight_decay,
-        penalize=cfg.sparsity.penalize,
+        prox_metric=cfg.sparsity.prox_metric, penalize=cfg.sparsity.penalize,
         lr_schedule=cfg.train.lr_schedule, warmup_steps=0, log_every=cfg.train.log_every,
         loss_weighting=cfg.train.loss_weighting, seed=cfg.train.seed, data_fraction=f.fraction,
         keep_zero_groups=False if f.keep_zeros == "none" else f.keep_zeros, freeze_backbone=f.freeze_backbone, amp=cfg.train.amp,
