@@ -114,6 +114,23 @@ class TrainConfig:
     progress: bool = _f(True, help="tqdm progress bars")
 
 
+def _target_field(help: str) -> Any:
+    """A budget's target: a fraction of the dense backbone's cost in (0, 1], or null."""
+    return _f(None, min=0.0, max=1.0, min_open=True, help=help)
+
+
+def _ramp_field(default: float, help: str) -> Any:
+    """The share of the steps over which a budget's target ramps down from the dense cost."""
+    return _f(default, min=0.0, max=1.0, help=help)
+
+
+def _measure_field(target_key: str) -> Any:
+    """The cost a budget's target bounds."""
+    return _f("macs", choices=["macs", "params", "groups"],
+              help=f"cost that {target_key} bounds: backbone MACs or conv parameters after "
+                   "pruning, or non-zero groups")
+
+
 @dataclass
 class SparsityConfig:
     lam: float = _f(0.0, min=0.0, help="fixed group-lasso strength λ, in gradient units (0 = dense)")
@@ -126,21 +143,16 @@ class SparsityConfig:
                             "map, where a zero group removes a channel (the convs inside a "
                             "ResNet block: conv2, and conv3 in a bottleneck; not conv1, the "
                             "downsample or the stem, which share their input)")
-    target: float | None = _f(None, min=0.0, max=1.0, min_open=True,
-                              help="budget mode of `train`: keep at most this fraction of the "
-                                   "dense backbone's cost (sparsity.target_measure); λ becomes a "
-                                   "Lagrange multiplier, starting at sparsity.lam and moved by "
-                                   "dual ascent after every step; the last step lands on the "
-                                   "target and is the checkpoint kept (null = off; meta-train's "
-                                   "budget is meta.target)")
-    target_measure: str = _f("macs", choices=["macs", "params", "groups"],
-                             help="cost that sparsity.target bounds: backbone MACs or conv "
-                                  "parameters after pruning, or non-zero groups")
-    target_ramp: float = _f(0.5, min=0.0, max=1.0,
-                            help="the target falls from 1 to sparsity.target over this share of "
-                                 "train.max_steps, cubically (as meta.target_ramp), then holds; "
-                                 "0 = the target from the first step (measured worse: README, "
-                                 "budget mode in plain training)")
+    target: float | None = _target_field(
+        "budget mode of `train`: keep at most this fraction of the dense backbone's cost "
+        "(sparsity.target_measure); λ becomes a Lagrange multiplier, starting at sparsity.lam "
+        "and moved by dual ascent after every step; the last step lands on the target and is "
+        "the checkpoint kept (null = off; meta-train's budget is meta.target)")
+    target_measure: str = _measure_field("sparsity.target")
+    target_ramp: float = _ramp_field(
+        0.5, "the target falls from 1 to sparsity.target over this share of train.max_steps, "
+        "cubically (as meta.target_ramp), then holds; 0 = the target from the first step "
+        "(measured worse: README, budget mode in plain training)")
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
                                "(cost − target)/target after every step")
@@ -187,18 +199,15 @@ class MetaConfig:
     lambda_val_fraction: float = _f(0.15, min=0.0, max=0.5, min_open=True,
                                     help="share of the training ids in the λ-validation stream "
                                          "(lambda_objective=heldout; never updates θ)")
-    target: float | None = _f(None, min=0.0, max=1.0, min_open=True,
-                              help="budget mode: keep at most this fraction of the dense "
-                                   "backbone's cost (meta.target_measure); λ becomes a Lagrange "
-                                   "multiplier updated by dual ascent (null = off)")
-    target_measure: str = _f("macs", choices=["macs", "params", "groups"],
-                             help="cost that meta.target bounds: backbone MACs or conv "
-                                  "parameters after pruning, or non-zero groups")
-    target_ramp: float = _f(0.0, min=0.0, max=1.0,
-                            help="budget mode: the target falls from 1 (the dense cost) to "
-                                 "meta.target over this share of the meta-steps, cubically "
-                                 "(gradual pruning, Zhu & Gupta 2017), then holds; 0 = the "
-                                 "target from the first step")
+    target: float | None = _target_field(
+        "budget mode: keep at most this fraction of the dense backbone's cost "
+        "(meta.target_measure); λ becomes a Lagrange multiplier updated by dual ascent "
+        "(null = off)")
+    target_measure: str = _measure_field("meta.target")
+    target_ramp: float = _ramp_field(
+        0.0, "budget mode: the target falls from 1 (the dense cost) to meta.target over this "
+        "share of the meta-steps, cubically (gradual pruning, Zhu & Gupta 2017), then holds; "
+        "0 = the target from the first step")
     final_zero_window: int = _f(0, min=0,
                                 help="the last outer step's prox zeroes as many groups as were "
                                      "zero on average over the N steps before it, at the multiple "
