@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.data.fixtures import write_celebamaskhq_raw
-from tests.recipes.micro import MICRO, cli, start_long_training
+from tests.recipes.micro import MICRO, cli, finish, start_long_training
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config
@@ -491,7 +491,7 @@ def test_a_second_ctrl_c_during_cleanup_still_exits_130_with_one_line(tmp_path, 
         time.sleep(0.005)  # most likely while the checkpoint is being saved
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
-    _, rest = proc.communicate(timeout=120)
+    _, rest = finish(proc)
     err = first + rest
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip()]

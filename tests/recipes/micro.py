@@ -35,15 +35,19 @@ def start_long_training(run, *extra: str):
     """``python -m metasparsity train`` on MICRO with a near-endless budget in a subprocess,
     returned once it has logged 3 records (so that a signal lands mid-training)."""
     import os
+    import signal
     import subprocess
     import sys
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, and Python then
+    # installs no Ctrl-C handler in the child: give the child the default, as a terminal would.
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
          "train.max_steps=100000", "train.val_every=100000", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = run / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -51,6 +55,19 @@ def start_long_training(run, *extra: str):
             break
         time.sleep(0.05)
     return proc
+
+
+def finish(proc, timeout: float = 120):
+    """``proc.communicate(timeout)``; a child still running after it is killed (a training of
+    100000 steps must not outlive a failed test)."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
 
 
 def interrupt_on_call(monkeypatch, module: str, k: int):

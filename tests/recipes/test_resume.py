@@ -11,6 +11,7 @@ import yaml
 from tests.recipes.micro import (
     MICRO,
     cli,
+    finish,
     interrupt_on_call,
     same_tensors,
     start_long_training,
@@ -189,7 +190,7 @@ def test_real_sigint_saves_and_exits_130(tmp_path):
     run = tmp_path / "run"
     proc = start_long_training(run)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = finish(proc)
     assert proc.returncode == 130, err
     msg = next(line for line in err.splitlines() if "interrupted at step" in line)
     step = int(msg.split("interrupted at step ")[1].split(";")[0])

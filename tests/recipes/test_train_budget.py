@@ -82,7 +82,7 @@ def test_a_resumed_budget_run_is_bit_identical(budget_run, tmp_path):
 
     tr = trainer(False)
     tr.setup()
-    assert tr.train(stop_after=13) is None
+    assert tr.train(stop_after=7) is None  # inside the ramp (12 steps)
     tr = trainer(True)
     tr.setup()
     got = tr.train()
@@ -96,9 +96,15 @@ def test_fine_tuning_a_budget_run_keeps_its_budget_at_its_multiplier(budget_run,
     out = tmp_path / "ft"
     assert cli("finetune", run, "--out", out, "finetune.steps=4", "finetune.lam=source") == 0
     ft = read_json(out / "results.json")
-    first = next(r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train")
-    # λ starts at the source's final multiplier (not at its λ0) and the budget holds
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    first = records[0]
+    # λ starts at the source's final multiplier (not at its λ0) and the budget holds, moved at
+    # the source's sparsity.dual_rate
     assert ft["lam"] == pytest.approx(res["budget"]["lambda_final"], rel=1e-12)
+    rho = [math.log(ft["lam"])] + [math.log(r["lambda"]) for r in records]
+    for k, r in enumerate(records):
+        assert rho[k + 1] - rho[k] == pytest.approx(RATE * (r["cost"] - TARGET) / TARGET,
+                                                    abs=1e-9), k
     assert ft["budget"]["target"] == TARGET and ft["budget"]["measure"] == "groups"
     assert TARGET - 1.0 / n_groups() - 1e-12 <= ft["budget"]["cost"]["groups"] <= TARGET
     assert first["target"] == TARGET  # fine-tuning holds the final target from its first step
@@ -110,7 +116,6 @@ def test_fine_tuning_a_budget_run_keeps_its_budget_at_its_multiplier(budget_run,
 
 
 @pytest.mark.parametrize("bad,match", [
-    (["sparsity.target=0.5"], "sparsity.lam"),  # the multiplier needs a start
     (["sparsity.target=0", "sparsity.lam=1e-3"], "sparsity.target"),
     (["sparsity.target=1.5", "sparsity.lam=1e-3"], "sparsity.target"),
     (["sparsity.target=0.5", "sparsity.lam=1e-3", "sparsity.target_measure=flops"],
@@ -130,9 +135,8 @@ def test_bad_train_budget_configs_are_refused(bad, match):
     ("demo", ["compare.methods=[mtl]"]),
 ])
 def test_commands_without_train_budget_refuse_it_before_writing(tmp_path, capsys, command, extra):
-    out = tmp_path / "run"
-    assert cli(command, "--out", out, *MICRO, "sparsity.lam=1e-3", "sparsity.target=0.5",
-               *extra) == 2
+    out = tmp_path / "run"  # sparsity.lam = 0: the refusal comes before train's own check
+    assert cli(command, "--out", out, *MICRO, "sparsity.target=0.5", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sparsity.target" in err[0] and command in err[0], err
     assert not out.exists()
@@ -153,8 +157,62 @@ def test_a_target_out_of_reach_is_refused_before_anything_is_written(tmp_path, c
     out = tmp_path / "run"
     assert cli("train", "--out", out, *MICRO, "sparsity.lam=1e-3", "sparsity.target=0.001") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "out of reach" in err[0], err
+    assert len(err) == 1 and "out of reach" in err[0] and "use sparsity.target >=" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("lam", ["0", "20"])
+def test_a_multiplier_without_a_usable_start_is_refused_before_anything_is_written(
+        tmp_path, capsys, lam):
+    out = tmp_path / "run"
+    assert cli("train", "--out", out, *MICRO, f"sparsity.lam={lam}", "sparsity.target=0.5") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sparsity.lam" in err[0] and "sparsity.target" in err[0], err
+    assert not out.exists()
+
+
+def test_fine_tuning_without_the_prox_keeps_the_zeros_and_refuses_a_new_target(budget_run,
+                                                                               tmp_path, capsys):
+    run, _, res = budget_run
+    out = tmp_path / "ft0"
+    assert cli("finetune", run, "--out", out, "finetune.steps=2", "finetune.val_every=2") == 0
+    ft = read_json(out / "results.json")
+    assert "budget" not in ft  # finetune.lam = 0: no multiplier, the source's zeros kept
+    assert ft["sparsity"]["num_zero_groups"] == res["sparsity"]["num_zero_groups"]
+    capsys.readouterr()
+    for extra in (["sparsity.target=0.4"],
+                  ["sparsity.target=0.4", "finetune.lam=source", "finetune.freeze_backbone=true"]):
+        bad = tmp_path / "ft_bad"
+        assert cli("finetune", run, "--out", bad, "finetune.steps=2", *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "sparsity.target" in err[0] and "finetune.lam" in err[0], err
+        assert not bad.exists()
+    # a budget fine-tuning is itself a budget-mode source: fine-tuning it again keeps the budget
+    first, again = tmp_path / "ft_first", tmp_path / "ft_again"
+    for src, out_dir in ((run, first), (first, again)):
+        assert cli("finetune", src, "--out", out_dir, "finetune.steps=2", "finetune.val_every=2",
+                   "finetune.lam=source") == 0
+    got = read_json(again / "results.json")
+    assert got["budget"]["target"] == TARGET and got["source_kind"] == "finetune"
+    assert got["lam"] == pytest.approx(read_json(first / "results.json")["budget"]["lambda_final"],
+                                       rel=1e-12)
+
+
+def test_resuming_with_or_without_a_budget_other_than_at_the_start_is_refused(budget_run,
+                                                                              tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "budget"
+    shutil.copytree(budget_run[0], run)
+    fixed = tmp_path / "fixed"
+    assert cli("train", "--out", fixed, *MICRO, "sparsity.lam=1e-3", "train.max_steps=2",
+               "train.val_every=2") == 0
+    capsys.readouterr()
+    for d, extra in ((fixed, ["sparsity.target=0.5", "train.max_steps=4"]),
+                     (run, ["sparsity.target=null", f"train.max_steps={STEPS + 2}"])):
+        assert cli("train", "--resume", d, *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--resume" in err[0] and "budget" in err[0], err
 
 
 def test_settings_for_sweeps_and_comparisons_carry_no_budget():

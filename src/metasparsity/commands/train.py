@@ -15,7 +15,8 @@ from metasparsity.commands.common import (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a dense STL/MTL model, or fixed-λ sparse MTL (sparsity.lam > 0)",
+        "train", help="train a dense STL/MTL model, fixed-λ sparse MTL (sparsity.lam > 0), or "
+        "sparse MTL at a cost budget (sparsity.target)",
         description="Train on data.seen_tasks (or train.tasks). One task = single-task (STL); "
         "sparsity.lam > 0 adds the proximal group-lasso step after every optimizer step; "
         "sparsity.target (budget mode) makes λ the multiplier that holds the backbone at that "

@@ -216,9 +216,6 @@ def _validate(cfg: Config) -> None:
     if m.target is not None and numeric_init and m.lambda_init == 0:
         raise ConfigError("meta.target: budget mode needs sparsity, but meta.lambda_init=0 turns "
                           "it off; give meta.lambda_init auto or a number > 0")
-    if cfg.sparsity.target is not None and cfg.sparsity.lam <= 0:
-        raise ConfigError("sparsity.target: budget mode starts its multiplier at sparsity.lam, "
-                          "which is 0; give sparsity.lam a number > 0 (e.g. 1e-3)")
     if m.min_subset_size > len(d.seen_tasks):
         raise ConfigError(
             f"meta.min_subset_size: {m.min_subset_size} exceeds the {len(d.seen_tasks)} seen tasks")

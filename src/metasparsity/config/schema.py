@@ -133,7 +133,9 @@ def _measure_field(target_key: str) -> Any:
 
 @dataclass
 class SparsityConfig:
-    lam: float = _f(0.0, min=0.0, help="fixed group-lasso strength λ, in gradient units (0 = dense)")
+    lam: float = _f(0.0, min=0.0, help="group-lasso strength λ of `train`, in gradient units "
+                                       "(0 = dense); with sparsity.target, where the budget's "
+                                       "multiplier starts")
     prox_metric: str = _f("adam", choices=["adam", "euclidean"],
                           help="metric of the group prox after each Adam step: adam (DESIGN "
                                "§2.2.1) or euclidean (the first version, for ablation)")
@@ -229,7 +231,7 @@ class FinetuneConfig:
                           help="group-lasso λ while fine-tuning: 0 (no penalty), a number, or "
                                "source (the source run's final λ: meta-training's learned λ, "
                                "per layer if so, a fixed-λ run's λ, 0 for a dense run); the "
-                               "prox in Adam's metric may zero more groups; the source's zero "
+                               "prox (sparsity.prox_metric) may zero more groups; the source's zero "
                                "groups stay zero; from a budget-mode run λ stays its multiplier "
                                "and the budget holds; a frozen backbone takes no prox")
     lam_unseen: float | str | None = _f(

@@ -42,17 +42,42 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         kind="finetune")
 
 
-def source_budget(cfg: Config, kind: str | None
-                  ) -> tuple[tuple[str, float], float, tuple[float, float]] | None:
-    """The budget a source run of ``kind`` trained under, from its config: ``((measure, target),
-    dual rate, λ range)``; None when it had none (``meta.target`` for a meta-trained source,
-    ``sparsity.target`` for a ``train`` run in budget mode)."""
-    m, sp = cfg.meta, cfg.sparsity
-    if kind == "meta_sparsity" and m.target is not None:
-        return (m.target_measure, m.target), m.lambda_lr, (m.lambda_min, m.lambda_max)
-    if kind == TRAIN_BUDGET and sp.target is not None:
-        return (sp.target_measure, sp.target), sp.dual_rate, TrainSettings.lam_range
+def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
+    """Which budget a source run trained under: ``"meta"`` (a meta-trained run with
+    ``meta.target``), ``"train"`` (a ``train`` run with ``sparsity.target``), None for none.  A
+    fine-tuning that held a budget (its checkpoint has ``budget_lambda``) counts as its own
+    source's kind, read off its config."""
+    kind = source_meta.get("kind")
+    if kind == "finetune" and "budget_lambda" in source_meta:
+        kind = TRAIN_BUDGET if cfg.sparsity.target is not None else "meta_sparsity"
+    if kind == "meta_sparsity" and cfg.meta.target is not None:
+        return "meta"
+    if kind == TRAIN_BUDGET and cfg.sparsity.target is not None:
+        return "train"
     return None
+
+
+def source_budget(cfg: Config, source_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The budget a source run trained under (:func:`budget_kind`), from the config: the
+    :class:`TrainSettings` fields ``budget``, ``budget_key``, ``dual_rate``, ``lam_range``;
+    None when it had none."""
+    m, sp = cfg.meta, cfg.sparsity
+    which = budget_kind(cfg, source_meta)
+    if which == "meta":
+        return {"budget": (m.target_measure, m.target), "budget_key": "meta.target",
+                "dual_rate": m.lambda_lr, "lam_range": (m.lambda_min, m.lambda_max)}
+    if which == "train":
+        return {"budget": (sp.target_measure, sp.target), "budget_key": "sparsity.target",
+                "dual_rate": sp.dual_rate, "lam_range": TrainSettings.lam_range}
+    return None
+
+
+def _target_changed(cfg: Config, source: str | Path, key: str) -> bool:
+    """Whether the target ``key`` (``meta.target`` or ``sparsity.target``) of ``cfg`` differs
+    from the one in the source run's own ``config.yaml`` (an override asked for a new one)."""
+    section, name = key.split(".")
+    own = load_config(Path(source) / CONFIG_FILE)
+    return getattr(getattr(cfg, section), name) != getattr(getattr(own, section), name)
 
 
 def finetune_lambda(lam: float | str, source_meta: dict[str, Any],
@@ -108,7 +133,7 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     cfg = cfg.copy()
     cfg.train.tasks = list(tasks)
     ck = load_run_checkpoint(source, "best")
-    if cfg.sparsity.target is not None and ck.meta.get("kind") != TRAIN_BUDGET:
+    if cfg.sparsity.target is not None and budget_kind(cfg, ck.meta) != "train":
         raise UserError(f"sparsity.target: fine-tuning keeps the budget of a `train` run in budget "
                         f"mode, but {source} is a {ck.meta.get('kind')} run; remove it "
                         "(sparsity.target=null)")
@@ -128,11 +153,16 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
         settings.lam = finetune_lambda(f.lam_unseen, ck.meta, source, "finetune.lam_unseen")
     else:
         settings.lam = finetune_lambda(f.lam, ck.meta, source)
-    budget = source_budget(cfg, ck.meta.get("kind"))
+    budget = source_budget(cfg, ck.meta)
     if budget is not None and has_penalty(settings.lam) and not settings.freeze_backbone:
         # a budget-mode source keeps its budget: λ stays its multiplier (dual ascent) and the
         # last step lands on the target, as in its training (a frozen backbone keeps its cost)
-        settings.budget, settings.dual_rate, settings.lam_range = budget
+        for k, v in budget.items():
+            setattr(settings, k, v)
+    elif budget is not None and _target_changed(cfg, source, budget["budget_key"]):
+        raise UserError(f"{budget['budget_key']}: a new target needs the prox on and the backbone "
+                        f"trainable (finetune.lam > 0, e.g. source, and finetune.freeze_backbone="
+                        f"false); without them the source's zeros are kept and its cost stays")
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
                               "unseen": [t for t in tasks if t in cfg.data.unseen_tasks]}

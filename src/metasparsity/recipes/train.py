@@ -1,6 +1,8 @@
-"""Recipe ``train``: dense single-task (STL) or multi-task (MTL) training, and fixed-λ group-sparse
-MTL when ``sparsity.lam > 0``; fine-tuning (:mod:`metasparsity.recipes.finetune`) runs it too.
-Validation every ``val_every`` steps keeps the best checkpoint; its weights are tested at the end.
+"""Recipe ``train``: dense single-task (STL) or multi-task (MTL) training, fixed-λ group-sparse
+MTL when ``sparsity.lam > 0``, and budget mode when ``sparsity.target`` is set (λ the multiplier
+of the backbone's cost); fine-tuning (:mod:`metasparsity.recipes.finetune`) runs it too.
+Validation every ``val_every`` steps keeps the best checkpoint (in budget mode the last step,
+which lands on the target); its weights are tested at the end.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class TrainSettings:
     # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget.  The
     # target ramps down from 1 over the first ``target_ramp_steps`` steps (0: none)
     budget: tuple[str, float] | None = None
+    budget_key: str = "meta.target"  # the config key of the target, for messages
     dual_rate: float = 0.05
     target_ramp_steps: int = 0
     lam_range: tuple[float, float] = (1e-6, 10.0)
@@ -209,7 +212,7 @@ class Trainer:
         if s.budget is not None and self.groups is not None:
             x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
             self.cost = BackboneCost(self.model, x0, self.groups)
-            self.cost.check_target(self.model, *s.budget)
+            self.cost.check_target(self.model, *s.budget, key=s.budget_key)
             lam = s.lam if isinstance(s.lam, list) else [s.lam]
             self.lam_now = torch.tensor(lam, dtype=torch.float64, device=self.device)
         self.step = 0
@@ -268,6 +271,10 @@ class Trainer:
         self.best_step = int(m["best_step"])
         self.reference_val = m.get("reference_val")
         self.history = list(m.get("history", []))
+        if (self.cost is not None) != ("budget_lambda" in m):
+            had = "with" if "budget_lambda" in m else "without"
+            raise UserError(f"--resume: {self.run_dir} was trained {had} a budget "
+                            f"({self.s.budget_key}); resume it {had} one, as it started")
         if self.cost is not None:
             self.lam_now = torch.tensor(m["budget_lambda"], dtype=torch.float64, device=self.device)
             self.landing, self.projected = m.get("landing"), int(m.get("projected_groups", 0))
@@ -482,7 +489,12 @@ def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings
     settings = settings_from_config(cfg, tasks)
     sp = cfg.sparsity
     if sp.target is not None:
-        settings.budget = (sp.target_measure, sp.target)
+        lo, hi = TrainSettings.lam_range
+        if not lo <= sp.lam <= hi:
+            raise UserError(f"sparsity.target: budget mode starts its multiplier at sparsity.lam, "
+                            f"which is {sp.lam:g}; give sparsity.lam a number in [{lo:g}, {hi:g}] "
+                            "(e.g. 1e-3)")
+        settings.budget, settings.budget_key = (sp.target_measure, sp.target), "sparsity.target"
         settings.dual_rate = sp.dual_rate
         settings.target_ramp_steps = round(sp.target_ramp * settings.max_steps)
         settings.kind = TRAIN_BUDGET

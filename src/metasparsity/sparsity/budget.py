@@ -154,8 +154,10 @@ class BackboneCost:
             for name, w in saved.items():
                 params[name].copy_(w)
 
-    def check_target(self, model: nn.Module, measure: str, target: float) -> None:
-        """Raise ``UserError`` (naming ``meta.target``) when ``target`` is below :meth:`floor`."""
+    def check_target(self, model: nn.Module, measure: str, target: float,
+                     key: str = "meta.target") -> None:
+        """Raise ``UserError`` (naming the config ``key`` of the target) when ``target`` is
+        below :meth:`floor`."""
         floor = self.floor(model, measure)
         if target < floor:
             why = ("the stem and the channels the heads read stay"
@@ -163,8 +165,8 @@ class BackboneCost:
                    "the stem, the channels the heads read and the layers without a penalty, "
                    "sparsity.penalize, stay")
             raise UserError(
-                f"meta.target: {target:g} is out of reach: with every group zero the backbone "
-                f"still keeps {floor:.3f} of its {measure} ({why}); use meta.target >= "
+                f"{key}: {target:g} is out of reach: with every group zero the backbone "
+                f"still keeps {floor:.3f} of its {measure} ({why}); use {key} >= "
                 f"{floor:.3f}")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
