@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
 
 FORMAT = "metasparsity-compact-model"
@@ -219,8 +219,7 @@ def load_compact_model(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]
     from safetensors.torch import load_file
 
     d = Path(model_dir)
-    if not str(model_dir):
-        raise UserError("model directory: empty path")
+    require_path(model_dir, "model directory")
     if d.exists() and not d.is_dir():
         raise UserError(f"model directory {d} is not a directory")
     if not d.is_dir():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from metasparsity.config import Config, load_config
 from metasparsity.config.schema import MAX_THREADS
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.rundir import CONFIG_FILE, Labelled, check_run_dir, config_inputs
 
 
@@ -50,8 +50,7 @@ def threads(text: str) -> int:
 def check_run_options(args: argparse.Namespace) -> None:
     """``--out`` / ``--resume`` not empty, and not ``--resume`` with ``--overwrite``."""
     for opt in ("out", "resume"):
-        if getattr(args, opt, None) == "":
-            raise UserError(f"--{opt}: empty path")
+        require_path(getattr(args, opt, None), f"--{opt}")
     if getattr(args, "resume", None) and getattr(args, "overwrite", False):
         raise UserError("--overwrite and --resume both given: --resume continues the run, "
                         "--overwrite would start it again; give one")

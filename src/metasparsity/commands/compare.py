@@ -47,11 +47,10 @@ RESULTS_SHAPE = {
 
 def run_report(args: argparse.Namespace) -> int:
     from metasparsity.report.compare import prepare_report, summary_table
-    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.errors import UserError, require_path
     from metasparsity.utils.io import load_json
 
-    if not args.run_dir:
-        raise UserError("RUN_DIR: empty path")
+    require_path(args.run_dir, "RUN_DIR")
     path = Path(args.run_dir) / "results.json"
     if not path.is_file():
         raise UserError(f"{args.run_dir}: no results.json (is it a compare run directory?)")

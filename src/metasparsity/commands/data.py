@@ -14,7 +14,7 @@ from pathlib import Path
 
 from metasparsity.commands.common import add_config_args
 from metasparsity.commands.data_prepare import register_prepare_parser
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 
 DEFAULT_PREVIEW = Path("runs") / "preview.png"
 
@@ -57,8 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def preview_path(out: str | None, overwrite: bool = False) -> Path:
     """Validate the ``--out`` of a preview (a ``.png`` file, not a folder); an existing file is
     replaced only with ``overwrite``."""
-    if out == "":
-        raise UserError("--out: empty path")
+    require_path(out, "--out")
     path = Path(out) if out is not None else DEFAULT_PREVIEW
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path}: the preview is a PNG image; give a file name ending in .png")

@@ -39,11 +39,10 @@ def register_prepare_parser(data_subparsers: argparse._SubParsersAction) -> argp
 
 def run_prepare(args: argparse.Namespace) -> int:
     from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
-    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.errors import require_path
 
     for opt in ("src", "out"):
-        if getattr(args, opt) == "":
-            raise UserError(f"--{opt}: empty path")
+        require_path(getattr(args, opt), f"--{opt}")
     out = prepare_celebamaskhq(args.src, args.out, classes=args.classes, size=args.size,
                                split=args.split, overwrite=args.overwrite,
                                progress=not args.no_progress, workers=args.workers)

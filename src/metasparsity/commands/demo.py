@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 
 DEFAULT_OUT = Path("runs") / "demo"
 PRESET = Path(__file__).resolve().parent.parent / "presets" / "synthscenes_demo.yaml"
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise UserError(f"--samples {args.samples}: must be at least 1")
     for opt in ("out", "config"):
-        if getattr(args, opt) == "":
-            raise UserError(f"--{opt}: empty path")
+        require_path(getattr(args, opt), f"--{opt}")
     out = Path(args.out) if args.out else DEFAULT_OUT
     check_parents(out)
     if out.exists() and not out.is_dir():

@@ -14,7 +14,7 @@ import yaml
 from metasparsity.config.checks import _apply, _check_field, _hints, _show, _type_name, _validate
 from metasparsity.config.schema import CompareConfig, Config
 from metasparsity.utils.args import split_list
-from metasparsity.utils.errors import ConfigError
+from metasparsity.utils.errors import ConfigError, require_path
 from metasparsity.utils.io import read_text_file
 
 
@@ -92,8 +92,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not str(path):
-            raise ConfigError("--config: empty path")
+        require_path(path, "--config", ConfigError)
         text = read_text_file(p, "config file", ConfigError)
         try:
             data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a safe loader)

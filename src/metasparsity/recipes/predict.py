@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 
 DEPTH_PNG_SCALE = 1000.0
 PREDICTIONS_FILE = "predictions.json"
@@ -41,8 +41,7 @@ def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence
     from metasparsity.data.transforms import center_crop_resize, normalize_image
 
     p = Path(path)
-    if not str(path):
-        raise UserError("IMAGE: empty path")
+    require_path(path, "IMAGE")
     if p.is_dir():
         raise UserError(f"cannot read image {p}: it is a directory, not an image file")
     try:
@@ -173,8 +172,7 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     for label, path in [("MODEL_DIR", model_dir), ("--out", out_dir),
                         *(("IMAGE", p) for p in images)]:
-        if not str(path):
-            raise UserError(f"{label}: empty path")
+        require_path(path, label)
     check_outputs_vs_inputs([("--out", out_dir)],
                             [("MODEL_DIR", model_dir), *(("IMAGE", p) for p in images)])
     check_parents(out_dir)

@@ -30,7 +30,7 @@ from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_
 from metasparsity.sparsity.pruning import max_output_difference
 from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.utils.device import set_threads
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
 from metasparsity.utils.rundir import (
     COMPACT_MODEL,
@@ -63,8 +63,7 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
     if len(set(batch_sizes)) != len(batch_sizes):
         raise UserError(f"--batch-sizes: each batch size may appear only once, got "
                         f"{','.join(map(str, batch_sizes))}")
-    if out is not None and not str(out):
-        raise UserError("--out: empty path")
+    require_path(out, "--out")
     run_dir = require_run_dir(run_dir)
     out = Path(out) if out is not None else run_dir / "pruned"
     # the run's config.yaml and checkpoints are read: the output may be a new folder inside the

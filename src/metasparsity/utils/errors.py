@@ -12,3 +12,13 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid configuration value; the message names the key and the allowed values."""
+
+
+def require_path(value: object, label: str, error: type[UserError] = UserError) -> None:
+    """Refuse an empty path argument: ``error("<label>: empty path")`` (default :class:`UserError`).
+
+    Only a value whose ``str()`` is empty (the empty string) is refused; ``None`` (an option not
+    given) and ``Path`` objects pass, since ``str()`` of them is never empty.
+    """
+    if not str(value):
+        raise error(f"{label}: empty path")

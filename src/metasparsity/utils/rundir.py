@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -277,8 +277,7 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
     p = Path(path)
     if resume:
         label = label or "--resume"
-        if not str(path):
-            raise UserError(f"{label}: empty path")
+        require_path(path, label)
         if p.exists() and not p.is_dir():
             raise UserError(f"{label} {p}: not a directory")
         if not p.is_dir():
@@ -297,8 +296,7 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
         check_outputs_vs_inputs([(label, p)], inputs)
         return p
     label = label or "--out"
-    if not str(path):
-        raise UserError(f"{label}: empty path")
+    require_path(path, label)
     check_outputs_vs_inputs([(label, p)], inputs)
     check_parents(p, label)
     if p.exists() and not p.is_dir():
@@ -363,8 +361,7 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
 def require_run_dir(path: str | Path, *, need: tuple[str, ...] = (CONFIG_FILE,)) -> Path:
     """Check that ``path`` is an existing run directory holding the files in ``need``."""
     p = Path(path)
-    if not str(path):
-        raise UserError("run directory: empty path")
+    require_path(path, "run directory")
     if p.exists() and not p.is_dir():
         raise UserError(f"run directory {p}: not a directory")
     if not p.is_dir():
