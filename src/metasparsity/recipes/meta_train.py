@@ -48,6 +48,7 @@ from metasparsity.training.divergence import (
     check_finite,
     check_finite_metrics,
     check_finite_params,
+    overflow_is_divergence,
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats
 from metasparsity.training.interrupt import DeferInterrupt
@@ -301,7 +302,8 @@ class MetaTrainer:
                 # the sum over every rank's subsets (the identity in one process)
                 res = reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
-                with DeferInterrupt():  # the in-place update is all or nothing
+                with DeferInterrupt(), overflow_is_divergence(self.step + 1):
+                    # the in-place update is all or nothing
                     self._set_outer_lr()
                     grad_norm, clip_scale = self.clip(res.grads_theta)
                     lam_step = self.lam().detach().clone()  # the λ of this step's prox

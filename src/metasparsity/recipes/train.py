@@ -43,6 +43,7 @@ from metasparsity.training.divergence import (
     check_finite_metrics,
     check_finite_params,
     nonfinite_metrics,
+    overflow_is_divergence,
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats, selection_score
 from metasparsity.training.interrupt import DeferInterrupt
@@ -323,7 +324,8 @@ class Trainer:
                 total.backward()
                 # DDP averaged the model's gradients; learned loss weights are outside it
                 collectives.average_gradients(self.weighting.parameters())
-                with DeferInterrupt():  # the in-place update is all or nothing
+                with DeferInterrupt(), overflow_is_divergence(self.step + 1):
+                    # the in-place update is all or nothing
                     if self.masks is not None:
                         mask_zero_group_grads_(self.model, self.masks)
                     lr_now = self.opt.param_groups[0]["lr"]

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,20 @@ def check_finite_params(tensors: Mapping[str, torch.Tensor], step: int) -> None:
         raise NonFiniteError(f"non-finite parameters at step {step} ({', '.join(bad[:3])}"
                              + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + ")",
                              step=step, task=None)
+
+
+@contextmanager
+def overflow_is_divergence(step: int) -> Iterator[None]:
+    """An update so large that PyTorch cannot even form it (``RuntimeError: value cannot be
+    converted to type float without overflow``, e.g. Adam's step size ``lr/(1 − β1ᵗ)`` beyond
+    float32 at an absurd learning rate) is a divergence at ``step``, as a NaN would be."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        raise NonFiniteError(f"non-finite update at step {step} (it overflows: {e})",
+                             step=step, task=None) from None
 
 
 def divergence_message(error: Exception, note: str, run_dir: str | Path, lr_key: str,
