@@ -271,3 +271,23 @@ def test_fine_tuning_takes_the_prox_metric_of_its_config(meta_runs, tmp_path):
     assert same_tensors(states["euclid"], states["euclid2"]) == []
     changed = same_tensors(states["adam"], states["euclid"])
     assert any(k.startswith("backbone.") for k in changed)
+
+
+def test_a_budget_fine_tuning_of_a_meta_run_refuses_a_train_budget(budget_run, tmp_path, capsys):
+    """A budget fine-tuning is a budget-mode source of its own source's kind (meta.target
+    here): a sparsity.target asked of it is refused, as of the meta-trained run itself."""
+    first = tmp_path / "first"
+    assert cli("finetune", budget_run, "--tasks", SEEN, "--out", first, "finetune.lam=source",
+               "finetune.steps=2", "finetune.val_every=2") == 0
+    assert read_json(first / "results.json")["budget"]["target"] == 0.8
+    capsys.readouterr()
+    out = tmp_path / "again"
+    assert cli("finetune", first, "--tasks", SEEN, "--out", out, "finetune.lam=source",
+               "sparsity.target=0.6") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sparsity.target" in err[0], err
+    assert not out.exists()
+    # without it, the meta budget is kept again
+    assert cli("finetune", first, "--tasks", SEEN, "--out", out, "finetune.lam=source",
+               "finetune.steps=2", "finetune.val_every=2") == 0
+    assert read_json(out / "results.json")["budget"]["target"] == 0.8

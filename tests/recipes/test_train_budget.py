@@ -194,6 +194,11 @@ def test_fine_tuning_without_the_prox_keeps_the_zeros_and_refuses_a_new_target(b
                    "finetune.lam=source") == 0
     got = read_json(again / "results.json")
     assert got["budget"]["target"] == TARGET and got["source_kind"] == "finetune"
+    # a fine-tuning that held no budget carries its source's sparsity.target as a record: it
+    # can be fine-tuned again without removing it (and gets no budget)
+    plain = tmp_path / "ft_plain"
+    assert cli("finetune", out, "--out", plain, "finetune.steps=2", "finetune.val_every=2") == 0
+    assert "budget" not in read_json(plain / "results.json")
     assert got["lam"] == pytest.approx(read_json(first / "results.json")["budget"]["lambda_final"],
                                        rel=1e-12)
 
@@ -204,15 +209,19 @@ def test_resuming_with_or_without_a_budget_other_than_at_the_start_is_refused(bu
 
     run = tmp_path / "budget"
     shutil.copytree(budget_run[0], run)
-    fixed = tmp_path / "fixed"
-    assert cli("train", "--out", fixed, *MICRO, "sparsity.lam=1e-3", "train.max_steps=2",
-               "train.val_every=2") == 0
+    fixed, dense = tmp_path / "fixed", tmp_path / "dense"
+    for d, lam in ((fixed, "1e-3"), (dense, "0")):
+        assert cli("train", "--out", d, *MICRO, f"sparsity.lam={lam}", "train.max_steps=2",
+                   "train.val_every=2") == 0
     capsys.readouterr()
+    # the refusal comes before any state is loaded (a dense run's optimizer has other groups)
     for d, extra in ((fixed, ["sparsity.target=0.5", "train.max_steps=4"]),
+                     (dense, ["sparsity.lam=1e-3", "sparsity.target=0.5", "train.max_steps=4"]),
                      (run, ["sparsity.target=null", f"train.max_steps={STEPS + 2}"])):
         assert cli("train", "--resume", d, *extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--resume" in err[0] and "budget" in err[0], err
+        assert "(sparsity.target)" in err[0], err  # the key of the budget, not meta.target
 
 
 def test_settings_for_sweeps_and_comparisons_carry_no_budget():

@@ -49,7 +49,10 @@ def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
     source's kind, read off its config."""
     kind = source_meta.get("kind")
     if kind == "finetune" and "budget_lambda" in source_meta:
-        kind = TRAIN_BUDGET if cfg.sparsity.target is not None else "meta_sparsity"
+        # the key of the budget it held (recorded since sparsity.target exists; before, only
+        # meta.target could give a fine-tuning a budget)
+        held = source_meta.get("budget_key", "meta.target")
+        kind = TRAIN_BUDGET if held == "sparsity.target" else "meta_sparsity"
     if kind == "meta_sparsity" and cfg.meta.target is not None:
         return "meta"
     if kind == TRAIN_BUDGET and cfg.sparsity.target is not None:
@@ -72,12 +75,13 @@ def source_budget(cfg: Config, source_meta: dict[str, Any]) -> dict[str, Any] | 
     return None
 
 
-def _target_changed(cfg: Config, source: str | Path, key: str) -> bool:
-    """Whether the target ``key`` (``meta.target`` or ``sparsity.target``) of ``cfg`` differs
-    from the one in the source run's own ``config.yaml`` (an override asked for a new one)."""
-    section, name = key.split(".")
-    own = load_config(Path(source) / CONFIG_FILE)
-    return getattr(getattr(cfg, section), name) != getattr(getattr(own, section), name)
+def _target_changed(cfg: Config, own: Config, key: str) -> bool:
+    """Whether the target ``key`` (``meta.target`` or ``sparsity.target``) of ``cfg``, or its
+    measure, differs from ``own``, the source run's own config (an override asked for a new
+    one)."""
+    section = key.split(".")[0]
+    return any(getattr(getattr(cfg, section), name) != getattr(getattr(own, section), name)
+               for name in ("target", "target_measure"))
 
 
 def finetune_lambda(lam: float | str, source_meta: dict[str, Any],
@@ -133,7 +137,11 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     cfg = cfg.copy()
     cfg.train.tasks = list(tasks)
     ck = load_run_checkpoint(source, "best")
-    if cfg.sparsity.target is not None and budget_kind(cfg, ck.meta) != "train":
+    own = load_config(Path(source) / CONFIG_FILE)  # the source's config, without overrides
+    # a sparsity.target the source's config carries without its budget (a fine-tuning that
+    # held none) is a record, not a request
+    if (cfg.sparsity.target is not None and budget_kind(cfg, ck.meta) != "train"
+            and _target_changed(cfg, own, "sparsity.target")):
         raise UserError(f"sparsity.target: fine-tuning keeps the budget of a `train` run in budget "
                         f"mode, but {source} is a {ck.meta.get('kind')} run; remove it "
                         "(sparsity.target=null)")
@@ -159,8 +167,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
         # last step lands on the target, as in its training (a frozen backbone keeps its cost)
         for k, v in budget.items():
             setattr(settings, k, v)
-    elif budget is not None and _target_changed(cfg, source, budget["budget_key"]):
-        raise UserError(f"{budget['budget_key']}: a new target needs the prox on and the backbone "
+    elif budget is not None and _target_changed(cfg, own, budget["budget_key"]):
+        raise UserError(f"{budget['budget_key']}: a new target (or measure) needs the prox on and the backbone "
                         f"trainable (finetune.lam > 0, e.g. source, and finetune.freeze_backbone="
                         f"false); without them the source's zeros are kept and its cost stays")
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)

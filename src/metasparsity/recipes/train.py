@@ -258,6 +258,13 @@ class Trainer:
 
     def _load_resume(self, ck) -> None:
         s, m = self.s, ck.meta
+        if (self.cost is not None) != ("budget_lambda" in m):  # before any state is loaded
+            had = "with" if "budget_lambda" in m else "without"
+            key = ("finetune.lam" if s.kind == "finetune"
+                   else m.get("budget_key", s.budget_key) if "budget_lambda" in m
+                   else s.budget_key)
+            raise UserError(f"--resume: {self.run_dir} was trained {had} a budget; resume it "
+                            f"{had} one, as it started ({key})")
         load_model_state(self.model, ck, self.run_dir)
         self.opt.load_state_dict(ck.state["opt"])
         if self.groups is not None:
@@ -272,10 +279,6 @@ class Trainer:
         self.best_step = int(m["best_step"])
         self.reference_val = m.get("reference_val")
         self.history = list(m.get("history", []))
-        if (self.cost is not None) != ("budget_lambda" in m):
-            had = "with" if "budget_lambda" in m else "without"
-            raise UserError(f"--resume: {self.run_dir} was trained {had} a budget "
-                            f"({self.s.budget_key}); resume it {had} one, as it started")
         if self.cost is not None:
             self.lam_now = torch.tensor(m["budget_lambda"], dtype=torch.float64, device=self.device)
             self.landing, self.projected = m.get("landing"), int(m.get("projected_groups", 0))
@@ -297,7 +300,7 @@ class Trainer:
                 "world_size": self.dist.world_size}
         if self.cost is not None:
             meta.update(budget_lambda=self.lam_now.tolist(), landing=self.landing,
-                        projected_groups=self.projected)
+                        projected_groups=self.projected, budget_key=self.s.budget_key)
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop

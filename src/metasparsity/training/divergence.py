@@ -70,7 +70,7 @@ def overflow_is_divergence(step: int) -> Iterator[None]:
     try:
         yield
     except RuntimeError as e:
-        if "overflow" not in str(e):
+        if "without overflow" not in str(e):
             raise
         raise NonFiniteError(f"non-finite update at step {step} (it overflows: {e})",
                              step=step, task=None) from None
