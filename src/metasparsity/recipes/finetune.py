@@ -45,8 +45,8 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
 def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
     """Which budget a source run trained under: ``"meta"`` (a meta-trained run with
     ``meta.target``), ``"train"`` (a ``train`` run with ``sparsity.target``), None for none.  A
-    fine-tuning that held a budget (its checkpoint has ``budget_lambda``) counts as its own
-    source's kind, read off its config."""
+    fine-tuning that held a budget (its checkpoint has ``budget_lambda``) counts as the kind of
+    the budget it held (its checkpoint's ``budget_key``)."""
     kind = source_meta.get("kind")
     if kind == "finetune" and "budget_lambda" in source_meta:
         # the key of the budget it held (recorded since sparsity.target exists; before, only
@@ -119,7 +119,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
     ``finetune.lam`` > 0 (or ``source``, :func:`finetune_lambda`) also keeps the group prox on,
     as fixed-λ training does: the surviving groups are shrunk and may reach zero too;
     ``finetune.lam_unseen``, when set, replaces it if every task in ``tasks`` is unseen.  From a
-    budget-mode source (``meta.target``, or ``sparsity.target`` of ``train``), λ stays the budget's multiplier: dual ascent after
+    budget-mode source (``meta.target``, or ``sparsity.target`` of ``train``; a budget
+    fine-tuning too), λ stays the budget's multiplier: dual ascent after
     every step and a last step that lands on the target, as meta-training's; the last step is
     the one kept (``best``), and ``results.json`` has a ``budget`` entry.
     BatchNorm statistics of a meta-trained source are re-estimated first.  Options
@@ -168,8 +169,8 @@ def run_finetune(source: str | Path, tasks: Sequence[str] | None, out: str | Pat
         for k, v in budget.items():
             setattr(settings, k, v)
     elif budget is not None and _target_changed(cfg, own, budget["budget_key"]):
-        raise UserError(f"{budget['budget_key']}: a new target (or measure) needs the prox on and the backbone "
-                        f"trainable (finetune.lam > 0, e.g. source, and finetune.freeze_backbone="
+        raise UserError(f"{budget['budget_key']}: a new target (or measure) needs the prox on "
+                        f"and the backbone trainable (finetune.lam > 0, e.g. source, and finetune.freeze_backbone="
                         f"false); without them the source's zeros are kept and its cost stays")
     settings.recompute_bn_stats = bn_stats_to_recompute(ck.meta)
     settings.extra_results = {"source_kind": ck.meta.get("kind"), "new_heads": [t for t in tasks if t not in keep],
