@@ -370,9 +370,15 @@ class NYUv2(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.item(index)
+
+    def item(self, index: int, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sample ``index`` transformed; training augmentation draws from ``generator`` (None:
+        torch's global generator).  ``BatchStream`` passes one seeded per sample and epoch."""
         if index < 0:
             index += len(self)
-        return self.transform(self.load(index))
+        return self.transform(self.load(index), generator)
 
     def __repr__(self) -> str:
         return (f"NYUv2(split={self.split!r}, layout={self.layout!r}, n={len(self)}, "

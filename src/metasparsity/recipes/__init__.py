@@ -9,9 +9,18 @@ from typing import Any
 
 
 def run_recipe(recipe: Any) -> Any:
-    """``recipe.setup()``, then ``recipe.train()``'s result; ``recipe.cleanup()`` in any case."""
+    """``recipe.setup()``, then ``recipe.train()``'s result; ``recipe.cleanup()`` in any case,
+    and the loader workers of its batch streams stopped (left to the garbage collector, a
+    recipe's cycle of references kept them waiting about 5 s per worker)."""
+    from metasparsity.training.batches import BatchStream
+
     recipe.setup()
     try:
         return recipe.train()
     finally:
-        recipe.cleanup()
+        try:
+            recipe.cleanup()
+        finally:
+            for v in list(vars(recipe).values()):
+                if isinstance(v, BatchStream):
+                    v.close()

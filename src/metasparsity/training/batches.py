@@ -15,6 +15,64 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+class _SeededItems(Dataset):
+    """``dataset`` read by ``(index, seed)`` keys: a data set with random augmentation (an
+    ``item(index, generator)`` method) draws it from a generator seeded with ``seed``, so that a
+    sample's augmentation depends on the stream's state alone; any other data set is read as
+    ``dataset[index]``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.seeded = callable(getattr(dataset, "item", None))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        if self.seeded:
+            return self.dataset.item(index, torch.Generator().manual_seed(seed))
+        return self.dataset[index]
+
+
+def _sample_seed(stream_seed: int, epoch: int, index: int) -> int:
+    return ((stream_seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+
+
+def _epoch_order(indices: list[int], seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """``indices`` in epoch ``epoch``'s order: a permutation drawn from ``(seed, epoch)``."""
+    if not shuffle:
+        return indices
+    g = torch.Generator()
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+
+
+class _Endless:
+    """The batch sampler of a :class:`BatchStream`'s loader: every batch from ``(epoch, pos)``
+    on, across epochs, without end (those ``keep`` selects, this shard's part of each), as lists
+    of ``(index, augmentation seed)``."""
+
+    def __init__(self, indices: list[int], batch_size: int, seed: int, shuffle: bool,
+                 shard: tuple[int, int], keep: Callable[[int], bool] | None, epoch: int,
+                 pos: int) -> None:
+        self.indices, self.batch_size, self.seed, self.shuffle = indices, batch_size, seed, shuffle
+        self.shard, self.keep, self.epoch, self.pos = shard, keep, epoch, pos
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        bs, (r, w) = self.batch_size, self.shard
+        n = len(self.indices) // bs
+        epoch, pos = self.epoch, self.pos
+        while True:
+            order = _epoch_order(self.indices, self.seed, epoch, self.shuffle)
+            for b in range(pos, n):
+                if self.keep is None or self.keep(epoch * n + b):
+                    batch = order[b * bs:(b + 1) * bs]
+                    yield [(i, _sample_seed(self.seed, epoch, i))
+                           for i in batch[r * len(batch) // w:(r + 1) * len(batch) // w]]
+            epoch, pos = epoch + 1, 0
+
+
 class BatchStream:
     """Endless batches over ``dataset``: every epoch a permutation drawn from ``(seed, epoch)``.
 
@@ -29,8 +87,14 @@ class BatchStream:
     * :meth:`select` / :meth:`skip`: this process loads only the batches it is given, while its
       position still advances over every batch (so its state is the single-process state).
 
+    Random augmentation (a data set with an ``item(index, generator)`` method, the real data
+    sets) draws from a generator seeded by :meth:`sample_seed`: ``(seed, epoch, index)``, so a
+    sample is augmented alike whatever ``num_workers``, the number of processes or a resume.
+    One loader serves every epoch: its workers are started once (and again only after
+    :meth:`select`, :meth:`skip` with no selection, or :meth:`load_state_dict`).
+
     ``rank`` only salts the seed of the loader's worker processes (rank 0: the single-process
-    seed), so that random augmentation in workers differs between ranks.
+    seed), for any other randomness a data set draws in its workers.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
@@ -73,42 +137,37 @@ class BatchStream:
         self._keep = keep
         self._it = None
 
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return self.indices
-        g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.indices), generator=g).tolist()
-        return [self.indices[i] for i in perm]
-
-    def _mine(self, batch: list[int]) -> list[int]:
-        r, w = self.shard
-        return batch[r * len(batch) // w:(r + 1) * len(batch) // w]
+    def sample_seed(self, epoch: int, index: int) -> int:
+        """The seed of sample ``index``'s random augmentation in ``epoch``: a function of the
+        stream's seed, the epoch and the index alone (not of the worker, the rank, or where the
+        run was resumed)."""
+        return _sample_seed(self.seed, epoch, index)
 
     def _start(self) -> None:
-        order = self._order()
-        n = self.batches_per_epoch
-        first = self.epoch * n
-        batches = [self._mine(order[b * self.batch_size:(b + 1) * self.batch_size])
-                   for b in range(self.pos, n) if self._keep is None or self._keep(first + b)]
-        # The loader's own generator (a function of the stream state) seeds its workers, so
-        # starting an iterator never draws from the global RNG that training uses.
+        # One loader for the rest of the run: its workers live on across epochs (a loader per
+        # epoch started them again every epoch, and its first batch came from one worker alone).
+        # Its own generator (a function of the stream state) seeds the workers, so starting it
+        # never draws from the global RNG that training uses.
         seed = (self.seed * 1_000_003 + self.epoch) * 100_003 + self.pos
         if self.rank:
             seed = hash((seed, self.rank)) % (2**63)
         g = torch.Generator()
         g.manual_seed(seed)
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+        # The batch sampler holds plain values, not the stream: a cycle through the stream
+        # would leave the loader to the garbage collector, which stops its workers in no order
+        # (seconds of waiting for each).
+        keys = _Endless(self.indices, self.batch_size, self.seed, self.shuffle, self.shard,
+                        self._keep, self.epoch, self.pos)
+        loader = DataLoader(_SeededItems(self.dataset), batch_sampler=keys,
+                            num_workers=self.num_workers,
                             worker_init_fn=_worker_init if self.num_workers else None,
-                            pin_memory=self.pin_memory, generator=g,
-                            persistent_workers=False)
+                            pin_memory=self.pin_memory, generator=g)
         self._it = iter(loader)
 
     def _wrap(self) -> None:
         if self.pos >= self.batches_per_epoch:
             self.epoch += 1
             self.pos = 0
-            self._it = None
 
     def __iter__(self) -> BatchStream:
         return self
@@ -131,6 +190,10 @@ class BatchStream:
         if self._keep is None:
             self._it = None  # the running loader would yield the skipped batch
         self.pos += 1
+
+    def close(self) -> None:
+        """Stop the loader's workers now (the next batch starts them again)."""
+        self._it = None
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}

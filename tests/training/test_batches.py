@@ -1,0 +1,118 @@
+"""BatchStream: its order, one loader for every epoch, and augmentation seeded by the stream's state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from metasparsity.training import batches as batches_mod
+from metasparsity.training.batches import BatchStream
+
+
+class _Range(Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.tensor([i]), {"y": torch.tensor(float(i))}
+
+
+class _Augmented(_Range):
+    """A data set with random augmentation: ``item`` draws one number from ``generator``."""
+
+    def item(self, i: int, generator: torch.Generator | None = None):
+        return torch.tensor([i]), {"r": torch.rand((), generator=generator)}
+
+    def __getitem__(self, i: int):
+        return self.item(i)
+
+
+def _draw(stream: BatchStream, n: int) -> list[tuple[list[int], list[float]]]:
+    out = []
+    for _ in range(n):
+        x, y = next(stream)
+        out.append((x[:, 0].tolist(), y["r"].tolist() if "r" in y else []))
+    return out
+
+
+def test_batches_follow_each_epochs_permutation_of_seed_and_epoch():
+    s = BatchStream(_Range(), 3, seed=7)  # 3 batches per epoch; sample 9 is left out each epoch
+    got = [next(s)[0][:, 0].tolist() for _ in range(9)]
+    want = []
+    for epoch in range(3):
+        g = torch.Generator().manual_seed(7 * 1_000_003 + epoch)
+        perm = torch.randperm(10, generator=g).tolist()
+        want += [perm[b * 3:(b + 1) * 3] for b in range(3)]
+    assert got == want
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_loader_serves_every_epoch(monkeypatch, workers):
+    made = []
+
+    class Counting(batches_mod.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(batches_mod, "DataLoader", Counting)
+    s = BatchStream(_Range(), 4, seed=1, num_workers=workers)  # 2 batches per epoch
+    _draw(s, 9)  # into the fifth epoch
+    assert len(made) == 1
+    s.load_state_dict({"epoch": 1, "pos": 1})  # a resume starts the one loader again
+    _draw(s, 3)
+    assert len(made) == 2
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_alone():
+    before = torch.get_rng_state()
+    ref = _draw(BatchStream(_Augmented(), 3, seed=3), 7)  # crosses two epoch ends
+    assert torch.equal(torch.get_rng_state(), before)  # augmentation left the global RNG alone
+    assert _draw(BatchStream(_Augmented(), 3, seed=3, num_workers=2), 7) == ref
+    resumed = BatchStream(_Augmented(), 3, seed=3, num_workers=2)
+    resumed.load_state_dict({"epoch": 1, "pos": 1})
+    assert _draw(resumed, 3) == ref[4:]
+    # each draw is the generator seeded by (seed, epoch, index): recomputed independently
+    s = BatchStream(_Augmented(), 3, seed=3)
+    for n, (idx, rs) in enumerate(ref):
+        epoch = n // 3
+        for i, r in zip(idx, rs):
+            g = torch.Generator().manual_seed(((3 * 1_000_003 + epoch) * 1_000_033 + i) % 2**63)
+            assert r == torch.rand((), generator=g).item()
+            assert s.sample_seed(epoch, i) != s.sample_seed(epoch + 1, i)
+
+
+def test_a_selection_loads_the_chosen_batches_of_the_unselected_stream():
+    ref = _draw(BatchStream(_Augmented(), 3, seed=2), 9)
+    s = BatchStream(_Augmented(), 3, seed=2, num_workers=2)
+    s.select(lambda n: n % 2 == 1)
+    got = []
+    for n in range(9):
+        if n % 2 == 1:
+            got.append(_draw(s, 1)[0])
+        else:
+            s.skip()
+    assert got == [ref[n] for n in range(9) if n % 2 == 1]
+
+
+def test_a_recipes_streams_are_closed_when_it_ends_even_on_an_error():
+    from metasparsity.recipes import run_recipe
+
+    class Recipe:
+        def setup(self):
+            self.stream = BatchStream(_Range(), 4, seed=0, num_workers=1)
+            next(self.stream)
+
+        def train(self):
+            assert self.stream._it is not None  # its loader's worker is running
+            raise RuntimeError("stop")
+
+        def cleanup(self):
+            pass
+
+    r = Recipe()
+    with pytest.raises(RuntimeError, match="stop"):
+        run_recipe(r)
+    assert r.stream._it is None
+    assert next(r.stream)[0].shape == (4, 1)  # a closed stream starts its loader again
