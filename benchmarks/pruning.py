@@ -29,7 +29,12 @@ Target: at batch 16 and level 0.5, speedup ≥ 0.7 × MAC ratio.
 On ResNet-50, batch 16 is timed only at level 0.5 (``--r50-batch16-levels``) to keep the default
 run near 6–8 minutes on two cores; ``--quick`` runs the CPU preset only.
 
+``--device cuda`` times on a GPU instead (fp32 weights, cuDNN's default TF32 convolutions, every
+pass ended by ``torch.cuda.synchronize``); ``--threads`` then only sets the CPU threads of the
+pruning itself.
+
     python benchmarks/pruning.py [--run RUN_DIR] [--levels 0.25,0.5,0.75] [--repeats 3] [--quick]
+                                 [--device cpu|cuda]
 
 Writes ``benchmarks/results/pruning.json`` and ``pruning.md`` and prints the table.
 """
@@ -64,7 +69,7 @@ TARGET = 0.7
 
 # ----------------------------------------------------------------------------- machine
 
-def machine() -> dict[str, Any]:
+def machine(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -79,7 +84,9 @@ def machine() -> dict[str, Any]:
         usable = os.cpu_count()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_start": os.getloadavg()}
+            "python": platform.python_version(), "load_average_start": os.getloadavg(),
+            "device": str(device),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
 
 
 # ----------------------------------------------------------------------------- models
@@ -135,17 +142,25 @@ def structured_pattern(model: nn.Module, level: float, seed: int, groups: list) 
 
 # ----------------------------------------------------------------------------- timing
 
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
 def round_robin(models: dict[str, nn.Module], x: torch.Tensor, warmup: int,
                 repeats: int) -> dict[str, dict[str, Any]]:
-    """Median ms per model; one pass of every model per round, order rotated every round."""
+    """Median ms per model; one pass of every model per round, order rotated every round (the
+    models and ``x`` on one device)."""
     names = list(models)
     times: dict[str, list[float]] = {k: [] for k in names}
     with torch.inference_mode():
         for r in range(warmup + repeats):
             shift = r % len(names)
             for k in names[shift:] + names[:shift]:
+                _sync(x)
                 start = time.perf_counter()
                 models[k](x)
+                _sync(x)
                 ms = (time.perf_counter() - start) * 1e3
                 if r >= warmup:
                     times[k].append(ms)
@@ -157,8 +172,10 @@ def round_robin(models: dict[str, nn.Module], x: torch.Tensor, warmup: int,
 
 def bench_model(label: str, dense: nn.Module, variants: dict[str, tuple[str, float, nn.Module]],
                 size: int, batch_plan: dict[int, list[str]], repeats: int,
-                warmup: int) -> dict[str, Any]:
-    """``variants``: key -> (pattern, level, masked dense model); ``batch_plan``: batch -> keys."""
+                warmup: int, device: torch.device | None = None) -> dict[str, Any]:
+    """``variants``: key -> (pattern, level, masked dense model); ``batch_plan``: batch -> keys.
+    Pruning and counting on the CPU; the latencies on ``device`` (default: the CPU)."""
+    device = device or torch.device("cpu")
     x1 = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     example = torch.randn(1, 3, 64, 64)  # tracing / the exactness check need no large input
     dense_cost = model_cost(dense, x1)
@@ -187,9 +204,10 @@ def bench_model(label: str, dense: nn.Module, variants: dict[str, tuple[str, flo
     dense_min: dict[str, float] = {}
     for b, keys in batch_plan.items():
         keys = [k for k in keys if k in pruned]
-        x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(b))
+        x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(b)).to(device)
         t0 = time.perf_counter()
-        lat = round_robin({"dense": dense, **{k: pruned[k] for k in keys}}, x, warmup, repeats)
+        timed = {k: m.to(device) for k, m in {"dense": dense, **{k: pruned[k] for k in keys}}.items()}
+        lat = round_robin(timed, x, warmup, repeats)
         dense_lat[str(b)] = lat["dense"]["median_ms"]
         dense_min[str(b)] = lat["dense"]["min_ms"]
         for k in keys:
@@ -221,14 +239,15 @@ def synthetic_variants(dense: nn.Module, levels: list[float]) -> dict[str, tuple
     return out
 
 
-def learned_case(run_dir: str, repeats: int, warmup: int) -> dict[str, Any]:
+def learned_case(run_dir: str, repeats: int, warmup: int,
+                 device: torch.device | None = None) -> dict[str, Any]:
     from metasparsity.recipes.load_run import load_run_model
 
     cfg, model, _ = load_run_model(run_dir)
     model.eval()
     size = int(cfg.data.image_size)
     res = bench_model("learned", model, {"learned": ("learned", float("nan"), model)}, size,
-                      {1: ["learned"], 16: ["learned"]}, repeats, warmup)
+                      {1: ["learned"], 16: ["learned"]}, repeats, warmup, device)
     res["config"] = {"run_dir": str(run_dir), "depth": cfg.model.depth, "width": cfg.model.width,
                      "output_stride": cfg.model.output_stride, "image_size": size,
                      "tasks": model.tasks}
@@ -248,6 +267,8 @@ def markdown(result: dict[str, Any]) -> str:
     load_end = ", ".join(f"{v:.1f}" for v in m.get("load_average_end", ()))
     lines = [
         "# Pruning: MAC reduction vs measured latency speedup", "",
+        *([f"Timed on **{m['gpu']}** ({m['device']}, fp32 weights, cuDNN defaults); pruning and "
+           "counting on the CPU.", ""] if m.get("gpu") else []),
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} listed), "
         f"torch {m['torch']} with {m['torch_threads']} threads.  Load average {load} at the "
         f"start, {load_end} at the end: the cores were shared with other jobs, so every "
@@ -306,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="CPU preset only")
     ap.add_argument("--out", type=Path, default=RESULTS / "pruning.json")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the latencies are timed")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     levels = [float(v) for v in args.levels.split(",") if v.strip()]
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "physical pruning: MACs vs latency",
-                              "machine": machine(), "models": {}}
+                              "machine": machine(device), "models": {}}
 
     spec, source = cpu_preset()
     print(f"cpu-preset ({source})", flush=True)
@@ -319,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = synthetic_variants(dense, levels)
     every = list(variants)
     case = bench_model("cpu-preset", dense, variants, spec["image_size"], {1: every, 16: every},
-                       args.cpu_repeats, max(args.warmup, 2))
+                       args.cpu_repeats, max(args.warmup, 2), device)
     case["config"] = {**spec, "source": source}
     result["models"]["cpu-preset"] = case
 
@@ -332,14 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = {1: list(variants),
                 16: [k for k, (_, lvl, _) in variants.items() if any(abs(lvl - v) < 1e-9 for v in b16)]}
         case = bench_model("resnet50-os8", dense, variants, R50["image_size"], plan, args.repeats,
-                           args.warmup)
+                           args.warmup, device)
         case["config"] = {**R50, "source": "paper-scale preset"}
         result["models"]["resnet50-os8"] = case
         del dense, variants
 
     if args.run:
         print(f"learned ({args.run})", flush=True)
-        result["models"]["learned"] = learned_case(args.run, args.repeats, args.warmup)
+        result["models"]["learned"] = learned_case(args.run, args.repeats, args.warmup, device)
 
     checked = []
     for name, case in result["models"].items():
