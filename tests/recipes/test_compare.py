@@ -317,3 +317,21 @@ def test_stl_baselines_that_learned_nothing_are_a_user_error_naming_the_metrics(
     # one usable metric is enough
     assert usable_spec(spec, {"seg": {"miou": 0.0, "pixel_acc": 0.4}}, needed="x")[0] == {
         "seg": {"pixel_acc": True}}
+
+
+def test_budget_runs_keep_their_own_target_when_fine_tuned_with_a_penalty(tmp_path):
+    """With ``finetune.lam=source``, each ``meta_budget`` level fine-tunes under its own target
+    (the dual ascent and the landing of budget mode), not without a budget (its runs are of kind
+    ``meta_budget``) and not at the comparison's ``meta.target``."""
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, "compare.methods=[stl,mtl,fixed_lambda,meta_budget]",
+               *SMALL, "compare.lambda_grid=[0.03]", "finetune.lam=source") == 0
+    rows = read_json(out / "results.json")["per_seed"]["0"]
+    (level,) = rows["meta_budget"]["grid"]
+    meta_run = Path(level["meta_run_dir"])
+    assert read_json(meta_run / "results.json")["kind"] == "meta_budget"
+    for name in ("finetune_seen", "finetune_unseen"):
+        ft = read_json(meta_run / name / "results.json")
+        assert ft["source_kind"] == "meta_budget"
+        assert ft["budget"]["target"] == level["target"] and ft["budget"]["measure"] == "macs"
+        assert ft["budget"]["cost"]["macs"] <= level["target"] + 0.03

@@ -138,21 +138,25 @@ def _timed(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
     return res, res.get("wall_time_s") or (time.time() - t0)
 
 
-def _finetune(ctx: Context, source: Path, tasks: list[str], name: str) -> tuple[dict, float]:
+def _finetune(ctx: Context, source: Path, tasks: list[str], name: str,
+              cfg: Config | None = None) -> tuple[dict, float]:
+    """Fine-tune ``source`` on ``tasks`` into ``source/name`` (reused / resumed) under ``cfg``,
+    the config ``source`` was trained with (default: the comparison's, at this seed)."""
     out = source / name
     done, resume = sub_run(out)
     if done is not None:
         return done, done.get("wall_time_s", done.get("train_time_s", 0.0))
-    cfg = ctx.cfg.copy()
-    cfg.train.seed = ctx.seed
+    if cfg is None:
+        cfg = ctx.cfg.copy()
+        cfg.train.seed = ctx.seed
     res = run_finetune(source, tasks, out, cfg=cfg, resume=resume, overwrite=not resume)
     return res, res["wall_time_s"]
 
 
-def _unseen(ctx: Context, source: Path) -> tuple[dict, float]:
+def _unseen(ctx: Context, source: Path, cfg: Config | None = None) -> tuple[dict, float]:
     if not ctx.unseen:
         return {"test": {}, "val": {}}, 0.0
-    return _finetune(ctx, source, ctx.unseen, "finetune_unseen")
+    return _finetune(ctx, source, ctx.unseen, "finetune_unseen", cfg)
 
 
 def _val_delta(ctx: Context, res: dict) -> float:
@@ -281,8 +285,10 @@ def _meta(ctx: Context, name: str, lambda_init: float | None,
         meta_res = run_recipe(MetaTrainer(cfg, src, resume=resume, overwrite=not resume,
                                           kind=name.split("/")[0]))
     w0 = meta_res.get("wall_time_s", meta_res.get("train_time_s", 0.0))
-    seen, w1 = _finetune(ctx, src, ctx.seen, "finetune_seen")
-    unseen, w2 = _unseen(ctx, src)
+    # fine-tuned under the config it was meta-trained with: a budget run (finetune.lam > 0)
+    # keeps its own target
+    seen, w1 = _finetune(ctx, src, ctx.seen, "finetune_seen", cfg)
+    unseen, w2 = _unseen(ctx, src, cfg)
     lam = meta_res["lambda_final"]
     passes = ctx.plan.meta_passes_of(bool(meta_res.get("lambda_objective") == "heldout"))
     return _row(src / "finetune_seen", seen, unseen, w0 + w1 + w2,

@@ -42,9 +42,15 @@ def finetune_settings(cfg: Config, tasks: Sequence[str], n_train: int | None = N
         kind="finetune")
 
 
+#: Kinds of meta-trained runs that train under ``meta.target`` when it is set: ``meta-train``'s
+#: own and ``compare``'s ``meta_budget`` method (one run per target).
+META_BUDGET_KINDS = ("meta_sparsity", "meta_budget")
+
+
 def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
     """Which budget a source run trained under: ``"meta"`` (a meta-trained run with
-    ``meta.target``), ``"train"`` (a ``train`` run with ``sparsity.target``), None for none.  A
+    ``meta.target``, of a kind in :data:`META_BUDGET_KINDS`), ``"train"`` (a ``train`` run with
+    ``sparsity.target``), None for none.  A
     fine-tuning that held a budget (its checkpoint has ``budget_lambda``) counts as the kind of
     the budget it held (its checkpoint's ``budget_key``)."""
     kind = source_meta.get("kind")
@@ -53,7 +59,7 @@ def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
         # meta.target could give a fine-tuning a budget)
         held = source_meta.get("budget_key", "meta.target")
         kind = TRAIN_BUDGET if held == "sparsity.target" else "meta_sparsity"
-    if kind == "meta_sparsity" and cfg.meta.target is not None:
+    if kind in META_BUDGET_KINDS and cfg.meta.target is not None:
         return "meta"
     if kind == TRAIN_BUDGET and cfg.sparsity.target is not None:
         return "train"
