@@ -160,7 +160,11 @@ def end_to_end(meta_run: Path, name: str, work: Path) -> list[str]:
     done.append("evaluate (test split)")
     _run(["prune", str(meta_run), "--out", str(work / "e2e_pruned")])
     done.append("prune (with its latency table)")
-    image = next(p for p in sorted((work / "data").rglob("*")) if p.suffix in (".jpg", ".png"))
+    import numpy as np
+    from PIL import Image
+
+    image = work / "e2e_image.png"  # a photo-sized input (MTAN's fixture holds .npy arrays)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(image)
     _run(["predict", str(work / "e2e_pruned"), str(image), "--out", str(work / "e2e_predict")])
     done.append("predict (pruned model, one image)")
     return done

@@ -19,13 +19,13 @@ class _Range(Dataset):
 
 
 class _Augmented(_Range):
-    """A data set with random augmentation: ``item`` draws one number from ``generator``."""
+    """A data set with random augmentation: ``seeded_item`` draws one number from ``generator``."""
 
-    def item(self, i: int, generator: torch.Generator | None = None):
+    def seeded_item(self, i: int, generator: torch.Generator | None = None):
         return torch.tensor([i]), {"r": torch.rand((), generator=generator)}
 
     def __getitem__(self, i: int):
-        return self.item(i)
+        return self.seeded_item(i)
 
 
 def _draw(stream: BatchStream, n: int) -> list[tuple[list[int], list[float]]]:
@@ -74,13 +74,15 @@ def test_augmentation_depends_on_seed_epoch_and_index_alone():
     resumed.load_state_dict({"epoch": 1, "pos": 1})
     assert _draw(resumed, 3) == ref[4:]
     # each draw is the generator seeded by (seed, epoch, index): recomputed independently
-    s = BatchStream(_Augmented(), 3, seed=3)
     for n, (idx, rs) in enumerate(ref):
         epoch = n // 3
         for i, r in zip(idx, rs):
             g = torch.Generator().manual_seed(((3 * 1_000_003 + epoch) * 1_000_033 + i) % 2**63)
             assert r == torch.rand((), generator=g).item()
-            assert s.sample_seed(epoch, i) != s.sample_seed(epoch + 1, i)
+    # the same sample in another epoch is augmented otherwise
+    first = {i: r for idx, rs in ref[:3] for i, r in zip(idx, rs)}
+    second = {i: r for idx, rs in ref[3:6] for i, r in zip(idx, rs)}
+    assert all(first[i] != second[i] for i in set(first) & set(second))
 
 
 def test_a_selection_loads_the_chosen_batches_of_the_unselected_stream():
@@ -116,3 +118,60 @@ def test_a_recipes_streams_are_closed_when_it_ends_even_on_an_error():
         run_recipe(r)
     assert r.stream._it is None
     assert next(r.stream)[0].shape == (4, 1)  # a closed stream starts its loader again
+    workers = list(r.stream._it._workers)
+    assert workers and all(w.is_alive() for w in workers)
+    r.stream.close()
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)  # close() stopped them, not a timeout
+
+
+def test_shards_together_are_the_single_process_batches_augmentation_included():
+    ref = _draw(BatchStream(_Augmented(), 4, seed=6), 5)
+    parts = [_draw(BatchStream(_Augmented(), 4, seed=6, shard=(r, 2), rank=r, num_workers=w), 5)
+             for r, w in ((0, 0), (1, 2))]
+    joined = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(*parts)]
+    assert joined == ref
+
+
+def test_a_selection_resumed_mid_epoch_loads_what_the_uninterrupted_one_loads():
+    def run(stream, numbers):
+        got = []
+        for n in numbers:
+            if n % 3 == 0:
+                got.append(_draw(stream, 1)[0])
+            else:
+                stream.skip()
+        return got
+
+    ref = BatchStream(_Augmented(), 3, seed=9, num_workers=2)
+    ref.select(lambda n: n % 3 == 0)
+    whole = run(ref, range(10))
+    s = BatchStream(_Augmented(), 3, seed=9, num_workers=2)
+    s.select(lambda n: n % 3 == 0)
+    run(s, range(4))
+    state = s.state_dict()
+    resumed = BatchStream(_Augmented(), 3, seed=9, num_workers=2)
+    resumed.load_state_dict(state)
+    resumed.select(lambda n: n % 3 == 0)
+    assert run(resumed, range(4, 10)) == whole[2:]
+
+
+def test_a_failed_batch_leaves_the_position_where_it_was():
+    class Failing(_Range):
+        calls = 0
+
+        def __getitem__(self, i):
+            Failing.calls += 1
+            if Failing.calls == 5:  # inside the second batch
+                raise OSError("unreadable file")
+            return super().__getitem__(i)
+
+    s = BatchStream(Failing(), 4, seed=0)
+    assert next(s)[0][:, 0].tolist() == next(BatchStream(_Range(), 4, seed=0))[0][:, 0].tolist()
+    with pytest.raises(OSError):
+        next(s)
+    assert s.state_dict() == {"epoch": 0, "pos": 1}
+    again = BatchStream(_Range(), 4, seed=0)
+    next(again)
+    assert next(s)[0][:, 0].tolist() == next(again)[0][:, 0].tolist()

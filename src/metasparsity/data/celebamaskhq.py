@@ -241,10 +241,10 @@ class CelebAMaskHQ(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.item(index)
+        return self.seeded_item(index)
 
-    def item(self, index: int, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def seeded_item(self, index: int, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sample ``index`` transformed; training augmentation draws from ``generator`` (None:
         torch's global generator).  ``BatchStream`` passes one seeded per sample and epoch."""
         if index < 0:

@@ -14,13 +14,20 @@ def run_recipe(recipe: Any) -> Any:
     recipe's cycle of references kept them waiting about 5 s per worker)."""
     from metasparsity.training.batches import BatchStream
 
-    recipe.setup()
+    def close_streams() -> None:
+        for v in list(vars(recipe).values()):
+            if isinstance(v, BatchStream):
+                v.close()
+
+    try:
+        recipe.setup()
+    except BaseException:
+        close_streams()  # setup may have started one (meta-train's auto λ0 reads batches)
+        raise
     try:
         return recipe.train()
     finally:
         try:
             recipe.cleanup()
         finally:
-            for v in list(vars(recipe).values()):
-                if isinstance(v, BatchStream):
-                    v.close()
+            close_streams()

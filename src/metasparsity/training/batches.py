@@ -16,14 +16,15 @@ def _worker_init(_: int) -> None:
 
 
 class _SeededItems(Dataset):
-    """``dataset`` read by ``(index, seed)`` keys: a data set with random augmentation (an
-    ``item(index, generator)`` method) draws it from a generator seeded with ``seed``, so that a
-    sample's augmentation depends on the stream's state alone; any other data set is read as
-    ``dataset[index]``."""
+    """``dataset`` read by ``(index, seed)`` keys: a data set with random augmentation (a
+    ``seeded_item(index, generator)`` method, as the real data sets have) draws it from a
+    generator seeded with ``seed``, so that a sample's augmentation depends on the stream's state
+    alone; any other data set is read as ``dataset[index]`` (a wrapper such as ``Subset`` hides
+    the method: its augmentation would come from torch's global generator)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-        self.seeded = callable(getattr(dataset, "item", None))
+        self.seeded = callable(getattr(dataset, "seeded_item", None))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -31,7 +32,7 @@ class _SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         if self.seeded:
-            return self.dataset.item(index, torch.Generator().manual_seed(seed))
+            return self.dataset.seeded_item(index, torch.Generator().manual_seed(seed))
         return self.dataset[index]
 
 
@@ -87,8 +88,8 @@ class BatchStream:
     * :meth:`select` / :meth:`skip`: this process loads only the batches it is given, while its
       position still advances over every batch (so its state is the single-process state).
 
-    Random augmentation (a data set with an ``item(index, generator)`` method, the real data
-    sets) draws from a generator seeded by :meth:`sample_seed`: ``(seed, epoch, index)``, so a
+    Random augmentation (a data set with a ``seeded_item(index, generator)`` method, the real
+    data sets) draws from a generator seeded by :meth:`sample_seed`: ``(seed, epoch, index)``, so a
     sample is augmented alike whatever ``num_workers``, the number of processes or a resume.
     One loader serves every epoch: its workers are started once (and again only after
     :meth:`select`, :meth:`skip` with no selection, or :meth:`load_state_dict`).
@@ -133,7 +134,9 @@ class BatchStream:
 
     def select(self, keep: Callable[[int], bool] | None) -> None:
         """Load only the batches whose running number :attr:`count` satisfies ``keep``; the others
-        must be passed over with :meth:`skip` (None: load every batch again)."""
+        must be passed over with :meth:`skip` (None: load every batch again).  ``keep`` must
+        select batches without end (as a meta-batch's periodic filter does): the loader reads
+        ahead, and after the last selected batch it would search on for the next."""
         self._keep = keep
         self._it = None
 
@@ -178,7 +181,12 @@ class BatchStream:
             raise RuntimeError(f"batch {self.count} of the stream is not selected; skip() it")
         if self._it is None:
             self._start()
-        batch = next(self._it)
+        try:
+            batch = next(self._it)
+        except BaseException:
+            # the loader may have used up this batch: start again from the stream's state
+            self._it = None
+            raise
         self.pos += 1
         return batch
 
