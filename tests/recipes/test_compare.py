@@ -335,3 +335,40 @@ def test_budget_runs_keep_their_own_target_when_fine_tuned_with_a_penalty(tmp_pa
         assert ft["source_kind"] == "meta_budget"
         assert ft["budget"]["target"] == level["target"] and ft["budget"]["measure"] == "macs"
         assert ft["budget"]["cost"]["macs"] <= level["target"] + 0.03
+
+
+def test_train_budget_trains_at_the_comparisons_target_and_holds_it_on_the_unseen_tasks(tmp_path):
+    """``train_budget``: plain multi-task training in budget mode at ``meta.target``, the
+    multiplier from ``sparsity.lam``; its own run is the deployed model (``budget`` passes, no
+    seen-task fine-tuning); with ``finetune.lam_unseen=source`` its unseen fine-tuning keeps
+    the budget it trained under."""
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[mtl,train_budget]",
+               "meta.target=0.7", "sparsity.lam=1e-3", "finetune.lam_unseen=source") == 0
+    res = read_json(out / "results.json")
+    row = res["per_seed"]["0"]["train_budget"]
+    run = read_json(Path(row["run_dir"]) / "results.json")
+    assert run["kind"] == "train_budget" and run["tasks"] == ["segment", "has_sphere"]
+    assert run["budget"]["target"] == 0.7 and run["budget"]["measure"] == "macs"
+    assert run["budget"]["cost"]["macs"] <= 0.7 and run["best_step"] == run["steps"]
+    assert row["lambda_final"] == run["budget"]["lambda_final"] and row["budget"] == run["budget"]
+    assert row["passes"] == row["passes_total"] == res["summary"]["mtl"]["passes"]["mean"]
+    unseen = read_json(Path(row["run_dir"]) / "finetune_unseen" / "results.json")
+    assert unseen["budget"]["target"] == 0.7 and unseen["budget"]["cost"]["macs"] <= 0.7 + 0.03
+    md = (out / "report.md").read_text()
+    assert "| plain MTL, budget mode (70 % macs) |" in md
+    assert _rows(md, "method")["plain MTL, budget mode (70 % macs)"][-1].startswith("multiplier ")
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["sparsity.lam=1e-3"], "meta.target"),
+    (["meta.target=0.7"], "sparsity.lam"),
+    (["meta.target=1e-6", "sparsity.lam=1e-3"], "meta.target: 1e-06 is out of reach"),
+])
+def test_train_budget_without_a_target_or_a_start_is_refused_before_anything_is_written(
+        tmp_path, capsys, extra, names):
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[mtl,train_budget]", *extra) == 2
+    err = capsys.readouterr().err
+    assert names in err and (names == "meta.target: 1e-06 is out of reach" or "train_budget" in err)
+    assert not out.exists()

@@ -19,7 +19,7 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
-from metasparsity.recipes.train import refuse_train_budget
+from metasparsity.recipes.train import TrainSettings, refuse_train_budget
 from metasparsity.training import collectives
 from metasparsity.training.reuse import RESULTS, reused_from_other_code
 from metasparsity.utils.device import resolve_device
@@ -48,6 +48,15 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
     if "meta_budget" in methods and cfg.meta.target is None and not grid_first:
         raise UserError("compare.methods has meta_budget but nothing sets its targets: put "
                         "fixed_lambda before it (budget mode at the grid's costs) or set meta.target")
+    if "train_budget" in methods:
+        if cfg.meta.target is None:
+            raise UserError("compare.methods has train_budget but meta.target is not set: it "
+                            "trains at the comparison's budget, meta.target (e.g. 0.5)")
+        lo, hi = TrainSettings.lam_range
+        if not lo <= cfg.sparsity.lam <= hi:
+            raise UserError(f"compare.methods has train_budget, whose multiplier starts at "
+                            f"sparsity.lam, which is {cfg.sparsity.lam:g}; give sparsity.lam a "
+                            f"number in [{lo:g}, {hi:g}] (e.g. 1e-3)")
     if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")
@@ -55,7 +64,8 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
     build_dataset(cfg, "train")  # a bad data config stops here
     plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
     if cfg.meta.target is not None and (
-            "meta_sparsity" in methods or ("meta_budget" in methods and not grid_first)):
+            "meta_sparsity" in methods or "train_budget" in methods
+            or ("meta_budget" in methods and not grid_first)):
         _check_target(cfg)
     return methods, plan
 

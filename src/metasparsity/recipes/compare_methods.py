@@ -7,7 +7,10 @@ the per-seed :class:`Context`, and one function per method registered in :data:`
   point with the best validation Δm is kept, and its cost includes the whole grid;
 * ``optuna``: λ tuned by Optuna's TPE sampler over the grid's range (log scale);
 * ``meta_dense`` / ``meta_sparsity``: meta-training with λ = 0 / learned λ, then fine-tuning on
-  the seen tasks together; ``meta_budget``: budget mode at the grid's backbone costs.
+  the seen tasks together; ``meta_budget``: budget mode at the grid's backbone costs;
+* ``train_budget``: budget mode without meta-learning: multi-task training (``train``'s
+  ``sparsity.target``) at the comparison's budget, ``meta.target`` of ``meta.target_measure``,
+  the multiplier starting at ``sparsity.lam``.
 
 Seen-task metrics come from a method's final model; unseen-task metrics from fine-tuning its
 backbone on the unseen tasks with fresh heads (``finetune.*``, zero groups kept).
@@ -28,6 +31,7 @@ from metasparsity.recipes.compare_summary import backbone_cost
 from metasparsity.recipes.finetune import run_finetune
 from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.recipes.sweep import train_or_load
+from metasparsity.recipes.train import run_train
 from metasparsity.training import collectives
 from metasparsity.training.session import sub_run
 from metasparsity.utils.errors import UserError
@@ -306,6 +310,27 @@ def method_meta_dense(ctx: Context) -> dict[str, Any]:
 @METHODS.register("meta_sparsity")
 def method_meta_sparsity(ctx: Context) -> dict[str, Any]:
     return _meta(ctx, "meta_sparsity", None)
+
+
+@METHODS.register("train_budget")
+def method_train_budget(ctx: Context) -> dict[str, Any]:
+    """Budget mode in plain multi-task training at ``meta.target`` (the budget of
+    ``meta_sparsity``'s budget mode): the multiplier starts at ``sparsity.lam`` and moves by dual
+    ascent towards the target ramped over ``sparsity.target_ramp`` of the steps; the last step
+    lands on the target and is the model deployed (no seen-task fine-tuning: ``budget`` passes,
+    as ``mtl``).  Its unseen tasks are fine-tuned under its config (``finetune.lam_unseen``)."""
+    cfg = ctx.cfg.copy()
+    cfg.train.seed = ctx.seed
+    cfg.sparsity.target, cfg.sparsity.target_measure = cfg.meta.target, cfg.meta.target_measure
+    src = ctx.dir("train_budget")
+    seen, resume = sub_run(src)
+    if seen is None:
+        seen = run_train(cfg, src, resume=resume, overwrite=not resume, tasks=ctx.seen)
+    w1 = seen.get("wall_time_s", seen.get("train_time_s", 0.0))
+    unseen, w2 = _unseen(ctx, src, cfg)
+    return _row(src, seen, unseen, w1 + w2,
+                {"lambda_final": seen["budget"]["lambda_final"], "budget": seen["budget"],
+                 "passes": ctx.plan.budget, "passes_total": ctx.plan.budget})
 
 
 def budget_targets(ctx: Context) -> list[float]:

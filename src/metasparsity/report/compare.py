@@ -21,14 +21,16 @@ METHOD_NAMES = {
     "meta_dense": "meta-learning, λ = 0",
     "meta_sparsity": "meta-sparsity (learned λ)",
     "meta_budget": "meta-sparsity, budget mode (grid's costs, chosen on val)",
+    "train_budget": "plain MTL, budget mode",
 }
 
 
 def method_label(results: dict[str, Any], name: str) -> str:
     """The row label of ``name``; meta-sparsity in budget mode (``meta.target``) says so."""
     meta = results.get("config", {}).get("meta", {})
-    if name == "meta_sparsity" and meta.get("target") is not None:
-        return (f"meta-sparsity, budget mode ({100 * meta['target']:g} % "
+    if name in ("meta_sparsity", "train_budget") and meta.get("target") is not None:
+        who = "meta-sparsity" if name == "meta_sparsity" else "plain MTL"
+        return (f"{who}, budget mode ({100 * meta['target']:g} % "
                 f"{meta.get('target_measure', 'macs')})")
     return METHOD_NAMES.get(name, name)
 
@@ -149,7 +151,8 @@ def report_plots(out: Path, results: dict[str, Any]) -> list[tuple[str, str, Cal
         title=f"Δm (seen tasks, test) against sparsity{f', mean ± std of {n} seeds' if n > 1 else ''}",
         extra=extra)))
     per_layer = {method_label(results, m): rows[m]["sparsity"]["per_layer"]
-                 for m in ("fixed_lambda", "optuna", "meta_sparsity", "meta_budget") if m in rows}
+                 for m in ("fixed_lambda", "optuna", "meta_sparsity", "meta_budget", "train_budget")
+                 if m in rows}
     if per_layer:
         made.append(("per_layer_sparsity", "per_layer_sparsity.png",
                      lambda: plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")))
