@@ -360,6 +360,24 @@ def test_train_budget_trains_at_the_comparisons_target_and_holds_it_on_the_unsee
     assert _rows(md, "method")["plain MTL, budget mode (70 % macs)"][-1].startswith("multiplier ")
 
 
+def test_train_budget_takes_the_measure_and_the_seed_and_its_unseen_tasks_no_penalty(tmp_path):
+    """``meta.target_measure`` is the budget's measure and each seed trains with its own seed;
+    with ``finetune.lam_unseen=0`` (the demo) the unseen fine-tuning has no penalty and no
+    budget, only the zero set."""
+    out = tmp_path / "run"
+    assert cli("compare", "--out", out, *SMALL, "compare.methods=[train_budget]",
+               "compare.seeds=[1]", "meta.target=0.8", "meta.target_measure=params",
+               "sparsity.lam=1e-3", "finetune.lam_unseen=0") == 0
+    row = read_json(out / "results.json")["per_seed"]["1"]["train_budget"]
+    run = read_json(Path(row["run_dir"]) / "results.json")
+    assert run["budget"]["measure"] == "params" and run["budget"]["cost"]["params"] <= 0.8
+    assert yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())["train"]["seed"] == 1
+    unseen = read_json(Path(row["run_dir"]) / "finetune_unseen" / "results.json")
+    assert unseen["lam"] == 0.0 and "budget" not in unseen
+    assert unseen["sparsity"]["group_sparsity"] == run["sparsity"]["group_sparsity"]
+    assert "| plain MTL, budget mode (80 % params) |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, names", [
     (["sparsity.lam=1e-3"], "meta.target"),
     (["meta.target=0.7"], "sparsity.lam"),
@@ -372,3 +390,20 @@ def test_train_budget_without_a_target_or_a_start_is_refused_before_anything_is_
     err = capsys.readouterr().err
     assert names in err and (names == "meta.target: 1e-06 is out of reach" or "train_budget" in err)
     assert not out.exists()
+
+
+def test_sub_runs_record_the_lambda_and_seed_they_trained_with(tmp_path):
+    """A comparison's or sweep's sub-run writes the λ and seed it trains with into its
+    ``config.yaml``, not the comparison's (``sparsity.lam`` is train_budget's start), so that
+    ``train --resume`` of the sub-run rebuilds the same training."""
+    from metasparsity.config import load_config
+    from metasparsity.recipes.sweep import train_or_load
+
+    cfg = load_config(None, [*SMALL, "train.max_steps=1", "sparsity.lam=1e-3", "train.seed=0"])
+    for lam, kind in ((0.0, "mtl"), (0.03, "fixed_lambda")):
+        d = tmp_path / kind
+        res = train_or_load(cfg, d, lam, kind, ["segment", "has_sphere"], seed=2)
+        saved = yaml.safe_load((d / "config.yaml").read_text())
+        assert saved["sparsity"]["lam"] == lam == res["lam"] and saved["train"]["seed"] == 2
+        assert res["kind"] == kind
+    assert cfg.sparsity.lam == 1e-3 and cfg.train.seed == 0  # the caller's config untouched

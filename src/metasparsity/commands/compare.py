@@ -10,7 +10,7 @@ from metasparsity.commands.common import add_run_args, config_from_args, run_dir
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compare", help="STL, MTL, fixed-λ grid, (Optuna), meta λ=0, meta-sparsity: one protocol",
+        "compare", help="STL, MTL, fixed-λ grid, (Optuna), meta λ=0, meta-sparsity, budget modes: one protocol",
         description="Run every method of compare.methods for every seed of compare.seeds under "
         "the same budget and split, then write results.json, report.md and plots.")
     add_run_args(p, suffix="_compare")

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the main job on SynthScenes: data preview + every method compared (2 CPU cores: 6–13 min)",
         description="Generate SynthScenes samples and a preview, then compare STL, dense MTL, "
-        "fixed-λ sparse MTL over a λ grid, meta-learning with λ = 0 and meta-sparsity under one "
+        "fixed-λ sparse MTL over a λ grid, meta-learning with λ = 0, meta-sparsity in budget mode "
+        "(also at the grid's costs) and budget mode without meta-learning under one "
         "CPU-sized budget; print the table and write report.md with plots into --out.")
     p.add_argument("--config", metavar="FILE", default=None,
                    help=f"config (default: the packaged preset {PRESET.name})")

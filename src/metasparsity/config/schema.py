@@ -135,7 +135,8 @@ def _measure_field(target_key: str) -> Any:
 class SparsityConfig:
     lam: float = _f(0.0, min=0.0, help="group-lasso strength λ of `train`, in gradient units "
                                        "(0 = dense); with sparsity.target, where the budget's "
-                                       "multiplier starts")
+                                       "multiplier starts (also for compare's train_budget, at "
+                                       "meta.target)")
     prox_metric: str = _f("adam", choices=["adam", "euclidean"],
                           help="metric of the group prox after each Adam step: adam (DESIGN "
                                "§2.2.1) or euclidean (the first version, for ablation)")

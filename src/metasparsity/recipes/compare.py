@@ -35,7 +35,8 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
     reach.  Returns the methods in the order they run (STL first) and the equal-compute plan.
     ``command``: the command named in errors (``compare`` or ``demo``)."""
     resolve_device(cfg.train.device)  # a device this machine lacks
-    refuse_train_budget(cfg, command, "its budget method is meta_budget, with meta.target")
+    refuse_train_budget(cfg, command, "its budget methods, meta_sparsity, meta_budget and "
+                        "train_budget, take meta.target")
     methods = list(cfg.compare.methods)
     for m in methods:
         METHODS.get(m)  # unknown names fail before anything is written

@@ -67,8 +67,8 @@ class ComputePlan:
 
     One training step is one pass; one meta-step with ``M`` subsets and ``K`` inner steps is
     ``M·(K+1)`` passes (each subset: K support passes and one query pass).  Every method gets
-    ``budget`` passes for the model it deploys: MTL, STL (per task) and each fixed-λ grid point
-    or Optuna trial train ``budget`` steps; meta-training gets the outer steps that fit beside its
+    ``budget`` passes for the model it deploys: MTL, STL (per task), ``train_budget`` and each
+    fixed-λ grid point or Optuna trial train ``budget`` steps; meta-training gets the outer steps that fit beside its
     seen-task fine-tuning.  Passes are weighed by their batch size, in units of a training batch
     (``train.batch_size``), so that ``meta.batch_size`` or ``finetune.batch_size`` different from
     it does not buy or lose compute:

@@ -34,10 +34,14 @@ def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list
     done, resume = sub_run(run_dir, note=note_reuse)
     if done is not None:
         return done
-    s = settings_from_config(cfg, tasks)
-    s.lam, s.kind = lam, kind
+    # the run's config.yaml records the λ and seed it trains with (a later `train --resume`
+    # of the sub-run rebuilds it from there), not the sweep's or comparison's own
+    cfg = cfg.copy()
+    cfg.sparsity.lam = lam
     if seed is not None:
-        s.seed = seed
+        cfg.train.seed = seed
+    s = settings_from_config(cfg, tasks)
+    s.kind = kind
     return run_recipe(Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume))
 
 
