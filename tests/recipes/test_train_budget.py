@@ -13,7 +13,7 @@ from metasparsity.builders import build_model
 from metasparsity.config import ConfigError, load_config
 from metasparsity.meta.lam import ramped_target
 from metasparsity.recipes.train import TRAIN_BUDGET, Trainer, settings_from_config, train_settings
-from metasparsity.sparsity import channel_groups
+from metasparsity.sparsity import channel_groups, zero_group_masks
 from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
 
@@ -231,3 +231,66 @@ def test_settings_for_sweeps_and_comparisons_carry_no_budget():
     s = train_settings(cfg)
     assert (s.budget, s.dual_rate, s.target_ramp_steps, s.kind) == (
         ("macs", 0.5), 0.2, 2, TRAIN_BUDGET)  # ramp: half of MICRO's 4 steps
+
+
+LAND = 0.5  # sparsity.target_land: land at step 20 of 40, then train on within the budget
+
+
+@pytest.fixture(scope="module")
+def early_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("train_budget_early") / "run"
+    assert cli("train", "--out", run, *MICRO, *BUDGET, f"sparsity.target_land={LAND}",
+               "train.val_every=10") == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
+    vals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "val"]
+    return run, records, vals, read_json(run / "results.json")
+
+
+def test_an_early_landing_freezes_the_multiplier_and_the_zero_set(early_run):
+    _, records, vals, res = early_run
+    land = round(LAND * STEPS)
+    assert res["budget"]["landing_step"] == land and res["budget"]["landing"] is not None
+    before, after = records[:land], records[land - 1:]
+    rho = [math.log(LAM0)] + [math.log(r["lambda"]) for r in before]
+    for k, r in enumerate(before):  # dual ascent up to the landing step
+        assert rho[k + 1] - rho[k] == pytest.approx(RATE * (r["cost"] - r["target"]) / r["target"],
+                                                    abs=1e-9), k
+    assert {r["lambda"] for r in after} == {before[-1]["lambda"]}  # then frozen
+    cost = [r["cost"] for r in after]
+    assert TARGET - 1.0 / n_groups() - 1e-12 <= cost[0] <= TARGET  # landed on the target
+    assert cost == [cost[0]] * len(cost)  # the zero set is fixed from the landing on
+    assert res["budget"]["lambda_final"] == pytest.approx(before[-1]["lambda"], rel=1e-12)
+    assert res["budget"]["cost"]["groups"] == pytest.approx(cost[-1], abs=1e-12)
+    # the best validated checkpoint from the landing on is kept, none before it
+    scores = {v["step"]: v["score"] for v in vals}
+    assert sorted(scores) == [10, 20, 30, 40]
+    assert res["best_step"] == min((s for s in scores if s >= land), key=scores.get)
+
+
+def test_an_early_landing_resumed_after_it_is_bit_identical_and_keeps_its_zeros(early_run,
+                                                                                tmp_path):
+    run, _, _, res = early_run
+    cfg = load_config(None, [*MICRO, *BUDGET, f"sparsity.target_land={LAND}",
+                             "train.val_every=10"])
+    land = round(LAND * STEPS)
+    zeros = []
+    for resume, stop in ((False, land), (True, land + 3), (True, None)):
+        tr = Trainer(cfg, tmp_path / "r", train_settings(cfg), resume=resume)
+        tr.setup()
+        got = tr.train(stop_after=stop)
+        zeros.append({k: v.clone() for k, v in
+                      zero_group_masks(tr.model, layers=channel_groups(tr.model)).items()})
+        tr.cleanup()
+    assert got["budget"] == res["budget"] and got["best_step"] == res["best_step"]
+    a, b = load_run_checkpoint(run, "last"), load_run_checkpoint(tmp_path / "r", "last")
+    assert same_tensors(a.model, b.model) == []
+    landed, final = zeros[0], zeros[-1]
+    assert any(m.any() for m in landed.values())
+    assert all(bool((final[k] == m).all()) for k, m in landed.items())  # the landed zero set
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.1"])
+def test_a_landing_share_outside_zero_to_one_is_refused(bad):
+    with pytest.raises(ConfigError, match="sparsity.target_land"):
+        load_config(None, ["sparsity.target=0.5", "sparsity.lam=1e-3",
+                           f"sparsity.target_land={bad}"])

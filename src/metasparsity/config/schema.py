@@ -159,6 +159,12 @@ class SparsityConfig:
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
                                "(cost − target)/target after every step")
+    target_land: float = _f(1.0, min=0.0, max=1.0, min_open=True,
+                            help="budget mode of `train` lands on sparsity.target after this "
+                                 "share of train.max_steps (1 = at the last step); after an "
+                                 "earlier landing its zero groups stay zero, the other weights "
+                                 "train on without the prox (the cost stays where it landed), "
+                                 "and the best validated checkpoint from the landing on is kept")
 
 
 @dataclass

@@ -86,6 +86,9 @@ class TrainSettings:
     budget_key: str = "meta.target"  # the config key of the target, for messages
     dual_rate: float = 0.05
     target_ramp_steps: int = 0
+    # the step that lands on the budget (0: the last); after it the zero set is fixed, the other
+    # weights train without the prox, and the best validated checkpoint from it on is kept
+    land_step: int = 0
     lam_range: tuple[float, float] = (1e-6, 10.0)
     freeze_backbone: bool = False
     recompute_bn_stats: bool = False
@@ -282,6 +285,8 @@ class Trainer:
         if self.cost is not None:
             self.lam_now = torch.tensor(m["budget_lambda"], dtype=torch.float64, device=self.device)
             self.landing, self.projected = m.get("landing"), int(m.get("projected_groups", 0))
+            if self.step >= self._land_step():
+                self._keep_landed_zeros()
         # The config of this invocation decides the LR schedule and weight decay from here on.
         self.sched.base_lrs = [s.lr for _ in self.opt.param_groups]
         for group in self.opt.param_groups:
@@ -334,16 +339,24 @@ class Trainer:
                     lr_now = self.opt.param_groups[0]["lr"]
                     if self.groups is None:
                         self.opt.step()
-                    elif self.cost is not None and self.step + 1 == s.max_steps:
-                        self.opt.step(lam=None)  # budget mode's last step lands on the budget
+                    elif self.cost is not None and self.step + 1 == self._land_step():
+                        self.opt.step(lam=None)  # budget mode's landing step
                         self.landing, self.projected = land_prox(
                             self.model, self.opt, self.cost, *s.budget, self.lam_now)
+                    elif self.cost is not None and self.step + 1 > self._land_step():
+                        self.opt.step(lam=None)  # landed: the zero set is fixed, the rest trains
                     else:
                         self.opt.step(lam=self.lam_now)  # τ = lr_now·λ·w_g
                     self.sched.step()
                     if self.masks is not None:
                         apply_masks_(self.model, self.masks)
-                    cost = self._dual_step() if self.cost is not None else None
+                    cost = None
+                    if self.cost is not None:
+                        if self.step + 1 >= self._land_step():
+                            self._keep_landed_zeros()
+                        # the multiplier's last move is the landing step's
+                        cost = (self._dual_step() if self.step + 1 <= self._land_step()
+                                else self.cost.fraction(self.model, s.budget[0]))
                     check_finite_params(self._all_tensors(), self.step + 1)
                     self.step += 1
                     session.mark(self.step, stream=self.stream.state_dict())
@@ -369,6 +382,20 @@ class Trainer:
                 elif s.ckpt_every and self.step % s.ckpt_every == 0:
                     session.save()
         return session.finish(self._results)
+
+    def _land_step(self) -> int:
+        """Budget mode: the step that lands on the budget (``land_step``, or the last)."""
+        return self.s.land_step or self.s.max_steps
+
+    def _keep_landed_zeros(self) -> None:
+        """Budget mode from its landing on: the zero groups of the penalised layers are kept at
+        zero (with those ``keep_zero_groups`` keeps), so the cost stays where it landed.
+        Rebuilt from the weights, so a resumed run keeps the same set."""
+        zeros = zero_group_masks(self.model, layers=self.groups)
+        if self.masks is not None:
+            zeros = {k: v | self.masks[k] if k in self.masks else v for k, v in zeros.items()}
+            zeros.update({k: v for k, v in self.masks.items() if k not in zeros})
+        self.masks = zeros
 
     def _dual_step(self) -> float:
         """Budget mode, after the update: :func:`~metasparsity.meta.lam.dual_ascent` on the
@@ -431,9 +458,9 @@ class Trainer:
             self.reference_val = val
         score = selection_score(val, self.reference_val,
                                 {t: task.type for t, task in self.tasks.items()})
-        # budget mode: only the last step has landed on the budget, so it is the one kept
-        best = math.isfinite(score) and (score < self.best_score if self.cost is None
-                                         else self.step == self.s.max_steps)
+        # budget mode: only the checkpoints from the landing on are within the budget
+        best = (math.isfinite(score) and score < self.best_score
+                and (self.cost is None or self.step >= self._land_step()))
         if best:
             self.best_score, self.best_step = score, self.step
         rec: dict[str, Any] = {"val": val, "score": score}
@@ -468,6 +495,7 @@ class Trainer:
             results["budget"] = {"measure": measure, "target": target,
                                  "cost": self.cost.summary(self.model),
                                  "lambda_final": _floats(self.lam_now), "landing": self.landing,
+                                 "landing_step": self._land_step(),
                                  "projected_groups": self.projected}
         if self.source:
             results["source"] = self.source
@@ -502,6 +530,7 @@ def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings
         settings.budget, settings.budget_key = (sp.target_measure, sp.target), "sparsity.target"
         settings.dual_rate = sp.dual_rate
         settings.target_ramp_steps = round(sp.target_ramp * settings.max_steps)
+        settings.land_step = max(1, round(sp.target_land * settings.max_steps))
         settings.kind = TRAIN_BUDGET
     else:
         settings.kind = ("fixed_lambda" if settings.lam > 0
