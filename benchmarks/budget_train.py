@@ -126,6 +126,7 @@ def main() -> None:
         usable_spec,
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
+    from metasparsity.recipes.train import final_multiplier
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.errors import UserError
     from metasparsity.utils.io import atomic_write_text, write_json
@@ -215,7 +216,7 @@ def main() -> None:
         rows.append({
             "seed": s, "delta_m": d, "backbone_macs": macs, "param_sparsity": ps,
             "group_sparsity": 100 * res["sparsity"]["group_sparsity"],
-            "lambda_final": res["budget"]["lambda_final"],
+            "lambda_final": final_multiplier(res["budget"]),
             # None where no grid model is as cheap (or as sparse) as this one
             "front_delta_m_at_macs": front_value(macs_front, -macs),
             "gap_to_seed_front_at_macs": _gap(d, front_value(own, -macs)),

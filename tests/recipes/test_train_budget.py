@@ -294,3 +294,31 @@ def test_a_landing_share_outside_zero_to_one_is_refused(bad):
     with pytest.raises(ConfigError, match="sparsity.target_land"):
         load_config(None, ["sparsity.target=0.5", "sparsity.lam=1e-3",
                            f"sparsity.target_land={bad}"])
+
+
+def test_a_multiplier_on_the_removable_layers_leaves_the_others_at_sparsity_lam(tmp_path):
+    import torch
+
+    from metasparsity.sparsity import removable_layers
+
+    run = tmp_path / "run"
+    extra = ["sparsity.target_measure=macs", "sparsity.multiplier_on=removable"]
+    assert cli("train", "--out", run, *MICRO, *BUDGET, *extra) == 0
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
+    res = read_json(run / "results.json")
+    cfg = load_config(None, MICRO)
+    model = build_model(cfg, cfg.data.seen_tasks)
+    x = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+    on = [g.group_weight > 0 for g in removable_layers(model, x, channel_groups(model))]
+    assert res["budget"]["multiplier_on"] == on and 0 < sum(on) < len(on)
+    lam = [[LAM0] * len(on)] + [r["lambda"] for r in records]
+    for k, r in enumerate(records):
+        step = RATE * (r["cost"] - r["target"]) / r["target"]
+        for i, o in enumerate(on):
+            if o:  # the multiplier: dual ascent in log space
+                assert math.log(lam[k + 1][i]) - math.log(lam[k][i]) == pytest.approx(
+                    step, abs=1e-9), (k, i)
+            else:  # held at sparsity.lam
+                assert lam[k + 1][i] == LAM0, (k, i)
+    assert max(v for v, o in zip(lam[-1], on) if o) != LAM0
+    assert TARGET - 0.05 <= res["budget"]["cost"]["macs"] <= TARGET

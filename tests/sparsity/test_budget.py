@@ -22,8 +22,10 @@ from metasparsity.sparsity import (
     ProxAdam,
     channel_groups,
     land_on_budget,
+    land_prox,
     prox_param_groups,
     prune_zero_channels,
+    removable_layers,
     sparsity_stats,
 )
 from metasparsity.utils.io import read_json, read_jsonl
@@ -218,6 +220,36 @@ def test_the_landing_meets_the_budget_at_the_smallest_multiplier_from_either_sid
         assert at_lam > target and s > 1  # more zeros than λ gives
     else:
         assert at_lam < target and s < 1  # fewer: the landing gives groups back
+
+
+@pytest.mark.parametrize("measure", ["macs", "params"])
+def test_a_landing_that_scales_some_layers_leaves_the_others_at_their_prox_at_lambda(measure):
+    """``land_prox(..., scaled=mask)``: the layers outside the mask get the prox at λ alone
+    (bit for bit as ``apply_prox(λ)``); those inside land as a landing of their own would,
+    their zero set being their groups with a threshold at most ``s``; the budget holds."""
+    target = 0.5
+    model, x, opt, layers = stepped_micro_model()
+    cost = BackboneCost(model, x, layers)
+    on = torch.tensor([g.group_weight > 0 for g in removable_layers(model, x, layers)])
+    assert 0 < int(on.sum()) < len(layers)
+    unit = torch.cat(list(opt.zero_thresholds(model, layers, 1.0).values()))
+    lam = torch.full((len(layers),), float(torch.quantile(unit, 0.05)), dtype=torch.float64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    thr = opt.zero_thresholds(model, layers, lam)
+    landing, _ = land_prox(model, opt, cost, measure, target, lam, on)
+    got = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert cost.fraction(model, measure) <= target and landing["scale"] > 1
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(before[n])
+    opt.apply_prox(lam)  # the reference for the layers held at λ
+    params = dict(model.named_parameters())
+    for g, scaled in zip(layers, on.tolist()):
+        if scaled:
+            zero = got[g.name].flatten(2).norm(dim=(0, 2)) == 0
+            assert torch.equal(zero, thr[g.name] <= landing["scale"]), g.name
+        else:
+            assert torch.equal(got[g.name], params[g.name]), g.name
 
 
 def test_the_landing_is_zero_when_the_weights_already_fit_and_inf_out_of_reach():

@@ -28,14 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = run_dir_from_args(args, cfg)
-    from metasparsity.recipes.train import run_train
+    from metasparsity.recipes.train import final_multiplier, run_train
     from metasparsity.report.tables import metrics_table
 
     res = run_train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     print(metrics_table(res["test"]))
     if res.get("budget"):
         b = res["budget"]
-        print(f"{budget_line(b)}; λ {res['lam']:.3g} → {b['lambda_final']:.3g}")
+        print(f"{budget_line(b)}; λ {res['lam']:.3g} → {final_multiplier(b):.3g}")
     print(f"group sparsity {100 * res['sparsity']['group_sparsity']:.1f} %  "
           f"(best step {res['best_step']}); results in {run_dir / 'results.json'}")
     return 0

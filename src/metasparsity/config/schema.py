@@ -159,6 +159,13 @@ class SparsityConfig:
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
                                "(cost − target)/target after every step")
+    multiplier_on: str = _f("all", choices=["all", "removable"],
+                            help="budget mode of `train`: the layers the multiplier acts on: all "
+                                 "penalised layers, or removable: only those whose zero groups "
+                                 "lower sparsity.target_measure (macs, params: conv2 inside a "
+                                 "ResNet block, as sparsity.penalize=removable); the others keep "
+                                 "λ = sparsity.lam, moved by neither the dual ascent nor the "
+                                 "landing")
     target_land: float = _f(1.0, min=0.0, max=1.0, min_open=True,
                             help="budget mode of `train` lands on sparsity.target after this "
                                  "share of train.max_steps (1 = at the last step); after an "

@@ -30,6 +30,7 @@ from metasparsity.sparsity import (
     mask_zero_group_grads_,
     penalised_layers,
     prox_param_groups,
+    removable_layers,
     removed_zero_masks,
     sparsity_stats,
     zero_group_masks,
@@ -89,6 +90,10 @@ class TrainSettings:
     # the step that lands on the budget (0: the last); after it the zero set is fixed, the other
     # weights train without the prox, and the best validated checkpoint from it on is kept
     land_step: int = 0
+    # where the multiplier acts: "all" penalised layers, or "removable": only those whose zero
+    # groups lower the budget's measure (the others keep λ = ``lam``, moved by neither the dual
+    # ascent nor the landing)
+    multiplier_on: str = "all"
     lam_range: tuple[float, float] = (1e-6, 10.0)
     freeze_backbone: bool = False
     recompute_bn_stats: bool = False
@@ -210,6 +215,7 @@ class Trainer:
                                 num_layers=len(self.groups))
         self.sched = build_scheduler(self.opt, s.lr_schedule, s.max_steps, s.warmup_steps)
         self.cost: BackboneCost | None = None  # budget mode: the pruned backbone's cost
+        self.mult_on: torch.Tensor | None = None  # budget mode: the layers the multiplier moves
         self.lam_now: Any = s.lam  # the prox's λ (budget mode: the multiplier, [1] or [L])
         self.landing: dict[str, Any] | None = None
         self.projected = 0
@@ -218,6 +224,10 @@ class Trainer:
             self.cost = BackboneCost(self.model, x0, self.groups)
             self.cost.check_target(self.model, *s.budget, key=s.budget_key)
             lam = s.lam if isinstance(s.lam, list) else [s.lam]
+            if s.multiplier_on == "removable" and s.budget[0] != "groups":
+                on = [g.group_weight > 0 for g in removable_layers(self.model, x0, self.groups)]
+                self.mult_on = torch.tensor(on, device=self.device)
+                lam = lam * len(on) if len(lam) == 1 else lam
             self.lam_now = torch.tensor(lam, dtype=torch.float64, device=self.device)
         self.step = 0
         self.best_score = float("inf")
@@ -342,7 +352,8 @@ class Trainer:
                     elif self.cost is not None and self.step + 1 == self._land_step():
                         self.opt.step(lam=None)  # budget mode's landing step
                         self.landing, self.projected = land_prox(
-                            self.model, self.opt, self.cost, *s.budget, self.lam_now)
+                            self.model, self.opt, self.cost, *s.budget, self.lam_now,
+                            self.mult_on)
                     elif self.cost is not None and self.step + 1 > self._land_step():
                         self.opt.step(lam=None)  # landed: the zero set is fixed, the rest trains
                     else:
@@ -405,8 +416,10 @@ class Trainer:
         target = ramped_target(final, self.step + 1, self.s.target_ramp_steps)
         cost = self.cost.fraction(self.model, measure)
         lo, hi = (math.log(v) for v in self.s.lam_range)
-        self.lam_now = dual_ascent(self.lam_now.log(), (cost - target) / target, self.s.dual_rate,
-                                   lo, hi).exp()
+        lam = dual_ascent(self.lam_now.log(), (cost - target) / target, self.s.dual_rate,
+                          lo, hi).exp()
+        self.lam_now = lam if self.mult_on is None else torch.where(self.mult_on, lam,
+                                                                     self.lam_now)
         return cost
 
     def _zero_masks(self) -> dict[str, torch.Tensor] | None:
@@ -496,6 +509,8 @@ class Trainer:
                                  "cost": self.cost.summary(self.model),
                                  "lambda_final": _floats(self.lam_now), "landing": self.landing,
                                  "landing_step": self._land_step(),
+                                 "multiplier_on": (None if self.mult_on is None
+                                                   else self.mult_on.tolist()),
                                  "projected_groups": self.projected}
         if self.source:
             results["source"] = self.source
@@ -531,11 +546,22 @@ def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings
         settings.dual_rate = sp.dual_rate
         settings.target_ramp_steps = round(sp.target_ramp * settings.max_steps)
         settings.land_step = max(1, round(sp.target_land * settings.max_steps))
+        settings.multiplier_on = sp.multiplier_on
         settings.kind = TRAIN_BUDGET
     else:
         settings.kind = ("fixed_lambda" if settings.lam > 0
                          else ("stl" if len(settings.tasks) == 1 else "mtl"))
     return settings
+
+
+def final_multiplier(budget: dict[str, Any]) -> float:
+    """A budget run's final multiplier from its results' ``budget``: its λ, or with
+    ``sparsity.multiplier_on=removable`` the λ of the layers it moves (the others keep
+    ``sparsity.lam``)."""
+    lam, on = budget["lambda_final"], budget.get("multiplier_on")
+    if not isinstance(lam, list):
+        return lam
+    return max(v for v, o in zip(lam, on or [True] * len(lam)) if o)
 
 
 def _floats(lam: torch.Tensor) -> float | list[float]:

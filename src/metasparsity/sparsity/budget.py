@@ -275,7 +275,8 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
 
 @torch.no_grad()
 def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, target: float,
-              lam: torch.Tensor) -> tuple[dict[str, Any] | None, int]:
+              lam: torch.Tensor, scaled: torch.Tensor | None = None
+              ) -> tuple[dict[str, Any] | None, int]:
     """The landing of budget mode's last step: after a plain Adam step of ``opt``
     (:class:`~metasparsity.sparsity.ProxAdam`, ``step(lam=None)``), its prox at the multiple
     ``s·λ`` of ``lam`` (``[1]`` or ``[L]``) that just brings the backbone's ``measure`` within
@@ -284,8 +285,15 @@ def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, targ
 
     Returns ``({scale, lambda, groups_vs_lambda}, projected)``: ``s``, ``s·λ``, how many groups
     more (or fewer) than the prox at λ would have zeroed, and how many the safety net zeroed;
-    the landing is None when the target is out of reach (then the prox is taken at λ)."""
+    the landing is None when the target is out of reach (then the prox is taken at λ).
+
+    ``scaled``: bool ``[L]``, the layers whose λ the landing scales (default: all); the others
+    take their prox at ``lam`` first and are left out of the search."""
     layers = cost.layers
+    if scaled is not None:
+        keep = scaled.to(lam.dtype)
+        opt.apply_prox(lam * (1 - keep))  # the layers held at λ: their prox at λ
+        lam = lam * keep  # 0 elsewhere: an infinite threshold, no second prox
     thr = opt.zero_thresholds(model, layers, lam)
     s = land_on_budget(model, cost, measure, target, thr)
     landing = None
