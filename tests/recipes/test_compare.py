@@ -367,10 +367,14 @@ def test_train_budget_takes_the_measure_and_the_seed_and_its_unseen_tasks_no_pen
     out = tmp_path / "run"
     assert cli("compare", "--out", out, *SMALL, "compare.methods=[train_budget]",
                "compare.seeds=[1]", "meta.target=0.8", "meta.target_measure=params",
-               "sparsity.lam=1e-3", "finetune.lam_unseen=0") == 0
+               "sparsity.lam=1e-3", "finetune.lam_unseen=0", "sparsity.multiplier_on=removable") == 0
     row = read_json(out / "results.json")["per_seed"]["1"]["train_budget"]
     run = read_json(Path(row["run_dir"]) / "results.json")
     assert run["budget"]["measure"] == "params" and run["budget"]["cost"]["params"] <= 0.8
+    # the row's λ is the multiplier, not a mean with the layers held at sparsity.lam
+    on = run["budget"]["multiplier_on"]
+    assert 0 < sum(on) < len(on) and isinstance(run["budget"]["lambda_final"], list)
+    assert row["lambda_final"] == max(v for v, o in zip(run["budget"]["lambda_final"], on) if o)
     assert yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())["train"]["seed"] == 1
     unseen = read_json(Path(row["run_dir"]) / "finetune_unseen" / "results.json")
     assert unseen["lam"] == 0.0 and "budget" not in unseen

@@ -322,3 +322,11 @@ def test_a_multiplier_on_the_removable_layers_leaves_the_others_at_sparsity_lam(
                 assert lam[k + 1][i] == LAM0, (k, i)
     assert max(v for v, o in zip(lam[-1], on) if o) != LAM0
     assert TARGET - 0.05 <= res["budget"]["cost"]["macs"] <= TARGET
+    # fine-tuning it at its multiplier keeps the multiplier where it was
+    out = tmp_path / "ft"
+    assert cli("finetune", run, "--out", out, "finetune.steps=3", "finetune.lam=source") == 0
+    ft = read_json(out / "results.json")
+    steps = [r["lambda"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert ft["budget"]["multiplier_on"] == on and ft["lam"] == lam[-1]
+    assert all(v[i] == LAM0 for v in steps for i, o in enumerate(on) if not o)
+    assert all(steps[-1][i] != lam[-1][i] for i, o in enumerate(on) if o)

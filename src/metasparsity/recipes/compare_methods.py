@@ -31,7 +31,7 @@ from metasparsity.recipes.compare_summary import backbone_cost
 from metasparsity.recipes.finetune import run_finetune
 from metasparsity.recipes.meta_train import MetaTrainer
 from metasparsity.recipes.sweep import train_or_load
-from metasparsity.recipes.train import run_train
+from metasparsity.recipes.train import final_multiplier, run_train
 from metasparsity.training import collectives
 from metasparsity.training.session import sub_run
 from metasparsity.utils.errors import UserError
@@ -329,7 +329,7 @@ def method_train_budget(ctx: Context) -> dict[str, Any]:
     w1 = seen.get("wall_time_s", seen.get("train_time_s", 0.0))
     unseen, w2 = _unseen(ctx, src, cfg)
     return _row(src, seen, unseen, w1 + w2,
-                {"lambda_final": seen["budget"]["lambda_final"], "budget": seen["budget"],
+                {"lambda_final": final_multiplier(seen["budget"]), "budget": seen["budget"],
                  "passes": ctx.plan.budget, "passes_total": ctx.plan.budget})
 
 

@@ -68,8 +68,8 @@ def budget_kind(cfg: Config, source_meta: dict[str, Any]) -> str | None:
 
 def source_budget(cfg: Config, source_meta: dict[str, Any]) -> dict[str, Any] | None:
     """The budget a source run trained under (:func:`budget_kind`), from the config: the
-    :class:`TrainSettings` fields ``budget``, ``budget_key``, ``dual_rate``, ``lam_range``;
-    None when it had none."""
+    :class:`TrainSettings` fields ``budget``, ``budget_key``, ``dual_rate``, ``lam_range`` (and
+    a ``train`` budget's ``multiplier_on``); None when it had none."""
     m, sp = cfg.meta, cfg.sparsity
     which = budget_kind(cfg, source_meta)
     if which == "meta":
@@ -77,7 +77,8 @@ def source_budget(cfg: Config, source_meta: dict[str, Any]) -> dict[str, Any] | 
                 "dual_rate": m.lambda_lr, "lam_range": (m.lambda_min, m.lambda_max)}
     if which == "train":
         return {"budget": (sp.target_measure, sp.target), "budget_key": "sparsity.target",
-                "dual_rate": sp.dual_rate, "lam_range": TrainSettings.lam_range}
+                "dual_rate": sp.dual_rate, "lam_range": TrainSettings.lam_range,
+                "multiplier_on": sp.multiplier_on}
     return None
 
 
