@@ -410,7 +410,8 @@ class Trainer:
 
     def _dual_step(self) -> float:
         """Budget mode, after the update: :func:`~metasparsity.meta.lam.dual_ascent` on the
-        multiplier (every layer alike, as meta-training does) towards the target of this step
+        multiplier (every layer alike, as meta-training does; with ``multiplier_on=removable``
+        only the layers it acts on) towards the target of this step
         (:func:`~metasparsity.meta.lam.ramped_target`).  Returns the cost."""
         measure, final = self.s.budget
         target = ramped_target(final, self.step + 1, self.s.target_ramp_steps)
