@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [f.stem for f in args.results]
     if len(labels) != len(args.results):
         return _refuse(f"--labels: {len(labels)} labels for {len(args.results)} result files")
+    if len(set(labels)) != len(labels):
+        return _refuse(f"--labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} "
+                       "named twice (each result file needs its own label)")
     if args.out.suffix != ".png":
         return _refuse(f"--out {args.out}: give a .png file")
     grid_result = load(args.grid)

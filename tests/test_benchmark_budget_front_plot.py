@@ -59,12 +59,14 @@ def test_a_recipe_cheaper_than_every_grid_model_has_no_gap(tmp_path):
     assert "front there -, no grid model as cheap" in p.stdout
 
 
-@pytest.mark.parametrize("case", ["labels", "suffix", "no_grid", "no_rows", "unreadable"])
+@pytest.mark.parametrize("case", ["labels", "twice", "suffix", "no_grid", "no_rows", "unreadable"])
 def test_bad_arguments_are_refused_with_exit_2_and_no_picture(tmp_path, case):
     good = _result(tmp_path / "good.json", [(50.0, 1.0)])
     args = {"grid": good, "results": [good], "labels": [], "out": tmp_path / "f.png"}
     if case == "labels":
         args["labels"] = ["one", "two"]
+    elif case == "twice":  # two files, one label (or the same file stem twice)
+        args["results"], args["labels"] = [good, good], ["same", "same"]
     elif case == "suffix":
         args["out"] = tmp_path / "f.pdf"
     elif case == "no_grid":

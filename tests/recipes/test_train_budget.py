@@ -289,6 +289,21 @@ def test_an_early_landing_resumed_after_it_is_bit_identical_and_keeps_its_zeros(
     assert all(bool((final[k] == m).all()) for k, m in landed.items())  # the landed zero set
 
 
+@pytest.mark.parametrize("land, kept", [(1.0, 40), (LAND, 30)])
+def test_budget_mode_keeps_the_best_validation_from_its_landing_on(tmp_path, monkeypatch,
+                                                                    land, kept):
+    """Validation scores (lower is better) of steps 10, 20, 30, 40 set to -10, -1, -3, -2:
+    the best, step 10, is before the landing (step 20, or the last) and is not kept."""
+    import metasparsity.recipes.train as train_mod
+
+    scores = iter([-10.0, -1.0, -3.0, -2.0])
+    monkeypatch.setattr(train_mod, "selection_score", lambda *a, **k: next(scores))
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *MICRO, *BUDGET, f"sparsity.target_land={land}",
+               "train.val_every=10") == 0
+    assert read_json(run / "results.json")["best_step"] == kept
+
+
 @pytest.mark.parametrize("bad", ["0", "1.5", "-0.1"])
 def test_a_landing_share_outside_zero_to_one_is_refused(bad):
     with pytest.raises(ConfigError, match="sparsity.target_land"):
