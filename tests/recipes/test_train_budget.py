@@ -304,6 +304,31 @@ def test_budget_mode_keeps_the_best_validation_from_its_landing_on(tmp_path, mon
     assert read_json(run / "results.json")["best_step"] == kept
 
 
+def test_resuming_with_another_landing_or_multiplier_is_refused_unless_it_is_ahead(
+        tmp_path, capsys):
+    base = [*MICRO, *BUDGET, f"sparsity.target_land={LAND}", "train.val_every=10"]
+    landed, early = tmp_path / "landed", tmp_path / "early"
+    for run, stop in ((landed, round(LAND * STEPS) + 3), (early, 7)):
+        cfg = load_config(None, base)
+        tr = Trainer(cfg, run, train_settings(cfg))
+        tr.setup()
+        assert tr.train(stop_after=stop) is None
+        tr.cleanup()
+    capsys.readouterr()
+    for run, extra, match in (
+            (landed, ["sparsity.target_land=0.75"], "landed on its budget at step 20"),
+            (landed, ["sparsity.target_land=1.0"], "landed on its budget at step 20"),
+            (early, ["sparsity.target_land=0.1"], "this config lands at step 4"),
+            (early, ["sparsity.target_measure=macs", "sparsity.multiplier_on=removable"],
+             "sparsity.multiplier_on=all")):
+        assert cli("train", "--resume", run, *extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--resume" in err[0] and match in err[0], err
+    # a landing still ahead may move: the run lands at the new step
+    assert cli("train", "--resume", early, "sparsity.target_land=0.75") == 0
+    assert read_json(early / "results.json")["budget"]["landing_step"] == 30
+
+
 @pytest.mark.parametrize("bad", ["0", "1.5", "-0.1"])
 def test_a_landing_share_outside_zero_to_one_is_refused(bad):
     with pytest.raises(ConfigError, match="sparsity.target_land"):

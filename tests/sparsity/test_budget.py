@@ -239,6 +239,10 @@ def test_a_landing_that_scales_some_layers_leaves_the_others_at_their_prox_at_la
     landing, _ = land_prox(model, opt, cost, measure, target, lam, on)
     got = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert cost.fraction(model, measure) <= target and landing["scale"] > 1
+    # the λ each layer's prox took: s·λ where scaled, λ elsewhere
+    assert landing["lambda"] == pytest.approx(
+        [v * (landing["scale"] if o else 1.0) for v, o in zip(lam.tolist(), on.tolist())],
+        rel=1e-12)
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(before[n])

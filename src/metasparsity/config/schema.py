@@ -149,8 +149,9 @@ class SparsityConfig:
     target: float | None = _target_field(
         "budget mode of `train`: keep at most this fraction of the dense backbone's cost "
         "(sparsity.target_measure); λ becomes a Lagrange multiplier, starting at sparsity.lam "
-        "and moved by dual ascent after every step; the last step lands on the target and is "
-        "the checkpoint kept (null = off; meta-train's budget is meta.target)")
+        "and moved by dual ascent after every step; the last step (or sparsity.target_land's) "
+        "lands on the target, and the checkpoint kept is the landed one (null = off; "
+        "meta-train's budget is meta.target)")
     target_measure: str = _measure_field("sparsity.target")
     target_ramp: float = _ramp_field(
         0.5, "the target falls from 1 to sparsity.target over this share of train.max_steps, "
@@ -158,14 +159,15 @@ class SparsityConfig:
         "(measured worse: README, budget mode in plain training)")
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
-                               "(cost − target)/target after every step")
+                               "(cost − target)/target after every step up to the landing")
     multiplier_on: str = _f("all", choices=["all", "removable"],
                             help="budget mode of `train`: the layers the multiplier acts on: all "
                                  "penalised layers, or removable: only those whose zero groups "
                                  "lower sparsity.target_measure (macs, params: conv2 inside a "
-                                 "ResNet block, as sparsity.penalize=removable); the others keep "
-                                 "λ = sparsity.lam, moved by neither the dual ascent nor the "
-                                 "landing")
+                                 "ResNet block and conv3 in a bottleneck, as "
+                                 "sparsity.penalize=removable; groups: every layer); the others "
+                                 "keep the λ they start with (sparsity.lam), moved by neither the "
+                                 "dual ascent nor the landing")
     target_land: float = _f(1.0, min=0.0, max=1.0, min_open=True,
                             help="budget mode of `train` lands on sparsity.target after this "
                                  "share of train.max_steps (1 = at the last step); after an "

@@ -81,7 +81,8 @@ class TrainSettings:
     # whose channel pruning removes); True means "all"
     keep_zero_groups: bool | str = False
     # (measure, target): λ is budget mode's multiplier, moved by dual ascent after every step at
-    # ``dual_rate`` in log space inside ``lam_range``; the last step lands on the budget.  The
+    # ``dual_rate`` in log space inside ``lam_range`` up to the step that lands on the budget
+    # (``land_step``: the last by default).  The
     # target ramps down from 1 over the first ``target_ramp_steps`` steps (0: none)
     budget: tuple[str, float] | None = None
     budget_key: str = "meta.target"  # the config key of the target, for messages
@@ -278,6 +279,8 @@ class Trainer:
                    else s.budget_key)
             raise UserError(f"--resume: {self.run_dir} was trained {had} a budget; resume it "
                             f"{had} one, as it started ({key})")
+        if self.cost is not None:
+            self._check_resumed_budget(m)
         load_model_state(self.model, ck, self.run_dir)
         self.opt.load_state_dict(ck.state["opt"])
         if self.groups is not None:
@@ -315,7 +318,8 @@ class Trainer:
                 "world_size": self.dist.world_size}
         if self.cost is not None:
             meta.update(budget_lambda=self.lam_now.tolist(), landing=self.landing,
-                        projected_groups=self.projected, budget_key=self.s.budget_key)
+                        projected_groups=self.projected, budget_key=self.s.budget_key,
+                        landing_step=self._land_step(), multiplier_on=self._mult_on_list())
         return self.model.state_dict(), state, meta
 
     # ------------------------------------------------------------------ loop
@@ -394,6 +398,26 @@ class Trainer:
                     session.save()
         return session.finish(self._results)
 
+    def _mult_on_list(self) -> list[bool] | None:
+        return None if self.mult_on is None else self.mult_on.tolist()
+
+    def _check_resumed_budget(self, m: dict[str, Any]) -> None:
+        """``--resume`` of a budget run: refuse a change of ``sparsity.multiplier_on``, and a
+        landing moved across the step the run stopped at (it would be skipped, or a landed run's
+        fixed zero set released); a landing still ahead may move (e.g. with more steps)."""
+        if "landing_step" not in m:  # a checkpoint from before these settings
+            return
+        step, old, new = int(m["step"]), int(m["landing_step"]), self._land_step()
+        if new != old and not (step <= old and step < new):
+            raise UserError(f"--resume: {self.run_dir} landed on its budget at step {old} "
+                            f"and stopped at step {step}; this config lands at step {new} "
+                            "(sparsity.target_land × train.max_steps): keep the landing step, "
+                            "or start a new run")
+        if m.get("multiplier_on") != self._mult_on_list():
+            raise UserError(f"--resume: {self.run_dir} was trained with sparsity.multiplier_on="
+                            f"{'all' if m.get('multiplier_on') is None else 'removable'}; "
+                            "resume it with the same")
+
     def _land_step(self) -> int:
         """Budget mode: the step that lands on the budget (``land_step``, or the last)."""
         return self.s.land_step or self.s.max_steps
@@ -404,7 +428,8 @@ class Trainer:
         Rebuilt from the weights, so a resumed run keeps the same set."""
         zeros = zero_group_masks(self.model, layers=self.groups)
         if self.masks is not None:
-            zeros = {k: v | self.masks[k] if k in self.masks else v for k, v in zeros.items()}
+            zeros = {k: v | self.masks[k].to(v.device) if k in self.masks else v
+                     for k, v in zeros.items()}
             zeros.update({k: v for k, v in self.masks.items() if k not in zeros})
         self.masks = zeros
 
@@ -510,8 +535,7 @@ class Trainer:
                                  "cost": self.cost.summary(self.model),
                                  "lambda_final": _floats(self.lam_now), "landing": self.landing,
                                  "landing_step": self._land_step(),
-                                 "multiplier_on": (None if self.mult_on is None
-                                                   else self.mult_on.tolist()),
+                                 "multiplier_on": self._mult_on_list(),
                                  "projected_groups": self.projected}
         if self.source:
             results["source"] = self.source

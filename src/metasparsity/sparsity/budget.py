@@ -277,7 +277,8 @@ def land_on_budget(model: nn.Module, cost: BackboneCost, measure: str, target: f
 def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, target: float,
               lam: torch.Tensor, scaled: torch.Tensor | None = None
               ) -> tuple[dict[str, Any] | None, int]:
-    """The landing of budget mode's last step: after a plain Adam step of ``opt``
+    """The landing of budget mode (its last step, or ``sparsity.target_land``'s): after a plain
+    Adam step of ``opt``
     (:class:`~metasparsity.sparsity.ProxAdam`, ``step(lam=None)``), its prox at the multiple
     ``s·λ`` of ``lam`` (``[1]`` or ``[L]``) that just brings the backbone's ``measure`` within
     ``target`` (:func:`land_on_budget`: from either side, groups revive or go), then the
@@ -290,6 +291,7 @@ def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, targ
     ``scaled``: bool ``[L]``, the layers whose λ the landing scales (default: all); the others
     take their prox at ``lam`` first and are left out of the search."""
     layers = cost.layers
+    held = lam
     if scaled is not None:
         keep = scaled.to(lam.dtype)
         opt.apply_prox(lam * (1 - keep))  # the layers held at λ: their prox at λ
@@ -301,7 +303,8 @@ def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, targ
         at_lam = sum(int((t <= 1.0).sum()) for t in thr.values())
         at_s = sum(int((t <= s).sum()) for t in thr.values())
         opt.apply_prox(lam * s)
-        lam_s = (lam * s).reshape(-1).tolist()
+        lam_s = (lam * s if scaled is None
+                 else torch.where(scaled, held * s, held)).reshape(-1).tolist()
         landing = {"scale": s, "lambda": lam_s[0] if len(lam_s) == 1 else lam_s,
                    "groups_vs_lambda": at_s - at_lam}
     else:  # out of reach (the recipes refuse it at the start; kept for safety): at λ
