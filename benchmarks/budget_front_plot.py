@@ -5,7 +5,8 @@ runs: rows with a target).  ``--grid``: the file whose fixed-λ grid (mean ± st
 drawn, with its front read as every budget table reads it (fewer MACs better: straight between
 the front's points, flat where a cheaper grid model scores at least as well).  Each of
 ``--results`` is one recipe: its seeds as small markers, their mean ± std as a large one.
-Prints, per recipe, the mean Δm, the mean MACs and the gap to the front there.
+Prints, per recipe, the mean Δm, the mean MACs and the gap to the front there, and where the
+files have them, the mean gap to each seed's own front with its 95 % Student-t interval.
 
     python benchmarks/budget_front_plot.py --grid benchmarks/results/budget_train_avx2.json \
         --results benchmarks/results/budget_train_avx2.json … --labels "…" … \
@@ -24,16 +25,31 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _budget_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in result.get("rows", [])
+            if isinstance(r.get("seed"), int) and r.get("target", result.get("target")) is not None
+            and r.get("backbone_macs") is not None and r.get("delta_m") is not None]
+
+
 def recipe_points(result: dict[str, Any]) -> list[tuple[float, float]]:
     """``(backbone MACs %, Δm %)`` of every seed's budget model in a result file."""
-    pts = []
-    for r in result.get("rows", []):
-        if not isinstance(r.get("seed"), int) or r.get("target", result.get("target")) is None:
-            continue
-        if r.get("backbone_macs") is None or r.get("delta_m") is None:
-            continue
-        pts.append((float(r["backbone_macs"]), float(r["delta_m"])))
-    return pts
+    return [(float(r["backbone_macs"]), float(r["delta_m"])) for r in _budget_rows(result)]
+
+
+def own_front_gaps(result: dict[str, Any]) -> list[float]:
+    """Each seed's gap to its own seed's grid front at its MACs, where the file has it."""
+    return [float(r["gap_to_seed_front_at_macs"]) for r in _budget_rows(result)
+            if r.get("gap_to_seed_front_at_macs") is not None]
+
+
+def t_interval(v: list[float]) -> tuple[float, float] | None:
+    """Mean and half-width of the two-sided 95 % Student-t interval of the mean (n ≥ 2)."""
+    if len(v) < 2:
+        return None
+    from scipy import stats
+
+    m, sd = _mean_std(v)
+    return m, float(stats.t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
 
 
 def grid_points(result: dict[str, Any]) -> list[dict[str, float]]:
@@ -148,20 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     grid_result = load(args.grid)
     if not grid_result.get("grid"):
         return _refuse(f"--grid {args.grid}: no fixed-λ grid in it")
-    recipes = {}
+    recipes, paired = {}, {}
     for label, path in zip(labels, args.results):
-        pts = recipe_points(load(path))
+        result = load(path)
+        pts = recipe_points(result)
         if not pts:
             return _refuse(f"--results {path}: no budget run with a Δm in it")
-        recipes[label] = pts
+        recipes[label], paired[label] = pts, t_interval(own_front_gaps(result))
     grid = grid_points(grid_result)
     summary = summarise(grid, recipes)
     plot(grid, recipes, summary, grid_result.get("target"), args.out)
     for s in summary:
         gap = "no grid model as cheap" if s["gap"] is None else f"gap {s['gap']:+.2f}"
+        own = paired[s["label"]]
+        own = "" if own is None else f"; gap to each seed's own front {own[0]:+.2f} ± {own[1]:.2f} (95 % t)"
         print(f"{s['label']}: Δm {s['delta_m']:+.2f} ± {s['delta_m_std']:.2f} at "
               f"{s['macs']:.1f} % of the MACs (n={s['n']}); front there "
-              f"{'-' if s['front'] is None else format(s['front'], '+.2f')}, {gap}")
+              f"{'-' if s['front'] is None else format(s['front'], '+.2f')}, {gap}{own}")
     print(f"wrote {args.out}")
     return 0
 

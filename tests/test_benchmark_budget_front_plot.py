@@ -27,7 +27,8 @@ def _result(path: Path, points: list[tuple[float, float]], grid: bool = True,
     data = {"target": target,
             "grid": [{"lam": lam, "backbone_macs": {"mean": m, **cell},
                       "delta_m": {"mean": d, **cell}} for lam, m, d in GRID] if grid else [],
-            "rows": [{"seed": s, "backbone_macs": m, "delta_m": d}
+            "rows": [{"seed": s, "backbone_macs": m, "delta_m": d,
+                      "gap_to_seed_front_at_macs": d - 2.0 + 0.1 * s}
                      for s, (m, d) in enumerate(points)]
             + [{"seed": "mean ± std", "backbone_macs": 0.0, "delta_m": 99.0}]}
     path.write_text(json.dumps(data))
@@ -50,6 +51,9 @@ def test_each_recipe_is_read_at_its_mean_cost_on_the_flat_left_front(tmp_path):
         assert f"Δm {dm.mean():+.2f} ± {dm.std(ddof=1):.2f}" in line, line
         assert f"at {macs.mean():.1f} % of the MACs (n=3)" in line, line
         assert f"front there {f:+.2f}, gap {dm.mean() - f:+.2f}" in line, line
+        own = dm - 2.0 + 0.1 * np.arange(3)  # the paired gaps, with a t-interval over 3 seeds
+        half = 4.302652729911275 * own.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
+        assert f"gap to each seed's own front {own.mean():+.2f} ± {half:.2f} (95 % t)" in line
 
 
 def test_a_recipe_cheaper_than_every_grid_model_has_no_gap(tmp_path):
