@@ -1,10 +1,17 @@
-"""Budget mode's path: the backbone's cost, the target and the multiplier over meta-training and
-fine-tuning, for finished ``lambda_inits.py`` budget runs (no training; reads their logs).
+"""Budget mode's path: the backbone's cost, the target and the multiplier over training, for
+finished budget runs of ``lambda_inits.py`` or ``budget_train.py`` (no training; reads their logs).
 
-Each ``--runs`` folder is a ``lambda_inits.py --runs`` folder; its budget runs are
-``seed_S/budget_<measure>_<target>/`` (meta-training, ``meta`` records of ``metrics.jsonl``) and
-their ``finetune_seen/`` (``train`` records, logged every ``train.log_every`` steps).  One column
-per folder, one line per seed; fine-tuning's steps follow meta-training's on the x-axis.
+Each ``--runs`` folder is a ``lambda_inits.py --runs`` or ``budget_train.py --runs`` folder; its
+budget runs are ``seed_S/budget_<measure>_<target>/``.  Meta-training's are read from the ``meta``
+records of ``metrics.jsonl`` and their ``finetune_seen/`` (``train`` records, logged every
+``train.log_every`` steps), fine-tuning's steps following meta-training's on the x-axis; plain
+training's (``sparsity.target``) from the ``train`` records.  One column per folder, one line per
+seed.
+
+It also prints, per folder, how the multiplier and the cost move over the second half of the
+dual ascent (the logged records after half of it, up to, not including, the landing's record):
+the multiplier's max/min ratio, the cost's mean distance from its target of that step and its
+largest rise between two logged records, in points of the dense cost (means over seeds).
 
     python benchmarks/budget_paths.py --runs runs/bench_budget_all_avx2 runs/bench_budget_ramp_avx2 \\
         --labels "target from step 1" "meta.target_ramp=1" --out docs/images/budget_ramp.png
@@ -26,15 +33,21 @@ def _records(path: Path, kind: str) -> list[dict]:
 
 
 def budget_paths(folder: Path) -> dict[str, dict[str, list]]:
-    """``{seed_S: {step, cost, target, lambda, meta_steps}}`` of every budget run in ``folder``."""
+    """``{seed_S: {step, cost, target, lambda, meta_steps}}`` of every budget run in ``folder``
+    (``meta_steps`` is 0 for a plain ``train`` run: its dual ascent runs to its last step)."""
     out = {}
     for run in sorted(folder.glob("seed_*/budget_*")):
-        meta = _records(run / "metrics.jsonl", "meta")
-        if not meta:
+        if not (run / "metrics.jsonl").is_file():
             continue
-        ft_log = run / "finetune_seen" / "metrics.jsonl"
-        ft = _records(ft_log, "train") if ft_log.is_file() else []
-        n = meta[-1]["step"]
+        meta = _records(run / "metrics.jsonl", "meta")
+        if meta:
+            ft_log = run / "finetune_seen" / "metrics.jsonl"
+            ft = _records(ft_log, "train") if ft_log.is_file() else []
+            n = meta[-1]["step"]
+        else:
+            meta, ft, n = _records(run / "metrics.jsonl", "train"), [], 0
+            if not meta:
+                continue
         lam = [sum(v) / len(v) if isinstance(v, list) else v
                for v in (r["lambda"] for r in meta + ft)]
         target = [r["target"] for r in meta]
@@ -46,6 +59,40 @@ def budget_paths(folder: Path) -> dict[str, dict[str, list]]:
     return out
 
 
+def held_phase(path: dict[str, list]) -> dict[str, float] | None:
+    """How one run's multiplier and cost move over the second half of its dual ascent: the
+    records after half of it and before the landing's, the landing being the last record of
+    meta-training (``meta_steps``) or of a plain run.  ``None`` when fewer than two records are
+    left.  ``ratio``: max/min multiplier; ``dev``: mean ``|cost − target|`` (the target of each
+    record, ramped or not) and ``rise``: largest ``cost[i+1] − cost[i]``, both in points."""
+    end = path["meta_steps"] or path["step"][-1]
+    idx = [i for i, s in enumerate(path["step"]) if end / 2 < s < end]
+    if len(idx) < 2:
+        return None
+    lam = [path["lambda"][i] for i in idx]
+    cost = [path["cost"][i] for i in idx]
+    return {"from_step": path["step"][idx[0]], "to_step": path["step"][idx[-1]],
+            "ratio": max(lam) / min(lam),
+            "dev": 100 * sum(abs(path["cost"][i] - path["target"][i]) for i in idx) / len(idx),
+            "rise": 100 * max(b - a for a, b in zip(cost, cost[1:]))}
+
+
+def held_summary(label: str, found: dict[str, dict[str, list]]) -> str:
+    """One line: :func:`held_phase` of every seed, as a mean over seeds."""
+    phases = [ph for ph in map(held_phase, found.values()) if ph is not None]
+    if not phases:
+        return f"{label}: fewer than two logged records in the second half of the dual ascent"
+
+    def mean(key: str) -> float:
+        return sum(ph[key] for ph in phases) / len(phases)
+
+    steps = f"steps {min(ph['from_step'] for ph in phases)}–{max(ph['to_step'] for ph in phases)}"
+    return (f"{label}: second half of the dual ascent ({steps}, {len(phases)} seeds): the "
+            f"multiplier moves ×{mean('ratio'):.2f} (max/min), the cost sits {mean('dev'):.1f} "
+            f"points from its target on average and rises by at most {mean('rise'):.1f} points "
+            f"between two logged records (means over seeds)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=Path, nargs="+", required=True)
@@ -55,6 +102,8 @@ def main() -> None:
     labels = args.labels or [d.name for d in args.runs]
     if len(labels) != len(args.runs):
         p.error(f"--labels: {len(labels)} labels for {len(args.runs)} --runs folders")
+    if args.out.suffix not in (".png", ".pdf", ".svg"):
+        p.error(f"--out: {args.out} is not a .png, .pdf or .svg file")
     paths = []
     for d in args.runs:
         if not d.is_dir():
@@ -63,6 +112,8 @@ def main() -> None:
         if not found:
             p.error(f"--runs: {d} holds no budget run with a logged cost (seed_*/budget_*)")
         paths.append(found)
+    for label, found in zip(labels, paths):
+        print(held_summary(label, found))
 
     import matplotlib
 
@@ -80,11 +131,13 @@ def main() -> None:
         tr = next(iter(found.values()))
         top.plot(tr["step"], tr["target"], color="k", lw=1.6, ls="--", label="target")
         for ax in (top, bottom):
-            ax.axvline(tr["meta_steps"], color="grey", lw=0.8, ls=":")
+            if tr["meta_steps"]:
+                ax.axvline(tr["meta_steps"], color="grey", lw=0.8, ls=":")
             ax.grid(alpha=0.3)
         top.set_title(label)
         top.set_ylim(0, 1.05)
-        bottom.set_xlabel("meta-steps; fine-tuning under the budget, if any, after the dotted line")
+        bottom.set_xlabel("meta-steps; fine-tuning under the budget, if any, after the dotted line"
+                          if tr["meta_steps"] else "training steps")
         if col == 0:
             top.set_ylabel("backbone cost / dense")
             bottom.set_ylabel("multiplier λ")
