@@ -174,7 +174,9 @@ class SparsityConfig:
                                  "share of train.max_steps (1 = at the last step); after an "
                                  "earlier landing its zero groups stay zero, the other weights "
                                  "train on without the prox (the cost stays where it landed), "
-                                 "and the best validated checkpoint from the landing on is kept")
+                                 "and the best validated checkpoint from the landing on is kept; "
+                                 "a landing before the ramp's end (sparsity.target_ramp) cuts "
+                                 "from the ramped target to sparsity.target at once")
 
 
 @dataclass
