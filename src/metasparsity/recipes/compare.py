@@ -19,7 +19,7 @@ from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
-from metasparsity.recipes.train import TrainSettings, refuse_train_budget
+from metasparsity.recipes.train import check_multiplier_start, refuse_train_budget
 from metasparsity.training import collectives
 from metasparsity.training.reuse import RESULTS, reused_from_other_code
 from metasparsity.utils.device import resolve_device
@@ -53,11 +53,7 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
         if cfg.meta.target is None:
             raise UserError("compare.methods has train_budget but meta.target is not set: it "
                             "trains at the comparison's budget, meta.target (e.g. 0.5)")
-        lo, hi = TrainSettings.lam_range
-        if not lo <= cfg.sparsity.lam <= hi:
-            raise UserError(f"compare.methods has train_budget, whose multiplier starts at "
-                            f"sparsity.lam, which is {cfg.sparsity.lam:g}; give sparsity.lam a "
-                            f"number in [{lo:g}, {hi:g}] (e.g. 1e-3)")
+        check_multiplier_start(cfg.sparsity.lam, "compare.methods: train_budget")
     if "meta_sparsity" in methods and cfg.meta.lambda_init == 0:
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")

@@ -554,6 +554,15 @@ def run_train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                               overwrite=overwrite))
 
 
+def check_multiplier_start(lam: float, who: str) -> None:
+    """Raise ``UserError`` unless ``lam`` (``sparsity.lam``, where budget mode's multiplier
+    starts) lies in :attr:`TrainSettings.lam_range`; ``who`` opens the message."""
+    lo, hi = TrainSettings.lam_range
+    if not lo <= lam <= hi:
+        raise UserError(f"{who} starts its multiplier at sparsity.lam, which is {lam:g}; give "
+                        f"sparsity.lam a number in [{lo:g}, {hi:g}] (e.g. 1e-3)")
+
+
 def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
     """The settings of ``metasparsity train``: :func:`settings_from_config` and the kind of run;
     in budget mode (kind ``train_budget``, ``sparsity.target`` set) λ starts at ``sparsity.lam``
@@ -562,11 +571,7 @@ def train_settings(cfg: Config, tasks: list[str] | None = None) -> TrainSettings
     settings = settings_from_config(cfg, tasks)
     sp = cfg.sparsity
     if sp.target is not None:
-        lo, hi = TrainSettings.lam_range
-        if not lo <= sp.lam <= hi:
-            raise UserError(f"sparsity.target: budget mode starts its multiplier at sparsity.lam, "
-                            f"which is {sp.lam:g}; give sparsity.lam a number in [{lo:g}, {hi:g}] "
-                            "(e.g. 1e-3)")
+        check_multiplier_start(sp.lam, "sparsity.target: budget mode")
         settings.budget, settings.budget_key = (sp.target_measure, sp.target), "sparsity.target"
         settings.dual_rate = sp.dual_rate
         settings.target_ramp_steps = round(sp.target_ramp * settings.max_steps)
