@@ -51,17 +51,15 @@ def check_same_data(cfg: Config, ref_cfg: Config, split: str, ref_dir: str | Pat
 
 
 def check_against(run_dir: str | Path, cfg: Config, ref_dir: str | Path, ref_cfg: Config,
-                  split: str = "test", which: str = "best") -> list[str]:
+                  split: str = "test", which: str = "best") -> None:
     """Before anything is scored: a :class:`UserError` unless the two configs' ``split`` holds
     the same samples and the two models (``which`` checkpoint of the run, ``best`` of the
-    reference) have a task in common; returns the tasks in common."""
+    reference) have a task in common."""
     check_same_data(cfg, ref_cfg, split, ref_dir)
     mine, theirs = run_tasks(run_dir, cfg, which), run_tasks(ref_dir, ref_cfg)
-    common = [t for t in mine if t in theirs]
-    if not common:
+    if not any(t in theirs for t in mine):
         raise UserError(f"--against {ref_dir}: no task in common "
                         f"({', '.join(mine)} vs {', '.join(theirs)})")
-    return common
 
 
 def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
