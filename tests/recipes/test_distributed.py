@@ -39,7 +39,8 @@ CPU = MICRO + ["train.device=cpu"]
 # the 16-sample support / query halves; λ and the outer rate large enough for the prox to zero
 # some groups.
 META = CPU + ["meta.steps=2", "meta.val_every=2", "meta.meta_batch=3", "meta.lambda_init=0.03",
-              "meta.lambda_max=1.0", "meta.outer_lr=0.05", "meta.lambda_scope=layer"]
+              "meta.lambda_max=1.0", "meta.outer_lr=0.05", "meta.lambda_scope=layer",
+              "meta.lambda_through_prox=true"]
 # Both sides of the end-to-end comparisons compute in float64 (see float64_cli.py for why).
 FLOAT64_CLI = str(Path(__file__).with_name("float64_cli.py"))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -254,6 +255,9 @@ def test_torchrun_meta_train_matches_single_process(tmp_path):
         assert x["lambda"] == pytest.approx(y["lambda"], rel=RTOL)
         assert x["grad_lambda_implicit"] == pytest.approx(y["grad_lambda_implicit"], rel=1e-6,
                                                           abs=1e-12)
+        # λ's part through the outer prox: every rank's λ-validation batches, summed
+        assert x["grad_lambda_prox"] != 0
+        assert x["grad_lambda_prox"] == pytest.approx(y["grad_lambda_prox"], rel=1e-6, abs=1e-12)
 
 
 def test_torchrun_train_matches_single_process_with_double_batch(tmp_path):

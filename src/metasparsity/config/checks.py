@@ -213,6 +213,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "meta.meta_grad: 'first_order' gives λ no gradient at all, so it cannot be learned; "
             "use second_order or lambda_path, or set meta.learn_lambda=false")
+    if m.lambda_through_prox:
+        why = None
+        if m.lambda_objective != "heldout":
+            why = "its L_val is the λ-validation loss; set meta.lambda_objective=heldout"
+        elif not m.learn_lambda or (numeric_init and m.lambda_init == 0):
+            why = "λ is not learned (meta.learn_lambda=false or meta.lambda_init=0)"
+        elif m.target is not None and m.lambda_scope == "global":
+            why = ("in budget mode a global λ is the multiplier alone, moved by dual ascent; use "
+                   "meta.lambda_scope=layer")
+        if why:
+            raise ConfigError(f"meta.lambda_through_prox: {why}")
     if m.target is not None and numeric_init and m.lambda_init == 0:
         raise ConfigError("meta.target: budget mode needs sparsity, but meta.lambda_init=0 turns "
                           "it off; give meta.lambda_init auto or a number > 0")

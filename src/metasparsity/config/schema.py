@@ -220,6 +220,11 @@ class MetaConfig:
     lambda_val_fraction: float = _f(0.15, min=0.0, max=0.5, min_open=True,
                                     help="share of the training ids in the λ-validation stream "
                                          "(lambda_objective=heldout; never updates θ)")
+    lambda_through_prox: bool = _f(False,
+                                   help="λ also gets the gradient through the outer step's prox, "
+                                        "∂L_val(θ_{t+1})/∂λ on the λ-validation batches "
+                                        "(DESIGN §2.4; a one-step look-ahead; needs "
+                                        "lambda_objective=heldout and a learned λ)")
     target: float | None = _target_field(
         "budget mode: keep at most this fraction of the dense backbone's cost "
         "(meta.target_measure); λ becomes a Lagrange multiplier updated by dual ascent "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,9 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
                  opt_theta: torch.optim.Optimizer, opt_rho: torch.optim.Optimizer | None,
                  prox_step: float, layers: Sequence[ConvGroups],
                  extra_params: Mapping[str, torch.Tensor] | None = None,
-                 take_prox: bool = True) -> dict[str, Any]:
+                 take_prox: bool = True,
+                 prox_path: Callable[[Mapping[str, torch.Tensor], torch.Tensor],
+                                     torch.Tensor] | None = None) -> dict[str, Any]:
     """Apply one outer step in place (DESIGN §2.4).
 
     1. ``.grad`` ← the meta-gradients; then the optimizer step on θ and ``extra_params`` (which
@@ -32,12 +34,18 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
          rate ``η`` (DESIGN §2.2.1); ``prox_step`` is not used;
        * any other optimizer: its step, then the Euclidean prox with ``η = prox_step``:
          ``θ_g ← θ_g · max(0, 1 − η·λ_l·w_g / ||θ_g||)``.
-    3. If λ is learnable: ``ρ.grad`` ← ``result.grad_rho``; ``opt_rho.step()``; ρ clamped into
+    2. ``prox_path`` (``meta.lambda_through_prox``; a learnable λ, a :class:`ProxAdam` and a step
+       that takes its prox): ``prox_path(z, λ)`` gets the grouped weights between the Adam step
+       and the prox and returns ``dL_val(θ_{t+1})/dλ`` per layer (``[L]``,
+       :func:`~metasparsity.meta.prox_path.make_prox_path`); it is added to λ's gradient.
+    3. If λ is learnable: ``ρ.grad`` ← ``result.grad_rho`` (with step 2: ``dλ/dρ`` times
+       ``result.grad_lambda`` plus the prox part); ``opt_rho.step()``; ρ clamped into
        ``[log λ_min, log λ_max]``.
 
     ``take_prox=False`` leaves the prox out of step 1 (the last step of budget mode or of
-    ``meta.final_zero_window`` takes it itself, at the multiple of λ it lands on).  ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
-    "lam_next": λ after the update}``.
+    ``meta.final_zero_window`` takes it itself, at the multiple of λ it lands on), and so step 2.
+    ``.grad`` fields are set to None afterwards.  Returns ``{"lam": λ used by the prox,
+    "lam_next": λ after the update, "grad_lambda_prox": step 2's part (λ's shape) or None}``.
     """
     params = dict(model.named_parameters())
     for name, p in params.items():
@@ -49,7 +57,14 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
         p.grad = None if g is None else g.detach().to(p.dtype)
     lam_used = lam.value()
     sparse = lam.enabled and bool(layers) and take_prox
-    if isinstance(opt_theta, ProxAdam):
+    before: dict[str, torch.Tensor] | None = None
+    if isinstance(opt_theta, ProxAdam) and sparse and prox_path is not None and lam.learnable:
+        # step(lam=λ) is step(lam=None) then apply_prox(λ): keep z between the two
+        lam_step = lam().detach()
+        opt_theta.step(lam=None)
+        before = {g.name: params[g.name].detach().clone() for g in layers}
+        opt_theta.apply_prox(lam_step)
+    elif isinstance(opt_theta, ProxAdam):
         opt_theta.step(lam=lam().detach() if sparse else None)
     else:
         opt_theta.step()
@@ -60,16 +75,23 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
     for p in extra.values():
         p.grad = None
 
+    prox_part = None
     if lam.learnable:
         if opt_rho is None:
             raise ValueError("λ is learnable but no optimizer for ρ was given")
         if result.grad_rho is None:
             raise ValueError(f"the meta-step (mode {result.mode!r}) gave λ no gradient")
-        lam.rho.grad = result.grad_rho.detach().to(lam.rho.dtype)
+        grad_rho = result.grad_rho
+        if before is not None and result.grad_lambda is not None:
+            per_layer = prox_path(before, lam_step)
+            prox_part = per_layer if lam.rho.numel() != 1 else per_layer.sum().reshape(1)
+            prox_part = prox_part.to(result.grad_lambda)
+            grad_rho = lam.rho_grad(result.grad_lambda + prox_part)
+        lam.rho.grad = grad_rho.detach().to(lam.rho.dtype)
         opt_rho.step()
         lam.rho.grad = None
         lam.clamp_rho_()
-    return {"lam": lam_used, "lam_next": lam.value()}
+    return {"lam": lam_used, "lam_next": lam.value(), "grad_lambda_prox": prox_part}
 
 
 class RelativeClip:

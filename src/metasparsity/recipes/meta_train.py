@@ -29,6 +29,7 @@ from metasparsity.meta.meta_batch import (
     local_subsets,
     reduce_meta_result,
 )
+from metasparsity.meta.prox_path import ProxPath, make_prox_path
 from metasparsity.meta.sampler import meta_stream_split, support_query_split
 from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import refuse_train_budget
@@ -99,6 +100,7 @@ class MetaTrainer:
         self.learns = m.learn_lambda and self.sparse and not (
             self.budget and m.lambda_scope == "global")
         self.heldout = self.learns and m.lambda_objective == "heldout"
+        self.through_prox = self.heldout and m.lambda_through_prox
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -307,10 +309,12 @@ class MetaTrainer:
                     self._set_outer_lr()
                     grad_norm, clip_scale = self.clip(res.grads_theta)
                     lam_step = self.lam().detach().clone()  # the λ of this step's prox
-                    outer_update(self.model, self.lam, res, self.opt_theta, self.opt_rho,
-                                 prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
-                                 extra_params=dict(self.weighting.named_parameters()),
-                                 take_prox=not self._landing())
+                    upd = outer_update(
+                        self.model, self.lam, res, self.opt_theta, self.opt_rho,
+                        prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
+                        extra_params=dict(self.weighting.named_parameters()),
+                        take_prox=not self._landing(),
+                        prox_path=self._prox_path(batches, held) if self.through_prox else None)
                     cost = self._budget_step(lam_step) if self.budget else None
                     if self.window:
                         self._window_step(lam_step)
@@ -325,6 +329,8 @@ class MetaTrainer:
                 if self.step % m.log_every == 0 or self.step == m.steps:
                     st = sparsity_stats(self.model)
                     rec = self._record(res, subsets, st, lam_now, cost)
+                    rec["grad_lambda_prox"] = (None if upd["grad_lambda_prox"] is None
+                                               else _scalar(upd["grad_lambda_prox"]))
                     session.log("meta", {**rec, "grad_norm": grad_norm, "clip_scale": clip_scale})
                     if hasattr(steps, "set_postfix"):
                         steps.set_postfix(lam=f"{sum(lam_list) / len(lam_list):.2e}",
@@ -336,6 +342,18 @@ class MetaTrainer:
                 elif cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0:
                     session.save()
         return session.finish(self._results)
+
+    def _prox_path(self, batches, held) -> ProxPath:
+        """``meta.lambda_through_prox``: λ's gradient through this outer step's prox, from the
+        λ-validation batches of this process's subsets (:func:`make_prox_path`)."""
+        path = make_prox_path(self.model, self.layers, self.opt_theta,
+                              [(b[0], h) for b, h in zip(batches, held)], self.loss_fn)
+
+        def under_autocast(before, lam):
+            with autocast(self.device, self.cfg.train.amp):
+                return path(before, lam)
+
+        return under_autocast
 
     def _landing(self) -> bool:
         """Whether this outer step is the last one of budget mode or of
@@ -450,6 +468,7 @@ class MetaTrainer:
             "lambda_final": lam_final,
             "lambda_trajectory": [{"step": r["step"], "lambda": r["lambda"]} for r in records],
             "lambda_objective": m.lambda_objective if self.learns else None,
+            "lambda_through_prox": self.through_prox,
             "budget": ({"measure": m.target_measure, "target": m.target,
                         "cost": self.cost.summary(self.model),
                         "landing": self.landing, "projected_groups": self.projected}
