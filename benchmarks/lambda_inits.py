@@ -262,10 +262,13 @@ def main() -> None:
     for (s, o, i), r in sorted(meta_res.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
         meta = r["meta"]
         rec = [x for x in read_jsonl(run_dir(s, o, i) / "metrics.jsonl") if x.get("kind") == "meta"]
-        grads = [x["grad_lambda_implicit"] + x["grad_lambda_explicit"] if not isinstance(
-            x["grad_lambda_implicit"], list) else sum(x["grad_lambda_implicit"]) for x in rec]
+        grads = [(x["grad_lambda_implicit"] + x["grad_lambda_explicit"] if not isinstance(
+            x["grad_lambda_implicit"], list) else sum(x["grad_lambda_implicit"]))
+            + (x.get("grad_lambda_prox") or 0.0) for x in rec]
         lam_f = _lam(meta["lambda_final"])
-        heldout_pass = meta.get("lambda_objective") == "heldout"  # λ-validation passes ran
+        # λ-validation passes ran (twice per subset with meta.lambda_through_prox)
+        heldout_pass = (meta.get("lambda_objective") == "heldout") * (
+            1 + bool(meta.get("lambda_through_prox")))
         passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
                   * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
                   ) / cfg.train.batch_size

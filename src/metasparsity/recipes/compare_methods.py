@@ -108,9 +108,11 @@ def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
 
     budget = cfg.compare.budget or cfg.train.max_steps
     m = cfg.meta
-    # the λ-validation pass of each subset (held-out objective, λ meta-learned): counted for
-    # every meta method, so that all of them take the same number of meta-steps
-    lam_passes = m.meta_batch if (m.lambda_objective == "heldout" and m.learn_lambda) else 0
+    # the λ-validation pass of each subset (held-out objective, λ meta-learned; one more at
+    # θ_{t+1} with meta.lambda_through_prox): counted for every meta method, so that all of
+    # them take the same number of meta-steps
+    lam_passes = (m.meta_batch * (1 + m.lambda_through_prox)
+                  if (m.lambda_objective == "heldout" and m.learn_lambda) else 0)
     per_step = m.meta_batch * (m.inner_steps + 1) + lam_passes
     n_train = None
     if cfg.finetune.epochs is not None:
@@ -125,7 +127,8 @@ def compute_plan(cfg: Config, *, need_meta: bool = True) -> ComputePlan:
             f"compare: a budget of {budget} passes (batch {bs}) leaves no meta-step: fine-tuning "
             f"takes {ft} passes at batch {bs_ft} and one meta-step {per_step} "
             f"(meta.meta_batch × (meta.inner_steps + 1), + meta.meta_batch λ-validation passes "
-            f"with lambda_objective=heldout) at batch {bs_meta}; raise "
+            f"with lambda_objective=heldout, twice with lambda_through_prox) at batch {bs_meta}; "
+            "raise "
             "compare.budget (or train.max_steps) or lower finetune.steps")
     return ComputePlan(budget=budget, meta_steps=max(meta_steps, 0), passes_per_meta_step=per_step,
                        finetune_steps=ft, batch_size=bs, meta_batch_size=bs_meta,

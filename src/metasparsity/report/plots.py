@@ -121,7 +121,8 @@ def _running_mean(xs: Sequence[float], window: int = 25) -> list[float]:
 
 def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
                        title: str = "meta-training") -> Path:
-    """λ (log scale), λ's gradient (explicit / implicit parts) and group sparsity per step.
+    """λ (log scale), λ's gradient (explicit / implicit / prox-path parts) and group sparsity per
+    step.
 
     ``records``: the ``kind == "meta"`` lines of ``metrics.jsonl`` (or several runs as
     ``{"label": ..., "records": [...]}`` dicts, drawn on the same axes)."""
@@ -143,8 +144,13 @@ def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
             if any(exp_):
                 axes[1].plot(steps, _running_mean(exp_), lw=1.6, color="tab:orange",
                              label="explicit (outer penalty), running mean")
+            prox_ = [_total(r.get("grad_lambda_prox") or 0.0) for r in rec]
+            if any(prox_):
+                axes[1].plot(steps, _running_mean(prox_), lw=1.6, color="tab:green",
+                             label="through the outer prox, running mean")
         else:
-            tot = [_total(r["grad_lambda_implicit"]) + _total(r["grad_lambda_explicit"]) for r in rec]
+            tot = [_total(r["grad_lambda_implicit"]) + _total(r["grad_lambda_explicit"])
+                   + _total(r.get("grad_lambda_prox") or 0.0) for r in rec]
             axes[1].plot(steps, _running_mean(tot), lw=1.2, label=f"{run['label']} (running mean)")
     if all(line.get_ydata().min() > 0 for line in axes[0].get_lines()):
         axes[0].set_yscale("log")
