@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from metasparsity.meta.inner import LossFn, Targets, _forward, batch_stat_buffers
+from metasparsity.meta.lam import broadcast_lambda
 from metasparsity.sparsity import ConvGroups, ProxAdam
 
 ProxPath = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -72,24 +73,26 @@ def prox_lambda_grad(opt: ProxAdam, model: nn.Module, layers: Sequence[ConvGroup
     """
     group_of = {id(p): grp for grp in opt.param_groups for p in grp["params"]}
     params = dict(model.named_parameters())
-    lam_l = lam.detach().reshape(-1).double().expand(len(layers)).tolist() if lam.numel() == 1 \
-        else lam.detach().double().tolist()
-    out = torch.zeros(len(layers), dtype=torch.float64)
+    lam_l = broadcast_lambda(lam.detach().double(), len(layers)).tolist()
+    parts: list[torch.Tensor] = []
     euclid = opt.prox_metric == "euclidean"
-    for k, g in enumerate(layers):
+    for g in layers:
         w = params[g.name]
         gv = val_grads.get(g.name)
         grp = group_of.get(id(w))
+        zero = torch.zeros((), dtype=torch.float64, device=w.device)
         if gv is None or grp is None or "prox_layer" not in grp:
+            parts.append(zero)
             continue
         dtau = grp["lr"] * grp["group_weight"]  # dτ/dλ_l
-        tau = dtau * lam_l[k]
+        tau = dtau * lam_l[grp["prox_layer"]]
         if not tau > 0 or not (euclid or opt.state.get(w)):
+            parts.append(zero)
             continue
         d = torch.ones_like(w) if euclid else opt.denominator(w, grp)
         dy = prox_tau_derivative(before[g.name], w.detach(), d, tau)
-        out[k] = float((gv.detach() * dy).sum()) * dtau
-    return out
+        parts.append((gv.detach() * dy).sum().double() * dtau)
+    return torch.stack(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def heldout_grads(model: nn.Module, layers: Sequence[ConvGroups],
