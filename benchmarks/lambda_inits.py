@@ -384,7 +384,11 @@ def _ms(c: dict, nd=2, of: int | None = None) -> str:
 def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_line="") -> str:
     from metasparsity.report.tables import markdown_table
 
-    lines = [f"# λ from different λ0, both objectives, and budget mode ({len(args.seeds)} seeds)",
+    objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]
+    ran = ([f"objective{'s' * (len(objectives) > 1)} {', '.join(objectives)}"] if objectives
+           else []) + ([f"budget mode ({100 * args.target:g} % of the {args.measure})"]
+                       if args.target > 0 else [])
+    lines = [f"# λ from different λ0: {' and '.join(ran)} ({len(args.seeds)} seeds)",
              "", "`" + shlex.join(["python", "benchmarks/lambda_inits.py", *sys.argv[1:]]) + "` on "
              f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
              "", *([code_line, ""] if code_line else []),
