@@ -30,7 +30,13 @@ from metasparsity.training.run_checkpoints import load_run_checkpoint
 from metasparsity.utils.io import read_json, read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.meta.toy_meta import ALPHA, SUBSETS, make_batches, make_lam  # noqa: E402
+from tests.meta.toy_meta import (  # noqa: E402
+    ALPHA,
+    SUBSETS,
+    central_differences,
+    make_batches,
+    make_lam,
+)
 
 from toy_models import ToyMultiTaskNet, toy_batch, toy_loss  # noqa: E402
 
@@ -192,14 +198,7 @@ def test_prox_path_matches_finite_differences_of_the_outer_step(metric, scope):
     upd, _, _ = step.update(prox_path=True)
     got = upd["grad_lambda_prox"]
     assert got.shape == lam_vec.shape
-    fd = []
-    for i in range(lam_vec.numel()):
-        h = REL_H_NET * float(lam_vec[i])
-        up, dn = lam_vec.clone(), lam_vec.clone()
-        up[i] += h
-        dn[i] -= h
-        fd.append((step.f(up) - step.f(dn)) / (2 * h))
-    fd = torch.tensor(fd, dtype=torch.float64)
+    fd = central_differences(step.f, lam_vec, REL_H_NET)
     # the prox zeroed some groups and kept the others (global λ: exactly the planned ones)
     step.restore()
     step._set_grads()

@@ -33,3 +33,16 @@ def uncertainty(s):
         _, per = toy_loss(outputs, targets, tasks)
         return sum(torch.exp(-s[t]) * per[t] + s[t] for t in tasks), per
     return loss_fn
+
+
+def central_differences(f, lam_vec, rel_h):
+    """``(f(λ + h e_l) − f(λ − h e_l)) / 2h`` for every entry ``l`` of ``lam_vec``,
+    ``h = rel_h·λ_l``; ``f`` takes a λ vector and returns a float."""
+    out = []
+    for idx in range(lam_vec.numel()):
+        h = rel_h * float(lam_vec[idx])
+        up, down = lam_vec.clone(), lam_vec.clone()
+        up[idx] += h
+        down[idx] -= h
+        out.append((f(up) - f(down)) / (2 * h))
+    return torch.tensor(out, dtype=torch.float64)
