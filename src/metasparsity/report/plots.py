@@ -66,7 +66,8 @@ def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
     ax.set_xlabel(f"{what} sparsity of the shared backbone (%)")
     ax.set_ylabel("Δm (%) — higher is better")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # beside the axes: inside, "best" can still sit on a method's point
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
