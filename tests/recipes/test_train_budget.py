@@ -19,8 +19,13 @@ from metasparsity.utils.io import read_json, read_jsonl
 
 # Measured on the micro model (32 px, width 0.125, batch 8, 40 steps, ~7 s on one thread): the
 # target falls from 0.89 to 0.5 by step 12; the cost stays at 1.0 for 4 steps, follows from
-# above and first falls under 0.55 at step 16, then stays in [0.37, 0.47] until the last step
-# lands on 0.5; the multiplier rises from 0.004 to 0.027 (step 15) and then only falls (0.0086).
+# above and first falls under 0.55 at step 16, then the last step lands on 0.5.  In between
+# the path depends on the CPU's rounding (groups revive in Adam's metric, a few at a time on
+# this small model: the cost moves by up to 0.09 in one step).  On an AVX2 machine it stayed in
+# [0.37, 0.47] and the multiplier (0.004 → 0.027 at step 15) only fell after that; on an AVX-512
+# one it dipped to 0.44, rebounded to 0.553 at step 20, and the multiplier rose 2 % again
+# (0.0253 → 0.0258, step 22) before it fell to 0.0096.  The test asks what holds for both and
+# fails for a multiplier that keeps climbing or a cost that escapes its target.
 TARGET, RATE, LAM0, STEPS, RAMP = 0.5, 0.3, 0.004, 40, 0.3
 BUDGET = [f"sparsity.target={TARGET}", "sparsity.target_measure=groups", f"sparsity.lam={LAM0}",
           f"sparsity.dual_rate={RATE}", f"sparsity.target_ramp={RAMP}", "train.lr=5e-3",
@@ -62,10 +67,14 @@ def test_budget_training_reaches_the_target_and_ends_on_it(budget_run):
     reached = next((i for i, c in enumerate(cost) if c <= TARGET + 0.05), None)
     assert reached is not None and reached < 3 * STEPS // 4, cost
     late = cost[reached:]
-    assert all(TARGET - 0.2 <= c <= TARGET + 0.05 for c in late), late
+    # held: one revival step (≤ 0.1) above the target at most, and on average not above it
+    assert all(TARGET - 0.2 <= c <= TARGET + 0.1 for c in late), late
+    assert sum(late) / len(late) <= TARGET + 0.01, late
     lam = [r["lambda"] for r in records]
     assert max(lam) >= 3 * LAM0  # the multiplier had to grow to cut half of the groups
-    assert max(lam[reached:]) <= lam[reached - 1] * (1 + 1e-9)  # and stopped rising there
+    peak = max(range(len(lam)), key=lam.__getitem__)
+    assert peak <= reached + STEPS // 4, (peak, reached)  # it stopped rising soon after
+    assert lam[-1] < 0.5 * lam[peak]  # and then fell while the cost stayed under the target
     final = res["budget"]["cost"]["groups"]
     assert TARGET - 1.0 / n_groups() - 1e-12 <= final <= TARGET, final
     assert res["budget"]["measure"] == "groups" and res["budget"]["target"] == TARGET
