@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -130,7 +129,12 @@ def main() -> None:
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.errors import UserError
     from metasparsity.utils.io import atomic_write_text, write_json
-    from metasparsity.utils.provenance import code_identity, code_label, machine_identity
+    from metasparsity.utils.provenance import (
+        code_identity,
+        code_label,
+        command_line,
+        machine_identity,
+    )
 
     budget_ov = [f"sparsity.target={args.target}", f"sparsity.target_measure={args.measure}",
                  f"sparsity.target_ramp={args.ramp}", f"sparsity.lam={args.lam0}"]
@@ -235,7 +239,7 @@ def main() -> None:
     mi = machine_identity()
     machine = (f"{mi['cpu']} ({mi['cpu_capability']}, {mi['cores']} cores), torch {mi['torch']}, "
                f"{args.jobs} trainings at once, 1 thread each")
-    command = shlex.join(["python", "benchmarks/budget_train.py", *sys.argv[1:]])
+    command = command_line("benchmarks/budget_train.py", sys.argv[1:], ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", {
         "command": command, "machine": machine, "config": os.path.relpath(args.config, ROOT),

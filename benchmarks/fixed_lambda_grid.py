@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -99,6 +98,8 @@ def _pruned(run_dir: Path, image_size: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from metasparsity.utils.provenance import command_line
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,7 +180,7 @@ def main() -> None:
     m = machine_identity()
     machine = (f"{m['cpu']} ({m['cpu_capability']}, {m['cores']} cores), torch {m['torch']}, "
                f"{args.jobs} trainings at once, 1 thread each")
-    lines = ["Fixed-λ grid, `" + shlex.join(["python", "benchmarks/fixed_lambda_grid.py", *sys.argv[1:]])
+    lines = ["Fixed-λ grid, `" + command_line("benchmarks/fixed_lambda_grid.py", sys.argv[1:], ROOT)
              + f"` on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
              "Δm vs the dense MTL model of the same seed (mean ± std over seeds).", "",
              code_note or f"Every run was made by this code ({code_label(code_identity())}).", "",

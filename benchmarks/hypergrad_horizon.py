@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -114,6 +113,7 @@ def main() -> None:
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json
+    from metasparsity.utils.provenance import command_line
 
     t0 = time.time()
     runs = {s: args.runs / f"seed_{s}" / f"{args.init}_{args.steps}" for s in seeds}
@@ -167,7 +167,7 @@ def main() -> None:
 
     lines = [f"# The horizon of λ's hypergradient (λ0 = {args.init}, state after {args.steps} "
              "outer steps)", "",
-             "`" + shlex.join(["python", "benchmarks/hypergrad_horizon.py", *sys.argv[1:]]) + "` on "
+             "`" + command_line("benchmarks/hypergrad_horizon.py", sys.argv[1:], ROOT) + "` on "
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "dL_val/dλ by the implicit function theorem with a Neumann series of J terms "
              f"(step α = {rows[0]['alpha']:g}; J = 0 is the one-step signal of meta-training), "

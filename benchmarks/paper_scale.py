@@ -184,6 +184,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metasparsity.utils.provenance import command_line
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--train-steps", type=int, default=60)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     mach = dict(machine_identity(), gpu=gpu, cudnn=torch.backends.cudnn.version(),
                 cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                 matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-    cmd = "python benchmarks/paper_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("benchmarks/paper_scale.py", sys.argv[1:] if argv is None else argv, ROOT)
     result = {"command": cmd, "machine": mach, "rows": rows, "end_to_end": e2e,
               "wall_time_s": time.time() - t_start}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from metasparsity.data import build_dataset
     from metasparsity.meta.sampler import meta_stream_split
     from metasparsity.training.batches import BatchStream
-    from metasparsity.utils.provenance import code_identity, machine_identity
+    from metasparsity.utils.provenance import code_identity, command_line, machine_identity
     from paper_scale import _fixture
 
     rows = []
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             s.close()
     ci = code_identity()
     code = f"{(ci['commit'] or 'unknown')[:7]}{' (uncommitted changes)' if ci['dirty'] else ''}"
-    result = {"command": "python benchmarks/stream_throughput.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    result = {"command": command_line("benchmarks/stream_throughput.py",
+                                         sys.argv[1:] if argv is None else argv, ROOT),
               "machine": machine_identity(), "code": code, "config": args.config,
               "workers": args.workers, "sizes": sizes,
               "rows": [{"command": c, "batches": b, "median_s": statistics.median(t), "times_s": t}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import glob
 import re
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -65,6 +64,8 @@ def table(rows: list[tuple[str, list[dict[str, float]]]]) -> str:
 
 
 def main() -> None:
+    from metasparsity.utils.provenance import command_line
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", required=True,
                    help="one glob of finished run folders per row (quote it)")
@@ -90,8 +91,9 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# Zero groups per stage\n\n`python benchmarks/zero_groups.py "
-                            f"{shlex.join(sys.argv[1:])}`\n\n{text}\n")
+        args.out.write_text("# Zero groups per stage\n\n`"
+                            + command_line("benchmarks/zero_groups.py", sys.argv[1:], ROOT)
+                            + f"`\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import argparse
 import concurrent.futures as cf
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -84,6 +83,8 @@ def _stats(records: list[dict[str, Any]], tail: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from metasparsity.utils.provenance import command_line
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes_meta.yaml"))
     p.add_argument("--seed", type=int, default=1)
@@ -145,7 +146,7 @@ def main() -> None:
         "per_variant": per_variant, "wall_time_s": round(time.time() - t0, 1)})
     f1 = "{:.1f}".format
     lines = [f"# Zero-set jitter over meta-training (seed {args.seed})", "",
-             "`" + shlex.join(["python", "benchmarks/zero_set_jitter.py", *sys.argv[1:]]) + "` on "
+             "`" + command_line("benchmarks/zero_set_jitter.py", sys.argv[1:], ROOT) + "` on "
              f"{os.path.relpath(args.config, ROOT)}; machine: {machine}.", "",
              "Variants: " + "; ".join(f"`{v}`: {' '.join(VARIANTS[v])}" for v in variants)
              + f". Tail: the last {args.tail} outer steps. A fall: group sparsity down by ≥ 10 "

@@ -220,3 +220,14 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
         assert f"reusing {same}, made by {code_label(here)}; this code has uncommitted" in err
     else:
         assert err == ""
+
+
+def test_command_line_writes_paths_in_the_repository_relative_to_it(tmp_path):
+    root = tmp_path / "repo"
+    (root / "runs").mkdir(parents=True)
+    line = provenance.command_line(
+        "benchmarks/x.py",
+        ["--runs", str(root / "runs" / "a b"), f"--out={root}", "--grid-runs",
+         str(tmp_path / "elsewhere"), "--seeds", "0", "meta.lambda_init=1e-3"], root)
+    assert line == ("python benchmarks/x.py --runs 'runs/a b' --out=. --grid-runs "
+                    f"{tmp_path / 'elsewhere'} --seeds 0 meta.lambda_init=1e-3")

@@ -130,3 +130,24 @@ def machine_identity() -> dict[str, Any]:
     return {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__}
+
+
+def command_line(script: str, argv: Iterable[str], root: str | Path) -> str:
+    """The shell command that ran ``script`` with ``argv``, as a result file records it: paths
+    inside ``root`` (the repository) are written relative to it, as typed from there, so the
+    record names no one's home directory (``--out=/abs/path`` forms too)."""
+    import shlex
+
+    root = Path(root).resolve()
+
+    def rel(arg: str) -> str:
+        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        p = Path(value)
+        if p.is_absolute():
+            try:
+                value = p.resolve().relative_to(root).as_posix() or "."
+            except ValueError:
+                pass
+        return f"{key}{eq}{value}"
+
+    return shlex.join(["python", script, *(rel(a) for a in argv)])
