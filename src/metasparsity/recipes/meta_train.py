@@ -40,6 +40,7 @@ from metasparsity.sparsity import (
     land_prox,
     penalised_layers,
     prox_param_groups,
+    report_cut,
     sparsity_stats,
 )
 from metasparsity.training import collectives
@@ -478,6 +479,9 @@ class MetaTrainer:
                                   if self.window else None),
             "val": val,
             "sparsity": st.to_dict(),
+            "backbone_cut": report_cut(self.model,
+                                       self.train_set[0][0].unsqueeze(0).to(self.device),
+                                       str(self.run_dir)),
             "params": sum(p.numel() for p in self.model.parameters()),
         }
         if records:

@@ -32,6 +32,7 @@ from metasparsity.sparsity import (
     prox_param_groups,
     removable_layers,
     removed_zero_masks,
+    report_cut,
     sparsity_stats,
     zero_group_masks,
 )
@@ -527,6 +528,9 @@ class Trainer:
         results = {"kind": self.s.kind, "tasks": list(self.tasks), "best_step": self.best_step,
                    "steps": self.step, "lam": self.s.lam, "val": val, "test": test,
                    "sparsity": sparsity_stats(self.model).to_dict(),
+                   "backbone_cut": report_cut(
+                       self.model, self.train_set[0][0].unsqueeze(0).to(self.device),
+                       str(self.run_dir)),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    **self.s.extra_results}
         if self.cost is not None:

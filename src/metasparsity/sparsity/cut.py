@@ -1,0 +1,91 @@
+"""Is the backbone still connected to its input?  Zero groups can cut every path.
+
+The group prox may zero every input channel of every convolution that reads some feature map:
+at a ResNet's transition block, the first conv of the residual branch *and* the shortcut's
+``downsample`` conv.  The stream is then a constant from that block on (a zero conv gives 0, its
+BN a per-channel constant), and every task head sees the same features whatever the image: the
+model predicts one answer for everything.  Removing a whole residual branch (an identity block
+whose ``conv1`` has only zero inputs) is not such a cut, the identity carries the stream on; so
+the test is not a per-layer rule but whether the output depends on the input at all.
+
+:func:`backbone_cut` runs the backbone in eval mode on two different inputs: a stream that is cut
+is *exactly* the same for both (a sum of exact zeros is exactly zero), a connected one is not.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def backbone_cut(model: nn.Module, example_input: torch.Tensor) -> str | None:
+    """The first stage or block of the backbone (in forward order) from which its output no
+    longer depends on the input, or None while it does.
+
+    Args:
+        model: a ``MultiTaskNet`` (its ``backbone`` is checked) or a backbone with
+            ``forward_features``; left untouched (a copy runs, in eval mode).
+        example_input: one input ``[1, C, H, W]``; a second one is drawn from a fixed generator.
+    """
+    net = copy.deepcopy(getattr(model, "backbone", model)).eval()
+    x1 = example_input.detach()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x2 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype).to(x1.device) + 1.0
+    # the stream after every stage and every block of a stage (ResNet: conv1 … layer4.1)
+    watched = [n for n, _ in net.named_modules() if n and n.count(".") <= 1]
+    outs: list[dict[str, torch.Tensor]] = [{}, {}]
+    order: list[str] = []
+    which = [0]
+
+    def hook(name):
+        def record(_m, _inp, out):
+            if torch.is_tensor(out):
+                outs[which[0]][name] = out.detach()
+                if which[0] == 0 and name not in order:
+                    order.append(name)
+        return record
+
+    modules = dict(net.named_modules())
+    handles = [modules[n].register_forward_hook(hook(n)) for n in watched]
+    try:
+        with torch.no_grad():
+            f1 = net.forward_features(x1)
+            which[0] = 1
+            f2 = net.forward_features(x2)
+    finally:
+        for h in handles:
+            h.remove()
+    if not torch.equal(f1, f2):
+        return None
+    for name in order:
+        a, b = outs[0].get(name), outs[1].get(name)
+        # a stage's stream (not a part of a block: a block's own convs may be constant legitimately)
+        if a is not None and b is not None and a.shape == b.shape and torch.equal(a, b) \
+                and _is_stream(name, modules):
+            return name
+    return "output"
+
+
+def _is_stream(name: str, modules: dict[str, nn.Module]) -> bool:
+    """A top-level module of the backbone or a child of a ``Sequential`` stage (a block)."""
+    if "." not in name:
+        return True
+    parent = modules[name.rsplit(".", 1)[0]]
+    return isinstance(parent, nn.Sequential)
+
+
+def report_cut(model: nn.Module, example_input: torch.Tensor, run: str) -> str | None:
+    """:func:`backbone_cut`, with a warning on stderr naming where the stream is cut; for the
+    ``backbone_cut`` entry of a run's results."""
+    import sys
+
+    cut = backbone_cut(model, example_input)
+    if cut is not None:
+        print(f"warning: {run}: the backbone's output no longer depends on the image: from "
+              f"{cut} on, zero groups cut every path (every input channel of the convs that read "
+              "the stream there is zero), so each task predicts the same for every input. A "
+              "smaller λ or a larger sparsity target keeps a path (README, \"Limits\").",
+              file=sys.stderr, flush=True)
+    return cut

@@ -1,0 +1,65 @@
+"""A backbone cut off from its input by zero groups is found, named, and reported by runs."""
+
+from __future__ import annotations
+
+import torch
+from tests.recipes.micro import MICRO, cli
+
+from metasparsity.builders import build_model
+from metasparsity.config import load_config
+from metasparsity.sparsity import backbone_cut
+from metasparsity.utils.io import read_json
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = load_config(None, MICRO)
+    return build_model(cfg, list(cfg.data.seen_tasks))
+
+
+X = torch.rand(1, 3, 32, 32)
+
+
+def test_a_removed_residual_branch_is_no_cut_a_cut_transition_block_is():
+    m = _model().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    assert backbone_cut(m, X) is None
+    with torch.no_grad():  # an identity block without its branch: the shortcut carries on
+        m.backbone.layer3[1].conv1.weight.zero_()
+    assert backbone_cut(m, X) is None
+    with torch.no_grad():  # the branch of a transition block alone: its downsample carries on
+        m.backbone.layer4[0].conv1.weight.zero_()
+    assert backbone_cut(m, X) is None
+    with torch.no_grad():  # and its shortcut: nothing reaches layer4
+        m.backbone.layer4[0].downsample[0].weight.zero_()
+    assert backbone_cut(m, X) == "layer4.0"
+    with torch.no_grad():  # one nonzero input group of one of the two is a path again
+        m.backbone.layer4[0].downsample[0].weight[:, 3] = 0.1
+    assert backbone_cut(m, X) is None
+    with torch.no_grad():
+        m.backbone.conv1.weight.zero_()
+    assert backbone_cut(m, X) == "conv1"
+    # the model is left as it was: train mode, its weights
+    assert m.training and m.backbone.training
+    assert torch.equal(m.backbone.layer2[0].conv1.weight, before["backbone.layer2.0.conv1.weight"])
+
+
+def test_runs_record_the_cut_and_warn(tmp_path, capsys):
+    ok = tmp_path / "ok"
+    assert cli("train", "--out", ok, *MICRO, "sparsity.lam=1e-4") == 0
+    assert read_json(ok / "results.json")["backbone_cut"] is None
+    assert "no longer depends on the image" not in capsys.readouterr().err
+    cut = tmp_path / "cut"
+    assert cli("train", "--out", cut, *MICRO, "sparsity.lam=1e3") == 0
+    res = read_json(cut / "results.json")
+    assert res["sparsity"]["group_sparsity"] == 1.0 and res["backbone_cut"] == "conv1"
+    err = capsys.readouterr().err
+    assert "no longer depends on the image: from conv1 on" in err and str(cut) in err
+
+
+def test_meta_training_records_the_cut(tmp_path, capsys):
+    run = tmp_path / "meta"
+    assert cli("meta-train", "--out", run, *MICRO, "meta.lambda_init=1",
+               "meta.lambda_max=10", "meta.learn_lambda=false") == 0
+    assert read_json(run / "results.json")["backbone_cut"] is not None
+    assert "no longer depends on the image" in capsys.readouterr().err
