@@ -1,7 +1,9 @@
 """Does the learned λ converge?  Meta-sparsity from λ0 spread over 100× (plus ``auto``), for
 both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (DESIGN §2.4, §5).
 
-For every seed, objective (``heldout``, ``query``) and λ0 of ``--inits``: one ``meta-train`` of
+For every seed, objective (``heldout``, ``query``; or ``window``: λ by paired windows of
+validation Δm, ``benchmarks/lambda_window.py``, ``--window`` steps, ``--window-factor``) and λ0
+of ``--inits``: one ``meta-train`` of
 ``--config`` (default ``configs/synthscenes_meta.yaml``, the over-fitting 800-scene preset) for
 ``--steps`` meta-steps, then fine-tuning on the seen tasks (the meta-preset's ``finetune``), test
 metrics.  Per seed also budget mode (``meta.target`` = ``--target`` of ``meta.target_measure``
@@ -30,7 +32,6 @@ import argparse
 import concurrent.futures as cf
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -50,11 +51,17 @@ def _meta_overrides(seed: int, objective: str, init: str, steps: int, target: fl
         return out + [f"meta.target={target}", f"meta.target_measure={measure}"]
     if objective == "dense":  # meta_dense: the recipe without sparsity (init "0")
         return out
+    if objective == "window":  # λ by paired windows of validation Δm (lambda_window.py)
+        from lambda_window import window_overrides
+
+        return out + window_overrides()
     return out + [f"meta.lambda_objective={objective}"]
 
 
-def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[str, Any]:
-    """Meta-train (reused / resumed), fine-tune on the seen (and unseen) tasks; in a worker."""
+def _job(config: str, overrides: list[str], run_dir: str, unseen: bool,
+         window: tuple[int, float] | None = None) -> dict[str, Any]:
+    """Meta-train (reused / resumed; with ``window`` = (steps, factor) by paired windows of
+    validation Δm), fine-tune on the seen (and unseen) tasks; in a worker."""
     import torch
 
     torch.set_num_threads(1)
@@ -67,7 +74,11 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool) -> dict[
     cfg = load_config(config, overrides)
     d = Path(run_dir)
     meta, resume = sub_run(d, note=False)  # check_reuse reported them all
-    if meta is None:
+    if meta is None and window is not None:
+        from lambda_window import window_meta_train
+
+        meta = window_meta_train(cfg, d, window=window[0], factor=window[1])
+    elif meta is None:
         meta = run_recipe(MetaTrainer(cfg, d, resume=resume, overwrite=not resume))
     out = {"meta": meta}
     parts = [("seen", list(cfg.data.seen_tasks))]
@@ -139,6 +150,10 @@ def main() -> None:
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="skip the meta-trained dense model (λ = 0) of each seed")
     p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--window", type=int, default=20,
+                   help="objective window: meta-steps per window (benchmarks/lambda_window.py)")
+    p.add_argument("--window-factor", type=float, default=2.0,
+                   help="objective window: the two branches run at λ·factor and λ/factor")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
@@ -164,7 +179,7 @@ def main() -> None:
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
     from metasparsity.training.reuse import check_reuse
-    from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
+    from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json
     from metasparsity.utils.provenance import code_identity, code_label, machine_identity
 
     cfg = load_config(args.config, args.overrides)
@@ -205,7 +220,9 @@ def main() -> None:
         for s, o, i in meta_jobs:
             ov = [*args.overrides, *_meta_overrides(s, o, i, args.steps, args.target, args.measure)]
             unseen = (o, i) in (("heldout", "auto"), ("budget", "auto"))
-            futs[pool.submit(_job, args.config, ov, str(run_dir(s, o, i)), unseen)] = ("meta", s, o, i)
+            win = (args.window, args.window_factor) if o == "window" else None
+            futs[pool.submit(_job, args.config, ov, str(run_dir(s, o, i)), unseen, win)] = (
+                "meta", s, o, i)
         for s, lam in grid_jobs:
             d = flg._run_dir(args.grid_runs, s, "adam", lam)
             futs[pool.submit(flg._train, args.grid_config, [], str(d), s, "adam", lam)] = ("grid", s, lam)
@@ -272,6 +289,11 @@ def main() -> None:
         passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
                   * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
                   ) / cfg.train.batch_size
+        if o == "window":  # two branches; each window evaluates both on the λ-validation ids
+            n_win = math.ceil(args.steps / args.window)
+            held = round(plan_cfg.lambda_val_fraction * cfg.data.train_size)
+            passes += (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 2)
+                       * plan_cfg.batch_size + 2 * n_win * held) / cfg.train.batch_size
         ps = 100 * r["seen"]["sparsity"]["param_sparsity"]
         d = dm(r["seen"]["test"], s)
         front_at = front_value(front, ps)
@@ -296,6 +318,14 @@ def main() -> None:
             row["group_sparsity_last_step"] = 100 * (
                 sp["num_zero_groups"] - win["landing"]["groups_vs_lambda"]
                 - win["projected_groups"]) / sp["num_groups"]
+        if o == "window":  # the paired windows' decisions (lambda_window.py)
+            wins = read_json(run_dir(s, o, i) / "window_search.json")["windows"]
+            row["window_decisions"] = {
+                "up_share": sum(w["winner"] == "up" for w in wins) / len(wins),
+                "median_abs_delta_m": statistics.median(abs(w["delta_m_up_vs_down"])
+                                                        for w in wins),
+                "max_abs_delta_m": max(abs(w["delta_m_up_vs_down"]) for w in wins),
+                "lambda_after": [w["lambda"] for w in wins]}
         if o == "budget":
             row["target"] = 100 * args.target
             # MACs: lower is better, so the front is read in −MACs
@@ -383,13 +413,14 @@ def _ms(c: dict, nd=2, of: int | None = None) -> str:
 
 def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_line="") -> str:
     from metasparsity.report.tables import markdown_table
+    from metasparsity.utils.provenance import command_line
 
     objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]
     ran = ([f"objective{'s' * (len(objectives) > 1)} {', '.join(objectives)}"] if objectives
            else []) + ([f"budget mode ({100 * args.target:g} % of the {args.measure})"]
                        if args.target > 0 else [])
     lines = [f"# λ from different λ0: {' and '.join(ran)} ({len(args.seeds)} seeds)",
-             "", "`" + shlex.join(["python", "benchmarks/lambda_inits.py", *sys.argv[1:]]) + "` on "
+             "", "`" + command_line("benchmarks/lambda_inits.py", sys.argv[1:], ROOT) + "` on "
              f"{os.path.relpath(args.config, ROOT)}, {args.steps} meta-steps; machine: {machine}.",
              "", *([code_line, ""] if code_line else []),
              "Δm: seen tasks, test split, against the dense MTL model of the same seed "
@@ -419,6 +450,21 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
           _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1),
           _f(c["deployed_spread"], 1), "yes" if c["any_at_clamp"] else "no",
           "yes" if c["converged"] else "no"] for c in conv]))
+    win = [r for r in rows if r.get("window_decisions")]
+    if win:
+        lines += ["", f"## The window rule's decisions ({args.window} meta-steps per window, "
+                  f"branches at λ·{args.window_factor:g} and λ/{args.window_factor:g})", "",
+                  "Δm(up vs down): the branch at the larger λ against the one at the smaller, "
+                  "validation metrics of the meta-parameters on the λ-validation ids after the "
+                  "window; the larger λ wins where it is > 0.", ""]
+        lines.append(markdown_table(
+            ["seed", "λ0", "windows won by the larger λ %", "median |Δm(up vs down)|",
+             "largest |Δm(up vs down)|", "λ after each window"],
+            [[r["seed"], r["init"], _f(100 * r["window_decisions"]["up_share"], 0),
+              _f(r["window_decisions"]["median_abs_delta_m"]),
+              _f(r["window_decisions"]["max_abs_delta_m"]),
+              " ".join(f"{v:.2g}" for v in r["window_decisions"]["lambda_after"])]
+             for r in win]))
     lines += ["", "## Means over seeds", ""]
     lines.append(markdown_table(
         ["run", "final λ", "group sp. %", "group sp. % deployed", "param sp. %",
@@ -472,7 +518,8 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
     if objectives:
         ax = axes[len(objectives)]
         w = 10
-        for o, style in zip(objectives, ("-", "--")):
+        # the window rule does not follow λ's gradient (it is logged, not used)
+        for o, style in zip([o for o in objectives if o != "window"], ("-", "--")):
             signs = [t["grad_sign"] for t in trajectories if t["objective"] == o]
             n = min(len(s) for s in signs)
             mean = [statistics.fmean(s[k] for s in signs) for k in range(n)]

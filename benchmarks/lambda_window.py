@@ -1,0 +1,153 @@
+"""λ by paired windows of validation Δm: a probe of the issue's last untried λ rule.
+
+Instead of following a gradient of the held-out *loss*, λ follows the held-out *metrics*:
+meta-training runs in windows of ``window`` outer steps; each window starts two branches from
+the same state (θ, optimiser, sampler and data positions), one at ``λ·factor`` and one at
+``λ/factor``, both with λ held fixed (``meta.lambda_lr=0``) and the same data order (common
+random numbers), and keeps the branch whose validation Δm on the λ-validation ids (the
+held-out share of the training set that θ never trains on, ``meta.lambda_objective=heldout``)
+is higher, θ and λ both, as population-based training does with two members.  The
+comparison is paired, so training progress, which moves both branches alike, cancels; what is
+left is the effect of λ over the window's horizon, on the metrics Δm is made of.
+
+``window_meta_train`` writes an ordinary meta-training run directory (``results.json``,
+``metrics.jsonl`` with the winners' λ trajectory, checkpoints) that ``finetune`` reads like any
+other, plus ``window_search.json`` (every window's two λ, their Δm, the winner).  Branches live
+in ``<run>.branches/``; a finished window's decision is reused, an unfinished one is redone.
+Used by ``benchmarks/lambda_inits.py --objectives window``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+SEARCH = "window_search.json"
+
+
+def window_overrides() -> list[str]:
+    """λ held within a window, the held-out split of the training ids kept out of θ's data."""
+    return ["meta.lambda_objective=heldout", "meta.lambda_lr=0", "meta.lambda_scope=global"]
+
+
+def _branch(cfg, src: Path | None, dst: Path, lam: float, stop: int,
+            held: list[int]) -> dict[str, Any]:
+    """Continue ``src`` (a run directory at the window's start; None: from scratch) in ``dst``
+    at λ = ``lam`` up to step ``stop``; the metrics on the λ-validation ids ``held`` after."""
+    from torch.utils.data import Subset
+
+    from metasparsity.recipes.meta_train import MetaTrainer
+    from metasparsity.training.batches import eval_loader
+
+    if dst.exists():
+        shutil.rmtree(dst)  # an interrupted branch is redone from the window's start
+    if src is not None:
+        shutil.copytree(src, dst)
+    tr = MetaTrainer(cfg, dst, resume=src is not None, overwrite=src is None)
+    try:
+        tr.setup()
+        with_lam(tr, lam)
+        done = tr.train(stop_after=None if stop >= cfg.meta.steps else stop)
+        tr.val_loader = eval_loader(Subset(tr.train_set, held), cfg.train.eval_batch_size)
+        metrics = tr.validate()
+        return {"lambda": float(tr.lam.value()), "metrics": metrics, "finished": done is not None}
+    finally:
+        tr.cleanup()
+
+
+def with_lam(tr, lam: float) -> None:
+    """Set a (global) λ of a set-up trainer."""
+    import torch
+
+    with torch.no_grad():
+        tr.lam.rho.fill_(math.log(lam))
+        tr.lam.clamp_rho_()
+
+
+def paired_delta(a: dict, b: dict, types: dict[str, str]) -> float:
+    """Δm of ``a`` against ``b`` (DESIGN §4, primary metrics): > 0 when ``a`` is better."""
+    from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+
+    spec, _ = usable_spec(default_spec(types), b)
+    return delta_m({t: a[t] for t in types}, {t: b[t] for t in types}, spec)
+
+
+def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -> dict[str, Any]:
+    """Meta-train ``cfg`` (with :func:`window_overrides`) by paired windows; returns the final
+    ``results.json`` of the run at ``run_dir``."""
+    from metasparsity.data import build_dataset, resolve_tasks
+    from metasparsity.meta.sampler import meta_stream_split
+    from metasparsity.utils.io import read_json, write_json
+
+    if window < 1 or factor <= 1:
+        raise ValueError(f"window must be ≥ 1 and factor > 1, got {window}, {factor}")
+    m = cfg.meta
+    if m.lambda_lr != 0 or m.lambda_objective != "heldout" or not m.learn_lambda:
+        raise ValueError("window_meta_train needs meta.lambda_lr=0, meta.lambda_objective="
+                         "heldout and meta.learn_lambda=true (window_overrides())")
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").is_file():
+        return read_json(run_dir / "results.json")
+    branches = run_dir.parent / f"{run_dir.name}.branches"
+    branches.mkdir(parents=True, exist_ok=True)
+    log_path = branches / SEARCH
+    if log_path.is_file():
+        log = read_json(log_path)
+        if (log["window"], log["factor"]) != (window, factor):
+            raise ValueError(f"{branches} holds a search with window {log['window']} and factor "
+                             f"{log['factor']}; remove it or use the same")
+    else:
+        log = {"window": window, "factor": factor, "lambda0": _lambda0(cfg), "windows": []}
+        write_json(log_path, log)
+    types = {t: task.type for t, task in resolve_tasks(cfg, cfg.data.seen_tasks).items()}
+    held = meta_stream_split(len(build_dataset(cfg, "train")), cfg.train.seed,
+                             m.lambda_val_fraction)[2]
+    bounds = list(range(window, m.steps, window)) + [m.steps]
+    for k, stop in enumerate(bounds):
+        if k < len(log["windows"]):
+            continue
+        prev = log["windows"][-1] if k else None
+        src = branches / f"w{k - 1:02d}_{prev['winner']}" if prev else None
+        center = prev["lambda"] if prev else log["lambda0"]
+        res = {name: _branch(cfg, src, branches / f"w{k:02d}_{name}", center * f, stop, held)
+               for name, f in (("down", 1 / factor), ("up", factor))}
+        d = paired_delta(res["up"]["metrics"], res["down"]["metrics"], types)
+        winner = "up" if d > 0 else "down"
+        log["windows"].append({"step": stop, "center": center,
+                               "lambda_down": res["down"]["lambda"],
+                               "lambda_up": res["up"]["lambda"], "delta_m_up_vs_down": d,
+                               "winner": winner, "lambda": res[winner]["lambda"]})
+        write_json(log_path, log)
+        # what no later window starts from: the previous winner and this window's loser
+        if src is not None:
+            shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(branches / f"w{k:02d}_{'down' if winner == 'up' else 'up'}",
+                      ignore_errors=True)
+    last = branches / f"w{len(bounds) - 1:02d}_{log['windows'][-1]['winner']}"
+    tmp = run_dir.parent / f".{run_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(last, tmp)
+    write_json(tmp / SEARCH, log)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    tmp.rename(run_dir)
+    return read_json(run_dir / "results.json")
+
+
+def _lambda0(cfg) -> float:
+    """λ0 of ``cfg``: the number, or ``auto`` measured as meta-training measures it."""
+    if cfg.meta.lambda_init != "auto":
+        return float(cfg.meta.lambda_init)
+    import tempfile
+
+    from metasparsity.recipes.meta_train import MetaTrainer
+
+    with tempfile.TemporaryDirectory() as d:
+        tr = MetaTrainer(cfg, Path(d) / "probe", overwrite=True)
+        try:
+            tr.setup()
+            return float(tr.lambda0)
+        finally:
+            tr.cleanup()

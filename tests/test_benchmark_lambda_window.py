@@ -1,0 +1,91 @@
+"""``benchmarks/lambda_window.py``: λ by paired windows of validation Δm, on micro runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from tests.recipes.micro import MICRO
+
+from metasparsity.config import load_config
+from metasparsity.data import resolve_tasks
+from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+from metasparsity.utils.io import read_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lambda_window as lw  # noqa: E402
+
+SEEN = ["segment", "depth", "has_sphere"]
+
+
+def _cfg(*extra: str):
+    return load_config(None, [*MICRO, f"data.seen_tasks=[{','.join(SEEN)}]", "meta.steps=4",
+                              "meta.lambda_init=0.004", "meta.final_zero_window=0",
+                              *lw.window_overrides(), *extra])
+
+
+def test_the_search_follows_the_paired_delta_m_and_reproduces(tmp_path):
+    cfg = _cfg()
+    res = lw.window_meta_train(cfg, tmp_path / "a" / "run", window=2, factor=2.0)
+    log = read_json(tmp_path / "a" / "run" / lw.SEARCH)
+    assert [w["step"] for w in log["windows"]] == [2, 4]
+    center = 0.004
+    for w in log["windows"]:
+        assert w["center"] == pytest.approx(center)
+        assert (w["lambda_down"], w["lambda_up"]) == (pytest.approx(center / 2),
+                                                      pytest.approx(center * 2))
+        assert w["winner"] == ("up" if w["delta_m_up_vs_down"] > 0 else "down")
+        center = w["lambda"]
+        assert center == w[f"lambda_{w['winner']}"]
+    # the run is the winners' lineage: λ of each step is its window's winner
+    lam = {r["step"]: r["lambda"] for r in res["lambda_trajectory"]}
+    for w, steps in zip(log["windows"], ([1, 2], [3, 4])):
+        assert [lam[s] for s in steps] == [pytest.approx(w["lambda"])] * 2
+    assert res["lambda_final"] == pytest.approx(log["windows"][-1]["lambda"])
+    assert not (tmp_path / "a" / "run.branches" / "w00_up").exists()  # losers are removed
+    # the same search elsewhere is the same search (common random numbers, no hidden state),
+    # also when it is interrupted in its second window and continued
+    real, calls = lw._branch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 3:  # window 1's first branch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    b = tmp_path / "b" / "run"
+    lw._branch = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lw.window_meta_train(cfg, b, window=2, factor=2.0)
+    finally:
+        lw._branch = real
+    assert len(read_json(b.parent / "run.branches" / lw.SEARCH)["windows"]) == 1
+    assert not b.exists()
+    lw.window_meta_train(cfg, b, window=2, factor=2.0)
+    assert read_json(b / lw.SEARCH) == log
+    assert read_json(b / "results.json")["lambda_trajectory"] == res["lambda_trajectory"]
+
+
+def test_the_branch_metrics_are_those_of_the_run_and_the_delta_is_delta_m(tmp_path):
+    cfg = _cfg()
+    held = [0, 3, 5]
+    up = lw._branch(cfg, None, tmp_path / "up", 0.01, 2, held)
+    down = lw._branch(cfg, None, tmp_path / "down", 0.001, 2, held)
+    assert up["lambda"] == pytest.approx(0.01) and down["lambda"] == pytest.approx(0.001)
+    assert not up["finished"]  # stopped at the window's end, resumable
+    again = lw._branch(cfg, None, tmp_path / "again", 0.01, 2, held)
+    assert again["metrics"] == up["metrics"]
+    types = {t: task.type for t, task in resolve_tasks(cfg, SEEN).items()}
+    spec, _ = usable_spec(default_spec(types), down["metrics"])
+    want = delta_m({t: up["metrics"][t] for t in SEEN}, {t: down["metrics"][t] for t in SEEN},
+                   spec)
+    assert lw.paired_delta(up["metrics"], down["metrics"], types) == want
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="lambda_lr=0"):
+        lw.window_meta_train(load_config(None, MICRO), tmp_path / "r", window=2, factor=2.0)
+    with pytest.raises(ValueError, match="factor > 1"):
+        lw.window_meta_train(_cfg(), tmp_path / "r", window=2, factor=1.0)
