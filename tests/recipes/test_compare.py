@@ -411,3 +411,21 @@ def test_sub_runs_record_the_lambda_and_seed_they_trained_with(tmp_path):
         assert saved["sparsity"]["lam"] == lam == res["lam"] and saved["train"]["seed"] == 2
         assert res["kind"] == kind
     assert cfg.sparsity.lam == 1e-3 and cfg.train.seed == 0  # the caller's config untouched
+
+
+def test_the_report_names_every_cut_backbone(compared, tmp_path):
+    import shutil
+
+    res = read_json(compared / "results.json")
+    cut = [(m, s) for s, rows in res["per_seed"].items() for m in res["methods"]
+           if m in rows and rows[m]["seen"].get("backbone_cut")]
+    assert ("**Cut backbones**" in (compared / "report.md").read_text()) == bool(cut)
+    copy = tmp_path / "copy"
+    shutil.copytree(compared, copy)
+    seed = next(iter(res["per_seed"]))
+    res["per_seed"][seed]["mtl"]["seen"]["backbone_cut"] = "layer4.0"
+    (copy / "results.json").write_text(json.dumps(res))
+    assert cli("report", copy) == 0
+    line = next(x for x in (copy / "report.md").read_text().splitlines()
+                if x.startswith("**Cut backbones**"))
+    assert f"{METHOD_NAMES['mtl']}, seed {seed}, from layer4.0 on" in line

@@ -87,6 +87,14 @@ def summary_table(results: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def cut_runs(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(method, seed, where)`` for every deployed seen-task model whose backbone is cut
+    (``backbone_cut`` of its ``results.json``; runs from before that key count as connected)."""
+    return [(name, seed, rows[name]["seen"]["backbone_cut"])
+            for seed, rows in results["per_seed"].items() for name in results["methods"]
+            if name in rows and rows[name]["seen"].get("backbone_cut")]
+
+
 def task_table(results: dict[str, Any]) -> str:
     n = len(results["seeds"])
     spec = {**results["spec"]["seen"], **results["spec"]["unseen"]}
@@ -238,9 +246,14 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
                        for m in r.get("delta_m", {}).get("left_out", [])})
     if left_out:
         lines += [f"Left out of Δm because the STL baseline is 0 or undefined: {', '.join(left_out)}.", ""]
+    lines += [summary_table(results), ""]
+    cut = cut_runs(results)
+    if cut:
+        lines += ["**Cut backbones** (zero groups cut every path from the input, so each task "
+                  "predicts the same for every image; README, \"Limits\"): "
+                  + "; ".join(f"{method_label(results, name)}, seed {seed}, from {at} on"
+                              for name, seed, at in cut) + ".", ""]
     lines += [
-        summary_table(results),
-        "",
         "## Per-task test metrics",
         "",
         task_table(results),
