@@ -224,6 +224,11 @@ def _validate(cfg: Config) -> None:
                    "meta.lambda_scope=layer")
         if why:
             raise ConfigError(f"meta.lambda_through_prox: {why}")
+    if m.lambda_hold > 0 and (not m.learn_lambda or (numeric_init and m.lambda_init == 0)
+                              or (m.target is not None and m.lambda_scope == "global")):
+        raise ConfigError("meta.lambda_hold: λ is not learned by its meta-gradient here "
+                          "(meta.learn_lambda=false, meta.lambda_init=0, or budget mode with a "
+                          "global λ, which dual ascent moves); set meta.lambda_hold=0")
     if m.target is not None and numeric_init and m.lambda_init == 0:
         raise ConfigError("meta.target: budget mode needs sparsity, but meta.lambda_init=0 turns "
                           "it off; give meta.lambda_init auto or a number > 0")

@@ -207,6 +207,10 @@ class MetaConfig:
                                        "start, DESIGN §2.3), a number, or 0 (meta-learning "
                                        "without sparsity)")
     lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
+    lambda_hold: float = _f(0.0, min=0.0, max=1.0,
+                            help="λ stays at λ0 for this share of the meta-steps, then learns "
+                                 "(its held-out gradient says more once θ fits the training "
+                                 "data; 0 = it learns from the first step)")
     lambda_scope: str = _f("global", choices=["global", "layer"])
     lambda_min: float = _f(1e-6, min=0.0, min_open=True)
     lambda_max: float = _f(10.0, min=0.0, min_open=True)

@@ -249,8 +249,9 @@ class MetaTrainer:
             group["lr"] = m.outer_lr * f
             group["betas"] = (m.outer_beta1, group["betas"][1])
         if self.opt_rho is not None:
+            held = self.step < round(m.lambda_hold * m.steps)  # meta.lambda_hold: λ stays λ0
             for group in self.opt_rho.param_groups:
-                group["lr"] = m.lambda_lr * f
+                group["lr"] = 0.0 if held else m.lambda_lr * f
 
     def _mark(self) -> None:
         self.session.mark(self.step, support=self.support.state_dict(),
