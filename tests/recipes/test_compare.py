@@ -417,6 +417,10 @@ def test_the_report_names_every_cut_backbone(compared, tmp_path):
     import shutil
 
     res = read_json(compared / "results.json")
+    # every deployed sparse model's check reaches the comparison's results
+    for rows in res["per_seed"].values():
+        for m in ("mtl", "fixed_lambda", "meta_sparsity", "meta_budget"):
+            assert "backbone_cut" in rows[m]["seen"], m
     cut = [(m, s) for s, rows in res["per_seed"].items() for m in res["methods"]
            if m in rows and rows[m]["seen"].get("backbone_cut")]
     assert ("**Cut backbones**" in (compared / "report.md").read_text()) == bool(cut)

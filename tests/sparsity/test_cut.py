@@ -63,3 +63,17 @@ def test_meta_training_records_the_cut(tmp_path, capsys):
                "meta.lambda_max=10", "meta.learn_lambda=false") == 0
     assert read_json(run / "results.json")["backbone_cut"] is not None
     assert "no longer depends on the image" in capsys.readouterr().err
+
+
+def test_a_constant_stream_without_zero_groups_is_not_blamed_on_them(capsys):
+    from metasparsity.sparsity import report_cut
+
+    m = _model()
+    with torch.no_grad():  # every BN of layer4.0's output kills its channels for any input
+        m.backbone.layer4[0].bn2.weight.zero_()
+        m.backbone.layer4[0].bn2.bias.fill_(-1.0)
+        m.backbone.layer4[0].downsample[1].weight.zero_()
+        m.backbone.layer4[0].downsample[1].bias.fill_(-1.0)
+    assert report_cut(m, X, "run") == "layer4.0"
+    err = capsys.readouterr().err
+    assert "not the zero groups" in err and "zero groups cut every path" not in err

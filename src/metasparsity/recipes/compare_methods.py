@@ -173,7 +173,8 @@ def _val_delta(ctx: Context, res: dict) -> float:
 
 
 def _row(source: Path, seen: dict, unseen: dict, wall: float, extra: dict | None = None) -> dict:
-    return {"run_dir": str(source), "seen": {"val": seen["val"], "test": seen["test"]},
+    return {"run_dir": str(source), "seen": {"val": seen["val"], "test": seen["test"],
+                                             "backbone_cut": seen.get("backbone_cut")},
             "unseen": {"val": unseen.get("val", {}), "test": unseen.get("test", {})},
             "sparsity": seen["sparsity"], "wall_time_s": round(wall, 2), **(extra or {})}
 

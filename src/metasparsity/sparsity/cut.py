@@ -82,10 +82,18 @@ def report_cut(model: nn.Module, example_input: torch.Tensor, run: str) -> str |
     import sys
 
     cut = backbone_cut(model, example_input)
-    if cut is not None:
-        print(f"warning: {run}: the backbone's output no longer depends on the image: from "
-              f"{cut} on, zero groups cut every path (every input channel of the convs that read "
-              "the stream there is zero), so each task predicts the same for every input. A "
-              "smaller λ or a larger sparsity target keeps a path (README, \"Limits\").",
-              file=sys.stderr, flush=True)
+    if cut is None:
+        return None
+    net = getattr(model, "backbone", model)
+    # a cut made by zero groups has a conv with every input channel zero; without one, the
+    # constant comes from elsewhere (e.g. activations that are zero for every input)
+    by_zeros = any(isinstance(m, nn.Conv2d) and not m.weight.detach().any()
+                   for m in net.modules())
+    why = ("zero groups cut every path (every input channel of the convs that read the stream "
+           "there is zero)" if by_zeros else
+           "no conv has all its inputs zero, so not the zero groups: the activations there are "
+           "the same for every input")
+    print(f"warning: {run}: the backbone's output no longer depends on the image: from {cut} "
+          f"on, {why}, so each task predicts the same for every input. A smaller λ or a larger "
+          "sparsity target keeps a path (README, \"Limits\").", file=sys.stderr, flush=True)
     return cut
