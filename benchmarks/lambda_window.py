@@ -13,7 +13,8 @@ left is the effect of λ over the window's horizon, on the metrics Δm is made o
 ``window_meta_train`` writes an ordinary meta-training run directory (``results.json``,
 ``metrics.jsonl`` with the winners' λ trajectory, checkpoints) that ``finetune`` reads like any
 other, plus ``window_search.json`` (every window's two λ, their Δm, the winner).  Branches live
-in ``<run>.branches/``; a finished window's decision is reused, an unfinished one is redone.
+in ``<run>.branches/`` until the search ends; a finished window's decision is reused, an
+unfinished one is redone.
 Used by ``benchmarks/lambda_inits.py --objectives window``.
 """
 
@@ -88,9 +89,10 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
         raise ValueError("window_meta_train needs meta.lambda_lr=0, meta.lambda_objective="
                          "heldout and meta.learn_lambda=true (window_overrides())")
     run_dir = Path(run_dir)
-    if (run_dir / "results.json").is_file():
-        return read_json(run_dir / "results.json")
     branches = run_dir.parent / f"{run_dir.name}.branches"
+    if (run_dir / "results.json").is_file():
+        shutil.rmtree(branches, ignore_errors=True)  # stopped between the last two lines below
+        return read_json(run_dir / "results.json")
     branches.mkdir(parents=True, exist_ok=True)
     log_path = branches / SEARCH
     if log_path.is_file():
@@ -105,8 +107,14 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
     held = meta_stream_split(len(build_dataset(cfg, "train")), cfg.train.seed,
                              m.lambda_val_fraction)[2]
     bounds = list(range(window, m.steps, window)) + [m.steps]
+    # an interrupted search continues from its last winner: every other branch folder goes
+    done = len(log["windows"])
+    keep = f"w{done - 1:02d}_{log['windows'][-1]['winner']}" if done else None
+    for d in branches.glob("w[0-9][0-9]_*"):
+        if d.is_dir() and d.name != keep:
+            shutil.rmtree(d)
     for k, stop in enumerate(bounds):
-        if k < len(log["windows"]):
+        if k < done:
             continue
         prev = log["windows"][-1] if k else None
         src = branches / f"w{k - 1:02d}_{prev['winner']}" if prev else None
@@ -126,13 +134,11 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
         shutil.rmtree(branches / f"w{k:02d}_{'down' if winner == 'up' else 'up'}",
                       ignore_errors=True)
     last = branches / f"w{len(bounds) - 1:02d}_{log['windows'][-1]['winner']}"
-    tmp = run_dir.parent / f".{run_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(last, tmp)
-    write_json(tmp / SEARCH, log)
+    write_json(last / SEARCH, log)
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    tmp.rename(run_dir)
+    last.rename(run_dir)  # the run folder appears whole, with its results, or not at all
+    shutil.rmtree(branches)
     return read_json(run_dir / "results.json")
 
 

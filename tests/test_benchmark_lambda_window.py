@@ -43,7 +43,7 @@ def test_the_search_follows_the_paired_delta_m_and_reproduces(tmp_path):
     for w, steps in zip(log["windows"], ([1, 2], [3, 4])):
         assert [lam[s] for s in steps] == [pytest.approx(w["lambda"])] * 2
     assert res["lambda_final"] == pytest.approx(log["windows"][-1]["lambda"])
-    assert not (tmp_path / "a" / "run.branches" / "w00_up").exists()  # losers are removed
+    assert not (tmp_path / "a" / "run.branches").exists()  # only the run folder is left
     # the same search elsewhere is the same search (common random numbers, no hidden state),
     # also when it is interrupted in its second window and continued
     real, calls = lw._branch, []
@@ -61,11 +61,15 @@ def test_the_search_follows_the_paired_delta_m_and_reproduces(tmp_path):
             lw.window_meta_train(cfg, b, window=2, factor=2.0)
     finally:
         lw._branch = real
-    assert len(read_json(b.parent / "run.branches" / lw.SEARCH)["windows"]) == 1
+    branches = b.parent / "run.branches"
+    assert len(read_json(branches / lw.SEARCH)["windows"]) == 1
     assert not b.exists()
+    (branches / "w01_up").mkdir()  # a branch left half-made: redone, not reused
+    (branches / "w01_up" / "stale").write_text("x")
     lw.window_meta_train(cfg, b, window=2, factor=2.0)
     assert read_json(b / lw.SEARCH) == log
     assert read_json(b / "results.json")["lambda_trajectory"] == res["lambda_trajectory"]
+    assert not branches.exists() and not (b / "stale").exists()
 
 
 def test_the_branch_metrics_are_those_of_the_run_and_the_delta_is_delta_m(tmp_path):

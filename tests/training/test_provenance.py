@@ -228,6 +228,8 @@ def test_command_line_writes_paths_in_the_repository_relative_to_it(tmp_path):
     line = provenance.command_line(
         "benchmarks/x.py",
         ["--runs", str(root / "runs" / "a b"), f"--out={root}", "--grid-runs",
-         str(tmp_path / "elsewhere"), "--seeds", "0", "meta.lambda_init=1e-3"], root)
+         str(tmp_path / "elsewhere"), "--seeds", "0", "meta.lambda_init=1e-3",
+         f"model.pretrained={root / 'w.pth'}"], root)
     assert line == ("python benchmarks/x.py --runs 'runs/a b' --out=. --grid-runs "
-                    f"{tmp_path / 'elsewhere'} --seeds 0 meta.lambda_init=1e-3")
+                    f"{tmp_path / 'elsewhere'} --seeds 0 meta.lambda_init=1e-3 "
+                    "model.pretrained=w.pth")

@@ -208,9 +208,10 @@ class MetaConfig:
                                        "without sparsity)")
     lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
     lambda_hold: float = _f(0.0, min=0.0, max=1.0,
-                            help="λ stays at λ0 for this share of the meta-steps, then learns "
-                                 "(its held-out gradient says more once θ fits the training "
-                                 "data; 0 = it learns from the first step)")
+                            help="ρ's meta-gradient rate is 0 for this share of the meta-steps: "
+                                 "λ stays at λ0, then learns (in budget mode with a per-layer "
+                                 "λ the multiplier still moves; 0 = λ learns from the first "
+                                 "step)")
     lambda_scope: str = _f("global", choices=["global", "layer"])
     lambda_min: float = _f(1e-6, min=0.0, min_open=True)
     lambda_max: float = _f(10.0, min=0.0, min_open=True)

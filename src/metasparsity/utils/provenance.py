@@ -135,13 +135,14 @@ def machine_identity() -> dict[str, Any]:
 def command_line(script: str, argv: Iterable[str], root: str | Path) -> str:
     """The shell command that ran ``script`` with ``argv``, as a result file records it: paths
     inside ``root`` (the repository) are written relative to it, as typed from there, so the
-    record names no one's home directory (``--out=/abs/path`` forms too)."""
+    record names no one's home directory (``--out=/abs/path`` and ``key=/abs/path`` overrides
+    too); paths outside it stay as they are."""
     import shlex
 
     root = Path(root).resolve()
 
     def rel(arg: str) -> str:
-        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        key, eq, value = arg.partition("=") if "=" in arg else ("", "", arg)
         p = Path(value)
         if p.is_absolute():
             try:
