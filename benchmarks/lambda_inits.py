@@ -91,11 +91,12 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool,
             res = run_finetune(d, tasks, ft, cfg=cfg, resume=resume, overwrite=not resume)
         out[name] = res
     from metasparsity.recipes.load_run import load_run_model
-    from metasparsity.sparsity import BackboneCost, channel_groups
+    from metasparsity.sparsity import BackboneCost, backbone_cut, channel_groups
 
     _, model, _ = load_run_model(d / "finetune_seen")
     x = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
     out["cost"] = BackboneCost(model, x, channel_groups(model)).summary(model)
+    out["backbone_cut"] = backbone_cut(model, x)  # also for runs from before results had it
     return out
 
 
@@ -178,6 +179,7 @@ def main() -> None:
         usable_spec,
     )
     from metasparsity.recipes.compare_summary import mean_std_cell
+    from metasparsity.training.evaluation import BN_STATS_BATCHES
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json
     from metasparsity.utils.provenance import code_identity, code_label, machine_identity
@@ -289,11 +291,13 @@ def main() -> None:
         passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
                   * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
                   ) / cfg.train.batch_size
-        if o == "window":  # two branches; each window evaluates both on the λ-validation ids
+        if o == "window":  # two branches; each window scores both on the λ-validation ids,
+            # after re-estimating their BN statistics on BN_STATS_BATCHES training batches
             n_win = math.ceil(args.steps / args.window)
             held = round(plan_cfg.lambda_val_fraction * cfg.data.train_size)
             passes += (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 2)
                        * plan_cfg.batch_size + 2 * n_win * held) / cfg.train.batch_size
+            passes += 2 * n_win * BN_STATS_BATCHES
         ps = 100 * r["seen"]["sparsity"]["param_sparsity"]
         d = dm(r["seen"]["test"], s)
         front_at = front_value(front, ps)
@@ -308,7 +312,10 @@ def main() -> None:
             "param_sparsity": ps, "delta_m": d,
             "gap_to_front": None if front_at is None else d - front_at,
             "backbone_macs": 100 * r["cost"]["macs"],
-            "share_steps_pushing_up": sum(g < 0 for g in grads) / max(len(grads), 1),
+            "backbone_cut": r.get("backbone_cut"),
+            # the window rule does not follow λ's gradient (logged, not used)
+            "share_steps_pushing_up": (None if o == "window"
+                                       else sum(g < 0 for g in grads) / max(len(grads), 1)),
             "passes": passes, "unseen_test": r.get("unseen", {}).get("test"),
             "delta_m_unseen": dm_unseen(r.get("unseen", {}).get("test"), s),
         }
@@ -432,13 +439,16 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
     lines.append(markdown_table(
         ["objective", "seed", "λ0", "final λ", "at clamp", "group sp. %",
          "group sp. % of the last step's prox", "group sp. % deployed", "param sp. %",
-         "backbone MACs %", "Δm %", "gap to front", "steps pushing λ up %", "passes"],
+         "backbone MACs %", "Δm %", "gap to front", "steps pushing λ up %", "passes",
+         "backbone cut"],
         [[r["objective"], r["seed"], f"{r['lambda_init']:.3g}" + (" (auto)" if r["init"] == "auto"
                                                                    else ""),
           f"{r['lambda_final']:.3g}", "yes" if r["at_clamp"] else "no", _f(r["group_sparsity"], 1),
           _f(r.get("group_sparsity_last_step"), 1), _f(r["group_sparsity_deployed"], 1),
           _f(r["param_sparsity"], 1), _f(r["backbone_macs"], 1), _f(r["delta_m"]),
-          _f(r["gap_to_front"]), _f(100 * r["share_steps_pushing_up"], 0), _f(r["passes"], 0)]
+          _f(r["gap_to_front"]),
+          _f(None if r["share_steps_pushing_up"] is None else 100 * r["share_steps_pushing_up"], 0),
+          _f(r["passes"], 0), r.get("backbone_cut") or "no"]
          for r in rows]))
     lines += ["", "## Does λ converge? (per seed, over the λ0 of the run)", ""]
     lines.append(markdown_table(
