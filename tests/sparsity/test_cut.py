@@ -77,3 +77,38 @@ def test_a_constant_stream_without_zero_groups_is_not_blamed_on_them(capsys):
     assert report_cut(m, X, "run") == "layer4.0"
     err = capsys.readouterr().err
     assert "not the zero groups" in err and "zero groups cut every path" not in err
+
+
+def test_a_run_warns_at_the_validation_where_the_cut_appears(tmp_path, capsys):
+    from metasparsity.utils.io import read_jsonl
+
+    run = tmp_path / "cut"
+    assert cli("train", "--out", run, *MICRO, "sparsity.lam=1e3") == 0
+    vals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["backbone_cut"] for r in vals] == ["conv1"] * len(vals) and vals[0]["step"] == 2
+    err = capsys.readouterr().err
+    assert err.count("at step 2 the backbone's output no longer depends") == 1  # once
+    assert "at step 4" not in err
+    meta = tmp_path / "meta"
+    assert cli("meta-train", "--out", meta, *MICRO, "meta.lambda_init=1e-4") == 0
+    vals = [r for r in read_jsonl(meta / "metrics.jsonl") if r["kind"] == "val"]
+    assert vals and all(r["backbone_cut"] is None for r in vals)
+
+
+def test_cut_watch_warns_when_the_cut_appears_and_notes_when_it_heals(capsys):
+    from metasparsity.sparsity import CutWatch
+
+    m, watch = _model(), CutWatch("run")
+    assert watch(m, X, 1) is None and capsys.readouterr().err == ""
+    w = m.backbone.layer4[0].downsample[0].weight
+    kept = w[:, 2].clone()
+    with torch.no_grad():
+        m.backbone.layer4[0].conv1.weight.zero_()
+        w.zero_()
+    assert watch(m, X, 2) == "layer4.0" and watch(m, X, 3) == "layer4.0"
+    err = capsys.readouterr().err
+    assert err.count("no longer depends") == 1 and "at step 2" in err
+    with torch.no_grad():  # one group revives
+        w[:, 2] = kept
+    assert watch(m, X, 4) is None
+    assert "at step 4 the backbone depends on the image again" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import refuse_train_budget
 from metasparsity.sparsity import (
     BackboneCost,
+    CutWatch,
     ProxAdam,
     channel_groups,
     land_prox,
@@ -112,6 +113,7 @@ class MetaTrainer:
             resume=self.resume, overwrite=self.overwrite, progress=cfg.train.progress,
             lr_key="meta.outer_lr", lr=m.outer_lr)
         self.dist = self.session.dist
+        self.cut_watch = CutWatch(str(self.run_dir))  # at every validation
         self.device = self.dist.device
         self.main = self.dist.is_main
         check_meta_batch(m.meta_batch, self.dist.world_size)
@@ -444,7 +446,11 @@ class MetaTrainer:
         """Rank 0: validate, log, and stop the run (on every rank, through
         :func:`~metasparsity.training.collectives.from_main`) when the results are not finite."""
         val = self.validate()
-        self.session.log("val", {"val": val})
+        rec: dict[str, Any] = {"val": val}
+        if self.sparse:
+            rec["backbone_cut"] = self.cut_watch(
+                self.model, self.train_set[0][0].unsqueeze(0).to(self.device), self.step)
+        self.session.log("val", rec)
         check_finite_metrics(val, self.step)
 
     def _all_tensors(self) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from metasparsity.models.sync_bn import convert_sync_batchnorm
 from metasparsity.recipes import run_recipe
 from metasparsity.sparsity import (
     BackboneCost,
+    CutWatch,
     ProxAdam,
     apply_masks_,
     channel_groups,
@@ -173,6 +174,7 @@ class Trainer:
             resume=self.resume, overwrite=self.overwrite, progress=cfg.train.progress,
             lr_key="finetune.lr" if s.kind == "finetune" else "train.lr", lr=s.lr)
         self.dist = self.session.dist
+        self.cut_watch = CutWatch(str(self.run_dir))  # at every validation
         self.device = self.dist.device
         self.main = self.dist.is_main
         self.tasks = resolve_tasks(cfg, s.tasks)
@@ -508,6 +510,8 @@ class Trainer:
             st = sparsity_stats(self.model)
             rec["sparsity"] = {"group": st.group_sparsity, "param": st.param_sparsity,
                                "per_layer": [layer["group_sparsity"] for layer in st.per_layer]}
+            rec["backbone_cut"] = self.cut_watch(
+                self.model, self.train_set[0][0].unsqueeze(0).to(self.device), self.step)
         self.history.append({"step": self.step, "score": score})
         self.session.log("val", rec)
         return best

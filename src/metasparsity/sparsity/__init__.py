@@ -9,7 +9,7 @@ from metasparsity.sparsity.budget import (
     project_to_budget,
     removable_layers,
 )
-from metasparsity.sparsity.cut import backbone_cut, report_cut
+from metasparsity.sparsity.cut import CutWatch, backbone_cut, report_cut
 from metasparsity.sparsity.groups import (
     ConvGroups,
     SparsityStats,
@@ -32,6 +32,7 @@ from metasparsity.sparsity.proxadam import PROX_METRICS, ProxAdam, metric_prox, 
 from metasparsity.sparsity.pruning import prune_zero_channels, pruning_report, removed_zero_masks
 
 __all__ = [
+    "CutWatch",
     "backbone_cut",
     "report_cut",
     "BackboneCost",

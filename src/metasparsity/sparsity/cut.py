@@ -97,3 +97,28 @@ def report_cut(model: nn.Module, example_input: torch.Tensor, run: str) -> str |
           f"on, {why}, so each task predicts the same for every input. A smaller λ or a larger "
           "sparsity target keeps a path (README, \"Limits\").", file=sys.stderr, flush=True)
     return cut
+
+
+class CutWatch:
+    """:func:`backbone_cut` at every validation of a run: warns on stderr when the backbone
+    becomes cut (with the step, so that a long run can be stopped early) and notes when zero
+    groups that revive connect it again.  Returns the cut, for the validation's log record."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.cut: str | None = None
+
+    def __call__(self, model: nn.Module, example_input: torch.Tensor, step: int) -> str | None:
+        import sys
+
+        cut = backbone_cut(model, example_input)
+        if cut is not None and self.cut is None:
+            print(f"warning: {self.run}: at step {step} the backbone's output no longer depends "
+                  f"on the image (cut from {cut} on); unless revived groups reconnect it, the "
+                  "rest of the run trains heads on a constant (README, \"Limits\").",
+                  file=sys.stderr, flush=True)
+        elif cut is None and self.cut is not None:
+            print(f"note: {self.run}: at step {step} the backbone depends on the image again.",
+                  file=sys.stderr, flush=True)
+        self.cut = cut
+        return cut
