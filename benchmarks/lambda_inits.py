@@ -193,6 +193,9 @@ def main() -> None:
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
     inits = [v.strip() for v in args.inits.split(",")]
     objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]  # "": budget only
+    if "window" in objectives and (args.window < 1 or not args.window_factor > 1):
+        p.error(f"--window must be ≥ 1 and --window-factor > 1, got {args.window} and "
+                f"{args.window_factor}")
 
     meta_jobs = []  # (seed, objective, init)
     for s in args.seeds:

@@ -139,7 +139,7 @@ class MetaTrainer:
         self.model = build_model(cfg, list(self.tasks)).to(self.device)
         self.layers = channel_groups(self.model)
         if cfg.sparsity.penalize != "all":
-            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            x0 = self._example_input()
             self.layers = penalised_layers(self.model, x0, self.layers, cfg.sparsity.penalize)
         self.weighting = LossWeighting(list(self.tasks), cfg.train.loss_weighting).to(self.device)
         if not self.sparse:
@@ -165,7 +165,7 @@ class MetaTrainer:
         self.window = m.final_zero_window if self.sparse and not self.budget else 0
         self.recent_zeros: list[int] = []  # zero groups after each of the last N steps
         if self.budget or self.window:
-            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            x0 = self._example_input()
             self.cost = BackboneCost(self.model, x0, self.layers)
         if self.budget:
             self.cost.check_target(self.model, m.target_measure, m.target)
@@ -193,6 +193,11 @@ class MetaTrainer:
         self.session.open(cfg.to_yaml(), snapshot=self._snapshot, model=self.model,
                           val_metrics=self.validate)
         self._mark()
+
+    def _example_input(self) -> torch.Tensor:
+        """The first training image as a batch of one: traces the backbone (groups, costs,
+        removable channels, the cut check)."""
+        return self.train_set[0][0].unsqueeze(0).to(self.device)
 
     def _meta_streams(self) -> list[BatchStream]:
         """The streams that feed meta-steps, one batch per subset each."""
@@ -448,8 +453,7 @@ class MetaTrainer:
         val = self.validate()
         rec: dict[str, Any] = {"val": val}
         if self.sparse:
-            rec["backbone_cut"] = self.cut_watch(
-                self.model, self.train_set[0][0].unsqueeze(0).to(self.device), self.step)
+            rec["backbone_cut"] = self.cut_watch(self.model, self._example_input(), self.step)
         self.session.log("val", rec)
         check_finite_metrics(val, self.step)
 
@@ -486,9 +490,7 @@ class MetaTrainer:
                                   if self.window else None),
             "val": val,
             "sparsity": st.to_dict(),
-            "backbone_cut": report_cut(self.model,
-                                       self.train_set[0][0].unsqueeze(0).to(self.device),
-                                       str(self.run_dir)),
+            "backbone_cut": report_cut(self.model, self._example_input(), str(self.run_dir)),
             "params": sum(p.numel() for p in self.model.parameters()),
         }
         if records:

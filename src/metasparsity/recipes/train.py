@@ -206,7 +206,7 @@ class Trainer:
         self.groups = (channel_groups(self.model)
                        if has_penalty(s.lam) and not s.freeze_backbone else None)
         if self.groups is not None and s.penalize != "all":
-            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            x0 = self._example_input()
             self.groups = penalised_layers(self.model, x0, self.groups, s.penalize)
         if self.groups is not None and isinstance(s.lam, list) and len(s.lam) != len(self.groups):
             raise UserError(f"λ has {len(s.lam)} per-layer values but the model has "
@@ -224,7 +224,7 @@ class Trainer:
         self.landing: dict[str, Any] | None = None
         self.projected = 0
         if s.budget is not None and self.groups is not None:
-            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            x0 = self._example_input()
             self.cost = BackboneCost(self.model, x0, self.groups)
             self.cost.check_target(self.model, *s.budget, key=s.budget_key)
             lam = s.lam if isinstance(s.lam, list) else [s.lam]
@@ -257,6 +257,11 @@ class Trainer:
                       "the best is chosen again from the next validations", file=sys.stderr)
                 self.best_score, self.best_step = float("inf"), -1
         self.session.mark(self.step, stream=self.stream.state_dict())
+
+    def _example_input(self) -> torch.Tensor:
+        """The first training image as a batch of one: traces the backbone (groups, costs,
+        removable channels, the cut check)."""
+        return self.train_set[0][0].unsqueeze(0).to(self.device)
 
     def _build_model(self) -> torch.nn.Module:
         model_tasks = list(dict.fromkeys(self.init_tasks + list(self.tasks)))
@@ -457,7 +462,7 @@ class Trainer:
         if not keep:
             return None
         if keep == "removed":
-            x0 = self.train_set[0][0].unsqueeze(0).to(self.device)
+            x0 = self._example_input()
             return removed_zero_masks(self.model, x0)
         return zero_group_masks(self.model)
 
@@ -510,8 +515,7 @@ class Trainer:
             st = sparsity_stats(self.model)
             rec["sparsity"] = {"group": st.group_sparsity, "param": st.param_sparsity,
                                "per_layer": [layer["group_sparsity"] for layer in st.per_layer]}
-            rec["backbone_cut"] = self.cut_watch(
-                self.model, self.train_set[0][0].unsqueeze(0).to(self.device), self.step)
+            rec["backbone_cut"] = self.cut_watch(self.model, self._example_input(), self.step)
         self.history.append({"step": self.step, "score": score})
         self.session.log("val", rec)
         return best
@@ -532,9 +536,8 @@ class Trainer:
         results = {"kind": self.s.kind, "tasks": list(self.tasks), "best_step": self.best_step,
                    "steps": self.step, "lam": self.s.lam, "val": val, "test": test,
                    "sparsity": sparsity_stats(self.model).to_dict(),
-                   "backbone_cut": report_cut(
-                       self.model, self.train_set[0][0].unsqueeze(0).to(self.device),
-                       str(self.run_dir)),
+                   "backbone_cut": report_cut(self.model, self._example_input(),
+                                              str(self.run_dir)),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    **self.s.extra_results}
         if self.cost is not None:
