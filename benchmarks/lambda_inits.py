@@ -2,7 +2,8 @@
 both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (DESIGN §2.4, §5).
 
 For every seed, objective (``heldout``, ``query``; or ``window``: λ by paired windows of
-validation Δm, ``benchmarks/lambda_window.py``, ``--window`` steps, ``--window-factor``) and λ0
+validation Δm, ``benchmarks/lambda_window.py``, ``--window`` steps, ``--window-factor``;
+``window_loss``: the same, decided by the validation loss) and λ0
 of ``--inits``: one ``meta-train`` of
 ``--config`` (default ``configs/synthscenes_meta.yaml``, the over-fitting 800-scene preset) for
 ``--steps`` meta-steps, then fine-tuning on the seen tasks (the meta-preset's ``finetune``), test
@@ -40,6 +41,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
+# objectives that are paired-window searches (lambda_window.py), with the score that decides
+WINDOW_SCORES = {"window": "delta_m", "window_loss": "loss"}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -51,7 +54,7 @@ def _meta_overrides(seed: int, objective: str, init: str, steps: int, target: fl
         return out + [f"meta.target={target}", f"meta.target_measure={measure}"]
     if objective == "dense":  # meta_dense: the recipe without sparsity (init "0")
         return out
-    if objective == "window":  # λ by paired windows of validation Δm (lambda_window.py)
+    if objective in WINDOW_SCORES:  # λ by paired windows (lambda_window.py)
         from lambda_window import window_overrides
 
         return out + window_overrides()
@@ -59,9 +62,9 @@ def _meta_overrides(seed: int, objective: str, init: str, steps: int, target: fl
 
 
 def _job(config: str, overrides: list[str], run_dir: str, unseen: bool,
-         window: tuple[int, float] | None = None) -> dict[str, Any]:
-    """Meta-train (reused / resumed; with ``window`` = (steps, factor) by paired windows of
-    validation Δm), fine-tune on the seen (and unseen) tasks; in a worker."""
+         window: tuple[int, float, str] | None = None) -> dict[str, Any]:
+    """Meta-train (reused / resumed; with ``window`` = (steps, factor, score) by paired windows
+    of validation Δm or loss), fine-tune on the seen (and unseen) tasks; in a worker."""
     import torch
 
     torch.set_num_threads(1)
@@ -77,7 +80,7 @@ def _job(config: str, overrides: list[str], run_dir: str, unseen: bool,
     if meta is None and window is not None:
         from lambda_window import window_meta_train
 
-        meta = window_meta_train(cfg, d, window=window[0], factor=window[1])
+        meta = window_meta_train(cfg, d, window=window[0], factor=window[1], score=window[2])
     elif meta is None:
         meta = run_recipe(MetaTrainer(cfg, d, resume=resume, overwrite=not resume))
     out = {"meta": meta}
@@ -143,7 +146,8 @@ def main() -> None:
     p.add_argument("--grid-config", default=str(ROOT / "configs" / "synthscenes.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
-    p.add_argument("--objectives", default="heldout,query")
+    p.add_argument("--objectives", default="heldout,query",
+                   help="comma-separated: heldout, query, window, window_loss (\"\": budget only)")
     p.add_argument("--steps", type=int, default=None,
                    help="meta-steps per run (default: the config's meta.steps)")
     p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")
@@ -193,7 +197,10 @@ def main() -> None:
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
     inits = [v.strip() for v in args.inits.split(",")]
     objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]  # "": budget only
-    if "window" in objectives and (args.window < 1 or not args.window_factor > 1):
+    known = ["heldout", "query", *WINDOW_SCORES]
+    if set(objectives) - set(known):
+        p.error(f"unknown objective(s) {sorted(set(objectives) - set(known))}; choose from {known}")
+    if set(objectives) & set(WINDOW_SCORES) and (args.window < 1 or not args.window_factor > 1):
         p.error(f"--window must be ≥ 1 and --window-factor > 1, got {args.window} and "
                 f"{args.window_factor}")
 
@@ -225,7 +232,8 @@ def main() -> None:
         for s, o, i in meta_jobs:
             ov = [*args.overrides, *_meta_overrides(s, o, i, args.steps, args.target, args.measure)]
             unseen = (o, i) in (("heldout", "auto"), ("budget", "auto"))
-            win = (args.window, args.window_factor) if o == "window" else None
+            win = ((args.window, args.window_factor, WINDOW_SCORES[o]) if o in WINDOW_SCORES
+                   else None)
             futs[pool.submit(_job, args.config, ov, str(run_dir(s, o, i)), unseen, win)] = (
                 "meta", s, o, i)
         for s, lam in grid_jobs:
@@ -294,7 +302,7 @@ def main() -> None:
         passes = (args.steps * plan_cfg.meta_batch * (plan_cfg.inner_steps + 1 + heldout_pass)
                   * plan_cfg.batch_size + cfg.finetune.steps * cfg.finetune.batch_size
                   ) / cfg.train.batch_size
-        if o == "window":  # two branches; each window scores both on the λ-validation ids,
+        if o in WINDOW_SCORES:  # two branches; each window scores both on the λ-validation ids,
             # after re-estimating their BN statistics on BN_STATS_BATCHES training batches
             n_win = math.ceil(args.steps / args.window)
             held = round(plan_cfg.lambda_val_fraction * cfg.data.train_size)
@@ -317,7 +325,7 @@ def main() -> None:
             "backbone_macs": 100 * r["cost"]["macs"],
             "backbone_cut": r.get("backbone_cut"),
             # the window rule does not follow λ's gradient (logged, not used)
-            "share_steps_pushing_up": (None if o == "window"
+            "share_steps_pushing_up": (None if o in WINDOW_SCORES
                                        else sum(g < 0 for g in grads) / max(len(grads), 1)),
             "passes": passes, "unseen_test": r.get("unseen", {}).get("test"),
             "delta_m_unseen": dm_unseen(r.get("unseen", {}).get("test"), s),
@@ -328,13 +336,14 @@ def main() -> None:
             row["group_sparsity_last_step"] = 100 * (
                 sp["num_zero_groups"] - win["landing"]["groups_vs_lambda"]
                 - win["projected_groups"]) / sp["num_groups"]
-        if o == "window":  # the paired windows' decisions (lambda_window.py)
+        if o in WINDOW_SCORES:  # the paired windows' decisions (lambda_window.py)
             wins = read_json(run_dir(s, o, i) / "window_search.json")["windows"]
+            key = f"{WINDOW_SCORES[o]}_up_vs_down"
             row["window_decisions"] = {
+                "score": WINDOW_SCORES[o],
                 "up_share": sum(w["winner"] == "up" for w in wins) / len(wins),
-                "median_abs_delta_m": statistics.median(abs(w["delta_m_up_vs_down"])
-                                                        for w in wins),
-                "max_abs_delta_m": max(abs(w["delta_m_up_vs_down"]) for w in wins),
+                "median_abs": statistics.median(abs(w[key]) for w in wins),
+                "max_abs": max(abs(w[key]) for w in wins),
                 "lambda_after": [w["lambda"] for w in wins]}
         if o == "budget":
             row["target"] = 100 * args.target
@@ -463,19 +472,24 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
           _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1),
           _f(c["deployed_spread"], 1), "yes" if c["any_at_clamp"] else "no",
           "yes" if c["converged"] else "no"] for c in conv]))
-    win = [r for r in rows if r.get("window_decisions")]
-    if win:
-        lines += ["", f"## The window rule's decisions ({args.window} meta-steps per window, "
+    score_text = {
+        "delta_m": ("Δm(up vs down)", "validation Δm of the branch at the larger λ against the "
+                    "one at the smaller"),
+        "loss": ("loss(up vs down) %", "the mean over the seen tasks of the validation loss of "
+                 "the branch at the smaller λ minus the one at the larger, relative to the "
+                 "pair's mean loss")}
+    for o in [o for o in objectives if o in WINDOW_SCORES]:
+        win = [r for r in rows if r["objective"] == o]
+        name, what = score_text[WINDOW_SCORES[o]]
+        lines += ["", f"## The {o} rule's decisions ({args.window} meta-steps per window, "
                   f"branches at λ·{args.window_factor:g} and λ/{args.window_factor:g})", "",
-                  "Δm(up vs down): the branch at the larger λ against the one at the smaller, "
-                  "validation metrics of the meta-parameters on the λ-validation ids after the "
+                  f"{name}: {what}, of the meta-parameters on the λ-validation ids after the "
                   "window; the larger λ wins where it is > 0.", ""]
         lines.append(markdown_table(
-            ["seed", "λ0", "windows won by the larger λ %", "median |Δm(up vs down)|",
-             "largest |Δm(up vs down)|", "λ after each window"],
+            ["seed", "λ0", "windows won by the larger λ %", f"median |{name}|",
+             f"largest |{name}|", "λ after each window"],
             [[r["seed"], r["init"], _f(100 * r["window_decisions"]["up_share"], 0),
-              _f(r["window_decisions"]["median_abs_delta_m"]),
-              _f(r["window_decisions"]["max_abs_delta_m"]),
+              _f(r["window_decisions"]["median_abs"]), _f(r["window_decisions"]["max_abs"]),
               " ".join(f"{v:.2g}" for v in r["window_decisions"]["lambda_after"])]
              for r in win]))
     lines += ["", "## Means over seeds", ""]
@@ -532,7 +546,7 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
         ax = axes[len(objectives)]
         w = 10
         # the window rule does not follow λ's gradient (it is logged, not used)
-        for o, style in zip([o for o in objectives if o != "window"], ("-", "--")):
+        for o, style in zip([o for o in objectives if o not in WINDOW_SCORES], ("-", "--")):
             signs = [t["grad_sign"] for t in trajectories if t["objective"] == o]
             n = min(len(s) for s in signs)
             mean = [statistics.fmean(s[k] for s in signs) for k in range(n)]

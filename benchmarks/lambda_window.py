@@ -1,4 +1,4 @@
-"""λ by paired windows of validation Δm: a probe of the issue's last untried λ rule.
+"""λ by paired windows of validation Δm (or loss): a probe of the issue's last untried λ rule.
 
 Instead of following a gradient of the held-out *loss*, λ follows the held-out *metrics*:
 meta-training runs in windows of ``window`` outer steps; each window starts two branches from
@@ -6,7 +6,8 @@ the same state (θ, optimiser, sampler and data positions), one at ``λ·factor`
 ``λ/factor``, both with λ held fixed (``meta.lambda_lr=0``) and the same data order (common
 random numbers), and keeps the branch whose validation Δm on the λ-validation ids (the
 held-out share of the training set that θ never trains on, ``meta.lambda_objective=heldout``)
-is higher, θ and λ both, as population-based training does with two members.  The
+is higher (``score="loss"``: whose validation loss is lower, :func:`paired_loss`), θ and λ
+both, as population-based training does with two members.  The
 comparison is paired, so training progress, which moves both branches alike, cancels; what is
 left is the effect of λ over the window's horizon, on the metrics Δm is made of.
 
@@ -75,8 +76,21 @@ def paired_delta(a: dict, b: dict, types: dict[str, str]) -> float:
     return delta_m({t: a[t] for t in types}, {t: b[t] for t in types}, spec)
 
 
-def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -> dict[str, Any]:
-    """Meta-train ``cfg`` (with :func:`window_overrides`) by paired windows; returns the final
+def paired_loss(a: dict, b: dict, types: dict[str, str]) -> float:
+    """The validation loss of ``a`` against ``b``: the mean over tasks of the loss difference
+    relative to the pair's mean loss, in %, > 0 when ``a``'s loss is lower.  Symmetric:
+    ``paired_loss(a, b) == -paired_loss(b, a)``, with no task left out."""
+    rel = [(b[t]["loss"] - a[t]["loss"]) / ((a[t]["loss"] + b[t]["loss"]) / 2) for t in types]
+    return 100 * sum(rel) / len(rel)
+
+
+SCORES = {"delta_m": paired_delta, "loss": paired_loss}
+
+
+def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
+                      score: str = "delta_m") -> dict[str, Any]:
+    """Meta-train ``cfg`` (with :func:`window_overrides`) by paired windows, each decided by
+    ``score`` (:data:`SCORES`: validation Δm, or the validation loss); returns the final
     ``results.json`` of the run at ``run_dir``."""
     from metasparsity.data import build_dataset, resolve_tasks
     from metasparsity.meta.sampler import meta_stream_split
@@ -84,6 +98,8 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
 
     if window < 1 or factor <= 1:
         raise ValueError(f"window must be ≥ 1 and factor > 1, got {window}, {factor}")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {list(SCORES)}, got {score!r}")
     m = cfg.meta
     if m.lambda_lr != 0 or m.lambda_objective != "heldout" or not m.learn_lambda:
         raise ValueError("window_meta_train needs meta.lambda_lr=0, meta.lambda_objective="
@@ -97,11 +113,13 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
     log_path = branches / SEARCH
     if log_path.is_file():
         log = read_json(log_path)
-        if (log["window"], log["factor"]) != (window, factor):
-            raise ValueError(f"{branches} holds a search with window {log['window']} and factor "
-                             f"{log['factor']}; remove it or use the same")
+        old = (log["window"], log["factor"], log.get("score", "delta_m"))
+        if old != (window, factor, score):
+            raise ValueError(f"{branches} holds a search with window {old[0]}, factor {old[1]} "
+                             f"and score {old[2]}; remove it or use the same")
     else:
-        log = {"window": window, "factor": factor, "lambda0": _lambda0(cfg), "windows": []}
+        log = {"window": window, "factor": factor, "score": score, "lambda0": _lambda0(cfg),
+               "windows": []}
         write_json(log_path, log)
     types = {t: task.type for t, task in resolve_tasks(cfg, cfg.data.seen_tasks).items()}
     held = meta_stream_split(len(build_dataset(cfg, "train")), cfg.train.seed,
@@ -121,11 +139,11 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float) -
         center = prev["lambda"] if prev else log["lambda0"]
         res = {name: _branch(cfg, src, branches / f"w{k:02d}_{name}", center * f, stop, held)
                for name, f in (("down", 1 / factor), ("up", factor))}
-        d = paired_delta(res["up"]["metrics"], res["down"]["metrics"], types)
+        d = SCORES[score](res["up"]["metrics"], res["down"]["metrics"], types)
         winner = "up" if d > 0 else "down"
         log["windows"].append({"step": stop, "center": center,
                                "lambda_down": res["down"]["lambda"],
-                               "lambda_up": res["up"]["lambda"], "delta_m_up_vs_down": d,
+                               "lambda_up": res["up"]["lambda"], f"{score}_up_vs_down": d,
                                "winner": winner, "lambda": res[winner]["lambda"]})
         write_json(log_path, log)
         # what no later window starts from: the previous winner and this window's loser

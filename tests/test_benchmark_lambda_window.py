@@ -1,4 +1,5 @@
-"""``benchmarks/lambda_window.py``: λ by paired windows of validation Δm, on micro runs."""
+"""``benchmarks/lambda_window.py``: λ by paired windows of validation Δm (or loss), on micro
+runs."""
 
 from __future__ import annotations
 
@@ -88,8 +89,56 @@ def test_the_branch_metrics_are_those_of_the_run_and_the_delta_is_delta_m(tmp_pa
     assert lw.paired_delta(up["metrics"], down["metrics"], types) == want
 
 
+def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path):
+    types = {"a": "x", "b": "y"}
+    up = {"a": {"loss": 1.0, "miou": 0.0}, "b": {"loss": 4.0}}
+    down = {"a": {"loss": 3.0, "miou": 99.0}, "b": {"loss": 2.0}}
+    # a: (3 - 1) / 2 = +1, b: (2 - 4) / 3 = -2/3; mean +1/6, in %
+    assert lw.paired_loss(up, down, types) == pytest.approx(100 / 6)
+    assert lw.paired_loss(down, up, types) == pytest.approx(-100 / 6)
+    cfg = _cfg()
+    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    log = read_json(tmp_path / "run" / lw.SEARCH)
+    assert log["score"] == "loss" and len(log["windows"]) == 2
+    for w in log["windows"]:
+        assert "delta_m_up_vs_down" not in w
+        assert w["winner"] == ("up" if w["loss_up_vs_down"] > 0 else "down")
+    # a search is continued only with the score it was started with
+    real = lw._branch
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    lw._branch = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0)
+    finally:
+        lw._branch = real
+    with pytest.raises(ValueError, match="score delta_m"):
+        lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0, score="loss")
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="lambda_lr=0"):
         lw.window_meta_train(load_config(None, MICRO), tmp_path / "r", window=2, factor=2.0)
     with pytest.raises(ValueError, match="factor > 1"):
         lw.window_meta_train(_cfg(), tmp_path / "r", window=2, factor=1.0)
+    with pytest.raises(ValueError, match="score must be one of"):
+        lw.window_meta_train(_cfg(), tmp_path / "r", window=2, factor=2.0, score="accuracy")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objectives", "heldout,windows"], "unknown objective(s) ['windows']"),
+    (["--objectives", "window_loss", "--window-factor", "1"], "--window-factor > 1"),
+    (["--objectives", "window", "--window", "0"], "--window must be ≥ 1")])
+def test_lambda_inits_refuses_a_bad_rule_before_any_run(tmp_path, args, message):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "lambda_inits.py"), *args,
+                        "--runs", str(tmp_path / "runs"), "--grid-runs", str(tmp_path / "grid"),
+                        "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert not any(tmp_path.iterdir())
