@@ -20,6 +20,7 @@ at its best.  Writes ``benchmarks/results/<name>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -29,6 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+REQUIRED = ("step", "subsets", "lambda", "group_sparsity", "grad_lambda_explicit",
+            "grad_lambda_implicit")
 
 
 def _grad(r: dict[str, Any]) -> float:
@@ -52,6 +57,12 @@ def meta_records(run: Path) -> list[dict[str, Any]]:
     if not recs or any(r.get("lambda_val_loss") is None for r in recs):
         raise ValueError(f"{run}: not a meta-training run with a λ-validation loss per step "
                          "(meta.lambda_objective=heldout)")
+    missing = sorted({k for r in recs for k in REQUIRED if k not in r})
+    if missing:
+        raise ValueError(f"{run}/metrics.jsonl: meta-steps without {missing}")
+    if [r["step"] for r in recs] != list(range(1, len(recs) + 1)):
+        raise ValueError(f"{run}/metrics.jsonl: the meta-steps are not logged one by one "
+                         "(meta.log_every=1)")
     return recs
 
 
@@ -64,10 +75,11 @@ def paired(run: list[dict[str, Any]], ref: list[dict[str, Any]], tail: int,
                                    for a, b in zip(run, ref)):
         raise ValueError("the two runs did not draw the same steps and task subsets, so their "
                          "λ-validation losses are not paired")
-    if not 0 < tail <= len(run) or not 0 < block <= tail:
-        raise ValueError(f"need 0 < block ≤ tail ≤ {len(run)} steps, got tail {tail}, block {block}")
+    if not 0 < tail <= len(run) or not 0 < block <= tail or tail % block:
+        raise ValueError(f"need 0 < block ≤ tail ≤ {len(run)} steps and tail a multiple of "
+                         f"block, got tail {tail}, block {block}")
     diff = [a["lambda_val_loss"] - b["lambda_val_loss"] for a, b in zip(run[-tail:], ref[-tail:])]
-    blocks = [statistics.fmean(diff[k:k + block]) for k in range(0, tail - block + 1, block)]
+    blocks = [statistics.fmean(diff[k:k + block]) for k in range(0, tail, block)]
     ci = t_interval(blocks)
     return {"mean": statistics.fmean(diff), "half_width": None if ci is None else ci[1],
             "blocks": len(blocks), "per_step": [a["lambda_val_loss"] - b["lambda_val_loss"]
@@ -91,9 +103,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="heldout_trap")
     args = p.parse_args()
-    inits = [v.strip() for v in args.inits.split(",") if v.strip()]
-    if args.reference not in inits:
-        p.error(f"--reference {args.reference} is not one of --inits {inits}")
+    inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",") if v.strip()))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    if args.reference not in inits or len(inits) < 2:
+        p.error(f"--inits {inits} must hold --reference {args.reference} and another λ0")
+    if not 0 < args.block <= args.tail or args.tail % args.block:
+        p.error(f"--tail ({args.tail}) must be a positive multiple of --block ({args.block})")
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for s in args.seeds:
         for i in inits:
@@ -102,8 +117,12 @@ def main() -> None:
                 p.error(f"no meta-training run at {d}")
             try:
                 runs[s, i] = meta_records(d)
+            except json.JSONDecodeError as e:
+                p.error(f"{d}/metrics.jsonl: a line is not JSON ({e})")
             except ValueError as e:
                 p.error(str(e))
+            if len(runs[s, i]) < args.tail:
+                p.error(f"{d}: {len(runs[s, i])} meta-steps, fewer than --tail {args.tail}")
     rows = []
     for s in args.seeds:
         ref = runs[s, args.reference]
@@ -149,7 +168,7 @@ def main() -> None:
              f"the same batches and task subsets, mean over the last {args.tail} steps ± the "
              f"half-width of a 95 % t interval over blocks of {args.block} steps; > 0: this "
              "run's held-out loss is higher. Pushing down: share of those steps whose "
-             "dL/dλ > 0.", ""]
+             "dL/dλ > 0 (all logged parts, the outer prox's too where it was on).", ""]
     lines.append(markdown_table(
         ["seed", "λ0", "final λ", "group sp. %", f"λ-val loss (last {args.tail})",
          f"minus λ0 = {args.reference}'s (paired)", "steps pushing λ down %"],

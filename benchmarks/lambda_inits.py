@@ -195,8 +195,9 @@ def main() -> None:
         p.error(f"--steps must be ≥ 1, got {args.steps}")
     seen = list(cfg.data.seen_tasks)
     types = {t: task.type for t, task in resolve_tasks(cfg, seen).items()}
-    inits = [v.strip() for v in args.inits.split(",")]
-    objectives = [v.strip() for v in args.objectives.split(",") if v.strip()]  # "": budget only
+    inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",")))
+    # "": budget only; each objective once (two workers must not share a run folder)
+    objectives = list(dict.fromkeys(v.strip() for v in args.objectives.split(",") if v.strip()))
     known = ["heldout", "query", *WINDOW_SCORES]
     if set(objectives) - set(known):
         p.error(f"unknown objective(s) {sorted(set(objectives) - set(known))}; choose from {known}")
@@ -224,6 +225,17 @@ def main() -> None:
                 *(args.runs / f"seed_{s}" / "dense_mtl_unseen" for s in args.seeds)]
     other, code_note = check_reuse(all_dirs, refuse=args.current_code_only, error=p.error,
                                    root=ROOT)
+    for s, o, i in meta_jobs:  # a window search is reused only with the settings asked for
+        d = run_dir(s, o, i)
+        log = (d / "window_search.json" if (d / "results.json").is_file()
+               else d.parent / f"{d.name}.branches" / "window_search.json")
+        if o in WINDOW_SCORES and log.is_file():
+            search = read_json(log)
+            made = (search["window"], search["factor"], search.get("score", "delta_m"))
+            if made != (args.window, args.window_factor, WINDOW_SCORES[o]):
+                p.error(f"{d} was searched with window {made[0]}, factor {made[1]:g} and score "
+                        f"{made[2]}, not the asked {args.window}, {args.window_factor:g} and "
+                        f"{WINDOW_SCORES[o]}; use other --runs")
     t0 = time.time()
     meta_res: dict[tuple, dict] = {}
     grid_res: dict[tuple, dict] = {}
@@ -339,11 +351,13 @@ def main() -> None:
         if o in WINDOW_SCORES:  # the paired windows' decisions (lambda_window.py)
             wins = read_json(run_dir(s, o, i) / "window_search.json")["windows"]
             key = f"{WINDOW_SCORES[o]}_up_vs_down"
+            # None: one branch diverged and lost (lambda_window.py)
+            scores = [abs(w[key]) for w in wins if w[key] is not None]
             row["window_decisions"] = {
                 "score": WINDOW_SCORES[o],
                 "up_share": sum(w["winner"] == "up" for w in wins) / len(wins),
-                "median_abs": statistics.median(abs(w[key]) for w in wins),
-                "max_abs": max(abs(w[key]) for w in wins),
+                "median_abs": statistics.median(scores) if scores else None,
+                "max_abs": max(scores, default=None),
                 "lambda_after": [w["lambda"] for w in wins]}
         if o == "budget":
             row["target"] = 100 * args.target

@@ -13,10 +13,11 @@ left is the effect of λ over the window's horizon, on the metrics Δm is made o
 
 ``window_meta_train`` writes an ordinary meta-training run directory (``results.json``,
 ``metrics.jsonl`` with the winners' λ trajectory, checkpoints) that ``finetune`` reads like any
-other, plus ``window_search.json`` (every window's two λ, their Δm, the winner).  Branches live
-in ``<run>.branches/`` until the search ends; a finished window's decision is reused, an
+other, plus ``window_search.json`` (every window's two λ, their score, the winner; a tie goes to
+the smaller λ, a branch whose validation is not finite loses).  Branches live in
+``<run>.branches/`` until the search ends; a finished window's decision is reused, an
 unfinished one is redone.
-Used by ``benchmarks/lambda_inits.py --objectives window``.
+Used by ``benchmarks/lambda_inits.py --objectives window`` (and ``window_loss``).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
     log_path = branches / SEARCH
     if log_path.is_file():
         log = read_json(log_path)
-        old = (log["window"], log["factor"], log.get("score", "delta_m"))
+        log.setdefault("score", "delta_m")  # searches from before the loss score
+        old = (log["window"], log["factor"], log["score"])
         if old != (window, factor, score):
             raise ValueError(f"{branches} holds a search with window {old[0]}, factor {old[1]} "
                              f"and score {old[2]}; remove it or use the same")
@@ -140,7 +142,14 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
         res = {name: _branch(cfg, src, branches / f"w{k:02d}_{name}", center * f, stop, held)
                for name, f in (("down", 1 / factor), ("up", factor))}
         d = SCORES[score](res["up"]["metrics"], res["down"]["metrics"], types)
-        winner = "up" if d > 0 else "down"
+        if math.isfinite(d):
+            winner = "up" if d > 0 else "down"
+        else:  # a diverged branch loses; both diverged, or neither: nothing to decide by
+            ok = {n: _finite(r["metrics"], types) for n, r in res.items()}
+            if ok["up"] == ok["down"]:
+                raise ValueError(f"window {k} of {run_dir}: the {score} score of the branches "
+                                 f"at λ {center:g}·{factor:g}^±1 is not finite")
+            winner, d = ("up" if ok["up"] else "down"), None
         log["windows"].append({"step": stop, "center": center,
                                "lambda_down": res["down"]["lambda"],
                                "lambda_up": res["up"]["lambda"], f"{score}_up_vs_down": d,
@@ -158,6 +167,12 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
     last.rename(run_dir)  # the run folder appears whole, with its results, or not at all
     shutil.rmtree(branches)
     return read_json(run_dir / "results.json")
+
+
+def _finite(metrics: dict, types: dict[str, str]) -> bool:
+    """Whether every number a score reads of the tasks ``types`` is finite."""
+    return all(math.isfinite(float(v)) for t in types for v in metrics[t].values()
+               if isinstance(v, (int, float)))
 
 
 def _lambda0(cfg) -> float:

@@ -60,16 +60,34 @@ def test_the_paired_difference_and_its_block_interval(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("subsets", "not paired"), ("missing", "no meta-training run"), ("reference", "--reference")])
-def test_runs_that_are_not_paired_are_refused(tmp_path, case, message):
+    ("subsets", "not paired"), ("missing", "no meta-training run"),
+    ("reference", "must hold --reference"), ("reference only", "and another λ0"),
+    ("block", "multiple of --block"), ("short", "fewer than --tail"),
+    ("no key", "meta-steps without ['group_sparsity']"), ("gap", "one by one"),
+    ("not json", "heldout_0.01/metrics.jsonl: a line is not JSON")])
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, case, message):
     _run(tmp_path / "runs", 0, "auto", [2.0] * STEPS, [1e-3] * STEPS)
-    if case == "subsets":
+    if case != "missing":
         _run(tmp_path / "runs", 0, "0.01", [2.0] * STEPS, [1e-2] * STEPS,
-             subsets=[["a"]] * (STEPS - 1) + [["b"]])
-    inits = "auto,0.0001" if case == "missing" else "auto,0.01"
-    if case == "reference":
-        inits = "0.01"
-    p = _bench("--runs", str(tmp_path / "runs"), "--seeds", "0", "--inits", inits,
+             subsets=[["a"]] * (STEPS - 1) + [["b"]] if case == "subsets" else None)
+    log = tmp_path / "runs" / "seed_0" / f"heldout_{'auto' if case == 'missing' else '0.01'}" / \
+        "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    if case == "no key":
+        rec = json.loads(lines[3])
+        del rec["group_sparsity"]
+        lines[3] = json.dumps(rec)
+    elif case == "gap":
+        del lines[3]
+    elif case == "not json":
+        lines[3] = lines[3][:20]
+    log.write_text("\n".join(lines) + "\n")
+    inits = {"reference": "0.01", "reference only": "auto", "missing": "auto,0.0001"}.get(
+        case, "auto,0.01")
+    tail = {"block": ["--tail", "25"], "short": ["--tail", "40", "--block", "10"]}.get(
+        case, ["--tail", "20"])
+    p = _bench("--runs", str(tmp_path / "runs"), "--seeds", "0", "--inits", inits, *tail,
                "--out", str(tmp_path / "out"))
     assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()

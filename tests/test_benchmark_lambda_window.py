@@ -97,14 +97,28 @@ def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path):
     assert lw.paired_loss(up, down, types) == pytest.approx(100 / 6)
     assert lw.paired_loss(down, up, types) == pytest.approx(-100 / 6)
     cfg = _cfg()
-    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    real, seen = lw._branch, []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((args[3], out["metrics"]))
+        return out
+
+    lw._branch = recording
+    try:
+        lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    finally:
+        lw._branch = real
     log = read_json(tmp_path / "run" / lw.SEARCH)
     assert log["score"] == "loss" and len(log["windows"]) == 2
-    for w in log["windows"]:
+    types = {t: task.type for t, task in resolve_tasks(cfg, SEEN).items()}
+    for w, (down, up) in zip(log["windows"], zip(seen[::2], seen[1::2])):
         assert "delta_m_up_vs_down" not in w
+        assert down[0] < up[0] == pytest.approx(w["lambda_up"])
+        # the logged score is the up branch's against the down branch's, as the rule says
+        assert w["loss_up_vs_down"] == pytest.approx(lw.paired_loss(up[1], down[1], types))
         assert w["winner"] == ("up" if w["loss_up_vs_down"] > 0 else "down")
     # a search is continued only with the score it was started with
-    real = lw._branch
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -142,3 +156,58 @@ def test_lambda_inits_refuses_a_bad_rule_before_any_run(tmp_path, args, message)
                        capture_output=True, text=True, timeout=300, cwd=root)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path):
+    cfg = _cfg()
+    real = lw._branch
+
+    def diverging(*args, **kwargs):  # the branch at the larger λ of window 0 diverges
+        out = real(*args, **kwargs)
+        if args[2].name == "w00_up":
+            out["metrics"][SEEN[0]]["loss"] = float("nan")
+        return out
+
+    lw._branch = diverging
+    try:
+        lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    finally:
+        lw._branch = real
+    w0 = read_json(tmp_path / "run" / lw.SEARCH)["windows"][0]
+    assert w0["winner"] == "down" and w0["loss_up_vs_down"] is None
+    # a search begun before the score existed (no "score" in its log) is a Δm search
+    b = tmp_path / "old"
+    branches = b.parent / "old.branches"
+    branches.mkdir()
+    from metasparsity.utils.io import write_json
+
+    write_json(branches / lw.SEARCH, {"window": 2, "factor": 2.0, "lambda0": 0.004,
+                                      "windows": []})
+    with pytest.raises(ValueError, match="score delta_m"):
+        lw.window_meta_train(cfg, b, window=2, factor=2.0, score="loss")
+    lw.window_meta_train(cfg, b, window=2, factor=2.0)
+    log = read_json(b / lw.SEARCH)
+    assert log["score"] == "delta_m" and "delta_m_up_vs_down" in log["windows"][0]
+
+
+def test_lambda_inits_reuses_a_window_search_only_with_its_settings(tmp_path):
+    import subprocess
+
+    from metasparsity.utils.io import write_json
+
+    run = tmp_path / "runs" / "seed_0" / "window_loss_auto"
+    run.mkdir(parents=True)
+    write_json(run / "results.json", {"kind": "meta"})
+    write_json(run / lw.SEARCH, {"window": 20, "factor": 2.0, "score": "delta_m",
+                                 "windows": []})
+    before = sorted(tmp_path.rglob("*"))
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "lambda_inits.py"),
+                        "--objectives", "window_loss", "--inits", "auto", "--seeds", "0",
+                        "--target", "0", "--no-dense", "--grid", "0.001",
+                        "--runs", str(tmp_path / "runs"), "--grid-runs", str(tmp_path / "grid"),
+                        "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert p.returncode == 2, p.stderr
+    assert "score delta_m, not the asked 20, 2 and loss" in p.stderr
+    assert sorted(tmp_path.rglob("*")) == before
