@@ -133,7 +133,7 @@ def main() -> None:
         code_identity,
         code_label,
         command_line,
-        machine_identity,
+        machine_text,
     )
 
     budget_ov = [f"sparsity.target={args.target}", f"sparsity.target_measure={args.measure}",
@@ -236,9 +236,7 @@ def main() -> None:
         summary["delta_m_unseen"] = _mean_std_or_none(mean_std_cell,
                                                       [r["delta_m_unseen"] for r in rows])
 
-    mi = machine_identity()
-    machine = (f"{mi['cpu']} ({mi['cpu_capability']}, {mi['cores']} cores), torch {mi['torch']}, "
-               f"{args.jobs} trainings at once, 1 thread each")
+    machine = f"{machine_text()}, {args.jobs} trainings at once, 1 thread each"
     command = command_line("benchmarks/budget_train.py", sys.argv[1:], ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", {

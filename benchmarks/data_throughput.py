@@ -18,7 +18,6 @@ import os
 os.environ["METASPARSITY_SYNTH_MEMO_MB"] = "0"
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from metasparsity.data.synthscenes import SynthScenes
 from metasparsity.utils.io import write_json
+from metasparsity.utils.provenance import machine_identity
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_throughput.json"
 
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         cores = os.cpu_count()
     result = {
         "benchmark": "SynthScenes DataLoader throughput (no cache)",
-        "machine": {"cpu_count": os.cpu_count(), "usable_cores": cores,
-                    "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {**machine_identity(), "cpu_count": os.cpu_count(), "usable_cores": cores,
                     "numpy": np.__version__, "torch_threads_per_process": 1},
         "results": rows,
     }

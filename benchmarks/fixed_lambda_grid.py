@@ -122,7 +122,7 @@ def main() -> None:
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, write_json
-    from metasparsity.utils.provenance import code_identity, code_label, machine_identity
+    from metasparsity.utils.provenance import code_identity, code_label, machine_text
 
     cfg = load_config(args.config, args.overrides)
     seen = list(cfg.data.seen_tasks)
@@ -177,9 +177,7 @@ def main() -> None:
                   for s in args.seeds}
 
 
-    m = machine_identity()
-    machine = (f"{m['cpu']} ({m['cpu_capability']}, {m['cores']} cores), torch {m['torch']}, "
-               f"{args.jobs} trainings at once, 1 thread each")
+    machine = f"{machine_text()}, {args.jobs} trainings at once, 1 thread each"
     lines = ["Fixed-λ grid, `" + command_line("benchmarks/fixed_lambda_grid.py", sys.argv[1:], ROOT)
              + f"` on `{Path(args.config).name}`; {machine}; seeds {args.seeds}; "
              "Δm vs the dense MTL model of the same seed (mean ± std over seeds).", "",

@@ -21,7 +21,6 @@ Writes ``benchmarks/results/gradient_scale.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 from pathlib import Path
 
@@ -101,7 +100,9 @@ def main() -> None:
     for c in args.configs:
         rows.append(measure(c, args.batches, args.batch_size))
         print(rows[-1], flush=True)
-    machine = f"{platform.machine()}, torch {torch.__version__}"
+    from metasparsity.utils.provenance import machine_text
+
+    machine = machine_text()
     lines = [f"`python benchmarks/gradient_scale.py --batches {args.batches} --batch-size "
              f"{args.batch_size}`, {machine}: per-group `‖∇_g L‖/w_g` at initialisation "
              "(equal-weight loss of the seen tasks).", "",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import platform
 import statistics
 import sys
 import time
@@ -109,11 +108,10 @@ def main() -> None:
                                                               and not args.alpha > 0):
         p.error("--steps and --reps must be ≥ 1, --batch ≥ 2, --alpha > 0")
 
-    import torch
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json
-    from metasparsity.utils.provenance import command_line
+    from metasparsity.utils.provenance import command_line, machine_identity
 
     t0 = time.time()
     runs = {s: args.runs / f"seed_{s}" / f"{args.init}_{args.steps}" for s in seeds}
@@ -148,9 +146,7 @@ def main() -> None:
                      if args.init != "auto" else None})
         print(f"measured seed {s} ({time.time() - t0:.0f} s)", flush=True)
 
-    machine = {"python": sys.version.split()[0], "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "threads": min(2, os.cpu_count())}
+    machine = {**machine_identity(), "threads": min(2, os.cpu_count())}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", {
         "machine": machine, "config": os.path.relpath(args.config, ROOT),

@@ -47,7 +47,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -281,19 +280,13 @@ def memory_in_subprocess(name: str, args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- report
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    from metasparsity.utils.provenance import machine_identity
+
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         cores = os.cpu_count()
-    info = {"cpu": cpu, "usable_cores": cores,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device)}
+    info = {**machine_identity(), "usable_cores": cores, "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -151,7 +150,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     runs = [run(t, args) for t in args.threads]
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}"
+    from metasparsity.utils.provenance import machine_text
+
+    machine = machine_text()
     lines = [f"Prox cost per training step (`python benchmarks/prox_cost.py`), {machine}, "
              f"batch {args.batch_size}, median of {args.repeats}.", "",
              "| variant | threads | λ | wall ms | CPU ms | wall / adam | CPU / adam | group sparsity | prox alone ms | prox / adam step |",

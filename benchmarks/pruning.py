@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -70,21 +69,14 @@ TARGET = 0.7
 # ----------------------------------------------------------------------------- machine
 
 def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from metasparsity.utils.provenance import machine_identity
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         usable = os.cpu_count()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_start": os.getloadavg(),
+    return {**machine_identity(), "cpu_count": os.cpu_count(), "usable_cores": usable,
+            "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg(),
             "device": str(device),
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
 

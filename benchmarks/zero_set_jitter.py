@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import platform
 import statistics
 import sys
 import time
@@ -134,11 +133,10 @@ def main() -> None:
                             "tail_std_mean": statistics.fmean(r["tail_std"] for r in rs),
                             "falls_10_in_tail": sum(r["falls_10_in_tail"] for r in rs)})
 
-    import torch
 
-    machine = {"python": sys.version.split()[0], "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "threads_per_run": 1, "jobs": args.jobs}
+    from metasparsity.utils.provenance import machine_identity
+
+    machine = {**machine_identity(), "threads_per_run": 1, "jobs": args.jobs}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", {
         "machine": machine, "config": os.path.relpath(args.config, ROOT), "seed": args.seed,

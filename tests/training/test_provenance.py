@@ -18,6 +18,7 @@ from metasparsity.utils.provenance import (
     code_identity,
     code_label,
     machine_identity,
+    machine_text,
     other_code,
     other_code_note,
     run_code_label,
@@ -193,6 +194,9 @@ def test_a_finished_run_records_the_code_that_made_it(tmp_path):
     assert res["machine"] == machine_identity()
     assert set(machine_identity()) == {"cpu", "cpu_capability", "cores", "python", "torch"}
     assert machine_identity()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    m = {"cpu": "Some CPU", "cpu_capability": "AVX2", "cores": 8, "python": "3.11", "torch": "2.x"}
+    assert machine_text(m) == "Some CPU (AVX2, 8 cores), torch 2.x"
+    assert torch.backends.cpu.get_cpu_capability() in machine_text()
 
 
 def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, capsys):

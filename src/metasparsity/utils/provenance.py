@@ -132,6 +132,13 @@ def machine_identity() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
+def machine_text(m: dict[str, Any] | None = None) -> str:
+    """:func:`machine_identity` (or ``m``, one it returned) as a result file's header says it:
+    ``"<cpu> (<capability>, <n> cores), torch <version>"``."""
+    m = machine_identity() if m is None else m
+    return f"{m['cpu']} ({m['cpu_capability']}, {m['cores']} cores), torch {m['torch']}"
+
+
 def command_line(script: str, argv: Iterable[str], root: str | Path) -> str:
     """The shell command that ran ``script`` with ``argv``, as a result file records it: paths
     inside ``root`` (the repository) are written relative to it, as typed from there, so the
