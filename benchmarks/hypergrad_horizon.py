@@ -156,7 +156,10 @@ def main() -> None:
 
     def cell(r: dict[str, Any], j: int) -> str:
         vals = [rep["estimate"][str(j)] for rep in r["per_rep"]]
-        growth = statistics.median(rep["growth"][str(j)] for rep in r["per_rep"])
+        growths = [rep["growth"][str(j)] for rep in r["per_rep"]]
+        if None in vals or None in growths:  # overflowed (JSON null): the series diverged
+            return f"diverged ({sum(v is None for v in vals)}/{len(vals)} pairs overflow)"
+        growth = statistics.median(growths)
         down = sum(v > 0 for v in vals)
         return (f"{statistics.median(vals):+.3g} ({down}/{len(vals)} down; "
                 f"growth {growth:.2g})")
