@@ -89,7 +89,7 @@ def test_the_branch_metrics_are_those_of_the_run_and_the_delta_is_delta_m(tmp_pa
     assert lw.paired_delta(up["metrics"], down["metrics"], types) == want
 
 
-def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path):
+def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path, monkeypatch):
     types = {"a": "x", "b": "y"}
     up = {"a": {"loss": 1.0, "miou": 0.0}, "b": {"loss": 4.0}}
     down = {"a": {"loss": 3.0, "miou": 99.0}, "b": {"loss": 2.0}}
@@ -104,11 +104,9 @@ def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path):
         seen.append((args[3], out["metrics"]))
         return out
 
-    lw._branch = recording
-    try:
-        lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
-    finally:
-        lw._branch = real
+    monkeypatch.setattr(lw, "_branch", recording)
+    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    monkeypatch.undo()
     log = read_json(tmp_path / "run" / lw.SEARCH)
     assert log["score"] == "loss" and len(log["windows"]) == 2
     types = {t: task.type for t, task in resolve_tasks(cfg, SEEN).items()}
@@ -123,12 +121,10 @@ def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path):
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    lw._branch = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0)
-    finally:
-        lw._branch = real
+    monkeypatch.setattr(lw, "_branch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="score delta_m"):
         lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0, score="loss")
 
@@ -158,7 +154,7 @@ def test_lambda_inits_refuses_a_bad_rule_before_any_run(tmp_path, args, message)
     assert not any(tmp_path.iterdir())
 
 
-def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path):
+def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path, monkeypatch):
     cfg = _cfg()
     real = lw._branch
 
@@ -168,11 +164,9 @@ def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path
             out["metrics"][SEEN[0]]["loss"] = float("nan")
         return out
 
-    lw._branch = diverging
-    try:
-        lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
-    finally:
-        lw._branch = real
+    monkeypatch.setattr(lw, "_branch", diverging)
+    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
+    monkeypatch.undo()
     w0 = read_json(tmp_path / "run" / lw.SEARCH)["windows"][0]
     assert w0["winner"] == "down" and w0["loss_up_vs_down"] is None
     # a search begun before the score existed (no "score" in its log) is a Δm search
