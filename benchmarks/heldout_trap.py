@@ -102,6 +102,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="heldout_trap")
+    p.add_argument("--label", default="λ0",
+                   help="what the folders' suffix is, for the report (lambda_continue.py's "
+                        "continuations: held λ)")
     args = p.parse_args()
     inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",") if v.strip()))
     args.seeds = list(dict.fromkeys(args.seeds))
@@ -160,18 +163,19 @@ def main() -> None:
     def f(v, d=3):
         return "–" if v is None else f"{v:.{d}f}"
 
-    lines = [f"# The held-out loss of runs from different λ0, paired ({args.objective})", "",
+    lab = args.label
+    lines = [f"# The held-out loss of runs at different {lab}, paired ({args.objective})", "",
              f"`{cmd}`; the runs were made on: {'; '.join(made_on) or 'unrecorded'}.", "",
              f"λ-val loss: the logged `lambda_val_loss` (the adapted model's loss on the "
              f"λ-validation batch, what λ descends), mean over the last {args.tail} meta-steps. "
-             f"Paired: this run minus the run from λ0 = {args.reference} of the same seed, on "
+             f"Paired: this run minus the run at {lab} = {args.reference} of the same seed, on "
              f"the same batches and task subsets, mean over the last {args.tail} steps ± the "
              f"half-width of a 95 % t interval over blocks of {args.block} steps; > 0: this "
              "run's held-out loss is higher. Pushing down: share of those steps whose "
              "dL/dλ > 0 (all logged parts, the outer prox's too where it was on).", ""]
     lines.append(markdown_table(
-        ["seed", "λ0", "final λ", "group sp. %", f"λ-val loss (last {args.tail})",
-         f"minus λ0 = {args.reference}'s (paired)", "steps pushing λ down %"],
+        ["seed", lab, "final λ", "group sp. %", f"λ-val loss (last {args.tail})",
+         f"minus {lab} = {args.reference}'s (paired)", "steps pushing λ down %"],
         [[r["seed"], r["init"], f"{r['lambda_final']:.2g}", f(r["group_sparsity"], 1),
           f(r["tail_val_loss"]),
           "reference" if r["vs_reference"] is None else
@@ -198,7 +202,7 @@ def _plot(rows: list[dict[str, Any]], args, path: Path) -> None:
             ax.plot(range(1, len(d) + 1), smooth,
                     label=f"seed {r['seed']} (final λ {r['lambda_final']:.1g})")
         ax.axhline(0, color="k", lw=0.6)
-        ax.set_title(f"λ-val loss, λ0 = {i} minus λ0 = {args.reference} ({w}-step mean)")
+        ax.set_title(f"λ-val loss, {args.label} = {i} minus {args.reference} ({w}-step mean)")
         ax.set_xlabel("meta-step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
