@@ -3,7 +3,8 @@ both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (DE
 
 For every seed, objective (``heldout``, ``query``; or ``window``: λ by paired windows of
 validation Δm, ``benchmarks/lambda_window.py``, ``--window`` steps, ``--window-factor``;
-``window_loss``: the same, decided by the validation loss) and λ0
+``window_loss``: the same, decided by the validation loss; ``window_heldout``: decided by the
+adapted model's λ-validation loss over the window, what ``heldout`` descends) and λ0
 of ``--inits``: one ``meta-train`` of
 ``--config`` (default ``configs/synthscenes_meta.yaml``, the over-fitting 800-scene preset) for
 ``--steps`` meta-steps, then fine-tuning on the seen tasks (the meta-preset's ``finetune``), test
@@ -42,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 # objectives that are paired-window searches (lambda_window.py), with the score that decides
-WINDOW_SCORES = {"window": "delta_m", "window_loss": "loss"}
+WINDOW_SCORES = {"window": "delta_m", "window_loss": "loss", "window_heldout": "heldout"}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -147,7 +148,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query",
-                   help="comma-separated: heldout, query, window, window_loss (\"\": budget only)")
+                   help="comma-separated: heldout, query, window, window_loss, window_heldout "
+                        "(\"\": budget only)")
     p.add_argument("--steps", type=int, default=None,
                    help="meta-steps per run (default: the config's meta.steps)")
     p.add_argument("--target", type=float, default=0.5, help="budget mode's target (0: no run)")

@@ -6,8 +6,10 @@ the same state (θ, optimiser, sampler and data positions), one at ``λ·factor`
 ``λ/factor``, both with λ held fixed (``meta.lambda_lr=0``) and the same data order (common
 random numbers), and keeps the branch whose validation Δm on the λ-validation ids (the
 held-out share of the training set that θ never trains on, ``meta.lambda_objective=heldout``)
-is higher (``score="loss"``: whose validation loss is lower, :func:`paired_loss`), θ and λ
-both, as population-based training does with two members.  The
+is higher (``score="loss"``: whose validation loss is lower, :func:`paired_loss`;
+``score="heldout"``: whose adapted model's λ-validation loss over the window's meta-steps is
+lower, :func:`paired_heldout`, what the held-out gradient descends), θ and λ both, as
+population-based training does with two members.  The
 comparison is paired, so training progress, which moves both branches alike, cancels; what is
 left is the effect of λ over the window's horizon, on the metrics Δm is made of.
 
@@ -17,7 +19,8 @@ other, plus ``window_search.json`` (every window's two λ, their score, the winn
 the smaller λ, a branch whose validation is not finite loses).  Branches live in
 ``<run>.branches/`` until the search ends; a finished window's decision is reused, an
 unfinished one is redone.
-Used by ``benchmarks/lambda_inits.py --objectives window`` (and ``window_loss``).
+Used by ``benchmarks/lambda_inits.py --objectives window`` (``window_loss``,
+``window_heldout``).
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ def window_overrides() -> list[str]:
 def _branch(cfg, src: Path | None, dst: Path, lam: float, stop: int,
             held: list[int]) -> dict[str, Any]:
     """Continue ``src`` (a run directory at the window's start; None: from scratch) in ``dst``
-    at λ = ``lam`` up to step ``stop``; the metrics on the λ-validation ids ``held`` after."""
+    at λ = ``lam`` up to step ``stop``; the metrics on the λ-validation ids ``held`` after, and
+    the logged λ-validation loss of the adapted model at each of the window's meta-steps
+    (``heldout``)."""
     from torch.utils.data import Subset
 
     from metasparsity.recipes.meta_train import MetaTrainer
     from metasparsity.training.batches import eval_loader
+    from metasparsity.utils.io import read_jsonl
 
     if dst.exists():
         shutil.rmtree(dst)  # an interrupted branch is redone from the window's start
@@ -51,11 +57,15 @@ def _branch(cfg, src: Path | None, dst: Path, lam: float, stop: int,
     tr = MetaTrainer(cfg, dst, resume=src is not None, overwrite=src is None)
     try:
         tr.setup()
+        start = tr.step
         with_lam(tr, lam)
         done = tr.train(stop_after=None if stop >= cfg.meta.steps else stop)
         tr.val_loader = eval_loader(Subset(tr.train_set, held), cfg.train.eval_batch_size)
         metrics = tr.validate()
-        return {"lambda": float(tr.lam.value()), "metrics": metrics, "finished": done is not None}
+        heldout = [r["lambda_val_loss"] for r in read_jsonl(dst / "metrics.jsonl")
+                   if r.get("kind") == "meta" and start < r["step"] <= stop]
+        return {"lambda": float(tr.lam.value()), "metrics": metrics, "heldout": heldout,
+                "finished": done is not None}
     finally:
         tr.cleanup()
 
@@ -85,13 +95,28 @@ def paired_loss(a: dict, b: dict, types: dict[str, str]) -> float:
     return 100 * sum(rel) / len(rel)
 
 
-SCORES = {"delta_m": paired_delta, "loss": paired_loss}
+def paired_heldout(a: list[float], b: list[float]) -> float:
+    """The held-out objective of branch ``a`` against ``b``: their λ-validation losses of the
+    adapted model (``lambda_val_loss``, what the held-out gradient descends), logged at every
+    meta-step of the window on the same batches, mean difference relative to the pair's mean
+    loss, in %; > 0 when ``a``'s is lower.  Symmetric, like :func:`paired_loss`."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"the branches logged {len(a)} and {len(b)} λ-validation losses, "
+                         "not the same positive number")
+    mean = (sum(a) + sum(b)) / 2
+    return 100 * (sum(b) - sum(a)) / mean
+
+
+# what each score reads of a branch (_branch's result), and how it compares two of them
+SCORES = {"delta_m": ("metrics", paired_delta), "loss": ("metrics", paired_loss),
+          "heldout": ("heldout", lambda a, b, types: paired_heldout(a, b))}
 
 
 def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
                       score: str = "delta_m") -> dict[str, Any]:
     """Meta-train ``cfg`` (with :func:`window_overrides`) by paired windows, each decided by
-    ``score`` (:data:`SCORES`: validation Δm, or the validation loss); returns the final
+    ``score`` (:data:`SCORES`: validation Δm, the validation loss, or the held-out objective
+    over the window); returns the final
     ``results.json`` of the run at ``run_dir``."""
     from metasparsity.data import build_dataset, resolve_tasks
     from metasparsity.meta.sampler import meta_stream_split
@@ -141,11 +166,12 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
         center = prev["lambda"] if prev else log["lambda0"]
         res = {name: _branch(cfg, src, branches / f"w{k:02d}_{name}", center * f, stop, held)
                for name, f in (("down", 1 / factor), ("up", factor))}
-        d = SCORES[score](res["up"]["metrics"], res["down"]["metrics"], types)
+        what, compare = SCORES[score]
+        d = compare(res["up"][what], res["down"][what], types)
         if math.isfinite(d):
             winner = "up" if d > 0 else "down"
         else:  # a diverged branch loses; both diverged, or neither: nothing to decide by
-            ok = {n: _finite(r["metrics"], types) for n, r in res.items()}
+            ok = {n: _finite(r[what], types) for n, r in res.items()}
             if ok["up"] == ok["down"]:
                 raise ValueError(f"window {k} of {run_dir}: the {score} score of the branches "
                                  f"at λ {center:g}·{factor:g}^±1 is not finite")
@@ -169,9 +195,12 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
     return read_json(run_dir / "results.json")
 
 
-def _finite(metrics: dict, types: dict[str, str]) -> bool:
-    """Whether every number a score reads of the tasks ``types`` is finite."""
-    return all(math.isfinite(float(v)) for t in types for v in metrics[t].values()
+def _finite(read: dict | list, types: dict[str, str]) -> bool:
+    """Whether every number a score reads (metrics of the tasks ``types``, or a list of
+    losses) is finite."""
+    if isinstance(read, list):
+        return all(math.isfinite(float(v)) for v in read)
+    return all(math.isfinite(float(v)) for t in types for v in read[t].values()
                if isinstance(v, (int, float)))
 
 

@@ -12,7 +12,7 @@ from tests.recipes.micro import MICRO
 from metasparsity.config import load_config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
-from metasparsity.utils.io import read_json
+from metasparsity.utils.io import read_json, read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lambda_window as lw  # noqa: E402
@@ -127,6 +127,38 @@ def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path, monkeypat
     monkeypatch.undo()
     with pytest.raises(ValueError, match="score delta_m"):
         lw.window_meta_train(cfg, tmp_path / "b", window=2, factor=2.0, score="loss")
+
+
+def test_the_heldout_score_pairs_the_windows_logged_heldout_losses(tmp_path, monkeypatch):
+    # (6 - 2 + 2 - 4) / ((2 + 4 + 6 + 2) / 2) = 2 / 7, in %; symmetric
+    assert lw.paired_heldout([2.0, 4.0], [6.0, 2.0]) == pytest.approx(200 / 7)
+    assert lw.paired_heldout([6.0, 2.0], [2.0, 4.0]) == pytest.approx(-200 / 7)
+    with pytest.raises(ValueError, match="not the same"):
+        lw.paired_heldout([1.0], [1.0, 2.0])
+    cfg = _cfg()
+    real, seen = lw._branch, []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((args[2], out["heldout"]))
+        return out
+
+    monkeypatch.setattr(lw, "_branch", recording)
+    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="heldout")
+    monkeypatch.undo()
+    log = read_json(tmp_path / "run" / lw.SEARCH)
+    assert log["score"] == "heldout" and len(log["windows"]) == 2
+    for k, (w, (down, up)) in enumerate(zip(log["windows"], zip(seen[::2], seen[1::2]))):
+        assert (down[0].name, up[0].name) == (f"w{k:02d}_down", f"w{k:02d}_up")
+        # the two losses the branch's own metrics.jsonl logged at the window's two meta-steps
+        assert len(up[1]) == len(down[1]) == 2 and up[1] != down[1]
+        assert w["heldout_up_vs_down"] == pytest.approx(lw.paired_heldout(up[1], down[1]))
+        assert w["winner"] == ("up" if w["heldout_up_vs_down"] > 0 else "down")
+    # the winners' lineage logged the same losses at those steps
+    recs = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "meta"]
+    kept = [up if w["winner"] == "up" else down
+            for w, (down, up) in zip(log["windows"], zip(seen[::2], seen[1::2]))]
+    assert [r["lambda_val_loss"] for r in recs] == kept[0][1] + kept[1][1]
 
 
 def test_bad_settings_are_refused(tmp_path):
