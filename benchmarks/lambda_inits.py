@@ -488,26 +488,7 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
           _f(c.get("last_step_spread"), 1), _f(c["min_group_sparsity"], 1),
           _f(c["deployed_spread"], 1), "yes" if c["any_at_clamp"] else "no",
           "yes" if c["converged"] else "no"] for c in conv]))
-    score_text = {
-        "delta_m": ("Δm(up vs down)", "validation Δm of the branch at the larger λ against the "
-                    "one at the smaller"),
-        "loss": ("loss(up vs down) %", "the mean over the seen tasks of the validation loss of "
-                 "the branch at the smaller λ minus the one at the larger, relative to the "
-                 "pair's mean loss")}
-    for o in [o for o in objectives if o in WINDOW_SCORES]:
-        win = [r for r in rows if r["objective"] == o]
-        name, what = score_text[WINDOW_SCORES[o]]
-        lines += ["", f"## The {o} rule's decisions ({args.window} meta-steps per window, "
-                  f"branches at λ·{args.window_factor:g} and λ/{args.window_factor:g})", "",
-                  f"{name}: {what}, of the meta-parameters on the λ-validation ids after the "
-                  "window; the larger λ wins where it is > 0.", ""]
-        lines.append(markdown_table(
-            ["seed", "λ0", "windows won by the larger λ %", f"median |{name}|",
-             f"largest |{name}|", "λ after each window"],
-            [[r["seed"], r["init"], _f(100 * r["window_decisions"]["up_share"], 0),
-              _f(r["window_decisions"]["median_abs"]), _f(r["window_decisions"]["max_abs"]),
-              " ".join(f"{v:.2g}" for v in r["window_decisions"]["lambda_after"])]
-             for r in win]))
+    lines += window_decisions_text(rows, objectives, args.window, args.window_factor)
     lines += ["", "## Means over seeds", ""]
     lines.append(markdown_table(
         ["run", "final λ", "group sp. %", "group sp. % deployed", "param sp. %",
@@ -532,6 +513,41 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
         [[f"{g['lam']:g}", _ms(g["param_sparsity"], 1), _ms(g["backbone_macs"], 1),
           _ms(g["delta_m"])] for g in grid_pts]))
     return "\n".join(lines) + "\n"
+
+
+# per score: the column name, and what it compares (lambda_window.py's SCORES)
+SCORE_TEXT = {
+    "delta_m": ("Δm(up vs down)", "the validation Δm of the branch at the larger λ against the "
+                "one at the smaller, of the meta-parameters on the λ-validation ids after the "
+                "window"),
+    "loss": ("loss(up vs down) %", "the mean over the seen tasks of the validation loss of the "
+             "branch at the smaller λ minus the one at the larger, relative to the pair's mean "
+             "loss, of the meta-parameters on the λ-validation ids after the window"),
+    "heldout": ("held-out(up vs down) %", "the adapted model's λ-validation loss "
+                "(`lambda_val_loss`, what `heldout` descends) of the branch at the smaller λ "
+                "minus the one at the larger, summed over the window's meta-steps on the same "
+                "batches, relative to the pair's mean")}
+
+
+def window_decisions_text(rows, objectives, window: int, factor: float) -> list[str]:
+    """The markdown section of each paired-window objective's decisions."""
+    from metasparsity.report.tables import markdown_table
+
+    lines: list[str] = []
+    for o in [o for o in objectives if o in WINDOW_SCORES]:
+        win = [r for r in rows if r["objective"] == o]
+        name, what = SCORE_TEXT[WINDOW_SCORES[o]]
+        lines += ["", f"## The {o} rule's decisions ({window} meta-steps per window, "
+                  f"branches at λ·{factor:g} and λ/{factor:g})", "",
+                  f"{name}: {what}; the larger λ wins where it is > 0.", ""]
+        lines.append(markdown_table(
+            ["seed", "λ0", "windows won by the larger λ %", f"median |{name}|",
+             f"largest |{name}|", "λ after each window"],
+            [[r["seed"], r["init"], _f(100 * r["window_decisions"]["up_share"], 0),
+              _f(r["window_decisions"]["median_abs"]), _f(r["window_decisions"]["max_abs"]),
+              " ".join(f"{v:.2g}" for v in r["window_decisions"]["lambda_after"])]
+             for r in win]))
+    return lines
 
 
 def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:

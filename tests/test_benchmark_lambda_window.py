@@ -237,3 +237,17 @@ def test_lambda_inits_reuses_a_window_search_only_with_its_settings(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "score delta_m, not the asked 20, 2 and loss" in p.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_lambda_inits_reports_the_decisions_of_every_window_score():
+    import lambda_inits as li
+
+    assert set(li.SCORE_TEXT) == set(lw.SCORES) == set(li.WINDOW_SCORES.values())
+    rows = [{"objective": o, "seed": 0, "init": "auto",
+             "window_decisions": {"up_share": 0.25, "median_abs": 1.5, "max_abs": 3.0,
+                                  "lambda_after": [2e-3, 1e-3]}} for o in li.WINDOW_SCORES]
+    text = "\n".join(li.window_decisions_text(rows, ["heldout", *li.WINDOW_SCORES], 20, 2.0))
+    for o, score in li.WINDOW_SCORES.items():
+        assert f"## The {o} rule's decisions (20 meta-steps per window" in text
+        assert f"median |{li.SCORE_TEXT[score][0]}|" in text
+    assert text.count("| 0 | auto | 25 | 1.50 | 3.00 | 0.002 0.001 |") == len(li.WINDOW_SCORES)
