@@ -26,6 +26,24 @@ def _cfg(*extra: str):
                               *lw.window_overrides(), *extra])
 
 
+def _recorded_search(cfg, run, score, monkeypatch):
+    """A 2-window search decided by ``score``; its log, and each window's (down, up) branch
+    calls as ``(args, result)``, in order."""
+    real, seen = lw._branch, []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((args, out))
+        return out
+
+    monkeypatch.setattr(lw, "_branch", recording)
+    lw.window_meta_train(cfg, run, window=2, factor=2.0, score=score)
+    monkeypatch.undo()
+    log = read_json(run / lw.SEARCH)
+    assert log["score"] == score and len(log["windows"]) == 2
+    return log, list(zip(seen[::2], seen[1::2]))
+
+
 def test_the_search_follows_the_paired_delta_m_and_reproduces(tmp_path):
     cfg = _cfg()
     res = lw.window_meta_train(cfg, tmp_path / "a" / "run", window=2, factor=2.0)
@@ -97,21 +115,11 @@ def test_the_loss_score_is_symmetric_and_decides_by_the_loss(tmp_path, monkeypat
     assert lw.paired_loss(up, down, types) == pytest.approx(100 / 6)
     assert lw.paired_loss(down, up, types) == pytest.approx(-100 / 6)
     cfg = _cfg()
-    real, seen = lw._branch, []
-
-    def recording(*args, **kwargs):
-        out = real(*args, **kwargs)
-        seen.append((args[3], out["metrics"]))
-        return out
-
-    monkeypatch.setattr(lw, "_branch", recording)
-    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
-    monkeypatch.undo()
-    log = read_json(tmp_path / "run" / lw.SEARCH)
-    assert log["score"] == "loss" and len(log["windows"]) == 2
+    log, pairs = _recorded_search(cfg, tmp_path / "run", "loss", monkeypatch)
     types = {t: task.type for t, task in resolve_tasks(cfg, SEEN).items()}
-    for w, (down, up) in zip(log["windows"], zip(seen[::2], seen[1::2])):
+    for w, (down, up) in zip(log["windows"], pairs):
         assert "delta_m_up_vs_down" not in w
+        down, up = (down[0][3], down[1]["metrics"]), (up[0][3], up[1]["metrics"])
         assert down[0] < up[0] == pytest.approx(w["lambda_up"])
         # the logged score is the up branch's against the down branch's, as the rule says
         assert w["loss_up_vs_down"] == pytest.approx(lw.paired_loss(up[1], down[1], types))
@@ -135,20 +143,9 @@ def test_the_heldout_score_pairs_the_windows_logged_heldout_losses(tmp_path, mon
     assert lw.paired_heldout([6.0, 2.0], [2.0, 4.0]) == pytest.approx(-200 / 7)
     with pytest.raises(ValueError, match="not the same"):
         lw.paired_heldout([1.0], [1.0, 2.0])
-    cfg = _cfg()
-    real, seen = lw._branch, []
-
-    def recording(*args, **kwargs):
-        out = real(*args, **kwargs)
-        seen.append((args[2], out["heldout"]))
-        return out
-
-    monkeypatch.setattr(lw, "_branch", recording)
-    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="heldout")
-    monkeypatch.undo()
-    log = read_json(tmp_path / "run" / lw.SEARCH)
-    assert log["score"] == "heldout" and len(log["windows"]) == 2
-    for k, (w, (down, up)) in enumerate(zip(log["windows"], zip(seen[::2], seen[1::2]))):
+    log, pairs = _recorded_search(_cfg(), tmp_path / "run", "heldout", monkeypatch)
+    pairs = [((d[0][2], d[1]["heldout"]), (u[0][2], u[1]["heldout"])) for d, u in pairs]
+    for k, (w, (down, up)) in enumerate(zip(log["windows"], pairs)):
         assert (down[0].name, up[0].name) == (f"w{k:02d}_down", f"w{k:02d}_up")
         # the two losses the branch's own metrics.jsonl logged at the window's two meta-steps
         assert len(up[1]) == len(down[1]) == 2 and up[1] != down[1]
@@ -156,8 +153,7 @@ def test_the_heldout_score_pairs_the_windows_logged_heldout_losses(tmp_path, mon
         assert w["winner"] == ("up" if w["heldout_up_vs_down"] > 0 else "down")
     # the winners' lineage logged the same losses at those steps
     recs = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "meta"]
-    kept = [up if w["winner"] == "up" else down
-            for w, (down, up) in zip(log["windows"], zip(seen[::2], seen[1::2]))]
+    kept = [up if w["winner"] == "up" else down for w, (down, up) in zip(log["windows"], pairs)]
     assert [r["lambda_val_loss"] for r in recs] == kept[0][1] + kept[1][1]
 
 
