@@ -15,6 +15,10 @@ at its best.  Writes ``benchmarks/results/<name>.{json,md,png}``.
 
     python benchmarks/heldout_trap.py --runs runs/bench_lambda_window_avx512 \\
         --seeds 0 1 2 3 4 5 6 [--inits 0.0001,auto,0.01] [--tail 80] [--name heldout_trap]
+
+The same pairing reads ``benchmarks/lambda_continue.py``'s continuations at a held λ
+(``--inits own,0.001,… --reference own --label "held λ"``: ``--label`` names the folders'
+suffix in the report).
 """
 
 from __future__ import annotations
@@ -109,7 +113,8 @@ def main() -> None:
     inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",") if v.strip()))
     args.seeds = list(dict.fromkeys(args.seeds))
     if args.reference not in inits or len(inits) < 2:
-        p.error(f"--inits {inits} must hold --reference {args.reference} and another λ0")
+        p.error(f"--inits {inits} must hold --reference {args.reference} and another "
+                f"{args.label}")
     if not 0 < args.block <= args.tail or args.tail % args.block:
         p.error(f"--tail ({args.tail}) must be a positive multiple of --block ({args.block})")
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -134,7 +139,7 @@ def main() -> None:
             try:
                 pair = None if i == args.reference else paired(recs, ref, args.tail, args.block)
             except ValueError as e:
-                p.error(f"seed {s}, λ0 {i}: {e}")
+                p.error(f"seed {s}, {args.label} {i}: {e}")
             grads = [_grad(r) for r in recs[-args.tail:]]
             rows.append({"seed": s, "init": i, "lambda_final": _lam(recs[-1]["lambda"]),
                          "group_sparsity": 100 * recs[-1]["group_sparsity"],
@@ -158,7 +163,8 @@ def main() -> None:
     write_json(args.out / f"{args.name}.json", {
         "command": cmd, "machine": machine, "runs_made_on": made_on,
         "runs": os.path.relpath(args.runs, ROOT),
-        "reference": args.reference, "tail": args.tail, "block": args.block, "rows": rows})
+        "label": args.label, "reference": args.reference, "tail": args.tail,
+        "block": args.block, "rows": rows})
 
     def f(v, d=3):
         return "–" if v is None else f"{v:.{d}f}"

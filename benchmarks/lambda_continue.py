@@ -11,7 +11,10 @@ positions) is copied and meta-training goes on for ``--steps`` more meta-steps w
 (``meta.lambda_lr=0``) at each value of ``--lams`` (``own``: the run's final λ), so every
 continuation of a seed draws the same task subsets and λ-validation batches.  The meta-steps
 log λ's gradient at the held λ as they always do, so the local signal and the lasting effect
-are measured on the same steps.  Nothing else changes (``meta.lr_schedule`` is constant).
+are measured on the same steps.  Only runs whose outer rate does not depend on ``meta.steps``
+(``meta.lr_schedule: constant``) and that are not in budget mode (whose target ramp does) are
+taken; with ``meta.final_zero_window`` the continuation's last step lands again, as the
+source's did (it changes the final zero set, not the logged losses).
 
 Writes ``<runs>/seed_<s>/heldout_<λ>/`` (an ordinary run folder; a finished one is reused);
 ``benchmarks/heldout_trap.py --runs <runs> --inits own,<λ>… --reference own --tail <steps>``
@@ -66,6 +69,30 @@ def continue_at(source: str, dst: str, lam: float | None, extra: int) -> dict[st
     return read_json(out / "results.json")
 
 
+def _unfit(run: Path, lams: list[float] = ()) -> str | None:
+    """Why the run at ``run`` cannot be continued at the λ ``lams`` as this script does (None:
+    it can)."""
+    from metasparsity.config.load import load_config
+    from metasparsity.utils.errors import UserError
+
+    try:
+        m = load_config(run / "config.yaml").meta
+    except UserError as e:
+        return f"config.yaml: {e}"
+    if m.lr_schedule != "constant":
+        return (f"meta.lr_schedule is {m.lr_schedule}: more meta-steps would change the outer "
+                "rate of the source's steps")
+    if m.target is not None:
+        return "a budget-mode run (meta.target): more meta-steps would change its target ramp"
+    if m.lambda_objective != "heldout":
+        return f"meta.lambda_objective is {m.lambda_objective}, not heldout"
+    out = [x for x in lams if not m.lambda_min <= x <= m.lambda_max]
+    if out:
+        return (f"--lams {', '.join(f'{x:g}' for x in out)} outside the run's "
+                f"[meta.lambda_min, meta.lambda_max] = [{m.lambda_min:g}, {m.lambda_max:g}]")
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, required=True,
@@ -87,18 +114,24 @@ def main() -> None:
             x = float(v)
         except ValueError:
             p.error(f"--lams: {v!r} is not a number or 'own'")
-        if not x > 0:
-            p.error(f"--lams: {v} must be > 0")
+        if not 0 < x < float("inf"):
+            p.error(f"--lams: {v} must be a finite number > 0")
         lams.append((v, x))
     if not lams:
         p.error("--lams is empty")
     if args.steps < 1 or args.jobs < 1:
         p.error("--steps and --jobs must be ≥ 1")
+    if args.runs.resolve() == args.source.resolve():
+        p.error("--runs must be another folder than --source (a continuation would replace "
+                "its source)")
     sources = {}
     for s in dict.fromkeys(args.seeds):
         d = args.source / f"seed_{s}" / f"heldout_{args.init}"
         if not (d / "results.json").is_file() or not (d / "checkpoints").is_dir():
             p.error(f"no finished held-out meta-training with checkpoints at {d}")
+        why = _unfit(d, [x for _, x in lams if x is not None])
+        if why:
+            p.error(f"{d}: {why}")
         sources[s] = d
     jobs = {(s, label): (str(src), str(args.runs / f"seed_{s}" / f"heldout_{label}"), lam,
                          args.steps)

@@ -130,6 +130,9 @@ def window_meta_train(cfg, run_dir: str | Path, *, window: int, factor: float,
     if m.lambda_lr != 0 or m.lambda_objective != "heldout" or not m.learn_lambda:
         raise ValueError("window_meta_train needs meta.lambda_lr=0, meta.lambda_objective="
                          "heldout and meta.learn_lambda=true (window_overrides())")
+    if score == "heldout" and m.log_every != 1:
+        raise ValueError(f"score heldout reads the λ-validation loss of every meta-step; "
+                         f"meta.log_every is {m.log_every}, use 1")
     run_dir = Path(run_dir)
     branches = run_dir.parent / f"{run_dir.name}.branches"
     if (run_dir / "results.json").is_file():

@@ -59,6 +59,23 @@ def test_the_paired_difference_and_its_block_interval(tmp_path):
     assert (tmp_path / "out" / "t.png").is_file() and "+0." in (tmp_path / "out" / "t.md").read_text()
 
 
+def test_the_label_names_the_folders_suffix_in_the_report(tmp_path):
+    _run(tmp_path / "runs", 0, "own", [3.0] * STEPS, [1e-6] * STEPS)
+    _run(tmp_path / "runs", 0, "0.001", [2.5] * STEPS, [1e-3] * STEPS)
+    p = _bench("--runs", str(tmp_path / "runs"), "--seeds", "0", "--inits", "own,0.001",
+               "--reference", "own", "--label", "held λ", "--tail", "10", "--block", "5",
+               "--out", str(tmp_path / "out"), "--name", "c")
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "out" / "c.md").read_text()
+    assert "runs at different held λ" in md and "| seed | held λ | final λ |" in md
+    assert "minus held λ = own's (paired)" in md and "λ0" not in md
+    res = read_json(tmp_path / "out" / "c.json")
+    assert res["label"] == "held λ" and res["rows"][1]["vs_reference"]["mean"] == -0.5
+    p = _bench("--runs", str(tmp_path / "runs"), "--seeds", "0", "--inits", "own",
+               "--reference", "own", "--label", "held λ", "--out", str(tmp_path / "o2"))
+    assert p.returncode == 2 and "and another held λ" in p.stderr
+
+
 @pytest.mark.parametrize("case, message", [
     ("subsets", "not paired"), ("missing", "no meta-training run"),
     ("reference", "must hold --reference"), ("reference only", "and another λ0"),

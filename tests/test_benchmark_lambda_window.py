@@ -164,6 +164,10 @@ def test_bad_settings_are_refused(tmp_path):
         lw.window_meta_train(_cfg(), tmp_path / "r", window=2, factor=1.0)
     with pytest.raises(ValueError, match="score must be one of"):
         lw.window_meta_train(_cfg(), tmp_path / "r", window=2, factor=2.0, score="accuracy")
+    with pytest.raises(ValueError, match="meta.log_every is 2, use 1"):
+        lw.window_meta_train(_cfg("meta.log_every=2"), tmp_path / "r", window=2, factor=2.0,
+                             score="heldout")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.branches").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -197,6 +201,19 @@ def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path
     monkeypatch.undo()
     w0 = read_json(tmp_path / "run" / lw.SEARCH)["windows"][0]
     assert w0["winner"] == "down" and w0["loss_up_vs_down"] is None
+    # the held-out score: a non-finite loss at one of the window's steps loses the same way
+
+    def diverging_heldout(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if args[2].name == "w00_down":
+            out["heldout"][-1] = float("inf")
+        return out
+
+    monkeypatch.setattr(lw, "_branch", diverging_heldout)
+    lw.window_meta_train(cfg, tmp_path / "h", window=2, factor=2.0, score="heldout")
+    monkeypatch.undo()
+    w0 = read_json(tmp_path / "h" / lw.SEARCH)["windows"][0]
+    assert w0["winner"] == "up" and w0["heldout_up_vs_down"] is None
     # a search begun before the score existed (no "score" in its log) is a Δm search
     b = tmp_path / "old"
     branches = b.parent / "old.branches"
