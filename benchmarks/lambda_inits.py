@@ -550,6 +550,19 @@ def window_decisions_text(rows, objectives, window: int, factor: float) -> list[
     return lines
 
 
+def init_colors(inits: list[str]) -> dict[str, str]:
+    """A colour per λ0: the usual three keep theirs across reports, any other a colour of its
+    own (none shared)."""
+    fixed = {"auto": "tab:blue", "0.0001": "tab:orange", "1e-4": "tab:orange",
+             "0.01": "tab:green", "1e-2": "tab:green"}
+    spare = [c for c in ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive",
+                         "tab:cyan", "tab:gray") if c not in fixed.values()]
+    out = {}
+    for i in dict.fromkeys(inits):
+        out[i] = fixed.get(i) or (spare.pop(0) if spare else "0.4")
+    return out
+
+
 def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
     import matplotlib
 
@@ -560,14 +573,13 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
     panels = len(objectives) + (2 if objectives else 1)
     fig, axes = plt.subplots(1, panels, figsize=(max(7.0, 5 * panels), 4.4), squeeze=False)
     axes = axes[0]
-    colors = {"auto": "tab:blue", "0.0001": "tab:orange", "1e-4": "tab:orange",
-              "0.01": "tab:green", "1e-2": "tab:green"}
+    colors = init_colors([t["init"] for t in trajectories])
     for ax, o in zip(axes, objectives):
         for t in trajectories:
             if t["objective"] != o:
                 continue
             ax.semilogy(range(1, len(t["lambda"]) + 1), t["lambda"],
-                        color=colors.get(t["init"], "0.4"), alpha=0.8,
+                        color=colors[t["init"]], alpha=0.8,
                         label=f"λ0 = {t['init']}" if t["seed"] == 0 else None)
         ax.set_title(f"λ over meta-training, objective {o}")
         ax.set_xlabel("meta-step")

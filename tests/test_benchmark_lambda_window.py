@@ -264,3 +264,11 @@ def test_lambda_inits_reports_the_decisions_of_every_window_score():
         assert f"## The {o} rule's decisions (20 meta-steps per window" in text
         assert f"median |{li.SCORE_TEXT[score][0]}|" in text
     assert text.count("| 0 | auto | 25 | 1.50 | 3.00 | 0.002 0.001 |") == len(li.WINDOW_SCORES)
+
+
+def test_lambda_inits_gives_each_lambda0_its_own_colour():
+    import lambda_inits as li
+
+    c = li.init_colors(["auto", "0.0003", "0.01", "0.03", "0.0003", "0.0001"])
+    assert list(c) == ["auto", "0.0003", "0.01", "0.03", "0.0001"]
+    assert len(set(c.values())) == 5 and c["auto"] == "tab:blue" and c["0.01"] == "tab:green"
