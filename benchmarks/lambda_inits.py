@@ -613,7 +613,8 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
     for k, (name, v) in enumerate(summary.items()):
         ax.errorbar(v["param_sparsity"]["mean"], v["delta_m"]["mean"],
                     xerr=v["param_sparsity"]["std"], yerr=v["delta_m"]["std"],
-                    fmt="D^v<>P*X"[k % 8], ms=8, capsize=3, label=name)
+                    fmt="D^v<>P*X"[k % 8], ms=8, capsize=3, label=name,
+                    color=colors.get(name.split("/", 1)[-1]))  # λ0's colour, as on the left
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("parameter sparsity of the backbone (%)")
     ax.set_ylabel("Δm vs dense MTL (%)")
