@@ -190,30 +190,27 @@ def test_a_diverged_branch_loses_and_an_old_search_continues_as_delta_m(tmp_path
     cfg = _cfg()
     real = lw._branch
 
-    def diverging(*args, **kwargs):  # the branch at the larger λ of window 0 diverges
-        out = real(*args, **kwargs)
-        if args[2].name == "w00_up":
-            out["metrics"][SEEN[0]]["loss"] = float("nan")
-        return out
+    def nan_loss(out):
+        out["metrics"][SEEN[0]]["loss"] = float("nan")
 
-    monkeypatch.setattr(lw, "_branch", diverging)
-    lw.window_meta_train(cfg, tmp_path / "run", window=2, factor=2.0, score="loss")
-    monkeypatch.undo()
-    w0 = read_json(tmp_path / "run" / lw.SEARCH)["windows"][0]
-    assert w0["winner"] == "down" and w0["loss_up_vs_down"] is None
-    # the held-out score: a non-finite loss at one of the window's steps loses the same way
+    def inf_heldout(out):
+        out["heldout"][-1] = float("inf")
 
-    def diverging_heldout(*args, **kwargs):
-        out = real(*args, **kwargs)
-        if args[2].name == "w00_down":
-            out["heldout"][-1] = float("inf")
-        return out
+    # window 0's branch at the larger λ diverges (Δm of the metrics, the loss score), or the
+    # one at the smaller (the held-out score, at one of the window's steps): it loses
+    for score, spoilt, spoil, winner in (("loss", "w00_up", nan_loss, "down"),
+                                         ("heldout", "w00_down", inf_heldout, "up")):
+        def diverging(*args, spoilt=spoilt, spoil=spoil, **kwargs):
+            out = real(*args, **kwargs)
+            if args[2].name == spoilt:
+                spoil(out)
+            return out
 
-    monkeypatch.setattr(lw, "_branch", diverging_heldout)
-    lw.window_meta_train(cfg, tmp_path / "h", window=2, factor=2.0, score="heldout")
-    monkeypatch.undo()
-    w0 = read_json(tmp_path / "h" / lw.SEARCH)["windows"][0]
-    assert w0["winner"] == "up" and w0["heldout_up_vs_down"] is None
+        monkeypatch.setattr(lw, "_branch", diverging)
+        lw.window_meta_train(cfg, tmp_path / score, window=2, factor=2.0, score=score)
+        monkeypatch.undo()
+        w0 = read_json(tmp_path / score / lw.SEARCH)["windows"][0]
+        assert w0["winner"] == winner and w0[f"{score}_up_vs_down"] is None
     # a search begun before the score existed (no "score" in its log) is a Δm search
     b = tmp_path / "old"
     branches = b.parent / "old.branches"
