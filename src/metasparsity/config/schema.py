@@ -156,8 +156,8 @@ class SparsityConfig:
     target_ramp: float = _ramp_field(
         0.5, "the target falls from 1 to sparsity.target over this share of train.max_steps, "
         "cubically (as meta.target_ramp), then holds; 0 = the target from the first step "
-        "(measured worse; 1 measured level with 0.5 over five seeds: README, budget mode in "
-        "plain training)")
+        "(measured worse; 1 measured level with 0.5 over five seeds: docs/lambda_study.md, "
+        "budget mode in plain training)")
     dual_rate: float = _f(0.05, min=0.0, min_open=True,
                           help="sparsity.target's dual ascent: log λ moves by this rate × "
                                "(cost − target)/target after every step up to the landing")

@@ -382,8 +382,8 @@ class MetaTrainer:
         """``meta.final_zero_window`` = N: remember this step's number of zero groups; on the last
         step (whose outer update left the prox out) land on the smallest zero set at least as
         large as the mean of the N steps before it.  One step's zero set is a sample of a
-        sawtooth (README, "Damping the sawtooth"); its mean over a window is what the learned λ
-        keeps zero."""
+        sawtooth (docs/lambda_study.md, "Damping the sawtooth"); its mean over a window is what
+        the learned λ keeps zero."""
         n = sum(g.num_groups for g in self.layers)
         if self._landing() and not self.recent_zeros:  # a one-step run: nothing to average
             self.opt_theta.apply_prox(lam)
