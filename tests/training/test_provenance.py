@@ -21,7 +21,9 @@ from metasparsity.utils.provenance import (
     machine_text,
     other_code,
     other_code_note,
+    package_digest,
     run_code_label,
+    same_code,
 )
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -64,14 +66,39 @@ def test_code_identity_is_the_checkouts_commit_and_sees_edits_of_tracked_files(t
     pkg = _committed_package(repo, repo / "pkg", {"a.py": "x = 1\n"})
     package_in(pkg)
     head = _git(repo, "rev-parse", "HEAD")
-    assert code_identity() == {"version": __version__, "commit": head, "dirty": False}
-    # an untracked file is not an edit of the code; a changed tracked file is
+    first = code_identity()
+    assert first == {"version": __version__, "commit": head, "dirty": False,
+                     "package": package_digest(pkg)}
+    # an untracked file is not an edit of the commit, but it is part of the code
     (pkg / "new.py").write_text("y = 2\n")
     code_identity.cache_clear()
     assert code_identity()["dirty"] is False
+    assert code_identity()["package"] != first["package"]
+    (pkg / "new.py").unlink()
     (pkg / "a.py").write_text("x = 2\n")
     code_identity.cache_clear()
-    assert code_identity() == {"version": __version__, "commit": head, "dirty": True}
+    edited = code_identity()
+    assert edited == {"version": __version__, "commit": head, "dirty": True,
+                      "package": package_digest(pkg)}
+    assert not same_code(edited, first)
+    # the edit undone: the same code again, and a compiled cache is not code
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    code_identity.cache_clear()
+    assert code_identity() == first
+
+
+def test_the_package_digest_is_the_files_paths_and_bytes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "sub").mkdir(parents=True)
+        (root / "x.py").write_text("x = 1\n")
+        (root / "sub" / "y.yaml").write_text("y: 2\n")
+    assert package_digest(a) == package_digest(b)
+    assert package_digest(a).startswith("sha256:") and len(package_digest(a)) == 23
+    (b / "sub" / "y.yaml").rename(b / "y.yaml")  # same bytes, another path
+    assert package_digest(a) != package_digest(b)
 
 
 @needs_git
@@ -79,13 +106,16 @@ def test_a_repository_around_the_package_that_does_not_track_it_names_no_commit(
                                                                               package_in):
     """A project's own repository around its .venv, where the package is installed."""
     repo = tmp_path / "project"
-    package_in(_committed_package(repo, repo / ".venv" / "site" / "pkg", {}, ignore=".venv/"))
-    assert code_identity() == {"version": __version__, "commit": None, "dirty": None}
+    pkg = _committed_package(repo, repo / ".venv" / "site" / "pkg", {}, ignore=".venv/")
+    package_in(pkg)
+    assert code_identity() == {"version": __version__, "commit": None, "dirty": None,
+                               "package": package_digest(pkg)}
 
 
 def test_outside_a_checkout_only_the_version_is_known(tmp_path, package_in):
     package_in(tmp_path)  # tmp_path is not inside a git work tree
-    assert code_identity() == {"version": __version__, "commit": None, "dirty": None}
+    assert code_identity() == {"version": __version__, "commit": None, "dirty": None,
+                               "package": package_digest(tmp_path)}
     assert code_label(code_identity()) == f"version {__version__}"
 
 
@@ -97,6 +127,7 @@ def test_code_label():
 
 
 def test_other_code_groups_runs_that_this_code_did_not_make():
+    """Records from before the package digest: only the same unedited commit vouches."""
     here = {"version": "0.1.0", "commit": "a" * 40, "dirty": False}
     runs = [("same", {"code": dict(here)}),
             ("older", {"code": {"version": "0.1.0", "commit": "b" * 40, "dirty": False}}),
@@ -109,6 +140,29 @@ def test_other_code_groups_runs_that_this_code_did_not_make():
     assert other_code([("x", {"code": {**here, "dirty": True}})], {**here, "dirty": True}) \
         == {"aaaaaaa+dirty": ["x"]}
     assert other_code([("same", {"code": dict(here)})], here) == {}
+
+
+def test_the_same_package_is_the_same_code_whatever_the_commit():
+    pkg, pkg2 = "sha256:" + "1" * 16, "sha256:" + "2" * 16
+    here = {"version": "0.1.0", "commit": "a" * 40, "dirty": True, "package": pkg}
+    runs = [("older commit, same package", {"code": {**here, "commit": "b" * 40, "dirty": False}}),
+            ("not in a checkout", {"code": {**here, "commit": None, "dirty": None}}),
+            ("other package", {"code": {**here, "package": pkg2}}),
+            ("before the digest", {"code": {"version": "0.1.0", "commit": "a" * 40,
+                                            "dirty": False}}),
+            ("resumed across packages", {"code": here,
+                                         "code_before_resume": [{**here, "package": pkg2}]}),
+            ("resumed, same package", {"code": here,
+                                       "code_before_resume": [{**here, "commit": "c" * 40}]})]
+    assert other_code(runs, here) == {"aaaaaaa+dirty": ["other package"],
+                                      "aaaaaaa": ["before the digest"],
+                                      "aaaaaaa+dirty after aaaaaaa+dirty":
+                                          ["resumed across packages"]}
+    assert same_code(here, {**here, "commit": None}) and not same_code(here, None)
+    # an unedited commit without the digest on one side: the commit decides
+    clean = {**here, "dirty": False}
+    assert same_code({"commit": "a" * 40, "dirty": False}, clean)
+    assert not same_code({"commit": "a" * 40, "dirty": False}, here)
 
 
 def _checkpoint(run, meta):
@@ -134,15 +188,10 @@ def test_reused_from_other_code_reads_finished_and_unfinished_runs(tmp_path):
     _checkpoint(runs["started_before"], {"code": [OTHER]})
     _checkpoint(runs["started_unrecorded"], {})
     other = reused_from_other_code([*runs.values(), tmp_path / "missing"])
-    label = code_label(here)
-    expected = {"unrecorded": [str(runs["old"])],
-                "unfinished, bbbbbbb": [str(runs["started_before"])],
-                "unfinished, unrecorded": [str(runs["started_unrecorded"])]}
-    if label.endswith("+dirty") or label.startswith("version"):
-        # no commit or an edited tree: even this code's own runs cannot be vouched for
-        expected |= {label: [str(runs["done"])],
-                     f"unfinished, {label}": [str(runs["started_here"])]}
-    assert other == expected
+    # this code's own runs are vouched for by the package digest, edited tree or not
+    assert other == {"unrecorded": [str(runs["old"])],
+                     "unfinished, bbbbbbb": [str(runs["started_before"])],
+                     "unfinished, unrecorded": [str(runs["started_unrecorded"])]}
     note = other_code_note(other, 6)
     assert note.startswith(f"{sum(map(len, other.values()))} of the 6 runs were reused")
     assert "unrecorded: 1" in note and "unfinished, bbbbbbb: 1" in note
@@ -168,10 +217,7 @@ def test_a_run_resumed_across_code_says_so_and_is_other_code(tmp_path, capsys):
     capsys.readouterr()
     assert sub_run(run) == (None, True)
     err = capsys.readouterr().err
-    if here["commit"]:
-        assert f"note: continuing {run}, made by " in err and "unfinished, bbbbbbb" in err
-    else:
-        assert err == ""
+    assert f"note: continuing {run}, made by other code (unfinished, bbbbbbb; " in err
     assert cli("train", "--resume", run) == 0
     res = read_json(run / "results.json")
     assert res["code"] == here and res["code_before_resume"] == [OTHER]
@@ -203,10 +249,8 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
     from metasparsity.training.session import sub_run
 
     here = code_identity()
-    if not here["commit"]:
-        pytest.skip("the package is not in a git checkout: no commit to compare with")
     old, same = tmp_path / "old", tmp_path / "same"
-    other = {**here, "commit": "b" * 40, "dirty": False}
+    other = {**here, "commit": "b" * 40, "dirty": False, "package": "sha256:" + "0" * 16}
     for d, code in ((old, other), (same, here)):
         d.mkdir()
         write_json(d / "results.json", {"kind": "mtl", "code": code})
@@ -214,16 +258,9 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
     assert capsys.readouterr().err == ""  # a caller that reported every reused run at once
     assert sub_run(old) == ({"kind": "mtl", "code": other}, False)
     err = capsys.readouterr().err
-    if here["dirty"]:
-        assert f"reusing {old}, made by bbbbbbb; this code has uncommitted edits" in err
-    else:
-        assert f"reusing {old}, made by other code (bbbbbbb; this is {code_label(here)})" in err
+    assert f"reusing {old}, made by other code (bbbbbbb; this is {code_label(here)})" in err
     assert sub_run(same)[0]["code"] == here
-    err = capsys.readouterr().err
-    if here["dirty"]:  # an edited tree cannot vouch even for its own runs
-        assert f"reusing {same}, made by {code_label(here)}; this code has uncommitted" in err
-    else:
-        assert err == ""
+    assert capsys.readouterr().err == ""  # its own run, edited tree or not (the digest)
 
 
 def test_command_line_writes_paths_in_the_repository_relative_to_it(tmp_path):

@@ -80,16 +80,13 @@ def check_reuse(run_dirs: Iterable[str | Path], *, refuse: bool, error: Callable
 def reuse_note(run_dir: str | Path, res: dict[str, Any] | None) -> str:
     """The stderr note of a sweep or comparison that reuses (``res``: its ``results.json``)
     or continues (``res``: :func:`run_code` of its checkpoint) a run of other code; empty for
-    a run of this code, or when this code has no commit to compare with."""
-    here = code_identity()
-    if res is None or not here.get("commit"):
+    a run of this code (:func:`~metasparsity.utils.provenance.same_code`)."""
+    if res is None:
         return ""
     other = other_code([(str(run_dir), res)])
     if not other:
         return ""
     what = "continuing" if res.get("unfinished") else "reusing"
     label = next(iter(other))
-    if here.get("dirty"):
-        return (f"note: {what} {run_dir}, made by {label}; this code has uncommitted edits "
-                f"({code_label(here)}), so whether it made the run cannot be told")
-    return f"note: {what} {run_dir}, made by other code ({label}; this is {code_label(here)})"
+    return (f"note: {what} {run_dir}, made by other code ({label}; this is "
+            f"{code_label(code_identity())})")

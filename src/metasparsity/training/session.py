@@ -33,7 +33,7 @@ from metasparsity.training.run_checkpoints import (
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, truncate_jsonl, write_json
-from metasparsity.utils.provenance import code_identity, machine_identity
+from metasparsity.utils.provenance import code_identity, machine_identity, same_code
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
 
 Snapshot = Callable[[Mapping[str, Any]],
@@ -220,7 +220,7 @@ class RunSession:
     def _codes(self) -> list[dict[str, Any] | None]:
         """Every code that trained this run so far, oldest first (this process's last)."""
         here = code_identity()
-        return [c for c in self.codes if c != here] + [here]
+        return [c for c in self.codes if not same_code(c, here)] + [here]
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "train_time_s": round(self.train_time, 2),

@@ -1,16 +1,19 @@
-"""Which code made a result (the package version and, in a git checkout, its commit) and on
-which machine.
+"""Which code made a result (the package version, a digest of the package's files and, in a git
+checkout, its commit) and on which machine.
 
 Every run's ``results.json`` carries :func:`code_identity` under ``"code"`` (and, for a run
 resumed from a checkpoint of other code, that code under ``"code_before_resume"``), so whatever
 reuses finished runs can tell which were made by other code (:func:`code_label`,
-:func:`other_code`) instead of mixing them silently into one table.  Reading run folders, and
+:func:`other_code`) instead of mixing them silently into one table.  Two records are the same
+code when the package's files were the same (:func:`same_code`), whatever the commit: a run
+made before an edit of the README or of a benchmark script is still this package's run.  Reading run folders, and
 the check a benchmark makes before it reuses them, live in :mod:`metasparsity.training.reuse`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -31,15 +34,29 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def package_digest(folder: str | Path | None = None) -> str:
+    """``"sha256:<16 hex>"`` over the package's files (``folder``, default this package): every
+    file's path relative to it and its bytes, in path order; compiled caches left out.  Equal
+    digests mean the same code whatever the commit or the state of the work tree."""
+    root = Path(folder) if folder is not None else _PACKAGE_DIR
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                    and p.suffix not in (".pyc", ".pyo")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(f.read_bytes() + b"\0")
+    return "sha256:" + h.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def code_identity() -> dict[str, Any]:
-    """``{"version", "commit", "dirty"}`` of the running package.
+    """``{"version", "commit", "dirty", "package"}`` of the running package.
 
     ``commit``: the git commit of the checkout the package is imported from (None when it is
     not in one, e.g. an installed wheel, git is missing, or the git repository around the
     package does not track it, as a project's own repository around its ``.venv``);
     ``dirty``: whether tracked files of the package differ from that commit (None without a
-    commit).  Computed once per process.
+    commit); ``package``: :func:`package_digest`, which needs no git.  Computed once per
+    process.
     """
     from metasparsity import __version__
 
@@ -50,7 +67,8 @@ def code_identity() -> dict[str, Any]:
     if commit:
         status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
         dirty = None if status is None else bool(status)
-    return {"version": __version__, "commit": commit, "dirty": dirty}
+    return {"version": __version__, "commit": commit, "dirty": dirty,
+            "package": package_digest()}
 
 
 def code_label(code: Mapping[str, Any] | None) -> str:
@@ -62,6 +80,18 @@ def code_label(code: Mapping[str, Any] | None) -> str:
     if not commit:
         return f"version {code.get('version')}"
     return commit[:7] + ("+dirty" if code.get("dirty") else "")
+
+
+def same_code(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two :func:`code_identity` records name the same code: the same package digest;
+    for a record from before the digest, the same commit with neither tree edited.  No record
+    (``None``) is never the same code."""
+    if not a or not b:
+        return False
+    if a.get("package") and b.get("package"):
+        return a["package"] == b["package"]
+    return (bool(a.get("commit")) and a.get("commit") == b.get("commit")
+            and a.get("dirty") is False and b.get("dirty") is False)
 
 
 def _made_by(res: Mapping[str, Any]) -> str:
@@ -81,15 +111,16 @@ def run_code_label(res: Mapping[str, Any] | None) -> str:
 def other_code(results: Iterable[tuple[str, Mapping[str, Any] | None]],
                current: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """The runs among ``results`` (``(name, results.json contents)``) not made by ``current``
-    (default: this process's code) alone, grouped by :func:`run_code_label`.  A run made by a
-    dirty tree never counts as current code, nor does a run without a record, a run resumed
-    from other code, or any run at all when ``current`` has no commit (it cannot tell)."""
+    (default: this process's code) alone, grouped by :func:`run_code_label`: every code a run
+    records (``code``, and ``code_before_resume`` of a run resumed across code) must be
+    :func:`same_code` as ``current``.  So a run without a record is other code, and so is a run
+    recorded before the package digest unless its commit is ``current``'s, both unedited."""
     current = code_identity() if current is None else current
-    here = code_label(current)
-    vouch = bool(current.get("commit")) and not current.get("dirty")
     out: dict[str, list[str]] = {}
     for name, res in results:
-        if not vouch or _made_by(res or {}) != here:
+        res = res or {}
+        codes = [res.get("code"), *(res.get("code_before_resume") or [])]
+        if not all(same_code(c, current) for c in codes):
             out.setdefault(run_code_label(res), []).append(name)
     return out
 
