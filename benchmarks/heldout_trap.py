@@ -207,6 +207,9 @@ def _plot(rows: list[dict[str, Any]], args, path: Path) -> None:
             smooth = [statistics.fmean(d[max(0, k - w + 1):k + 1]) for k in range(len(d))]
             ax.plot(range(1, len(d) + 1), smooth,
                     label=f"seed {r['seed']} (final λ {r['lambda_final']:.1g})")
+            steps = len(d)
+        ax.axvspan(steps - args.tail + 0.5, steps + 0.5, color="0.85", zorder=0,
+                   label=f"the last {args.tail} steps (the table's mean)")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_title(f"λ-val loss, {args.label} = {i} minus {args.reference} ({w}-step mean)")
         ax.set_xlabel("meta-step")

@@ -57,6 +57,11 @@ def test_the_paired_difference_and_its_block_interval(tmp_path):
     assert low["tail_share_pushing_down"] == pytest.approx(14 / 20)
     assert res["runs_made_on"] == ["test cpu X"]
     assert (tmp_path / "out" / "t.png").is_file() and "+0." in (tmp_path / "out" / "t.md").read_text()
+    # the figure shades the steps the table averages, so another --tail draws another figure
+    p = _bench("--runs", str(tmp_path / "runs"), "--seeds", "0", "--inits", "0.0001,auto",
+               "--tail", "10", "--block", "5", "--out", str(tmp_path / "out"), "--name", "t10")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out" / "t10.png").read_bytes() != (tmp_path / "out" / "t.png").read_bytes()
 
 
 def test_the_label_names_the_folders_suffix_in_the_report(tmp_path):
