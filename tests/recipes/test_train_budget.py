@@ -379,3 +379,33 @@ def test_a_multiplier_on_the_removable_layers_leaves_the_others_at_sparsity_lam(
     assert ft["budget"]["multiplier_on"] == on and ft["lam"] == lam[-1]
     assert all(v[i] == LAM0 for v in steps for i, o in enumerate(on) if not o)
     assert all(steps[-1][i] != lam[-1][i] for i, o in enumerate(on) if o)
+
+
+def test_a_target_the_moved_layers_alone_cannot_reach_is_refused(tmp_path, capsys):
+    """With ``multiplier_on=removable`` the landing cuts only the removable layers: a target
+    below what they reach alone (though above the floor of every layer) is refused up front."""
+    import torch
+
+    from metasparsity.sparsity import BackboneCost, removable_layers
+
+    cfg = load_config(None, MICRO)
+    model = build_model(cfg, cfg.data.seen_tasks).eval()
+    x = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+    layers = channel_groups(model)
+    on = [g.group_weight > 0 for g in removable_layers(model, x, layers)]
+    cost = BackboneCost(model, x, layers)
+    low, moved = cost.floor(model, "macs"), cost.floor(model, "macs", on)
+    assert low < moved < 1.0
+    with pytest.raises(ValueError, match="flags"):
+        cost.floor(model, "macs", on[:-1])
+    target = (low + moved) / 2
+    base = [*MICRO, f"sparsity.target={target:.4f}", "sparsity.target_measure=macs",
+            "sparsity.lam=1e-3"]
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *base, "sparsity.multiplier_on=removable") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sparsity.target" in err[0] and "out of reach" in err[0]
+    assert f"{moved:.3f}" in err[0] and "multiplier_on=removable" in err[0]
+    assert not run.exists()
+    # the multiplier on every layer can reach it: accepted (one step suffices to show it)
+    assert cli("train", "--out", run, *base, "train.max_steps=1", "train.val_every=1") == 0

@@ -226,12 +226,13 @@ class Trainer:
         if s.budget is not None and self.groups is not None:
             x0 = self._example_input()
             self.cost = BackboneCost(self.model, x0, self.groups)
-            self.cost.check_target(self.model, *s.budget, key=s.budget_key)
             lam = s.lam if isinstance(s.lam, list) else [s.lam]
+            on = None
             if s.multiplier_on == "removable" and s.budget[0] != "groups":
                 on = [g.group_weight > 0 for g in removable_layers(self.model, x0, self.groups)]
                 self.mult_on = torch.tensor(on, device=self.device)
                 lam = lam * len(on) if len(lam) == 1 else lam
+            self.cost.check_target(self.model, *s.budget, key=s.budget_key, moved=on)
             self.lam_now = torch.tensor(lam, dtype=torch.float64, device=self.device)
         self.step = 0
         self.best_score = float("inf")

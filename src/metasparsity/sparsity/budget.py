@@ -139,13 +139,18 @@ class BackboneCost:
         return self.count(model, measure) / dense if dense else 1.0
 
     @torch.no_grad()
-    def floor(self, model: nn.Module, measure: str) -> float:
+    def floor(self, model: nn.Module, measure: str,
+              moved: Sequence[bool] | None = None) -> float:
         """The lowest reachable :meth:`fraction`: every penalised group zero (the stem's inputs
         and the channels the heads read stay; a layer with ``group_weight = 0`` keeps its
-        groups).  The model's weights are restored."""
+        groups); with ``moved`` (one flag per layer: the layers a budget's multiplier acts on)
+        only those layers' groups.  The model's weights are restored."""
+        if moved is not None and len(moved) != len(self.layers):
+            raise ValueError(f"moved: {len(moved)} flags for {len(self.layers)} layers")
         params = dict(model.named_parameters())
-        saved = {g.name: params[g.name].detach().clone() for g in self.layers
-                 if g.group_weight > 0}
+        saved = {g.name: params[g.name].detach().clone()
+                 for i, g in enumerate(self.layers)
+                 if g.group_weight > 0 and (moved is None or moved[i])}
         try:
             for name in saved:
                 params[name].zero_()
@@ -155,15 +160,19 @@ class BackboneCost:
                 params[name].copy_(w)
 
     def check_target(self, model: nn.Module, measure: str, target: float,
-                     key: str = "meta.target") -> None:
+                     key: str = "meta.target", moved: Sequence[bool] | None = None) -> None:
         """Raise ``UserError`` (naming the config ``key`` of the target) when ``target`` is
-        below :meth:`floor`."""
-        floor = self.floor(model, measure)
+        below :meth:`floor` (of the ``moved`` layers, when the multiplier acts on only those)."""
+        floor = self.floor(model, measure, moved)
         if target < floor:
-            why = ("the stem and the channels the heads read stay"
-                   if all(g.group_weight > 0 for g in self.layers) else
-                   "the stem, the channels the heads read and the layers without a penalty, "
-                   "sparsity.penalize, stay")
+            if moved is not None and not all(moved):
+                why = ("the stem, the channels the heads read and the layers the multiplier "
+                       "does not move, sparsity.multiplier_on=removable, stay")
+            elif all(g.group_weight > 0 for g in self.layers):
+                why = "the stem and the channels the heads read stay"
+            else:
+                why = ("the stem, the channels the heads read and the layers without a penalty, "
+                       "sparsity.penalize, stay")
             raise UserError(
                 f"{key}: {target:g} is out of reach: with every group zero the backbone "
                 f"still keeps {floor:.3f} of its {measure} ({why}); use {key} >= "
