@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--name", default="lambda_inits", help="stem of the result files")
     p.add_argument("--current-code-only", action="store_true",
                    help="refuse (exit 2) to reuse finished runs made by other code than this "
-                        "(their results.json records the commit); by default they are reused "
+                        "(their results.json records the package digest); by default they are reused "
                         "and the report says how many")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,8 +98,29 @@ def test_the_package_digest_is_the_files_paths_and_bytes(tmp_path):
         (root / "sub" / "y.yaml").write_text("y: 2\n")
     assert package_digest(a) == package_digest(b)
     assert package_digest(a).startswith("sha256:") and len(package_digest(a)) == 23
+    # an editor's swap and backup files, hidden files and compiled caches are not code
+    for litter in (".x.py.swp", "x.py~", ".DS_Store", "sub/__pycache__/x.cpython-311.pyc"):
+        (b / litter).parent.mkdir(parents=True, exist_ok=True)
+        (b / litter).write_bytes(b"junk")
+    assert package_digest(a) == package_digest(b)
     (b / "sub" / "y.yaml").rename(b / "y.yaml")  # same bytes, another path
     assert package_digest(a) != package_digest(b)
+
+
+def test_an_unreadable_file_counts_as_such_and_does_not_stop_the_digest(tmp_path, monkeypatch):
+    (tmp_path / "x.py").write_text("x = 1\n")
+    (tmp_path / "y.py").write_text("y = 2\n")
+    before = package_digest(tmp_path)
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "y.py":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    unreadable = package_digest(tmp_path)
+    assert unreadable.startswith("sha256:") and unreadable != before
 
 
 @needs_git
@@ -154,11 +176,14 @@ def test_the_same_package_is_the_same_code_whatever_the_commit():
                                          "code_before_resume": [{**here, "package": pkg2}]}),
             ("resumed, same package", {"code": here,
                                        "code_before_resume": [{**here, "commit": "c" * 40}]})]
-    assert other_code(runs, here) == {"aaaaaaa+dirty": ["other package"],
+    assert other_code(runs, here) == {"aaaaaaa+dirty (package 22222222)": ["other package"],
                                       "aaaaaaa": ["before the digest"],
                                       "aaaaaaa+dirty after aaaaaaa+dirty":
                                           ["resumed across packages"]}
     assert same_code(here, {**here, "commit": None}) and not same_code(here, None)
+    # another package whose label reads like this code's is named apart by its digest
+    assert other_code([("r", {"code": {**here, "package": pkg2}, "unfinished": True})], here) \
+        == {"unfinished, aaaaaaa+dirty (package 22222222)": ["r"]}
     # an unedited commit without the digest on one side: the commit decides
     clean = {**here, "dirty": False}
     assert same_code({"commit": "a" * 40, "dirty": False}, clean)

@@ -78,6 +78,7 @@ class RunSession:
         self.train_time = 0.0  # seconds in training steps, over every attempt of the run
         self.checkpoint: Checkpoint | None = None
         self.codes: list[dict[str, Any] | None] = []  # the code that trained earlier attempts
+        code_identity()  # this run's code is the one imported now, not after a later edit
         self.logger: RunLogger | None = None
         self._boundary: dict[str, Any] = {}
         self._saved_step: int | None = None

@@ -34,16 +34,30 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _is_code(rel: Path) -> bool:
+    """Whether a file of the package (path relative to it) is part of its code: not a compiled
+    cache, nor an editor's or the system's litter (hidden files such as ``.a.py.swp``, ``*~``)."""
+    return not (any(part == "__pycache__" or part.startswith(".") for part in rel.parts)
+                or rel.suffix in (".pyc", ".pyo") or rel.name.endswith("~"))
+
+
 def package_digest(folder: str | Path | None = None) -> str:
     """``"sha256:<16 hex>"`` over the package's files (``folder``, default this package): every
-    file's path relative to it and its bytes, in path order; compiled caches left out.  Equal
-    digests mean the same code whatever the commit or the state of the work tree."""
+    code file's path relative to it and its bytes, each length-prefixed, in path order (see
+    :func:`_is_code` for what is left out; a file that cannot be read counts by its path and
+    as unreadable).  Equal digests mean the same code whatever the commit or the state of the
+    work tree."""
     root = Path(folder) if folder is not None else _PACKAGE_DIR
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                    and p.suffix not in (".pyc", ".pyo")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        h.update(f.read_bytes() + b"\0")
+    for rel in sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()):
+        if not _is_code(rel):
+            continue
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:
+            data = b"\xff unreadable"
+        for part in (rel.as_posix().encode(), data):
+            h.update(len(part).to_bytes(8, "little") + part)
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -100,6 +114,16 @@ def _made_by(res: Mapping[str, Any]) -> str:
     return label + (" after " + ", ".join(code_label(c) for c in before) if before else "")
 
 
+def _distinct(label: str, code: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str:
+    """``label`` of ``code``, with its package digest appended when it reads like ``current``'s
+    own label although the code differs (another dirty tree at one commit, another wheel of
+    one version)."""
+    if label == code_label(current) and code and code.get("package") \
+            and not same_code(code, current):
+        return f"{label} (package {code['package'].removeprefix('sha256:')[:8]})"
+    return label
+
+
 def run_code_label(res: Mapping[str, Any] | None) -> str:
     """:func:`code_label` of a run's ``results.json`` contents ``res``, with the code it was
     resumed from: ``"1a2b3c4 after unrecorded, 5d6e7f8"``; ``"unfinished, ..."`` for what
@@ -121,7 +145,11 @@ def other_code(results: Iterable[tuple[str, Mapping[str, Any] | None]],
         res = res or {}
         codes = [res.get("code"), *(res.get("code_before_resume") or [])]
         if not all(same_code(c, current) for c in codes):
-            out.setdefault(run_code_label(res), []).append(name)
+            label = run_code_label(res)
+            if not codes[1:]:  # one code: name it apart from this code's label if they read alike
+                label = (("unfinished, " if res.get("unfinished") else "")
+                         + _distinct(code_label(codes[0]), codes[0], current))
+            out.setdefault(label, []).append(name)
     return out
 
 
