@@ -406,6 +406,40 @@ def test_a_target_the_moved_layers_alone_cannot_reach_is_refused(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sparsity.target" in err[0] and "out of reach" in err[0]
     assert f"{moved:.3f}" in err[0] and "multiplier_on=removable" in err[0]
+    assert "sparsity.multiplier_on=all" in err[0]
+    least = float(err[0].split(">= ")[1].split(",")[0])
+    assert moved <= least < moved + 0.0011  # the suggested target is itself within reach
     assert not run.exists()
+    # compare refuses it too, before any method trains
+    out = tmp_path / "cmp"
+    assert cli("compare", "--out", out, *MICRO, "compare.methods=[mtl,train_budget]",
+               f"meta.target={target:.4f}", "sparsity.lam=1e-3",
+               "sparsity.multiplier_on=removable") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.target" in err[0] and "out of reach of the multiplier" in err[0]
+    assert not out.exists()
     # the multiplier on every layer can reach it: accepted (one step suffices to show it)
     assert cli("train", "--out", run, *base, "train.max_steps=1", "train.val_every=1") == 0
+
+
+def test_the_safety_net_cuts_only_the_layers_it_is_given():
+    import torch
+
+    from metasparsity.sparsity import BackboneCost, group_norms, project_to_budget
+
+    cfg = load_config(None, MICRO)
+    model = build_model(cfg, cfg.data.seen_tasks).eval()
+    x = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+    layers = channel_groups(model)
+    cost = BackboneCost(model, x, layers)
+    params = dict(model.named_parameters())
+    scores = {g.name: group_norms(params[g.name].detach()) for g in layers}
+    only = [i % 2 == 0 for i in range(len(layers))]
+    before = {g.name: params[g.name].detach().clone() for g in layers}
+    k = project_to_budget(model, cost, "groups", 0.9, scores, only)
+    assert k > 0 and cost.fraction(model, "groups") <= 0.9
+    for i, g in enumerate(layers):
+        zeroed = int((group_norms(params[g.name].detach()) == 0).sum())
+        if only[i]:
+            continue
+        assert zeroed == 0 and torch.equal(params[g.name], before[g.name]), g.name

@@ -63,7 +63,7 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
     if cfg.meta.target is not None and (
             "meta_sparsity" in methods or "train_budget" in methods
             or ("meta_budget" in methods and not grid_first)):
-        _check_target(cfg)
+        _check_target(cfg, methods)
     return methods, plan
 
 
@@ -77,16 +77,28 @@ def equal_compute_config(cfg: Config, plan: ComputePlan) -> Config:
     return cfg
 
 
-def _check_target(cfg: Config) -> None:
-    """``meta.target`` within reach of the seen-task model (as meta-training checks it; the
-    cost does not depend on the pixels, so no sample is rendered or cached)."""
+def _check_target(cfg: Config, methods: list[str]) -> None:
+    """``meta.target`` within reach of the seen-task model (as meta-training and ``train``
+    check it; the cost does not depend on the pixels, so no sample is rendered or cached):
+    for ``train_budget`` with ``sparsity.multiplier_on=removable``, within reach of the layers
+    its multiplier moves."""
     from metasparsity.builders import build_model
-    from metasparsity.sparsity import BackboneCost, channel_groups, penalised_layers
+    from metasparsity.sparsity import (
+        BackboneCost,
+        channel_groups,
+        penalised_layers,
+        removable_layers,
+    )
 
     model = build_model(cfg, list(cfg.data.seen_tasks))
     x0 = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
     layers = penalised_layers(model, x0, channel_groups(model), cfg.sparsity.penalize)
-    BackboneCost(model, x0, layers).check_target(model, cfg.meta.target_measure, cfg.meta.target)
+    cost = BackboneCost(model, x0, layers)
+    cost.check_target(model, cfg.meta.target_measure, cfg.meta.target)
+    if ("train_budget" in methods and cfg.sparsity.multiplier_on == "removable"
+            and cfg.meta.target_measure != "groups"):
+        moved = [g.group_weight > 0 for g in removable_layers(model, x0, layers)]
+        cost.check_target(model, cfg.meta.target_measure, cfg.meta.target, moved=moved)
 
 
 def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -165,10 +165,15 @@ class BackboneCost:
         below :meth:`floor` (of the ``moved`` layers, when the multiplier acts on only those)."""
         floor = self.floor(model, measure, moved)
         if target < floor:
-            if moved is not None and not all(moved):
-                why = ("the stem, the channels the heads read and the layers the multiplier "
-                       "does not move, sparsity.multiplier_on=removable, stay")
-            elif all(g.group_weight > 0 for g in self.layers):
+            least = math.ceil(floor * 1000) / 1000  # printed to 3 digits: at least the floor
+            if moved is not None and any(not m and g.group_weight > 0
+                                         for m, g in zip(moved, self.layers)):
+                raise UserError(
+                    f"{key}: {target:g} is out of reach of the multiplier: with every group of "
+                    f"the layers it moves (sparsity.multiplier_on=removable) zero the backbone "
+                    f"still keeps {floor:.3f} of its {measure}, and the landing cuts no other "
+                    f"layer; use {key} >= {least:.3f}, or sparsity.multiplier_on=all")
+            if all(g.group_weight > 0 for g in self.layers):
                 why = "the stem and the channels the heads read stay"
             else:
                 why = ("the stem, the channels the heads read and the layers without a penalty, "
@@ -176,7 +181,7 @@ class BackboneCost:
             raise UserError(
                 f"{key}: {target:g} is out of reach: with every group zero the backbone "
                 f"still keeps {floor:.3f} of its {measure} ({why}); use {key} >= "
-                f"{floor:.3f}")
+                f"{least:.3f}")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Every measure at once (for logs and results)."""
@@ -219,7 +224,8 @@ def _fewest_within(zero_first, n: int, target: float) -> int | None:
 
 @torch.no_grad()
 def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target: float,
-                      scores: dict[str, torch.Tensor]) -> int:
+                      scores: dict[str, torch.Tensor],
+                      only: Sequence[bool] | None = None) -> int:
     """Zero the fewest non-zero groups, lowest ``scores`` first, so that the backbone's cost
     ``cost.fraction(model, measure)`` is at most ``target``; returns how many were zeroed.
 
@@ -229,13 +235,15 @@ def project_to_budget(model: nn.Module, cost: BackboneCost, measure: str, target
     ``scores``: ``{weight name: [I]}`` per group (e.g. ``‖D_g ⊙ θ_g‖/w_g``, the λ at which the
     prox in Adam's metric zeroes the group).  Nothing changes when the cost is already within
     the target, or when even an empty backbone (the channels the heads read stay) is above it.
+    ``only``: one flag per layer of ``cost.layers``, the layers it may cut (default: every
+    penalised one).
     """
     if cost.fraction(model, measure) <= target:
         return 0
     params = dict(model.named_parameters())
     cand = []  # (score, name, channel) of every non-zero group the penalty can zero
-    for g in cost.layers:
-        if not g.group_weight > 0:
+    for i, g in enumerate(cost.layers):
+        if not g.group_weight > 0 or (only is not None and not only[i]):
             continue
         w = params[g.name]
         alive = group_norms(w) > 0
@@ -298,7 +306,7 @@ def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, targ
     the landing is None when the target is out of reach (then the prox is taken at λ).
 
     ``scaled``: bool ``[L]``, the layers whose λ the landing scales (default: all); the others
-    take their prox at ``lam`` first and are left out of the search."""
+    take their prox at ``lam`` first and are left out of the search and of the safety net."""
     layers = cost.layers
     held = lam
     if scaled is not None:
@@ -318,5 +326,6 @@ def land_prox(model: nn.Module, opt: Any, cost: BackboneCost, measure: str, targ
                    "groups_vs_lambda": at_s - at_lam}
     else:  # out of reach (the recipes refuse it at the start; kept for safety): at λ
         opt.apply_prox(lam)
-    projected = project_to_budget(model, cost, measure, target, opt.prox_scores(model, layers))
+    projected = project_to_budget(model, cost, measure, target, opt.prox_scores(model, layers),
+                                  None if scaled is None else scaled.tolist())
     return landing, projected
