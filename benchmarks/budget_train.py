@@ -160,7 +160,8 @@ def main() -> None:
                 p.error(f"--unseen-ref: {ref} holds no finished run (results.json, {CONFIG_FILE})")
             refs[s] = {"dir": ref, "test": read_json(ref / "results.json")["test"]}
     other, code_note = check_reuse([*dirs.values(), *grid_dirs.values(),
-                                    *(d / "finetune_unseen" for d in dirs.values() if refs)],
+                                    *(d / "finetune_unseen" for d in dirs.values() if refs),
+                                    *(r["dir"] for r in refs.values())],
                                    refuse=args.current_code_only, error=p.error, root=ROOT)
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -12,7 +12,7 @@ from tests.recipes.micro import MICRO, cli
 from metasparsity.config import load_config
 from metasparsity.data import resolve_tasks
 from metasparsity.eval.delta import default_spec, delta_m, usable_spec
-from metasparsity.utils.io import read_json
+from metasparsity.utils.io import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["train.max_steps=12", "train.val_every=6", "train.lr=5e-3"]
@@ -68,4 +68,10 @@ def test_rows_follow_the_runs_and_the_grid_and_bad_input_is_refused(tmp_path):
                       (["--unseen-ref", str(tmp_path / "nowhere")], "--unseen-ref")):
         p = _bench(*common, *bad)
         assert p.returncode == 2 and name in p.stderr.strip().splitlines()[-1], p.stderr
+    # the unseen reference is a reused run too: made by other code, it is counted and refused
+    ref_res = ref / "seed_0" / "dense_mtl_unseen" / "results.json"
+    write_json(ref_res, {**read_json(ref_res), "code": {
+        "version": "0", "commit": "b" * 40, "dirty": False, "package": "sha256:" + "0" * 16}})
+    p = _bench(*common, "--unseen-ref", str(ref), "--current-code-only")
+    assert p.returncode == 2 and "bbbbbbb: 1" in p.stderr.strip().splitlines()[-1], p.stderr
 
