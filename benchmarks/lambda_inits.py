@@ -141,6 +141,34 @@ def _lam(v) -> float:
     return float(statistics.fmean(v)) if isinstance(v, list) else float(v)
 
 
+def convergence(rows: list[dict[str, Any]], objectives: list[str],
+                seeds: list[int]) -> list[dict[str, Any]]:
+    """The issue's convergence test per objective and seed, over the runs' λ0: final λ within
+    3×, group sparsity within 10 points, at least 20 %, no λ at its clamp.  A seed with a
+    single λ0 has nothing to converge and gets no entry."""
+    conv = []
+    for o in objectives:
+        for s in seeds:
+            rs = [r for r in rows if r["objective"] == o and r["seed"] == s]
+            if len(rs) < 2:
+                continue
+            lams = [r["lambda_final"] for r in rs]
+            gs = [r["group_sparsity"] for r in rs]
+            dep = [r["group_sparsity_deployed"] for r in rs]
+            last = [r.get("group_sparsity_last_step") for r in rs]
+            conv.append({"objective": o, "seed": s, "lambda_ratio": max(lams) / min(lams),
+                         "sparsity_spread": max(gs) - min(gs), "min_group_sparsity": min(gs),
+                         # meta.final_zero_window: the spread the last step's own prox left
+                         "last_step_spread": (max(last) - min(last)
+                                              if None not in last else None),
+                         "deployed_spread": max(dep) - min(dep),
+                         "min_deployed_group_sparsity": min(dep),
+                         "any_at_clamp": any(r["at_clamp"] for r in rs),
+                         "converged": (max(lams) / min(lams) <= 3 and max(gs) - min(gs) <= 10
+                                       and min(gs) >= 20 and not any(r["at_clamp"] for r in rs))})
+    return conv
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes_meta.yaml"))
@@ -376,25 +404,7 @@ def main() -> None:
                              "grad_sign": [(-1 if g > 0 else 1 if g < 0 else 0) for g in grads],
                              "group_sparsity": [x["group_sparsity"] for x in rec]})
 
-    # ---- convergence per objective and seed
-    conv = []
-    for o in objectives:
-        for s in args.seeds:
-            rs = [r for r in rows if r["objective"] == o and r["seed"] == s]
-            lams = [r["lambda_final"] for r in rs]
-            gs = [r["group_sparsity"] for r in rs]
-            dep = [r["group_sparsity_deployed"] for r in rs]
-            last = [r.get("group_sparsity_last_step") for r in rs]
-            conv.append({"objective": o, "seed": s, "lambda_ratio": max(lams) / min(lams),
-                         "sparsity_spread": max(gs) - min(gs), "min_group_sparsity": min(gs),
-                         # meta.final_zero_window: the spread the last step's own prox left
-                         "last_step_spread": (max(last) - min(last)
-                                              if None not in last else None),
-                         "deployed_spread": max(dep) - min(dep),
-                         "min_deployed_group_sparsity": min(dep),
-                         "any_at_clamp": any(r["at_clamp"] for r in rs),
-                         "converged": (max(lams) / min(lams) <= 3 and max(gs) - min(gs) <= 10
-                                       and min(gs) >= 20 and not any(r["at_clamp"] for r in rs))})
+    conv = convergence(rows, objectives, args.seeds)
 
     def agg(sel) -> dict[str, Any]:
         rs = [r for r in rows if sel(r)]
@@ -479,7 +489,7 @@ def _markdown(rows, conv, summary, grid_pts, grid_passes, args, machine, code_li
           _f(r["passes"], 0), r.get("backbone_cut") or "no"]
          for r in rows]))
     lines += ["", "## Does λ converge? (per seed, over the λ0 of the run)", ""]
-    lines.append(markdown_table(
+    lines.append("One λ0 per seed: there is nothing to converge." if not conv else markdown_table(
         ["objective", "seed", "max/min final λ", "group sparsity spread (points)",
          "spread of the last step's own prox", "lowest group sparsity %",
          "spread deployed (after fine-tuning)", "a λ at its clamp",

@@ -269,3 +269,28 @@ def test_lambda_inits_gives_each_lambda0_its_own_colour():
     c = li.init_colors(["auto", "0.0003", "0.01", "0.03", "0.0003", "0.0001"])
     assert list(c) == ["auto", "0.0003", "0.01", "0.03", "0.0001"]
     assert len(set(c.values())) == 5 and c["auto"] == "tab:blue" and c["0.01"] == "tab:green"
+
+
+def test_lambda_inits_convergence_is_the_issues_test_and_needs_two_lambda0():
+    import lambda_inits as li
+
+    def row(o, s, init, lam, gs, clamp=False):
+        return {"objective": o, "seed": s, "init": init, "lambda_final": lam,
+                "group_sparsity": gs, "group_sparsity_deployed": gs + 1.0,
+                "group_sparsity_last_step": None, "at_clamp": clamp}
+
+    rows = [row("heldout", 0, "auto", 2e-3, 40.0), row("heldout", 0, "0.01", 5.9e-3, 49.0),
+            row("heldout", 1, "auto", 2e-3, 40.0), row("heldout", 1, "0.01", 6.1e-3, 45.0),
+            row("heldout", 2, "auto", 2e-3, 19.0), row("heldout", 2, "0.01", 2e-3, 25.0),
+            row("heldout", 3, "auto", 2e-3, 40.0), row("heldout", 3, "1e-4", 1e-6, 40.0, True),
+            row("heldout", 4, "auto", 2e-3, 40.0), row("heldout", 5, "auto", 2e-3, 40.0),
+            row("heldout", 5, "0.01", 2e-3, 50.5)]
+    conv = {c["seed"]: c for c in li.convergence(rows, ["heldout"], [0, 1, 2, 3, 4, 5])}
+    assert 4 not in conv  # one λ0: nothing to converge
+    assert conv[0]["converged"] and conv[0]["lambda_ratio"] == pytest.approx(2.95)
+    assert not conv[1]["converged"]  # 3.05×
+    assert not conv[2]["converged"] and conv[2]["min_group_sparsity"] == 19.0  # below 20 %
+    assert not conv[3]["converged"] and conv[3]["any_at_clamp"]
+    assert not conv[5]["converged"] and conv[5]["sparsity_spread"] == pytest.approx(10.5)
+    assert conv[0]["deployed_spread"] == pytest.approx(9.0) and conv[0]["last_step_spread"] is None
+    assert li.convergence(rows, ["query"], [0]) == []
