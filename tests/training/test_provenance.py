@@ -178,7 +178,7 @@ def test_the_same_package_is_the_same_code_whatever_the_commit():
                                        "code_before_resume": [{**here, "commit": "c" * 40}]})]
     assert other_code(runs, here) == {"aaaaaaa+dirty (package 22222222)": ["other package"],
                                       "aaaaaaa": ["before the digest"],
-                                      "aaaaaaa+dirty after aaaaaaa+dirty":
+                                      "aaaaaaa+dirty after aaaaaaa+dirty (package 22222222)":
                                           ["resumed across packages"]}
     assert same_code(here, {**here, "commit": None}) and not same_code(here, None)
     # another package whose label reads like this code's is named apart by its digest

@@ -108,28 +108,28 @@ def same_code(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
             and a.get("dirty") is False and b.get("dirty") is False)
 
 
-def _made_by(res: Mapping[str, Any]) -> str:
-    label = code_label(res.get("code"))
-    before = res.get("code_before_resume") or []
-    return label + (" after " + ", ".join(code_label(c) for c in before) if before else "")
-
-
-def _distinct(label: str, code: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str:
-    """``label`` of ``code``, with its package digest appended when it reads like ``current``'s
-    own label although the code differs (another dirty tree at one commit, another wheel of
-    one version)."""
-    if label == code_label(current) and code and code.get("package") \
-            and not same_code(code, current):
+def _label(code: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
+    """:func:`code_label` of ``code``, with its package digest appended when it reads like
+    ``current``'s own label although the code differs (another dirty tree at one commit,
+    another wheel of one version)."""
+    label = code_label(code)
+    if (current is not None and code and code.get("package") and label == code_label(current)
+            and not same_code(code, current)):
         return f"{label} (package {code['package'].removeprefix('sha256:')[:8]})"
     return label
 
 
-def run_code_label(res: Mapping[str, Any] | None) -> str:
+def run_code_label(res: Mapping[str, Any] | None,
+                   current: Mapping[str, Any] | None = None) -> str:
     """:func:`code_label` of a run's ``results.json`` contents ``res``, with the code it was
     resumed from: ``"1a2b3c4 after unrecorded, 5d6e7f8"``; ``"unfinished, ..."`` for what
-    :func:`metasparsity.training.reuse.run_code` reads from an unfinished run's checkpoint."""
+    :func:`metasparsity.training.reuse.run_code` reads from an unfinished run's checkpoint.
+    With ``current`` (a :func:`code_identity`), a code whose label reads like its own is named
+    apart by its package digest."""
     res = res or {}
-    return ("unfinished, " if res.get("unfinished") else "") + _made_by(res)
+    before = res.get("code_before_resume") or []
+    return (("unfinished, " if res.get("unfinished") else "") + _label(res.get("code"), current)
+            + (" after " + ", ".join(_label(c, current) for c in before) if before else ""))
 
 
 def other_code(results: Iterable[tuple[str, Mapping[str, Any] | None]],
@@ -145,11 +145,7 @@ def other_code(results: Iterable[tuple[str, Mapping[str, Any] | None]],
         res = res or {}
         codes = [res.get("code"), *(res.get("code_before_resume") or [])]
         if not all(same_code(c, current) for c in codes):
-            label = run_code_label(res)
-            if not codes[1:]:  # one code: name it apart from this code's label if they read alike
-                label = (("unfinished, " if res.get("unfinished") else "")
-                         + _distinct(code_label(codes[0]), codes[0], current))
-            out.setdefault(label, []).append(name)
+            out.setdefault(run_code_label(res, current), []).append(name)
     return out
 
 
