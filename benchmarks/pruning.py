@@ -263,7 +263,7 @@ def markdown(result: dict[str, Any]) -> str:
            "counting on the CPU.", ""] if m.get("gpu") else []),
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} listed), "
         f"torch {m['torch']} with {m['torch_threads']} threads.  Load average {load} at the "
-        f"start, {load_end} at the end: the cores were shared with other jobs, so every "
+        f"start, {load_end} at the end (the end counts this benchmark's own threads).  Every "
         "speedup is given as *median / min* over the round-robin runs (the median is the "
         "specified statistic; the minimum is the least disturbed run).", "",
         "MAC ratio = dense / pruned MACs of the whole model (backbone + heads; heads are never "
@@ -286,7 +286,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in case["variants"]:
-            lvl = "—" if r["level"] != r["level"] else f"{r['level']:g}"
+            lvl = "—" if r["level"] is None or r["level"] != r["level"] else f"{r['level']:g}"
             lines.append(
                 f"| {r['pattern']} | {lvl} | {r['group_sparsity']:.2f} | {r['params_ratio']:.2f} "
                 f"| {r['mac_ratio']:.2f} | {r['mac_ratio_backbone']:.2f} "
