@@ -13,7 +13,7 @@ STAMP := $(VENV)/.metasparsity-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint docs bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+docs: $(STAMP)
+	$(BIN)/metasparsity config --keys --markdown > docs/configs.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 
 from metasparsity.commands.common import add_config_args, config_from_args
+from metasparsity.utils.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print the resolved config (or --keys: every key, type and range)")
     add_config_args(p)
     p.add_argument("--keys", action="store_true", help="list every key with type, default, range")
+    p.add_argument("--markdown", action="store_true",
+                   help="with --keys: as markdown tables, one per section (docs/configs.md)")
     p.set_defaults(func=run, resume=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.markdown and not args.keys:
+        raise UserError("--markdown formats the list of --keys; give both")
     if args.keys:
-        from metasparsity.config import describe
+        from metasparsity.config import describe, describe_markdown
 
-        print(describe())
+        print(describe_markdown() if args.markdown else describe(), end="\n" * (not args.markdown))
         return 0
     print(config_from_args(args).to_yaml(), end="")
     return 0

@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also score the trivial predictors (majority class, mean depth, mean "
                    "normal, all-zero edges, majority attribute; statistics from the train split)")
     p.add_argument("--against", metavar="REF_RUN",
-                   help="also score REF_RUN's best checkpoint on the split and print Δm (DESIGN "
-                   "§4: each task's primary metrics, relative to REF_RUN's) over the tasks both "
+                   help="also score REF_RUN's best checkpoint on the split and print Δm (each "
+                   "task's primary metrics, README's Metrics, relative to REF_RUN's) over the tasks both "
                    "have, e.g. a sparse model against the dense MTL model of the same seed")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of the run's config (e.g. data.num_workers=2; with --against, "

@@ -12,6 +12,8 @@ Components never see this object: builder functions turn it into plain arguments
 from metasparsity.config.load import (
     config_from_dict,
     describe,
+    describe_markdown,
+    key_rows,
     load_config,
     parse_lambda_grid,
     parse_override,
@@ -45,6 +47,8 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "describe",
+    "describe_markdown",
+    "key_rows",
     "load_config",
     "parse_lambda_grid",
     "parse_override",

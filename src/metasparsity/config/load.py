@@ -124,14 +124,15 @@ def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
     return vals
 
 
-def describe() -> str:
-    """Every key with its type, default and allowed values (for ``metasparsity config --help``)."""
-    lines = []
+def key_rows() -> list[tuple[str, str, Any, str, str]]:
+    """Every config key as ``(key, type, default value, allowed, help)``, in the schema's order;
+    a top-level scalar (``name``) has its type left empty."""
+    rows = []
     cfg = Config()
     for sec in dataclasses.fields(cfg):
         obj = getattr(cfg, sec.name)
         if not dataclasses.is_dataclass(obj):
-            lines.append(f"{sec.name}: {obj!r}  {sec.metadata.get('help', '')}")
+            rows.append((sec.name, "", obj, "", sec.metadata.get("help", "")))
             continue
         hints = _hints(type(obj))
         for f in dataclasses.fields(obj):
@@ -149,8 +150,44 @@ def describe() -> str:
                 extra.append("non-empty")
             if meta.get("unique"):
                 extra.append("no duplicates")
-            lines.append(
-                f"{sec.name}.{f.name} ({_type_name(hints[f.name])}) = {getattr(obj, f.name)!r}"
-                + (f"  [{'; '.join(extra)}]" if extra else "")
-                + (f"  {meta['help']}" if meta.get("help") else ""))
+            rows.append((f"{sec.name}.{f.name}", _type_name(hints[f.name]),
+                         getattr(obj, f.name), "; ".join(extra), meta.get("help", "")))
+    return rows
+
+
+def describe() -> str:
+    """Every key with its type, default and allowed values (``metasparsity config --keys``)."""
+    lines = []
+    for key, typ, default, allowed, text in key_rows():
+        lines.append(f"{key}: {default!r}  {text}" if not typ else
+                     f"{key} ({typ}) = {default!r}" + (f"  [{allowed}]" if allowed else "")
+                     + (f"  {text}" if text else ""))
     return "\n".join(lines)
+
+
+def describe_markdown() -> str:
+    """``docs/configs.md``: every key as a table row, one table per section
+    (``metasparsity config --keys --markdown``)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+    def as_yaml(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(
+            "\n...").strip()
+
+    lines = ["# Config keys", "",
+             "Every key of a metasparsity config, its type, default and allowed values, in the "
+             "order of the schema. Written by `metasparsity config --keys --markdown > "
+             "docs/configs.md` (`make docs`); a test checks that this file matches the code. "
+             "What the keys do together: [Configs](../README.md#configs)."]
+    section = None
+    for key, typ, default, allowed, text in key_rows():
+        head = key.split(".")[0] if typ else "top level"
+        if head != section:
+            section = head
+            lines += ["", f"## {section}", "", "| key | type | default | allowed | what it is |",
+                      "|---|---|---|---|---|"]
+        lines.append(f"| `{key}` | {cell(typ or 'str')} | `{cell(as_yaml(default))}` | {cell(allowed)} "
+                     f"| {cell(text)} |")
+    return "\n".join(lines) + "\n"

@@ -93,19 +93,23 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = _f(1000, min=1, help="optimizer steps")
-    batch_size: int = _f(32, min=1)
-    eval_batch_size: int = _f(64, min=1)
-    lr: float = _f(1e-3, min=0.0, min_open=True)
-    weight_decay: float = _f(0.0, min=0.0)
-    lr_schedule: str = _f("cosine", choices=["constant", "cosine", "poly", "step"])
-    warmup_steps: int = _f(0, min=0)
+    batch_size: int = _f(32, min=1, help="training batch size")
+    eval_batch_size: int = _f(64, min=1, help="batch size of validation and test")
+    lr: float = _f(1e-3, min=0.0, min_open=True, help="Adam learning rate (and the prox step size)")
+    weight_decay: float = _f(0.0, min=0.0, help="Adam's (L2) weight decay")
+    lr_schedule: str = _f("cosine", choices=["constant", "cosine", "poly", "step"],
+                          help="after the warm-up: constant, cosine to 0, poly (1 − t)^0.9, or "
+                               "step (÷10 at 1/3 and 2/3 of the steps)")
+    warmup_steps: int = _f(0, min=0, help="linear warm-up of lr (steps)")
     val_every: int = _f(200, min=1, help="validate (and keep the best checkpoint) every N steps")
-    log_every: int = _f(10, min=1)
+    log_every: int = _f(10, min=1, help="write a train record to metrics.jsonl every N steps")
     ckpt_every: int = _f(0, min=0, help="also save a resumable checkpoint every N steps (0 = at validation)")
-    loss_weighting: str = _f("equal", choices=["equal", "uncertainty"])
+    loss_weighting: str = _f("equal", choices=["equal", "uncertainty"],
+                             help="sum of the task losses, or learned uncertainty weights "
+                                  "(Kendall et al. 2018)")
     tasks: list[str] | None = _f(None, nonempty=True, unique=True,
                                  help="tasks to train (null = data.seen_tasks)")
-    seed: int = _f(0, min=0)
+    seed: int = _f(0, min=0, help="seed of the weights, the data order and every sampler")
     device: str = _f("auto", pattern=DEVICE_PATTERN, pattern_help="auto, cpu, cuda, cuda:N or mps",
                      help="auto, cpu, cuda, cuda:N or mps")
     num_threads: int | None = _f(None, min=1, max=MAX_THREADS,
@@ -138,10 +142,10 @@ class SparsityConfig:
                                        "multiplier starts (also for compare's train_budget, at "
                                        "meta.target)")
     prox_metric: str = _f("adam", choices=["adam", "euclidean"],
-                          help="metric of the group prox after each Adam step: adam (DESIGN "
-                               "§2.2.1) or euclidean (the first version, for ablation)")
+                          help="metric of the group prox after each Adam step: adam (the "
+                               "group lasso's own prox) or euclidean (the first version, for ablation)")
     penalize: str = _f("all", choices=["all", "removable"],
-                       help="which backbone groups carry the penalty: all (DESIGN §2.2), or "
+                       help="which backbone groups carry the penalty: all, or "
                             "removable: only those of convs that alone read their input feature "
                             "map, where a zero group removes a channel (the convs inside a "
                             "ResNet block: conv2, and conv3 in a bottleneck; not conv1, the "
@@ -197,14 +201,17 @@ class MetaConfig:
                                "of the last 20 outer steps, from the 6th step on (0 = off)")
     meta_batch: int = _f(4, min=1, help="M, task subsets per outer step")
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
-    meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"])
+    meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"],
+                        help="how φ_K depends on θ and λ: the whole inner loop differentiated, "
+                             "only λ's path (exact for K = 1), or first-order MAML (λ not "
+                             "learned by it)")
     learn_lambda: bool = _f(True, help="learn λ by its meta-gradient (false: none; λ stays at "
                                        "lambda_init, or with meta.target moves only as the "
                                        "budget's multiplier)")
     lambda_init: float | str = _f("auto", min=0.0, pattern="auto",
                                   pattern_help="a number >= 0, or auto",
                                   help="λ0: auto (the median over groups of ‖∇_g L‖/w_g at the "
-                                       "start, DESIGN §2.3), a number, or 0 (meta-learning "
+                                       "start), a number, or 0 (meta-learning "
                                        "without sparsity)")
     lambda_lr: float = _f(0.05, min=0.0, help="Adam rate on ρ = log λ")
     lambda_hold: float = _f(0.0, min=0.0, max=1.0,
@@ -212,23 +219,25 @@ class MetaConfig:
                                  "λ stays at λ0, then learns (in budget mode with a per-layer "
                                  "λ the multiplier still moves; 0 = λ learns from the first "
                                  "step)")
-    lambda_scope: str = _f("global", choices=["global", "layer"])
-    lambda_min: float = _f(1e-6, min=0.0, min_open=True)
-    lambda_max: float = _f(10.0, min=0.0, min_open=True)
-    min_subset_size: int = _f(1, min=1)
+    lambda_scope: str = _f("global", choices=["global", "layer"],
+                           help="one λ for the backbone, or one per grouped conv")
+    lambda_min: float = _f(1e-6, min=0.0, min_open=True, help="lower clamp of a learned λ")
+    lambda_max: float = _f(10.0, min=0.0, min_open=True, help="upper clamp of a learned λ")
+    min_subset_size: int = _f(1, min=1, help="smallest task subset drawn (1: every non-empty "
+                                             "subset of the seen tasks)")
     subsets: list[list[str]] | None = _f(None, nonempty=True, unique=True,
                                          help="explicit list of task subsets")
     outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")
     lambda_objective: str = _f("heldout", choices=["heldout", "query"],
                                help="λ's meta-gradient from a held-out λ-validation stream "
-                                    "(DESIGN §2.4) or from the query batches (the paper)")
+                                    "or from the query batches (the paper)")
     lambda_val_fraction: float = _f(0.15, min=0.0, max=0.5, min_open=True,
                                     help="share of the training ids in the λ-validation stream "
                                          "(lambda_objective=heldout; never updates θ)")
     lambda_through_prox: bool = _f(False,
                                    help="λ also gets the gradient through the outer step's prox, "
                                         "∂L_val(θ_{t+1})/∂λ on the λ-validation batches "
-                                        "(DESIGN §2.4; a one-step look-ahead; needs "
+                                        "(a one-step look-ahead; needs "
                                         "lambda_objective=heldout and a learned λ)")
     target: float | None = _target_field(
         "budget mode: keep at most this fraction of the dense backbone's cost "
@@ -244,18 +253,21 @@ class MetaConfig:
                                      "zero on average over the N steps before it, at the multiple "
                                      "of λ that does (from either side, as budget mode's "
                                      "landing; 0 = off; budget mode lands on its target)")
-    val_every: int = _f(100, min=1)
-    log_every: int = _f(1, min=1)
+    val_every: int = _f(100, min=1, help="validate (and keep the best checkpoint) every N "
+                                         "outer steps")
+    log_every: int = _f(1, min=1, help="write a meta record to metrics.jsonl every N outer "
+                                       "steps")
 
 
 @dataclass
 class FinetuneConfig:
-    steps: int = _f(300, min=1)
+    steps: int = _f(300, min=1, help="fine-tuning steps")
     epochs: float | None = _f(None, min=0.0, min_open=True, help="overrides steps when set")
-    lr: float = _f(1e-3, min=0.0, min_open=True)
-    batch_size: int = _f(32, min=1)
+    lr: float = _f(1e-3, min=0.0, min_open=True, help="Adam learning rate (train.lr_schedule's schedule, no warm-up)")
+    batch_size: int = _f(32, min=1, help="fine-tuning batch size")
     fraction: float = _f(1.0, min=0.0, max=1.0, min_open=True, help="share of training data (few-shot)")
-    freeze_backbone: bool = _f(False)
+    freeze_backbone: bool = _f(False, help="train the heads only: the backbone, its zeros and "
+                                           "its cost stay as they are")
     lam: float | str = _f(0.0, min=0.0, pattern="source", pattern_help="a number >= 0, or source",
                           help="group-lasso λ while fine-tuning: 0 (no penalty), a number, or "
                                "source (the source run's final λ: meta-training's learned λ, "
@@ -266,7 +278,7 @@ class FinetuneConfig:
     lam_unseen: float | str | None = _f(
         None, min=0.0, pattern="source", pattern_help="null, a number >= 0, or source",
         help="λ while fine-tuning on data.unseen_tasks only: null = finetune.lam; 0 "
-             "keeps the source's zero set and adds no penalty (DESIGN §2.5's meta-testing)")
+             "keeps the source's zero set and adds no penalty (meta-testing)")
     keep_zeros: str = _f("all", choices=["all", "removed", "none"],
                          help="the source's zero groups kept at zero: all, only those whose "
                               "channel pruning removes (removed: a zero group whose channel "
@@ -276,7 +288,8 @@ class FinetuneConfig:
                               "outgrows the threshold; from a budget-mode source the "
                               "multiplier then holds the budget both ways; with lam 0 the "
                               "model trains dense)")
-    val_every: int = _f(100, min=1)
+    val_every: int = _f(100, min=1, help="validate (and keep the best checkpoint) every N "
+                                         "steps")
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""The manual covers the code: every config key is in ``docs/configs.md`` (written from the
+schema, and equal to what ``metasparsity config --keys --markdown`` prints now), every option of
+every command and every ``compare`` method is named in the README."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from metasparsity.cli import build_parser, main
+from metasparsity.config import describe, describe_markdown, key_rows
+from metasparsity.recipes.compare_methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = ""):
+    """``(name, parser)`` of every command and sub-command (``data preview`` too)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                full = f"{prefix} {name}".strip()
+                yield full, sub
+                yield from _subcommands(sub, full)
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings
+            if o.startswith("--") and o != "--help"]
+
+
+def test_docs_configs_md_is_the_schema_rendered_now():
+    text = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
+    assert text == describe_markdown(), (
+        "docs/configs.md is out of date: run `make docs` (metasparsity config --keys --markdown)")
+    for key, _typ, _default, _allowed, help_text in key_rows():
+        assert f"| `{key}` |" in text
+        assert help_text, f"config key {key} has no help text"
+    assert describe().count("\n") == len(key_rows()) - 1
+
+
+def test_config_markdown_needs_keys(capsys):
+    assert main(["config", "--markdown"]) == 2
+    assert "--keys" in capsys.readouterr().err
+    assert main(["config", "--keys", "--markdown"]) == 0
+    assert capsys.readouterr().out == describe_markdown()
+
+
+def test_every_command_option_is_named_in_the_readme():
+    missing = []
+    commands = dict(_subcommands(build_parser()))
+    assert {"train", "meta-train", "prune", "data preview", "data prepare"} <= set(commands)
+    for name, sub in commands.items():
+        assert re.search(rf"metasparsity {re.escape(name)}\b", README), f"command {name}"
+        missing += [f"{name} {o}" for o in _options(sub)
+                    if not re.search(rf"{re.escape(o)}(?![\w-])", README)]
+    missing += [o for o in _options(build_parser()) if o not in README]
+    assert not missing, f"options the README never names: {missing}"
+
+
+def test_every_compare_method_is_named_in_the_readme():
+    names = list(METHODS)
+    assert {"stl", "mtl", "fixed_lambda", "meta_sparsity", "train_budget"} <= set(names)
+    assert not [n for n in names if f"`{n}`" not in README]
