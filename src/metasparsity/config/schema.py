@@ -143,7 +143,8 @@ class SparsityConfig:
                                        "meta.target)")
     prox_metric: str = _f("adam", choices=["adam", "euclidean"],
                           help="metric of the group prox after each Adam step: adam (the "
-                               "group lasso's own prox) or euclidean (the first version, for ablation)")
+                               "group lasso's prox in Adam's metric) or euclidean (plain "
+                               "soft-threshold, for ablation)")
     penalize: str = _f("all", choices=["all", "removable"],
                        help="which backbone groups carry the penalty: all, or "
                             "removable: only those of convs that alone read their input feature "
