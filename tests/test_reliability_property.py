@@ -109,9 +109,41 @@ def test_every_key_with_every_nasty_value():
     each raw text (0.3 ms per load, so a few seconds in all)."""
     texts = [_text(v) for v in NASTY] + [_text([v]) for v in NASTY] + [_text([v, v]) for v in NASTY]
     texts += RAW_TEXTS
-    for key in KEYS:
-        for text in texts:
-            _loads([f"{key}={text}"])
+    outcomes = {_loads([f"{key}={text}"]) for key in KEYS for text in texts}
+    assert outcomes == {True, False}  # the grid exercises both the accepted and the refused path
+
+
+def _fields():
+    """``(key, metadata, default)`` of every field of every config section."""
+    cfg = Config()
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        if dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                yield f"{sec.name}.{f.name}", f.metadata, getattr(obj, f.name)
+
+
+def test_known_bad_values_are_refused_for_every_key_that_can_tell():
+    """Not only the form of a refusal: a value each key's own checks rule out is refused.
+    Numbers with a range refuse NaN, ±inf and what lies below the range; choices refuse a
+    non-choice; booleans refuse text."""
+    assert _loads([])
+    checked = 0
+    for key, meta, default in _fields():
+        bad = []
+        if meta.get("min") is not None:
+            bad += [".nan", ".inf", "-.inf", "1e400"]
+            low = meta["min"]
+            if low >= 0:
+                bad.append(str(low) if meta.get("min_open") else "-1")
+        if meta.get("choices"):
+            bad.append("not_a_choice")
+        if isinstance(default, bool):
+            bad.append("maybe")
+        for text in bad:
+            assert not _loads([f"{key}={text}"]), f"{key}={text} was accepted"
+        checked += bool(bad)
+    assert checked > 40
 
 
 @settings(max_examples=600, deadline=None, derandomize=True, database=None)

@@ -155,9 +155,12 @@ def test_dilation_os16_and_basic_block():
 
 def test_torchvision_initialisation():
     model = BACKBONES["resnet50"](width=0.5)
-    w = model.layer3[1].conv2.weight
-    fan_out = w.shape[0] * w.shape[2] * w.shape[3]
-    assert w.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.05)
+    # kaiming_normal_(mode="fan_out"): convs whose fan-in and fan-out differ tell the modes apart
+    for conv in (model.layer3[1].conv1, model.layer3[1].conv3):  # 512 → 128 and 128 → 512, 1×1
+        w = conv.weight
+        fan_out, fan_in = w.shape[0] * w.shape[2] * w.shape[3], w.shape[1] * w.shape[2] * w.shape[3]
+        assert fan_out != fan_in
+        assert w.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.05)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)

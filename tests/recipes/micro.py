@@ -49,12 +49,17 @@ def start_long_training(run, *extra: str):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = run / "metrics.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # generous: a loaded machine starts Python and torch slowly
     while time.time() < deadline and proc.poll() is None:
         if log.is_file() and sum(1 for _ in log.open()) >= 3:
-            break
+            return proc
         time.sleep(0.05)
-    return proc
+    ended = proc.poll() is not None
+    if not ended:
+        proc.kill()
+    _, err = proc.communicate()
+    raise AssertionError(f"the training never logged 3 records ({'it ended' if ended else 'killed after 300 s'}, "
+                         f"exit code {proc.returncode}):\n{err[-3000:]}")
 
 
 def finish(proc, timeout: float = 120):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -198,7 +199,17 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
 
 def test_two_ranks_meta_step_and_files_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # the free port is probed, then bound by the workers: another process may take it between
+    # the two (the suite runs on two workers), so a port taken in the meantime is tried again
+    for attempt in range(3):
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+            break
+        except Exception as e:  # torch.multiprocessing.ProcessRaisedException
+            if "address already in use" not in str(e).lower() or attempt == 2:
+                raise
+            for d in tmp_path.iterdir():
+                shutil.rmtree(d)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd0", "cwd1"]
 
 

@@ -32,12 +32,22 @@ def test_trivial_predictors_score_what_a_constant_prediction_scores():
     assert np.isclose(res["depth"]["abs_err"], np.abs(depth - mean_depth).mean(), rtol=1e-5)
     # all-zero edges find nothing; a constant normal has one angle error per test normal
     assert res["edge"]["ods_f"] == 0.0
-    assert 0 < res["normal"]["mean"] < 180
+    # the mean valid training normal, renormalised; its angle to every valid test normal
+    tr_n = np.concatenate([train[i][1]["normal"].numpy().reshape(3, -1) for i in range(len(train))], 1)
+    c = tr_n[:, np.abs(tr_n).sum(0) > 0].astype(np.float64).sum(1)
+    c /= np.linalg.norm(c)
+    te_n = np.concatenate([y["normal"].numpy().reshape(3, -1) for y in ys], 1).astype(np.float64)
+    te_n = te_n[:, np.abs(te_n).sum(0) > 0]
+    te_n /= np.linalg.norm(te_n, axis=0)
+    angles = np.degrees(np.arccos(np.clip(c @ te_n, -1.0, 1.0)))
+    assert np.isclose(res["normal"]["mean"], angles.mean(), rtol=1e-4)
     # majority attribute: accuracy is the share of that value in the test split
     tr = np.array([float(train[i][1]["has_sphere"]) for i in range(len(train))])
     te = np.array([float(y["has_sphere"]) for y in ys])
     maj = float(tr.mean() >= 0.5)
     assert np.isclose(res["has_sphere"]["accuracy"], 100 * (te == maj).mean())
+    pos = te.mean()  # a constant 1 recalls every positive at precision `pos`; a constant 0 finds none
+    assert np.isclose(res["has_sphere"]["f1"], 100 * 2 * pos / (pos + 1) if maj else 0.0)
     assert res["has_sphere"]["auroc"] != res["has_sphere"]["auroc"] or res["has_sphere"]["auroc"] == 50.0
 
 

@@ -281,7 +281,7 @@ def test_float32_newton_stops_within_six_steps_near_the_zero_boundary(monkeypatc
 
     monkeypatch.setattr(torch.Tensor, "rsqrt", counting_rsqrt)
     pa.metric_prox(z, d, tau)
-    assert len(calls) <= 6  # one rsqrt per Newton step
+    assert 1 <= len(calls) <= 6  # one rsqrt per Newton step (none: the count proves nothing)
     monkeypatch.undo()
     ref = metric_prox(z.double(), d.double(), tau.double())
     torch.testing.assert_close(full.double(), ref, rtol=1e-4, atol=1e-7)
