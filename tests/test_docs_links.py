@@ -87,3 +87,13 @@ def test_the_checker_finds_dead_links(tmp_path):
                     "## B λ section\n", encoding="utf-8")
     dead = dead_links(page)
     assert [d.split(":")[0] for d in dead] == ["a.md#nowhere", "missing.md", "img.png", "#nope"]
+
+
+def test_every_result_file_is_named_in_the_docs():
+    """A result in ``benchmarks/results/`` that no page names is a number nobody can find: each
+    file (or its stem, for a figure or JSON beside a named table) appears in the README or docs."""
+    text = "".join(p.read_text(encoding="utf-8") for p in PAGES)
+    results = sorted((ROOT / "benchmarks" / "results").iterdir())
+    assert len(results) > 100
+    unnamed = [p.name for p in results if p.name not in text and p.name.split(".")[0] not in text]
+    assert unnamed == []
