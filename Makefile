@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 docs: $(STAMP)
-	$(BIN)/metasparsity config --keys --markdown > docs/configs.md
+	$(BIN)/metasparsity config --keys --markdown > docs/configs.md.tmp && mv docs/configs.md.tmp docs/configs.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -4,6 +4,7 @@ number in report.md is the one in results.json, and `report` regenerates the sam
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -185,12 +186,12 @@ def test_demo_runs_the_comparison_and_reuses_it(tmp_path, capsys):
     assert "config.yaml updated" not in first
     assert yaml.safe_load((out / "config.yaml").read_text()) == read_json(out / "results.json")["config"]
     assert (out / "preview.png").is_file() and (out / "report.md").is_file()
-    stamp = (out / "results.json").stat().st_mtime_ns
+    os.utime(out / "results.json", ns=(0, 0))  # whatever the file system's time resolution
     mtl = (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns
     assert cli("demo", "--out", out, "--samples", "8", "train.progress=false") == 0
     assert "continuing the demo" in capsys.readouterr().out
     assert (out / "seed_0" / "mtl" / "results.json").stat().st_mtime_ns == mtl  # not retrained
-    assert (out / "results.json").stat().st_mtime_ns > stamp  # the summary is written again
+    assert (out / "results.json").stat().st_mtime_ns > 0  # the summary is written again
     assert re.search(r"demo finished in \d+ s", capsys.readouterr().out + first)
 
 

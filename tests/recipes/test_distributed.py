@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,12 +45,6 @@ FLOAT64_CLI = str(Path(__file__).with_name("float64_cli.py"))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             FLOAT64_CLI]
 ONE_PROCESS = [sys.executable, FLOAT64_CLI]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(launcher: list[str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -185,12 +177,12 @@ def _check_files(rank: int, root: Path) -> None:
         assert (cwd / "meta" / "meta_training.png").is_file()
 
 
-def _worker(rank: int, world: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      METASPARSITY_NUM_THREADS="1")
+def _worker(rank: int, world: int, store: str, root: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), METASPARSITY_NUM_THREADS="1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file store: no port to probe, so no other process can take it in between
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         _check_meta_step(rank, world)
         _check_files(rank, Path(root))
@@ -198,18 +190,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         shutdown()
 
 
-def test_two_ranks_meta_step_and_files_match_one_process(tmp_path):
-    # the free port is probed, then bound by the workers: another process may take it between
-    # the two (the suite runs on two workers), so a port taken in the meantime is tried again
-    for attempt in range(3):
-        try:
-            mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-            break
-        except Exception as e:  # torch.multiprocessing.ProcessRaisedException
-            if "address already in use" not in str(e).lower() or attempt == 2:
-                raise
-            for d in tmp_path.iterdir():
-                shutil.rmtree(d)
+def test_two_ranks_meta_step_and_files_match_one_process(tmp_path, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store") / "rendezvous"
+    mp.spawn(_worker, args=(2, str(store), str(tmp_path)), nprocs=2, join=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd0", "cwd1"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from metasparsity.commands.common import add_config_args, config_from_args
 from metasparsity.utils.errors import UserError
@@ -23,7 +24,10 @@ def run(args: argparse.Namespace) -> int:
     if args.keys:
         from metasparsity.config import describe, describe_markdown
 
-        print(describe_markdown() if args.markdown else describe(), end="\n" * (not args.markdown))
+        if args.markdown:
+            sys.stdout.write(describe_markdown())
+        else:
+            print(describe())
         return 0
     print(config_from_args(args).to_yaml(), end="")
     return 0

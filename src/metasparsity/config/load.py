@@ -124,34 +124,40 @@ def parse_lambda_grid(text: str, key: str = "--grid") -> list[float]:
     return vals
 
 
+def _allowed(meta) -> str:
+    """What a field's checks allow, in words (``""``: any value of its type)."""
+    extra = []
+    if meta.get("choices"):
+        extra.append("one of " + "/".join(map(str, meta["choices"])))
+    if meta.get("min") is not None:
+        extra.append((">" if meta.get("min_open") else ">=") + f" {meta['min']}")
+    if meta.get("max") is not None:
+        extra.append(f"<= {meta['max']}")
+    if meta.get("pattern_help"):
+        extra.append(meta["pattern_help"])
+    if meta.get("nonempty"):
+        extra.append("non-empty")
+    if meta.get("unique"):
+        extra.append("no duplicates")
+    return "; ".join(extra)
+
+
 def key_rows() -> list[tuple[str, str, Any, str, str]]:
     """Every config key as ``(key, type, default value, allowed, help)``, in the schema's order;
-    a top-level scalar (``name``) has its type left empty."""
+    a top-level key (``name``) has no dot."""
     rows = []
     cfg = Config()
+    top = _hints(Config)
     for sec in dataclasses.fields(cfg):
         obj = getattr(cfg, sec.name)
         if not dataclasses.is_dataclass(obj):
-            rows.append((sec.name, "", obj, "", sec.metadata.get("help", "")))
+            rows.append((sec.name, _type_name(top[sec.name]), obj, _allowed(sec.metadata),
+                         sec.metadata.get("help", "")))
             continue
         hints = _hints(type(obj))
         for f in dataclasses.fields(obj):
-            meta = f.metadata
-            extra = []
-            if meta.get("choices"):
-                extra.append("one of " + "/".join(map(str, meta["choices"])))
-            if meta.get("min") is not None:
-                extra.append((">" if meta.get("min_open") else ">=") + f" {meta['min']}")
-            if meta.get("max") is not None:
-                extra.append(f"<= {meta['max']}")
-            if meta.get("pattern_help"):
-                extra.append(meta["pattern_help"])
-            if meta.get("nonempty"):
-                extra.append("non-empty")
-            if meta.get("unique"):
-                extra.append("no duplicates")
-            rows.append((f"{sec.name}.{f.name}", _type_name(hints[f.name]),
-                         getattr(obj, f.name), "; ".join(extra), meta.get("help", "")))
+            rows.append((f"{sec.name}.{f.name}", _type_name(hints[f.name]), getattr(obj, f.name),
+                         _allowed(f.metadata), f.metadata.get("help", "")))
     return rows
 
 
@@ -159,8 +165,10 @@ def describe() -> str:
     """Every key with its type, default and allowed values (``metasparsity config --keys``)."""
     lines = []
     for key, typ, default, allowed, text in key_rows():
-        lines.append(f"{key}: {default!r}  {text}" if not typ else
-                     f"{key} ({typ}) = {default!r}" + (f"  [{allowed}]" if allowed else "")
+        if "." not in key:  # a top-level key: its value and what it is
+            lines.append(f"{key}: {default!r}  {text}")
+            continue
+        lines.append(f"{key} ({typ}) = {default!r}" + (f"  [{allowed}]" if allowed else "")
                      + (f"  {text}" if text else ""))
     return "\n".join(lines)
 
@@ -169,12 +177,12 @@ def describe_markdown() -> str:
     """``docs/configs.md``: every key as a table row, one table per section
     (``metasparsity config --keys --markdown``)."""
 
-    def cell(text: str) -> str:
+    def cell(text: str) -> str:  # a table cell of prose: no column break, no HTML tag
         return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
-    def as_yaml(value: Any) -> str:
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(
-            "\n...").strip()
+    def code(value: Any) -> str:  # a default as YAML in a code span, shown literally
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+        return "`" + text.strip().removesuffix("\n...").strip().replace("|", "\\|") + "`"
 
     lines = ["# Config keys", "",
              "Every key of a metasparsity config, its type, default and allowed values, in the "
@@ -183,11 +191,10 @@ def describe_markdown() -> str:
              "What the keys do together: [Configs](../README.md#configs)."]
     section = None
     for key, typ, default, allowed, text in key_rows():
-        head = key.split(".")[0] if typ else "top level"
+        head = key.split(".")[0] if "." in key else "top level"
         if head != section:
             section = head
             lines += ["", f"## {section}", "", "| key | type | default | allowed | what it is |",
                       "|---|---|---|---|---|"]
-        lines.append(f"| `{key}` | {cell(typ or 'str')} | `{cell(as_yaml(default))}` | {cell(allowed)} "
-                     f"| {cell(text)} |")
+        lines.append(f"| `{key}` | {cell(typ)} | {code(default)} | {cell(allowed)} | {cell(text)} |")
     return "\n".join(lines) + "\n"

@@ -66,7 +66,8 @@ class DataConfig:
     train_size: int | None = _f(2000, min=1, help="training samples (real data: null = all)")
     val_size: int | None = _f(200, min=1, help="validation samples")
     test_size: int | None = _f(500, min=1, help="test samples (real data: null = all)")
-    seed: int = _f(0, min=0, help="data seed (SynthScenes sample i depends only on (seed, i))")
+    seed: int = _f(0, min=0, help="data seed (SynthScenes sample i depends only on (seed, i) "
+                                         "and data.image_size)")
     cache_dir: str | None = _f(None, help="optional on-disk cache of generated samples")
     num_workers: int = _f(0, min=0, max=256, help="DataLoader workers")
     layout: str = _f("auto", choices=["auto", "nyud_mt", "mtan"], help="NYU-v2 layout")
@@ -113,7 +114,9 @@ class TrainConfig:
     device: str = _f("auto", pattern=DEVICE_PATTERN, pattern_help="auto, cpu, cuda, cuda:N or mps",
                      help="auto, cpu, cuda, cuda:N or mps")
     num_threads: int | None = _f(None, min=1, max=MAX_THREADS,
-                                 help="torch CPU threads (null = all cores, at most 8)")
+                                 help="torch CPU threads (null = $METASPARSITY_NUM_THREADS if "
+                                      "set, else the cores divided among a node's processes, "
+                                      "at most 8)")
     amp: bool = _f(False, help="bf16 autocast on GPU (ignored on CPU)")
     progress: bool = _f(True, help="tqdm progress bars")
 
@@ -204,8 +207,8 @@ class MetaConfig:
     batch_size: int = _f(16, min=1, help="support (and query) batch size")
     meta_grad: str = _f("lambda_path", choices=["second_order", "lambda_path", "first_order"],
                         help="how φ_K depends on θ and λ: the whole inner loop differentiated, "
-                             "only λ's path (exact for K = 1), or first-order MAML (λ not "
-                             "learned by it)")
+                             "only λ's path (θ first-order; λ's gradient exact for K = 1), or "
+                             "first-order MAML (λ not learned by it)")
     learn_lambda: bool = _f(True, help="learn λ by its meta-gradient (false: none; λ stays at "
                                        "lambda_init, or with meta.target moves only as the "
                                        "budget's multiplier)")
@@ -222,10 +225,13 @@ class MetaConfig:
                                  "step)")
     lambda_scope: str = _f("global", choices=["global", "layer"],
                            help="one λ for the backbone, or one per grouped conv")
-    lambda_min: float = _f(1e-6, min=0.0, min_open=True, help="lower clamp of a learned λ")
-    lambda_max: float = _f(10.0, min=0.0, min_open=True, help="upper clamp of a learned λ")
+    lambda_min: float = _f(1e-6, min=0.0, min_open=True, help="lower clamp of a learned λ (and of "
+                                                                    "a budget's multiplier)")
+    lambda_max: float = _f(10.0, min=0.0, min_open=True, help="upper clamp of a learned λ (and of "
+                                                                    "a budget's multiplier)")
     min_subset_size: int = _f(1, min=1, help="smallest task subset drawn (1: every non-empty "
-                                             "subset of the seen tasks)")
+                                             "subset of the seen tasks; unused with "
+                                             "meta.subsets)")
     subsets: list[list[str]] | None = _f(None, nonempty=True, unique=True,
                                          help="explicit list of task subsets")
     outer_penalty: bool = _f(False, help="add λ·Ω(φ_K) to the query objective")
@@ -254,8 +260,8 @@ class MetaConfig:
                                      "zero on average over the N steps before it, at the multiple "
                                      "of λ that does (from either side, as budget mode's "
                                      "landing; 0 = off; budget mode lands on its target)")
-    val_every: int = _f(100, min=1, help="validate (and keep the best checkpoint) every N "
-                                         "outer steps")
+    val_every: int = _f(100, min=1, help="validate and save a checkpoint every N outer steps "
+                                         "(best = the newest validated one)")
     log_every: int = _f(1, min=1, help="write a meta record to metrics.jsonl every N outer "
                                        "steps")
 
