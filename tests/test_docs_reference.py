@@ -46,6 +46,11 @@ def test_config_markdown_needs_keys(capsys):
     assert "--keys" in capsys.readouterr().err
     assert main(["config", "--keys", "--markdown"]) == 0
     assert capsys.readouterr().out == describe_markdown()
+    # --keys describes the schema: a config or an override given with it would be ignored
+    assert main(["config", "--keys", "train.lr=abc"]) == 2
+    assert "train.lr=abc" in capsys.readouterr().err
+    assert main(["config", "--keys", "--config", "configs/synthscenes.yaml"]) == 2
+    assert "--config configs/synthscenes.yaml" in capsys.readouterr().err
 
 
 def test_every_command_option_is_named_in_the_readme():

@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.markdown and not args.keys:
         raise UserError("--markdown formats the list of --keys; give both")
+    if args.keys and (args.config or args.overrides):
+        given = " ".join(([f"--config {args.config}"] if args.config else []) + list(args.overrides))
+        raise UserError(f"--keys lists the schema's keys and defaults, whatever the config: "
+                        f"leave out {given}, or drop --keys to print the resolved config")
     if args.keys:
         from metasparsity.config import describe, describe_markdown
 
