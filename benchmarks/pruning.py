@@ -35,6 +35,7 @@ pruning itself.
 
     python benchmarks/pruning.py [--run RUN_DIR] [--levels 0.25,0.5,0.75] [--repeats 3] [--quick]
                                  [--device cpu|cuda]
+    python benchmarks/pruning.py --render benchmarks/results/pruning_avx512.json   # markdown only
 
 Writes ``benchmarks/results/pruning.json`` and ``pruning.md`` and prints the table.
 """
@@ -321,7 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "pruning.json")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the latencies are timed")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="time nothing: write the markdown of a result JSON beside it (after a "
+                         "change of this report's text)")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        import json
+
+        try:
+            result = json.loads(args.render.read_text(encoding="utf-8"))
+            md = markdown(result)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--render {args.render}: not a result of this benchmark ({type(e).__name__}: {e})")
+        atomic_write_text(args.render.with_suffix(".md"), md)
+        print(f"wrote {args.render.with_suffix('.md')}")
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
     device = torch.device(args.device)

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -29,3 +31,17 @@ def test_committed_table_is_its_json_rendered_and_a_null_level_reads_as_a_dash()
     assert "| learned | — | 0.57 |" in text
     learned[0]["level"] = math.nan                  # as the benchmark holds it before writing
     assert pruning.markdown(result) == text
+
+
+def test_render_writes_the_markdown_of_a_result_and_refuses_anything_else(tmp_path, capsys):
+    pruning = _pruning()
+    src = tmp_path / "p.json"
+    src.write_text((RESULTS / "pruning_avx512.json").read_text())
+    assert pruning.main(["--render", str(src)]) == 0
+    assert (tmp_path / "p.md").read_text() == (RESULTS / "pruning_avx512.md").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": {}}')
+    with pytest.raises(SystemExit) as e:
+        pruning.main(["--render", str(bad)])
+    assert e.value.code == 2 and "not a result of this benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "bad.md").exists()
