@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.loading import (
@@ -26,7 +25,7 @@ from metasparsity.data.loading import (
     read_rgb,
 )
 from metasparsity.data.tasks import TASKS, Task
-from metasparsity.data.transforms import IMAGE_KEY, SampleTransform
+from metasparsity.data.transforms import IMAGE_KEY, SampleTransform, TransformedFiles
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import load_json
 
@@ -140,7 +139,7 @@ def _read_attributes_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return names, out
 
 
-class CelebAMaskHQ(Dataset):
+class CelebAMaskHQ(TransformedFiles):
     """A split of a prepared CelebAMask-HQ folder as ``(image, {task: target})``.
 
     **Prepared folder** (``data.root`` of the data set)::
@@ -239,17 +238,6 @@ class CelebAMaskHQ(Dataset):
         for k, a in enumerate(self.attr_names):
             sample[a] = torch.tensor(self._attr_values[i][k], dtype=torch.float32)
         return sample
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.seeded_item(index)
-
-    def seeded_item(self, index: int, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sample ``index`` transformed; training augmentation draws from ``generator`` (None:
-        torch's global generator).  ``BatchStream`` passes one seeded per sample and epoch."""
-        if index < 0:
-            index += len(self)
-        return self.transform(self.load(index), generator)
 
     def __repr__(self) -> str:
         return f"CelebAMaskHQ(split={self.split!r}, n={len(self)}, tasks={list(self.tasks)})"

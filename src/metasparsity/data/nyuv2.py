@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from metasparsity.data import DATASETS, DatasetSpec
 from metasparsity.data.loading import (
@@ -33,6 +32,7 @@ from metasparsity.data.transforms import (
     DEFAULT_SCALE_RANGE,
     IMAGE_KEY,
     SampleTransform,
+    TransformedFiles,
     normalize_normals,
     resize_target,
 )
@@ -233,7 +233,7 @@ def clean_normals(chw: np.ndarray) -> np.ndarray:
     return normalize_normals(torch.from_numpy(np.ascontiguousarray(n))).numpy()
 
 
-class NYUv2(Dataset):
+class NYUv2(TransformedFiles):
     """NYU-v2 split as ``(image, {task: target})``.
 
     ``data.layout`` picks one; ``auto`` (default) detects it from the folder.
@@ -368,17 +368,6 @@ class NYUv2(Dataset):
                 target = resize_target(target, self.types[t], hw)
             sample[t] = target
         return sample
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.seeded_item(index)
-
-    def seeded_item(self, index: int, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sample ``index`` transformed; training augmentation draws from ``generator`` (None:
-        torch's global generator).  ``BatchStream`` passes one seeded per sample and epoch."""
-        if index < 0:
-            index += len(self)
-        return self.transform(self.load(index), generator)
 
     def __repr__(self) -> str:
         return (f"NYUv2(split={self.split!r}, layout={self.layout!r}, n={len(self)}, "

@@ -1,9 +1,11 @@
 """Geometric transforms that keep an image and all of its dense targets aligned (evaluation view,
-random scale-crop, flip, normalisation), composed per sample by :class:`SampleTransform`.
+random scale-crop, flip, normalisation), composed per sample by :class:`SampleTransform`; and
+:class:`TransformedFiles`, the base of the real data sets, whose items are samples so transformed.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 IMAGE_KEY = "image"
 DENSE_TYPES = ("segmentation", "depth", "normal", "edge")
@@ -264,3 +267,25 @@ class SampleTransform:
             t = targets[k]
             targets[k] = t.long() if kind == "segmentation" else t.float().contiguous()
         return image.contiguous(), targets
+
+
+class TransformedFiles(Dataset, abc.ABC):
+    """Base of the real data sets: a subclass reads sample ``index`` with ``load(index)`` and
+    holds its :class:`SampleTransform` as ``transform``; items are the transformed samples."""
+
+    transform: SampleTransform
+
+    @abc.abstractmethod
+    def load(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` as read from its files, before the transform."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.seeded_item(index)
+
+    def seeded_item(self, index: int, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sample ``index`` transformed; training augmentation draws from ``generator`` (None:
+        torch's global generator).  ``BatchStream`` passes one seeded per sample and epoch."""
+        if index < 0:
+            index += len(self)
+        return self.transform(self.load(index), generator)
