@@ -101,9 +101,9 @@ def main() -> None:
                         "multiplier with its budget kept, and scored against it")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="budget_train", help="stem of the result files")
-    p.add_argument("--current-code-only", action="store_true",
-                   help="refuse (exit 2) to reuse finished runs made by other code than this")
-    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    from fixed_lambda_grid import add_reuse_options
+
+    add_reuse_options(p)
     args = p.parse_args()
     if not 0 < args.target <= 1:
         p.error(f"--target must be in (0, 1], got {args.target}")

@@ -40,6 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
 
+def add_reuse_options(p: argparse.ArgumentParser) -> None:
+    """The options of every benchmark that reuses finished runs (this one, lambda_inits.py,
+    budget_train.py): ``--current-code-only`` and the trailing config overrides."""
+    p.add_argument("--current-code-only", action="store_true",
+                   help="refuse (exit 2) to reuse finished runs made by other code than this "
+                        "(their results.json records the package digest); by default they are reused "
+                        "and the report says how many")
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+
+
 def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
     return runs / f"seed_{seed}" / ("dense" if lam == 0 else f"{metric}_{lam:g}")
 
@@ -109,11 +119,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--current-code-only", action="store_true",
-                   help="refuse (exit 2) to reuse finished runs made by other code than this "
-                        "(their results.json records the package digest); by default they are reused "
-                        "and the report says how many")
-    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    add_reuse_options(p)
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
 

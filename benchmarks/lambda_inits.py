@@ -194,11 +194,9 @@ def main() -> None:
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="lambda_inits", help="stem of the result files")
-    p.add_argument("--current-code-only", action="store_true",
-                   help="refuse (exit 2) to reuse finished runs made by other code than this "
-                        "(their results.json records the package digest); by default they are reused "
-                        "and the report says how many")
-    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    from fixed_lambda_grid import add_reuse_options
+
+    add_reuse_options(p)
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
 
