@@ -8,6 +8,7 @@ which lands on the target); its weights are tested at the end.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,13 @@ class Trainer:
         model_tasks = list(dict.fromkeys(self.init_tasks + list(self.tasks)))
         model = build_model(self.cfg, model_tasks)
         if self.init_state is not None:
+            own = model.state_dict()
+            shaped = [k for k, v in self.init_state.items() if k in own and own[k].shape != v.shape]
+            if shaped:  # load_state_dict would raise a many-line RuntimeError
+                raise UserError(f"source weights do not fit the model built from the config "
+                                f"(were model.* overrides given, or the source's config.yaml "
+                                f"changed?): {len(shaped)} tensors of another shape (e.g. "
+                                f"{', '.join(shaped[:2])})")
             missing, unexpected = model.load_state_dict(self.init_state, strict=False)
             fresh = {f"heads.{t}." for t in model_tasks if t not in self.init_tasks}
             bad = [k for k in missing if not any(k.startswith(f) for f in fresh)]
@@ -279,8 +287,24 @@ class Trainer:
             model = convert_sync_batchnorm(model, self.device)
         return model
 
+    def _check_resumed_source(self, m: dict[str, Any]) -> None:
+        """A fine-tuning resumes only a fine-tuning, of the same source when the recorded
+        source can be found from here (a relative path recorded from another folder cannot);
+        ``train`` never resumes a fine-tuning."""
+        mine, theirs = self.s.kind == "finetune", m.get("kind") == "finetune"
+        if "kind" in m and mine != theirs:
+            what = "a fine-tuning" if theirs else f"a {m.get('kind')} run, not a fine-tuning"
+            raise UserError(f"--resume: {self.run_dir} is {what}; continue it with its own command")
+        recorded = m.get("source")
+        if mine and isinstance(recorded, str) and self.source and Path(recorded).exists() \
+                and not os.path.samefile(recorded, self.source):
+            raise UserError(f"--resume: {self.run_dir} fine-tunes {recorded}, not {self.source}; "
+                            f"give its own source: metasparsity finetune {recorded} --resume "
+                            f"{self.run_dir}")
+
     def _load_resume(self, ck) -> None:
         s, m = self.s, ck.meta
+        self._check_resumed_source(m)
         if (self.cost is not None) != ("budget_lambda" in m):  # before any state is loaded
             had = "with" if "budget_lambda" in m else "without"
             key = ("finetune.lam" if s.kind == "finetune"

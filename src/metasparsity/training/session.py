@@ -120,10 +120,11 @@ class RunSession:
         changed: dict = {}
         if self.main:
             if self.resume:
+                # the log first: a damaged one is refused before the config changes
+                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
                 changed = update_run_config(self.run_dir, config_yaml)
                 if self.checkpoint is not None:
                     point_last_at(self.run_dir, self.checkpoint)
-                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
             else:
                 create_run_dir(self.run_dir, config_yaml, overwrite=self.overwrite,
                                layout="training")

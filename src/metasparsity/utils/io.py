@@ -132,13 +132,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
     """Drop the records with ``step > max_step`` (atomically); return how many were dropped.
 
-    A resumed run calls this so that what was logged after its checkpoint is not logged twice.
+    A resumed run calls this so that what was logged after its checkpoint is not logged twice;
+    a damaged record (other than a last line cut short) is a one-line UserError naming the file.
     """
+    from metasparsity.utils.errors import UserError
+
     p = Path(path)
     if not p.is_file():
         return 0
-    records = read_jsonl(p)
-    keep = [r for r in records if int(r.get("step", 0)) <= max_step]
+    records = load_jsonl(p, what="run log")
+    for r in records:
+        step = r.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise UserError(f"run log {p}: a record's step is {json.dumps(step)[:40]}, not a "
+                            "whole number")
+    keep = [r for r in records if r.get("step", 0) <= max_step]
     if len(keep) != len(records) or p.read_bytes()[-1:] not in (b"", b"\n"):
         atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in keep))
     return len(records) - len(keep)

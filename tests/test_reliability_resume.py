@@ -1,0 +1,118 @@
+"""Damaged or mismatched run folders met by ``--resume``, ``finetune`` and ``evaluate``: a one-line
+error, exit code 2, and nothing on disk changed (not even ``config.yaml``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tests.recipes.micro import MICRO, cli
+
+from metasparsity.utils.io import read_json
+
+
+def _snapshot(root: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in root.rglob("*") if p.is_file())
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A finished ``train`` run (``base``), one fine-tuning of it, and a second training."""
+    root = tmp_path_factory.mktemp("resume")
+    assert cli("train", "--out", root / "base", *MICRO) == 0
+    assert cli("train", "--out", root / "other", *MICRO, "data.seed=1") == 0
+    assert cli("finetune", root / "base", "--tasks", "normal", "--out", root / "ft", *MICRO) == 0
+    return root
+
+
+def _copy(runs: Path, name: str, tmp_path: Path) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(runs / name, dst)
+    return dst
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ('{"step": 2, "kind": "tr', ["line 2", "not valid JSON"]),
+    ('[1, 2]', ["line 2", "expected a JSON object"]),
+    ('{"step": "x"}', ["step", '"x"', "whole number"]),
+    ('{"step": 1e999}', ["step", "whole number"]),
+    ('{"step": 2.5}', ["step", "2.5", "whole number"]),
+])
+def test_a_damaged_run_log_is_refused_before_the_config_changes(runs, tmp_path, capsys, line, words):
+    run = _copy(runs, "base", tmp_path)
+    log = run / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    lines[1] = line
+    log.write_text("\n".join(lines) + "\n")
+    before = _snapshot(run)
+    assert cli("train", "--resume", run, "train.max_steps=6") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "metrics.jsonl" in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    assert _snapshot(run) == before
+
+
+def test_a_run_log_cut_short_on_its_last_line_still_resumes(runs, tmp_path):
+    run = _copy(runs, "base", tmp_path)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 9, "kind": "tr')  # a killed process's last write
+    assert cli("train", "--resume", run, "train.max_steps=6") == 0
+    assert read_json(run / "results.json")["steps"] == 6
+
+
+def test_finetune_with_a_model_override_that_changes_shapes_is_refused(runs, tmp_path, capsys):
+    src = _copy(runs, "base", tmp_path)
+    before = _snapshot(tmp_path)
+    assert cli("finetune", src, "--tasks", "normal", *MICRO, "model.width=0.25") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "do not fit" in msg and "model." in msg and "another shape" in msg
+    assert _snapshot(tmp_path) == before
+    assert not (src / "finetune_normal").exists()
+
+
+def test_evaluate_refuses_data_tasks_that_leave_out_a_task_of_the_model(runs, tmp_path, capsys):
+    run = _copy(runs, "base", tmp_path)
+    before = _snapshot(run)
+    assert cli("evaluate", run, "data.tasks=[segment,depth]", "data.seen_tasks=[segment,depth]",
+               "data.unseen_tasks=[]") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "data.tasks" in msg and "edge" in msg
+    assert _snapshot(run) == before
+
+
+def test_finetune_resume_refuses_a_training_run(runs, tmp_path, capsys):
+    run = _copy(runs, "other", tmp_path)
+    before = _snapshot(run)
+    assert cli("finetune", runs / "base", "--resume", run, "finetune.steps=6") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "not a fine-tuning" in msg
+    assert _snapshot(run) == before
+
+
+def test_train_resume_refuses_a_fine_tuning(runs, tmp_path, capsys):
+    run = _copy(runs, "ft", tmp_path)
+    before = _snapshot(run)
+    assert cli("train", "--resume", run, "train.max_steps=6") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "is a fine-tuning" in msg and "own command" in msg
+    assert _snapshot(run) == before
+
+
+def test_finetune_resume_refuses_another_source(runs, tmp_path, capsys):
+    run = _copy(runs, "ft", tmp_path)
+    before = _snapshot(run)
+    assert cli("finetune", runs / "other", "--resume", run, "finetune.steps=6") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "fine-tunes" in msg and str(runs / "base") in msg
+    assert _snapshot(run) == before
+    # its own source resumes it
+    assert cli("finetune", runs / "base", "--resume", run, "finetune.steps=6") == 0
+    assert read_json(run / "results.json")["source"] == str(runs / "base")
