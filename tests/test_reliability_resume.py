@@ -116,3 +116,29 @@ def test_finetune_resume_refuses_another_source(runs, tmp_path, capsys):
     # its own source resumes it
     assert cli("finetune", runs / "base", "--resume", run, "finetune.steps=6") == 0
     assert read_json(run / "results.json")["source"] == str(runs / "base")
+
+
+@pytest.mark.parametrize(("sub", "content", "words"), [
+    ("lam_0.001", "", ["lam_0.001/results.json", "not valid JSON"]),
+    ("lam_0.001", "[]", ["lam_0.001/results.json", "expected an object"]),
+    ("dense_mtl", '{"kind": "mtl"}', ["dense_mtl/results.json", "'val' is missing"]),
+    ("dense_mtl", '{"kind": "mtl", "val": {}, "sparsity": {"group_sparsity": "x"}}',
+     ["dense_mtl/results.json", "group_sparsity"]),
+])
+def test_a_continued_sweep_refuses_a_damaged_sub_run_result_before_anything_changes(
+        runs, tmp_path, capsys, sub, content, words):
+    sweep = runs / "sweep"
+    if not sweep.exists():
+        assert cli("sweep-lambda", "--out", sweep, "--grid", "0.001", *MICRO) == 0
+    run = _copy(runs, "sweep", tmp_path)
+    (run / sub / "results.json").write_text(content)
+    before = _snapshot(run)
+    assert cli("sweep-lambda", "--resume", run, "train.max_steps=5") == 2
+    msg = _one_line(capsys.readouterr().err)
+    for w in [*words, "nothing was changed", "delete that file"]:
+        assert w in msg, (w, msg)
+    assert _snapshot(run) == before
+    # as the message says: without the file, the sub-run is finished again from its checkpoint
+    (run / sub / "results.json").unlink()
+    assert cli("sweep-lambda", "--resume", run) == 0
+    assert read_json(run / sub / "results.json")["steps"] == 4

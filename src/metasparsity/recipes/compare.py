@@ -21,7 +21,7 @@ from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, 
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
 from metasparsity.recipes.train import check_multiplier_start, refuse_train_budget
 from metasparsity.training import collectives
-from metasparsity.training.reuse import RESULTS, reused_from_other_code
+from metasparsity.training.reuse import RESULTS, check_finished_sub_runs, reused_from_other_code
 from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
@@ -120,6 +120,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
     if collectives.is_main():
         if resume:  # a continued run's config.yaml is the config its new runs follow
+            check_finished_sub_runs(out)  # before config.yaml changes
             changed = update_run_config(out, cfg.to_yaml())
             if changed:
                 progress("[compare] config.yaml updated: " + ", ".join(

@@ -16,6 +16,7 @@ from metasparsity.recipes import run_recipe
 from metasparsity.recipes.train import Trainer, refuse_train_budget, settings_from_config
 from metasparsity.report.tables import markdown_table
 from metasparsity.training import collectives
+from metasparsity.training.reuse import check_finished_sub_runs
 from metasparsity.training.session import sub_run
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text, write_json
@@ -66,6 +67,7 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
     collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
     if collectives.is_main():
         if resume:
+            check_finished_sub_runs(out)  # before config.yaml changes
             update_run_config(out, cfg.to_yaml())
         else:
             create_run_dir(out, cfg.to_yaml(), overwrite=overwrite, layout="sweep")

@@ -14,10 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from metasparsity.training.checkpoint import checkpoint_path
-from metasparsity.utils.io import read_json
+from metasparsity.utils.io import load_json, read_json
 from metasparsity.utils.provenance import code_identity, code_label, other_code, other_code_note
 
 RESULTS = "results.json"
+
+#: What a sweep or comparison reads of a finished sub-run's ``results.json`` (other keys free).
+RUN_RESULTS_SHAPE = {"kind": str, "val": dict, "test?": (dict, type(None)),
+                     "sparsity": {"group_sparsity": float, "param_sparsity": float,
+                                  "per_layer": list}}
+
+
+def read_run_results(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's ``results.json``; a damaged one is a one-line
+    :class:`~metasparsity.utils.errors.UserError` naming it."""
+    return load_json(Path(run_dir) / RESULTS, RUN_RESULTS_SHAPE, what="results file")
+
+
+def check_finished_sub_runs(out: str | Path) -> None:
+    """Before a continued sweep or comparison in ``out`` changes anything: every finished
+    sub-run's ``results.json`` below ``out`` can be reused (:func:`read_run_results`)."""
+    from metasparsity.utils.errors import UserError
+
+    out = Path(out)
+    for p in sorted(out.rglob(RESULTS)):
+        if p.parent != out:
+            try:
+                read_run_results(p.parent)
+            except UserError as e:
+                raise UserError(f"{e}; nothing was changed (delete that file to finish the "
+                                "sub-run again from its checkpoint)") from None
 
 
 def checkpoint_codes(meta: dict[str, Any] | None) -> list[dict[str, Any] | None]:
@@ -36,7 +62,7 @@ def run_code(run_dir: str | Path) -> dict[str, Any] | None:
     None for a folder with neither (nothing was made yet)."""
     run_dir = Path(run_dir)
     if (run_dir / RESULTS).is_file():
-        return read_json(run_dir / RESULTS)
+        return load_json(run_dir / RESULTS, dict, what="results file")
     ck = checkpoint_path(run_dir, "last")
     if ck is None or not (ck / "state.json").is_file():
         return None

@@ -20,7 +20,13 @@ from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
 from metasparsity.training.logs import RunLogger, progress_bar
-from metasparsity.training.reuse import RESULTS, checkpoint_codes, reuse_note, run_code
+from metasparsity.training.reuse import (
+    RESULTS,
+    checkpoint_codes,
+    read_run_results,
+    reuse_note,
+    run_code,
+)
 from metasparsity.training.rng import gather_rng, rng_state, seed_everything, seed_rank
 from metasparsity.training.run_checkpoints import (
     has_checkpoints,
@@ -32,7 +38,7 @@ from metasparsity.training.run_checkpoints import (
 )
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import read_json, truncate_jsonl, write_json
+from metasparsity.utils.io import truncate_jsonl, write_json
 from metasparsity.utils.provenance import code_identity, machine_identity, same_code
 from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
 
@@ -272,7 +278,7 @@ def sub_run(run_dir: str | Path, note: bool = True) -> tuple[dict[str, Any] | No
         finished = (run_dir / RESULTS).is_file()
         resume = not finished and is_run_dir(run_dir) and has_checkpoints(run_dir)
         if finished or resume:
-            made = read_json(run_dir / RESULTS) if finished else run_code(run_dir)
+            made = read_run_results(run_dir) if finished else run_code(run_dir)
             text = reuse_note(run_dir, made) if note else ""
             if text:
                 print(text, file=sys.stderr, flush=True)
