@@ -9,8 +9,25 @@ Hooked into ``metasparsity data`` by :func:`register_prepare_parser`::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from metasparsity.commands.common import positive_int, threads
+from metasparsity.config.schema import MAX_THREADS, DataConfig
 
 PREPARABLE = ("celebamaskhq",)
+
+# --size: the bounds of data.image_size, at which the prepared images are read (the schema, not
+# metasparsity.data.celebamaskhq_prepare: --help must not import torch)
+_IMAGE_SIZE = next(f for f in dataclasses.fields(DataConfig) if f.name == "image_size").metadata
+MIN_SIZE, MAX_SIZE = int(_IMAGE_SIZE["min"]), int(_IMAGE_SIZE["max"])
+
+
+def _size(text: str) -> int:
+    """``--size N``: an integer in [``MIN_SIZE``, ``MAX_SIZE``]."""
+    v = positive_int(text)
+    if not MIN_SIZE <= v <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_SIZE} and {MAX_SIZE}, got {v}")
+    return v
 
 
 def register_prepare_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,12 +42,14 @@ def register_prepare_parser(data_subparsers: argparse._SubParsersAction) -> argp
     p.add_argument("--out", required=True, metavar="DIR", help="the prepared folder to write")
     p.add_argument("--classes", type=int, choices=[3, 19], default=3,
                    help="3 = background/hair/face (the authors' setting), 19 = all parts (default 3)")
-    p.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
+    p.add_argument("--size", type=_size, default=256,
+                   help=f"output side in pixels, {MIN_SIZE} to {MAX_SIZE} (default 256)")
     p.add_argument("--split", choices=["auto", "celeba", "fixed"], default="auto",
                    help="celeba: the standard split from CelebA-HQ-to-CelebA-mapping.txt; fixed: "
                         "ids sorted, last 10%% test, previous 10%% val; auto: celeba when the "
                         "mapping file exists (default)")
-    p.add_argument("--workers", type=int, default=None, help="threads (default: cores, at most 8)")
+    p.add_argument("--workers", type=threads, default=None,
+                   help=f"threads, 1 to {MAX_THREADS} (default: cores, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare)

@@ -7,6 +7,7 @@ raw layout, the merging of part masks and the split rules are described on
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from metasparsity.config.schema import MAX_THREADS, DataConfig
 from metasparsity.data.celebamaskhq import (
     CLASSES_3,
     CLASSES_19,
@@ -51,6 +53,10 @@ MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
 SPLIT_RULES = ("auto", "celeba", "fixed")
 # Last CelebA file number of its official train and val partitions.
 CELEBA_TRAIN_END, CELEBA_VAL_END = 162770, 182637
+
+# Output side (pixels): the bounds of data.image_size, at which the prepared images are read.
+_IMAGE_SIZE = next(f for f in dataclasses.fields(DataConfig) if f.name == "image_size").metadata
+MIN_SIZE, MAX_SIZE = int(_IMAGE_SIZE["min"]), int(_IMAGE_SIZE["max"])
 
 RAW_LAYOUT = (
     f"CelebAMask-HQ raw release: <src>/{IMG_DIR}/<i>.jpg, "
@@ -266,13 +272,15 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
         out: output folder; must not exist or be empty, unless ``overwrite``; never the same
             as ``src``, inside it or around it.
         classes: 3 (background / hair / face) or 19 (background + 18 parts).
-        size: output side of images and label maps (pixels).
+        size: output side of images and label maps (pixels), ``MIN_SIZE`` to ``MAX_SIZE``
+            (16 to 4096, as ``data.image_size``).
         split: ``auto``, ``celeba`` or ``fixed`` (above).
         val_fraction, test_fraction: shares of the ``fixed`` rule.
         overwrite: replace a non-empty ``out`` that an earlier call prepared (it holds the
             marker ``.metasparsity.json``); any other folder is refused.
         progress: show a tqdm progress bar.
-        workers: threads reading and writing images (default: CPU count, at most 8).
+        workers: threads reading and writing images, 1 to ``MAX_THREADS`` (default: CPU
+            count, at most 8).
 
     Everything is written into a temporary folder beside ``out`` that is renamed to ``out`` only
     when complete, so an interrupted run leaves no half-prepared data set.  Returns ``out``.
@@ -280,8 +288,12 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
     src, out = Path(src), Path(out).resolve()
     if classes not in (3, 19):
         raise UserError(f"classes={classes}; choose 3 (background/hair/face) or 19")
-    if size < 16:
-        raise UserError(f"size={size} is too small; use at least 16")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"size={size} is out of range; it must be between {MIN_SIZE} and "
+                        f"{MAX_SIZE} pixels (the range of data.image_size)")
+    if workers is not None and not 1 <= workers <= MAX_THREADS:
+        raise UserError(f"workers={workers} is out of range; it must be between 1 and "
+                        f"{MAX_THREADS} (or None: the cores, at most 8)")
     if split not in SPLIT_RULES:
         raise UserError(f"split={split!r}; choose {', '.join(SPLIT_RULES)}")
     if not src.is_dir() or not (src / IMG_DIR).is_dir():

@@ -13,6 +13,7 @@ DataLoader worker or order, and the three splits never share a scene.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections import OrderedDict
@@ -89,6 +90,7 @@ class SynthScenes(Dataset):
             raise UserError(f"SynthScenes {split} size must be in [1, {MAX_SPLIT_SIZE}], got {length}")
         if int(size) < 8:
             raise UserError(f"SynthScenes image size must be at least 8 pixels, got {size}")
+        memo_limit()  # a bad $METASPARSITY_SYNTH_MEMO_MB is refused now, not at the first sample
         bad = [t for t in tasks if t not in SYNTH_TASKS]
         if bad:
             raise UserError(f"SynthScenes does not serve {bad}; available: {', '.join(SYNTH_TASKS)}")
@@ -154,12 +156,38 @@ class SynthScenes(Dataset):
         return image, {t: torch.from_numpy(np.array(s[t])) for t in self.tasks}
 
 
+MEMO_ENV = "METASPARSITY_SYNTH_MEMO_MB"
+MEMO_DEFAULT_MB = 2048
+
+
+def memo_limit() -> int:
+    """The bound of the in-process memory of rendered samples in bytes: ``$METASPARSITY_SYNTH_MEMO_MB``
+    (megabytes, a number >= 0; 0 turns the memory off; default 2048 when unset or empty).  A value
+    that is not a finite number >= 0 is a :class:`UserError` naming the variable and its value,
+    checked at the recipe boundary (:func:`metasparsity.utils.device.check_environment`) and
+    when a split is built, before a run writes anything."""
+    value = os.environ.get(MEMO_ENV, "")
+    if not value.strip():
+        return MEMO_DEFAULT_MB * 2**20
+    try:
+        mb = float(value)
+        why = "" if mb >= 0 else "is negative"
+        why = why if math.isfinite(mb) else "is not a finite number"
+    except ValueError:
+        why = "is not a number"
+    if why:
+        raise UserError(f"${MEMO_ENV}={value!r} {why}; set it to the megabytes of rendered "
+                        f"samples a process keeps in memory, a number >= 0 (0 turns the memory "
+                        f"off; default {MEMO_DEFAULT_MB})")
+    return int(mb) * 2**20 + int(mb % 1 * 2**20)  # exact, and no float overflow for huge values
+
+
 class _Memo:
     """In-process memory of rendered samples, bounded in bytes (oldest first out).
 
     Training revisits every sample once per epoch and a comparison trains many models on the
-    same splits, so each process renders a sample once.  The bound is
-    ``METASPARSITY_SYNTH_MEMO_MB`` (default 2048; 0 turns the memory off).  Samples are pure
+    same splits, so each process renders a sample once.  The bound is :func:`memo_limit`
+    (``$METASPARSITY_SYNTH_MEMO_MB``, default 2048; 0 turns the memory off).  Samples are pure
     functions of ``(seed, index, size)``, so what is remembered is exactly what would be rendered.
     """
 
@@ -169,7 +197,7 @@ class _Memo:
 
     @property
     def limit(self) -> int:
-        return int(float(os.environ.get("METASPARSITY_SYNTH_MEMO_MB", "2048")) * 2**20)
+        return memo_limit()
 
     def get(self, key: tuple) -> dict[str, np.ndarray] | None:
         return self.items.get(key) if self.limit > 0 else None
