@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -92,7 +96,8 @@ def test_load_refuses_unknown_classes_and_missing_files(tmp_path):
     doc = json.loads((tmp_path / "m" / "model.json").read_text())
     doc["architecture"]["children"]["1"]["class"] = "os.system"
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(UserError, match="unknown module class"):
+    with pytest.raises(UserError, match=r"model.json: architecture.children.1.class must be a "
+                                        r"supported module class .*got 'os.system'"):
         load_compact_model(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
@@ -263,3 +268,174 @@ def test_prune_refuses_a_batch_size_given_twice(run_dir, tmp_path, capsys, sizes
     err = capsys.readouterr().err
     assert "--batch-sizes" in err and "more than once" in err
     assert not (tmp_path / "m").exists()
+
+
+def bomb_png(path):
+    """A valid 1×1 PNG whose header claims 30000×30000 pixels (Pillow's decompression bomb)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR: signature, length, type, width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the CRC of type + data
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_predict_refuses_a_decompression_bomb(pruned_dir, tmp_path, capsys):
+    """A header claiming 30000×30000 pixels was Pillow's DecompressionBombError (exit 1)."""
+    good, bomb = images(tmp_path, 1)[0], bomb_png(tmp_path / "bomb.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(pruned_dir), str(good), str(bomb), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {bomb}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _deep(depth):
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _set(path, value):
+    """A model.json edit: set the field at ``path`` (keys / indices) to ``value``."""
+    def edit(doc):
+        for key in path[:-1]:
+            doc = doc[key]
+        doc[path[-1]] = value
+    return edit
+
+
+def _drop(key):
+    return lambda doc: doc.pop(key)
+
+
+CONV1 = ("architecture", "children", "backbone", "children", "conv1")
+NORM = ("normalization",)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_set(("version",), "abc"), "version must be a positive integer, got 'abc'"),
+    (_set(("version",), None), "version must be a positive integer, got null"),
+    (_drop("architecture"), "architecture is missing"),
+    (_set(("architecture",), "resnet"), "architecture must be a module object"),
+    (_drop("image_size"), "image_size is missing"),
+    (_set(("image_size",), "big"), "image_size must be an integer from 1 to 4096, got 'big'"),
+    (_set(("image_size",), 0), "image_size must be an integer from 1 to 4096, got 0"),
+    (_set(("image_size",), -5), "image_size must be an integer from 1 to 4096, got -5"),
+    (_drop("tasks"), "tasks is missing"),
+    (_set(("tasks",), "segment"), "tasks must be a list of task objects"),
+    (_set(("tasks", 0), 5), "tasks[0] must be a task object"),
+    (_set(("tasks", 1, "name"), "segment"), "tasks[1].name must be unique"),
+    (_set(("tasks", 0, "kind"), "pixels"), 'tasks[0].kind must be "dense" or "image"'),
+    (_set(NORM, "imagenet"), "normalization must be an object with mean and std"),
+    (_set(NORM, None), "normalization must be an object with mean and std, got null"),
+    (_set((*NORM, "std"), [0.2, 0, 0.2]), "normalization.std must be positive"),
+    (_set((*NORM, "std"), [0.2, 0.2]), "normalization.std must be a list of 3 finite numbers"),
+    (_set((*NORM, "mean"), [0.5]), "normalization.mean must be a list of 3 finite numbers"),
+    (_set((*CONV1, "args"), [1, 2]), "conv1.args must be an object of Conv2d arguments"),
+    (_set((*CONV1, "args", "in_channels"), "x"), "conv1.args.in_channels must be a non-negative"),
+    (_set((*CONV1, "args", "padding"), "bogus"), "invalid arguments for Conv2d at backbone.conv1"),
+    (_set((*CONV1, "class"), ["Conv2d"]), "conv1.class must be a supported module class"),
+    (_set(("architecture", "children"), [1]), "architecture.children must be an object, got [1]"),
+    (_set(("architecture", "attrs", "forward"), 1), "architecture.attrs.forward: a MultiTaskNet "
+                                                    "cannot take 'forward'"),
+    (_set(("architecture", "attrs", "tasks"), 1), "architecture.attrs.tasks: a MultiTaskNet "
+                                                  "cannot take 'tasks'"),  # a property
+    (_set(("tasks", 0, "scale"), float("nan")), "model.json: NaN is not a JSON value"),
+    (_set(("architecture", "attrs", "deep"), _deep(50)), "architecture.attrs.deep must be null, a "
+                                                         "boolean, number or string, or a list"),
+    (_set(("architecture", "children", "heads", "children", "../x"), None),
+     "architecture.children.heads.children must be keyed by a non-empty name without '.', '/'"),
+    # builds, but does not run / does not match its tasks
+    (lambda doc: doc["architecture"]["children"]["backbone"]["children"]["layer1"]["children"][
+        "0"]["attrs"].pop("downsample"), "does not run on 32×32 images"),
+    (_set(("tasks", 0, "kind"), "image"), "task 'segment' (image, segmentation, 6 channels) does "
+                                          "not match the model's output of shape [1, 6, 32, 32]"),
+    # sizes that would allocate terabytes if the modules were built with their tensors
+    (_set((*CONV1, "args", "out_channels"), 10**12), "model.safetensors does not fit the "
+                                                     "architecture in "),
+])
+def test_predict_refuses_a_malformed_model_json(pruned_dir, tmp_path, capsys, edit, field):
+    """Each of these was a traceback (exit 1), or for std 0 exit 0 with NaN in predictions.json."""
+    model = tmp_path / "model"
+    shutil.copytree(pruned_dir, model)
+    doc = json.loads((model / "model.json").read_text())
+    edit(doc)
+    (model / "model.json").write_text(json.dumps(doc))
+    out = tmp_path / "pred"
+    assert main(["predict", str(model), str(images(tmp_path, 1)[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(model / "model.json") in err and field in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_predict_refuses_model_json_nested_too_deeply(pruned_dir, tmp_path, capsys):
+    """Nesting that Python's JSON parser (RecursionError) or the rebuild would choke on."""
+    model = tmp_path / "model"
+    shutil.copytree(pruned_dir, model)
+    (model / "model.json").write_text("[" * 100000 + "]" * 100000)
+    img = str(images(tmp_path, 1)[0])
+    assert main(["predict", str(model), img, "--out", str(tmp_path / "p")]) == 2
+    assert f"cannot read {model / 'model.json'}" in capsys.readouterr().err
+    doc = json.loads((pruned_dir / "model.json").read_text())
+    spec = {"class": "Identity", "args": {}}
+    for _ in range(200):
+        spec = {"class": "Sequential", "attrs": {}, "children": {"0": spec}}
+    doc["architecture"]["children"]["extra"] = spec
+    (model / "model.json").write_text(json.dumps(doc))
+    assert main(["predict", str(model), img, "--out", str(tmp_path / "p")]) == 2
+    assert "model.json: architecture: modules are nested more than 32 deep" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_refuses_weights_or_outputs_that_are_not_finite(pruned_dir, tmp_path, capsys):
+    """predictions.json never holds a bare NaN (invalid JSON): such a model is refused instead."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(pruned_dir, model)
+    state = load_file(str(pruned_dir / "model.safetensors"))
+    img, out = str(images(tmp_path, 1)[0]), tmp_path / "pred"
+    bad = dict(state)
+    bad["heads.depth.classifier.bias"] = torch.full_like(state["heads.depth.classifier.bias"],
+                                                         float("nan"))
+    save_file(bad, str(model / "model.safetensors"))
+    assert main(["predict", str(model), img, "--out", str(out)]) == 2
+    assert "tensor heads.depth.classifier.bias holds NaN" in capsys.readouterr().err
+    # finite weights whose outputs overflow to infinity
+    bad = dict(state)
+    bad["heads.depth.classifier.weight"] = torch.full_like(
+        state["heads.depth.classifier.weight"], 1e38)
+    bad["heads.depth.classifier.bias"] = torch.full_like(state["heads.depth.classifier.bias"],
+                                                         3e38)
+    save_file(bad, str(model / "model.safetensors"))
+    assert main(["predict", str(model), img, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"gives NaN or infinite values for task 'depth' on {img}" in err
+    assert not out.exists()
+
+
+def test_predict_checks_every_output_path_before_replacing_any(pruned_dir, tmp_path, capsys):
+    """A folder where an output file goes: the error named a temporary path, after some outputs
+    (img0_depth.*) had been replaced and others stayed stale."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    old = images(first, 2)
+    new = [second / p.name for p in old]  # same names (same outputs), other pixels
+    for p in new:
+        Image.fromarray(255 - np.asarray(Image.open(first / p.name))).save(p)
+    out = tmp_path / "pred"
+    assert main(["predict", str(pruned_dir), *map(str, old), "--out", str(out)]) == 0
+    (out / "img1_edge.png").unlink()
+    (out / "img1_edge.png").mkdir()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["predict", str(pruned_dir), *map(str, new), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'img1_edge.png'} is a directory" in err and ".tmp" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]

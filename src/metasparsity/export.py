@@ -29,10 +29,13 @@ is RGB in [0, 1], normalised per channel as ``(x − mean) / std``), plus whatev
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import reprlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,9 @@ MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 COST_JSON = "cost.json"
 COST_MD = "cost.md"
+MAX_IMAGE_SIZE = 4096  # data.image_size's bound
+_MAX_DEPTH = 32  # modules nested in modules (a ResNet with its heads has 6 levels)
+_MAX_NESTING = 8  # lists nested in an attribute or argument value
 
 _LEAVES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
@@ -84,11 +90,11 @@ def _containers() -> dict[str, type[nn.Module]]:
 
 # ----------------------------------------------------------------------------- spec <-> module
 
-def _plain(value: Any) -> bool:
+def _plain(value: Any, depth: int = _MAX_NESTING) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)) and depth > 0:
+        return all(_plain(v, depth - 1) for v in value)
     return False
 
 
@@ -137,7 +143,10 @@ def build_from_spec(spec: Mapping[str, Any], path: str = "") -> nn.Module:
         unknown = set(args) - set(fields)
         if unknown:
             raise UserError(f"invalid arguments {sorted(unknown)} for {name} at {path}")
-        return cls(**args)
+        try:
+            return cls(**args)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"invalid arguments for {name} at {path or '<root>'}: {e}") from None
     cls = _containers().get(name)
     if cls is None:
         raise UserError(f"unknown module class {name!r} at {path or '<root>'} in the architecture")
@@ -149,6 +158,134 @@ def build_from_spec(spec: Mapping[str, Any], path: str = "") -> nn.Module:
         sub = f"{path}.{child_name}" if path else child_name
         module.add_module(child_name, None if child is None else build_from_spec(child, sub))
     return module
+
+
+# ----------------------------------------------------------------------------- model.json checks
+
+class _Invalid(Exception):
+    """A field of ``model.json`` that the loader cannot use (the message names it)."""
+
+
+_MISSING = object()
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 1, 4, 4, 40, 40
+_PLAIN = f"null, a boolean, number or string, or a list of them (nested at most {_MAX_NESTING} deep)"
+# a module or task name: torch refuses "."; "/" or "\\" would put files outside --out
+_NAME = re.compile(r"[^./\\\x00-\x1f\x7f]+")
+_NAMED = "a non-empty name without '.', '/', '\\' or control characters"
+# leaf arguments that size tensors: anything else is left to the constructors (see build_from_spec)
+_COUNTS = frozenset({"in_channels", "out_channels", "num_features", "in_features", "out_features",
+                     "groups", "num_groups", "num_channels"})
+
+
+def _int(value: Any, low: int, high: float = float("inf")) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _rgb(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+        for v in value)
+
+
+def _show(value: Any) -> str:
+    """``value`` for a message: JSON's words for null / true / false, long values cut short."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else _SHOW.repr(value)
+
+
+def _expect(ok: Any, field: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise _Invalid(f"{field} is missing (expected {expected})" if value is _MISSING
+                       else f"{field} must be {expected}, got {_show(value)}")
+
+
+# the top-level fields: (check, what it must be); "architecture" is then checked in depth
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "version": (lambda v: _int(v, 1), "a positive integer"),
+    "architecture": (lambda v: isinstance(v, dict), "a module object"),
+    "image_size": (lambda v: _int(v, 1, MAX_IMAGE_SIZE), f"an integer from 1 to {MAX_IMAGE_SIZE}"),
+    "tasks": (lambda v: isinstance(v, list), "a list of task objects"),
+    "normalization": (lambda v: isinstance(v, dict), "an object with mean and std"),
+}
+# the fields of a task object (only "name" is required)
+_TASK_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str) and _NAME.fullmatch(v), _NAMED),
+    "kind": (lambda v: v in ("dense", "image"), '"dense" or "image"'),
+    "type": (lambda v: isinstance(v, str), "a string"),
+    "channels": (lambda v: v is None or _int(v, 1), "a positive integer or null"),
+    "num_classes": (lambda v: v is None or _int(v, 1), "a positive integer or null"),
+    "description": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_document(doc: Mapping[str, Any], require: Sequence[str] = ()) -> None:
+    """Raise :class:`_Invalid` at the first field of a parsed ``model.json`` that the loader cannot
+    use: ``version`` and ``architecture`` must be there, the meta fields in ``require`` too, and
+    every field present must have the type and range of :data:`_FIELDS`."""
+    for key, (ok, expected) in _FIELDS.items():
+        value = doc.get(key, _MISSING)
+        absent = value is None or value is _MISSING
+        if absent and key not in ("version", "architecture", *require):
+            continue
+        _expect(not absent and ok(value), key, expected, value)
+    names: set[str] = set()
+    for i, task in enumerate(doc.get("tasks") or ()):
+        _expect(isinstance(task, dict), f"tasks[{i}]", "a task object", task)
+        for key, (ok, expected) in _TASK_FIELDS.items():
+            if key in task or key == "name":
+                _expect(ok(task.get(key, _MISSING)), f"tasks[{i}].{key}", expected,
+                        task.get(key, _MISSING))
+        _expect(task["name"] not in names, f"tasks[{i}].name", "unique", task["name"])
+        names.add(task["name"])
+    norm = doc.get("normalization")
+    if norm is not None:
+        for key in ("mean", "std"):
+            _expect(_rgb(norm.get(key, _MISSING)), f"normalization.{key}",
+                    "a list of 3 finite numbers (R, G, B)", norm.get(key, _MISSING))
+        _expect(all(v > 0 for v in norm["std"]), "normalization.std", "positive", norm["std"])
+    _check_module(doc["architecture"], "architecture", 0)
+
+
+def _check_module(spec: Any, field: str, depth: int) -> None:
+    """Raise :class:`_Invalid` at the first part of the module spec ``spec`` (found at ``field``)
+    that :func:`build_from_spec` cannot use."""
+    if depth > _MAX_DEPTH:  # (the field's path would be too long to show)
+        raise _Invalid(f"architecture: modules are nested more than {_MAX_DEPTH} deep")
+    _expect(isinstance(spec, dict), field, 'a module object ({"class", ...})', spec)
+    name, containers = spec.get("class", _MISSING), _containers()
+    _expect(isinstance(name, str) and (name in _LEAVES or name in containers), f"{field}.class",
+            f"a supported module class ({', '.join(sorted(set(_LEAVES) | set(containers)))})",
+            name)
+    if name in _LEAVES:
+        args, fields = spec.get("args", {}), _LEAVES[name][1]
+        _expect(isinstance(args, dict), f"{field}.args", f"an object of {name} arguments", args)
+        for key, value in args.items():
+            _expect(key in fields, f"{field}.args", f"{name} arguments ({', '.join(fields)})",
+                    {key: value})
+            _expect(_int(value, 0) if key in _COUNTS else _plain(value), f"{field}.args.{key}",
+                    "a non-negative integer" if key in _COUNTS else _PLAIN, value)
+        return
+    cls = containers[name]
+    attrs, children = spec.get("attrs", {}), spec.get("children", {})
+    for part, value in (("attrs", attrs), ("children", children)):
+        _expect(isinstance(value, dict), f"{field}.{part}", "an object", value)
+        for key in value:  # may not hide a method, property or private field, nor each other
+            own = inspect.getattr_static(cls, key, None)  # a plain class constant may be set
+            if key.startswith("_") or key == "training" or not _plain(own) or (
+                    part == "children" and key in attrs):
+                raise _Invalid(f"{field}.{part}.{key}: a {name} cannot take {key!r} (a private "
+                               "name, a method or property of its class, or both an attribute "
+                               "and a child)")
+    for key, value in attrs.items():
+        _expect(_plain(value), f"{field}.attrs.{key}", _PLAIN, value)
+    for key, child in children.items():
+        _expect(_NAME.fullmatch(key), f"{field}.children", f"keyed by {_NAMED}", key)
+        if child is not None:
+            _check_module(child, f"{field}.children.{key}", depth + 1)
 
 
 # ----------------------------------------------------------------------------- directories
@@ -210,11 +347,19 @@ def save_compact_model(model: nn.Module, model_dir: str | Path, meta: Mapping[st
     return Path(model_dir)
 
 
-def load_compact_model(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_compact_model(model_dir: str | Path, *,
+                       require: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` of a model directory; the model is in eval mode on the CPU.
 
+    ``model.json`` is checked field by field before anything is built: ``version`` and
+    ``architecture`` must be there, and the meta fields in ``require`` (``tasks``, ``image_size``,
+    ``normalization``) when the caller needs them.  The modules are built on the ``meta`` device
+    and take the tensors of ``model.safetensors`` (cast to the modules' dtypes), so no size in
+    ``model.json`` allocates memory by itself.
+
     Raises:
-        UserError: missing directory or files, an unknown format, or weights that do not fit.
+        UserError: missing directory or files, an unknown format, a missing or malformed field of
+            ``model.json`` (named), or weights that do not fit or are not finite.
     """
     from safetensors.torch import load_file
 
@@ -227,25 +372,46 @@ def load_compact_model(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]
     for f in (SPEC_FILE, MODEL_FILE):
         if not (d / f).is_file():
             raise UserError(f"{d} is not a compact model directory: {f} is missing")
-    try:
-        doc = json.loads((d / SPEC_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {d / SPEC_FILE}: {e}") from None
+    spec_file = d / SPEC_FILE
+    try:  # NaN / Infinity are not JSON (the writer never puts them there)
+        doc = json.loads(spec_file.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON or UTF-8
+        raise UserError(f"cannot read {spec_file}: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserError(f"{d / SPEC_FILE} is not a {FORMAT} file")
-    if int(doc.get("version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{d / SPEC_FILE} has format version {doc.get('version')}; this "
+        raise UserError(f"{spec_file} is not a {FORMAT} file")
+    try:
+        _check_document(doc, require)
+    except _Invalid as e:
+        raise UserError(f"{spec_file}: {e}") from None
+    if doc["version"] > FORMAT_VERSION:
+        raise UserError(f"{spec_file} has format version {doc['version']}; this "
                         f"metasparsity reads up to {FORMAT_VERSION}")
-    model = build_from_spec(doc["architecture"])
+    try:
+        with torch.device("meta"):
+            model = build_from_spec(doc["architecture"])
+    except UserError as e:
+        raise UserError(f"{spec_file}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:  # last resort
+        raise UserError(f"{spec_file}: cannot rebuild the architecture: {e}") from None
     try:
         state = load_file(str(d / MODEL_FILE))
     except Exception as e:  # safetensors raises its own error types
         raise UserError(f"cannot read {d / MODEL_FILE}: {e}") from None
+    own = model.state_dict()
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{d / MODEL_FILE}: tensor {key} holds NaN or infinite values")
+        if key in own and t.dtype != own[key].dtype:
+            state[key] = t.to(own[key].dtype)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise UserError(f"{d / MODEL_FILE} does not fit the architecture in {SPEC_FILE}: "
+        raise UserError(f"{d / MODEL_FILE} does not fit the architecture in {spec_file}: "
                         f"{str(e).splitlines()[0]}") from None
+    left = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a buffer outside the state dict
+        raise UserError(f"{d / MODEL_FILE} does not fit the architecture in {spec_file}: "
+                        f"no tensor for {left[0]}")
     model.eval()
     meta = {k: v for k, v in doc.items() if k != "architecture"}
     return model, meta

@@ -51,7 +51,8 @@ def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence
         raise UserError(f"cannot read image {p}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"cannot read image {p}: it is a directory, not an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:  # the bomb: a header claiming a giant image
         raise UserError(f"cannot read image {p}: {e}") from None
     img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
     img = center_crop_resize({"image": img}, {}, size)["image"]
@@ -100,6 +101,37 @@ def _write_dense(out: Any, task: Mapping[str, Any], stem: str, d: Path) -> dict[
         return {"png": f"{base}.png"}
     np.save(d / f"{base}.npy", out.numpy().astype(np.float32))
     return {"npy": f"{base}.npy"}
+
+
+def _output_task(name: str, y: Any, batch: int, tasks: Mapping[str, Mapping[str, Any]],
+                 spec_file: Path) -> dict[str, Any]:
+    """The task of the model's output ``name`` (``y``: dense ``[B, C, H, W]`` or image-level
+    ``[B, C]``): its entry in ``model.json`` (``kind`` / ``type`` taken from ``y`` where it has
+    none, as for an output it does not list), refused where it does not match ``y``."""
+    import torch
+
+    if not isinstance(y, torch.Tensor) or y.ndim not in (2, 4) or y.shape[0] != batch:
+        raise UserError(f"{spec_file}: the model's output {name!r} is not a [B, C] or "
+                        "[B, C, H, W] tensor")
+    task = {"name": name, "kind": "dense" if y.ndim == 4 else "image", "type": "raw",
+            **tasks.get(name, {})}
+    channels = 3 if task["type"] == "normal" else task.get("channels")
+    if (task["kind"] == "dense") != (y.ndim == 4) or channels not in (None, y.shape[1]):
+        raise UserError(f"{spec_file}: task {name!r} ({task['kind']}, {task['type']}, "
+                        f"{channels or 'any'} channels) does not match the model's output of "
+                        f"shape {list(y.shape)}")
+    return task
+
+
+def _check_targets(out_dir: Path, names: Sequence[str]) -> None:
+    """Refuse, before any file in ``out_dir`` is replaced, a folder where a file will go."""
+    from metasparsity.utils.rundir import MARKER_FILE
+
+    for name in (MARKER_FILE, *names):
+        p = out_dir / name
+        if p.is_dir() and not p.is_symlink():  # a link is replaced, not followed
+            raise UserError(f"--out {out_dir}: {p} is a directory, where predict writes the file "
+                            f"{name}; nothing was replaced (move that directory away)")
 
 
 def _image_value(out: Any, task: Mapping[str, Any]) -> Any:
@@ -152,7 +184,10 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
 
     ``predictions.json`` lists, per image, its path and every task's file or value.  Images are all
     read before anything runs: an unreadable one is an error (exit 2) naming the file, and nothing is
-    written for the batch.  Files are staged in a temporary directory and moved into DIR at the end.
+    written for the batch; so is a model that does not run, or gives outputs that do not match the
+    tasks of its ``model.json`` or are not finite (NaN / inf: refused, never written).  Files are
+    staged in a temporary directory and moved into DIR at the end, once every path they replace is
+    known to be a file (a folder in the way is refused before anything is replaced).
     DIR may not equal, contain or lie inside MODEL_DIR or hold an input image, and must be new,
     empty, or a predictions folder this command made (its ``.metasparsity.json`` marker of kind
     ``predictions``; its files of the same names are replaced): any other non-empty folder is
@@ -160,7 +195,7 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
     """
     import torch
 
-    from metasparsity.export import load_compact_model
+    from metasparsity.export import SPEC_FILE, load_compact_model
     from metasparsity.utils.rundir import (
         PREDICTIONS,
         check_outputs_vs_inputs,
@@ -177,12 +212,10 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
                             [("MODEL_DIR", model_dir), *(("IMAGE", p) for p in images)])
     check_parents(out_dir)
     check_predictions_dir(out_dir)
-    model, meta = load_compact_model(model_dir)
-    size = int(meta["image_size"])
-    norm = meta.get("normalization") or {}
-    mean, std = norm.get("mean"), norm.get("std")
-    if mean is None or std is None:
-        raise UserError(f"{model_dir}: model.json has no input normalisation (mean / std)")
+    # model.json's fields are checked there (types, ranges, std > 0)
+    model, meta = load_compact_model(model_dir, require=("tasks", "image_size", "normalization"))
+    spec_file = Path(model_dir) / SPEC_FILE
+    size, mean, std = meta["image_size"], meta["normalization"]["mean"], meta["normalization"]["std"]
     tasks = {t["name"]: t for t in meta["tasks"]}
     # Read every image first: a bad file stops the batch before anything is written.
     inputs = [read_image(p, size, mean, std) for p in images]
@@ -195,26 +228,45 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
                 x = torch.stack(inputs[start:start + batch_size])
-                outputs = model(x)
+                try:
+                    outputs = model(x)
+                except (RuntimeError, TypeError, ValueError, AttributeError, KeyError,
+                        IndexError) as e:  # an architecture that builds but does not run
+                    raise UserError(f"the model in {model_dir} does not run on {size}×{size} "
+                                    f"images (is {spec_file} damaged?): "
+                                    f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+                if not isinstance(outputs, dict):
+                    raise UserError(f"{spec_file}: the model returns no {{task: output}} dict "
+                                    "(its architecture is not a MultiTaskNet)")
+                checked = {name: _output_task(name, y, x.shape[0], tasks, spec_file)
+                           for name, y in outputs.items()}
                 for j in range(x.shape[0]):
                     i = start + j
                     rec: dict[str, Any] = {"image": str(images[i]), "outputs": {}}
                     for name, y in outputs.items():
-                        task = tasks.get(name, {"name": name, "kind": "dense" if y.ndim == 4
-                                                else "image", "type": "raw"})
+                        out, task = y[j].float().cpu(), checked[name]
+                        if not bool(torch.isfinite(out).all()):  # never a NaN in the files
+                            raise UserError(f"the model in {model_dir} gives NaN or infinite "
+                                            f"values for task {name!r} on {images[i]}; nothing "
+                                            "was written")
                         if task["kind"] == "dense":
-                            rec["outputs"][name] = _write_dense(y[j].float().cpu(), task,
-                                                                stems[i], tmp)
+                            rec["outputs"][name] = _write_dense(out, task, stems[i], tmp)
                         else:
-                            rec["outputs"][name] = _image_value(y[j].float().cpu(), task)
+                            rec["outputs"][name] = _image_value(out, task)
                     records.append(rec)
         result = {"model_dir": str(model_dir), "image_size": size,
                   "tasks": list(tasks.values()), "images": records}
-        (tmp / PREDICTIONS_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        (tmp / PREDICTIONS_FILE).write_text(json.dumps(result, indent=1, allow_nan=False) + "\n",
+                                            encoding="utf-8")
+        staged = sorted(tmp.iterdir())
+        _check_targets(out_dir, [f.name for f in staged])
         out_dir.mkdir(parents=True, exist_ok=True)
         write_marker(out_dir, PREDICTIONS)
-        for f in sorted(tmp.iterdir()):
-            f.replace(out_dir / f.name)
+        for f in staged:
+            try:
+                f.replace(out_dir / f.name)
+            except OSError as e:  # name the user's path, not the temporary one
+                raise UserError(f"cannot write {out_dir / f.name}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
