@@ -417,6 +417,24 @@ def test_out_under_a_regular_file_is_refused_up_front(tmp_path, capsys, src_run)
         assert str(args[args.index("--out") + 1]) in line
 
 
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_out_as_a_link_to_nothing_is_refused_up_front_and_leaves_no_staging_folder(
+        tmp_path, capsys, src_run, link):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere" / "x" if link == "dangling" else out)
+    target = os.readlink(out)
+    raw = tmp_path / "raw"
+    write_celebamaskhq_raw(raw)
+    for args, command in [
+        (["train", "--out", out, *MICRO], "train"),
+        (["prune", src_run, "--out", out, "--no-latency"], "prune"),
+        (["data", "prepare", "celebamaskhq", "--src", raw, "--out", out, "--no-progress"], "data"),
+    ]:
+        refused(capsys, args, command, [out, "symbolic link to nothing"], [src_run, raw])
+        assert os.readlink(out) == target
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "runs"]
+
+
 def test_cache_dir_under_a_regular_file_is_refused_up_front(tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("a file")

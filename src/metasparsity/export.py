@@ -312,14 +312,20 @@ def staged_directory(final: str | Path, *, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        old.rmdir()
-        final.rename(old)
+    old = None
+    try:
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            old.rmdir()
+            final.rename(old)
         tmp.rename(final)
+    except OSError as e:  # e.g. final became something else meanwhile: the old content stays
+        if old is not None and old.exists() and not final.exists():
+            old.rename(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write {final}: {e.strerror or e}") from None
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 def write_compact_model(model: nn.Module, directory: str | Path, meta: Mapping[str, Any]) -> Path:

@@ -285,7 +285,11 @@ def prepare_celebamaskhq(src: str | os.PathLike, out: str | os.PathLike, classes
     Everything is written into a temporary folder beside ``out`` that is renamed to ``out`` only
     when complete, so an interrupted run leaves no half-prepared data set.  Returns ``out``.
     """
-    src, out = Path(src), Path(out).resolve()
+    from metasparsity.utils.rundir import check_parents
+
+    src = Path(src)
+    check_parents(out)  # a link to nothing cannot be resolved
+    out = Path(out).resolve()
     if classes not in (3, 19):
         raise UserError(f"classes={classes}; choose 3 (background/hair/face) or 19")
     if not MIN_SIZE <= size <= MAX_SIZE:
