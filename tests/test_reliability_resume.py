@@ -142,3 +142,26 @@ def test_a_continued_sweep_refuses_a_damaged_sub_run_result_before_anything_chan
     (run / sub / "results.json").unlink()
     assert cli("sweep-lambda", "--resume", run) == 0
     assert read_json(run / sub / "results.json")["steps"] == 4
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prune", "finetune", "train --resume"])
+def test_a_checkpoint_damaged_to_hold_nan_weights_is_refused_and_nothing_changes(
+        runs, tmp_path, capsys, command):
+    """Training never saves non-finite weights, so such a checkpoint was damaged since: it is
+    neither scored (all-null metrics), pruned, fine-tuned, nor treated as a divergence on resume
+    (which would set the run's checkpoints aside)."""
+    from safetensors.torch import load_file, save_file
+
+    run = _copy(runs, "base", tmp_path)
+    for f in run.glob("checkpoints/step_*/model.safetensors"):
+        state = load_file(f)
+        state["backbone.conv1.weight"].view(-1)[0] = float("nan")
+        save_file(state, f)
+    before = _snapshot(tmp_path)
+    args = {"evaluate": ["evaluate", run], "prune": ["prune", run, "--no-latency"],
+            "finetune": ["finetune", run, "--tasks", "normal"],
+            "train --resume": ["train", "--resume", run, "train.max_steps=6"]}[command]
+    assert cli(*args) == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "NaN or infinite weights" in msg and "backbone.conv1.weight" in msg
+    assert _snapshot(tmp_path) == before

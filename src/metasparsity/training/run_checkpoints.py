@@ -118,7 +118,19 @@ def load_run_checkpoint(run_dir: str | Path, which: str = "best") -> Checkpoint:
     ck = find_checkpoint(run_dir, which)
     if ck is None:
         raise UserError(f"{run_dir} has no checkpoint (expected {CKPT_DIR}/{which})")
+    require_finite(ck)
     return ck
+
+
+def require_finite(ck: Checkpoint) -> None:
+    """Refuse a checkpoint whose weights hold a NaN or an infinity: training never saves one
+    (:func:`~metasparsity.training.checkpoint.save_checkpoint` refuses), so it was damaged
+    since, and anything read from it would be NaN."""
+    bad = nonfinite_tensors(ck.model)
+    if bad:
+        raise UserError(f"checkpoint {ck.path} holds NaN or infinite weights ({', '.join(bad[:2])}"
+                        f"{' …' if len(bad) > 2 else ''}): it was damaged after it was saved; "
+                        "nothing was read from it or written")
 
 
 def repoint(run_dir: str | Path, which: str, step: int) -> bool:
@@ -182,6 +194,8 @@ def resume_checkpoint(run_dir: str | Path) -> Checkpoint | None:
                        and any((run_dir / CKPT_DIR).iterdir())):
         raise NoCompleteCheckpoint(f"cannot resume {run_dir}: it has logged training steps "
                                    f"but no complete checkpoint to continue from; {advice}")
+    if ck is not None:
+        require_finite(ck)
     return ck
 
 
