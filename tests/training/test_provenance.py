@@ -276,12 +276,14 @@ def test_sub_run_notes_a_finished_run_of_other_code_and_reuses_it(tmp_path, caps
     here = code_identity()
     old, same = tmp_path / "old", tmp_path / "same"
     other = {**here, "commit": "b" * 40, "dirty": False, "package": "sha256:" + "0" * 16}
+    shaped = {"kind": "mtl", "val": {}, "test": {},  # what a sweep or comparison reads
+              "sparsity": {"group_sparsity": 0.0, "param_sparsity": 0.0, "per_layer": []}}
     for d, code in ((old, other), (same, here)):
         d.mkdir()
-        write_json(d / "results.json", {"kind": "mtl", "code": code})
-    assert sub_run(old, note=False) == ({"kind": "mtl", "code": other}, False)
+        write_json(d / "results.json", {**shaped, "code": code})
+    assert sub_run(old, note=False) == ({**shaped, "code": other}, False)
     assert capsys.readouterr().err == ""  # a caller that reported every reused run at once
-    assert sub_run(old) == ({"kind": "mtl", "code": other}, False)
+    assert sub_run(old) == ({**shaped, "code": other}, False)
     err = capsys.readouterr().err
     assert f"reusing {old}, made by other code (bbbbbbb; this is {code_label(here)})" in err
     assert sub_run(same)[0]["code"] == here
