@@ -10,7 +10,7 @@ from typing import Any
 
 from metasparsity.eval.delta import delta_m, usable_spec
 from metasparsity.report.tables import fmt, markdown_table
-from metasparsity.utils.io import atomic_write_text, read_jsonl
+from metasparsity.utils.io import atomic_write_text, load_jsonl
 from metasparsity.utils.provenance import code_label
 
 METHOD_NAMES = {
@@ -166,18 +166,39 @@ def report_plots(out: Path, results: dict[str, Any]) -> list[tuple[str, str, Cal
                      lambda: plots.plot_per_layer_sparsity(per_layer, out / "per_layer_sparsity.png")))
     runs = []
     for s in results["seeds"]:
-        r = results["per_seed"][str(s)].get("meta_sparsity")
-        if r and Path(r["meta_run_dir"], "metrics.jsonl").is_file():
-            rec = [x for x in read_jsonl(Path(r["meta_run_dir"]) / "metrics.jsonl") if x.get("kind") == "meta"]
-            runs.append({"label": f"seed {s}", "records": rec})
+        # the comparison's own layout (its recorded meta_run_dir is relative to where it ran)
+        log = out / f"seed_{s}" / "meta_sparsity" / "metrics.jsonl"
+        if "meta_sparsity" in results["per_seed"][str(s)] and log.is_file():
+            runs.append({"label": f"seed {s}", "records": meta_records(log)})
     if runs:
         made.append(("lambda", "lambda.png", lambda: plots.plot_meta_training(
             runs if len(runs) > 1 else runs[0]["records"], out / "lambda.png",
             title="meta-sparsity: λ and sparsity over meta-training")))
     if (out / "samples.npz").is_file():
+        samples = plots.read_samples(out / "samples.npz")
         made.append(("samples", "samples.png",
-                     lambda: plots.plot_samples(out / "samples.npz", out / "samples.png")))
+                     lambda: plots.plot_samples(samples, out / "samples.png")))
     return made
+
+
+#: What the λ plot reads of each ``meta`` record of a meta-training's ``metrics.jsonl``.
+META_RECORD_SHAPE = {"step": int, "lambda": (float, [float]), "group_sparsity": float,
+                     "grad_lambda_implicit?": (float, [float], type(None)),
+                     "grad_lambda_explicit?": (float, [float], type(None))}
+
+
+def meta_records(log: Path) -> list[dict[str, Any]]:
+    """The ``meta`` records of a meta-training log, checked: a damaged line or a record without
+    what the λ plot reads is a one-line :class:`UserError` naming the log."""
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import check_json_shape
+
+    records = [r for r in load_jsonl(log, what="meta-training log") if r.get("kind") == "meta"]
+    for r in records:
+        problem = check_json_shape(r, META_RECORD_SHAPE, f"step {r.get('step')!r}")
+        if problem:
+            raise UserError(f"meta-training log {log} is malformed: {problem}")
+    return records
 
 
 def _budget_line(results: dict[str, Any]) -> str:

@@ -173,15 +173,51 @@ def plot_meta_training(records: Sequence[Mapping[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_samples(npz_path: str | Path, path: str | Path) -> Path:
+def read_samples(npz_path: str | Path) -> dict[str, Any]:
+    """The arrays of a ``samples.npz`` (:func:`plot_samples`), checked: a damaged file, a missing
+    array or one of another shape is a one-line :class:`UserError` naming the file."""
+    import zipfile
+
+    import numpy as np
+
+    from metasparsity.utils.errors import UserError
+
+    p = Path(npz_path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"samples file {p} cannot be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'damaged'})") from None
+    problem = None
+    if any(k not in data for k in ("image", "tasks", "types")):
+        problem = "it lacks one of the arrays image, tasks, types"
+    elif data["image"].ndim != 4 or data["image"].shape[-1] != 3:
+        problem = f"image has shape {data['image'].shape}, not [N, H, W, 3]"
+    elif data["tasks"].ndim != 1 or data["tasks"].shape != data["types"].shape:
+        problem = "tasks and types are not two lists of the same length"
+    else:
+        n = data["image"].shape[0]
+        for t in (str(t) for t in data["tasks"]):
+            arrays = [data.get(f"{w}_{t}") for w in ("gt", "pred")]
+            if any(a is None or a.ndim not in (3, 4) or a.shape[0] != n for a in arrays):
+                problem = f"gt_{t} / pred_{t} are missing or not one map per sample"
+                break
+    if problem:
+        raise UserError(f"samples file {p} is malformed: {problem}")
+    return data
+
+
+def plot_samples(samples: str | Path | Mapping[str, Any], path: str | Path) -> Path:
     """Grid: one row per sample; input, then ground truth / prediction pairs per dense task.
 
-    ``npz``: ``image`` [N, H, W, 3] in [0, 1], ``tasks`` names, and per task ``gt_<t>`` /
-    ``pred_<t>`` arrays ([N, H, W] labels or values, or [N, H, W, 3] normals)."""
+    ``samples``: a ``samples.npz`` or its arrays (:func:`read_samples`): ``image`` [N, H, W, 3]
+    in [0, 1], ``tasks`` names, and per task ``gt_<t>`` / ``pred_<t>`` arrays ([N, H, W] labels
+    or values, or [N, H, W, 3] normals)."""
     import numpy as np
 
     plt = _plt()
-    data = np.load(npz_path, allow_pickle=False)
+    data = samples if isinstance(samples, Mapping) else read_samples(samples)
     tasks = [str(t) for t in data["tasks"]]
     kinds = {str(t): str(k) for t, k in zip(data["tasks"], data["types"])}
     n = data["image"].shape[0]

@@ -1,5 +1,5 @@
-"""Damaged or mismatched run folders met by ``--resume``, ``finetune`` and ``evaluate``: a one-line
-error, exit code 2, and nothing on disk changed (not even ``config.yaml``)."""
+"""Damaged or mismatched run folders met by ``--resume``, ``finetune``, ``evaluate``, ``prune`` and
+``report``: a one-line error, exit code 2, and nothing on disk changed (not even ``config.yaml``)."""
 
 from __future__ import annotations
 
@@ -165,3 +165,58 @@ def test_a_checkpoint_damaged_to_hold_nan_weights_is_refused_and_nothing_changes
     msg = _one_line(capsys.readouterr().err)
     assert "NaN or infinite weights" in msg and "backbone.conv1.weight" in msg
     assert _snapshot(tmp_path) == before
+
+
+def _comparison(runs: Path) -> Path:
+    out = runs / "compare"
+    if not out.exists():
+        assert cli("compare", "--out", out, *MICRO, "compare.methods=[mtl,meta_sparsity]",
+                   "compare.budget=16") == 0
+    return out
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda r: (r / "samples.npz").write_text("garbage"), ["samples.npz", "cannot be read"]),
+    (lambda r: (r / "samples.npz").write_bytes(b""), ["samples.npz", "cannot be read"]),
+    (lambda r: __import__("numpy").savez(r / "samples.npz", image=__import__("numpy").zeros(3)),
+     ["samples.npz", "malformed"]),
+    (lambda r: _edit_line(r / "seed_0/meta_sparsity/metrics.jsonl", 3, '{"step": 3, "kind": "me'),
+     ["metrics.jsonl", "line 3", "not valid JSON"]),
+    (lambda r: _edit_line(r / "seed_0/meta_sparsity/metrics.jsonl", 3,
+                          '{"step": 2, "kind": "meta", "group_sparsity": 0.1}'),
+     ["metrics.jsonl", "'lambda' is missing"]),
+], ids=["samples-garbage", "samples-empty", "samples-shape", "log-line", "log-record"])
+def test_report_reads_every_input_before_it_writes_any_picture(runs, tmp_path, capsys, damage,
+                                                                words):
+    run = tmp_path / "compare"
+    shutil.copytree(_comparison(runs), run)
+    damage(run)
+    before = _snapshot(run)
+    assert cli("report", run) == 2
+    msg = _one_line(capsys.readouterr().err)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert _snapshot(run) == before
+
+
+def _edit_line(path: Path, n: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    assert lines[n - 1].startswith("{")
+    lines[n - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_moved_comparison_reports_from_its_own_logs(runs, tmp_path):
+    """The λ plot reads the meta-training log inside the folder reported, not the one the
+    comparison recorded (a path relative to where it ran, or the folder before a move)."""
+    run = tmp_path / "moved"
+    shutil.copytree(_comparison(runs), run)
+    log = runs / "compare" / "seed_0" / "meta_sparsity" / "metrics.jsonl"
+    saved = log.read_bytes()
+    log.write_text("damaged\n{}\n")  # the original is not read
+    try:
+        (run / "lambda.png").unlink()
+        assert cli("report", run) == 0
+        assert (run / "lambda.png").is_file()
+    finally:
+        log.write_bytes(saved)
