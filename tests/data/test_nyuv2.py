@@ -167,6 +167,17 @@ def test_split_rule_functions():
     assert sorted(split_ids(train, test, "train", 1) + split_ids(train, test, "val", 1)) == train
 
 
+def test_a_cap_takes_the_first_ids_of_the_fixed_order_whatever_the_list_order():
+    """``cap_ids(ids, n)`` = the first ``n`` of :func:`fixed_order`, sorted: a spread-out subset,
+    not the first ``n`` of the list (sorted or not)."""
+    ids = [str(i) for i in range(100)]
+    for n in (3, 10, 40):
+        capped = cap_ids(ids, n)
+        assert capped == sorted(fixed_order(ids)[:n], key=int)
+        assert capped != ids[:n]
+        assert cap_ids(list(reversed(ids)), n) == capped
+
+
 def test_augmented_training_items(nyud):
     cfg = _cfg(nyud["root"], "data.augment=true", "data.image_size=16")
     ds = build_dataset(cfg, "train")

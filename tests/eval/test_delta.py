@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from metasparsity.eval.delta import default_spec, delta_m, per_task_delta
+from metasparsity.eval.delta import (
+    default_spec,
+    delta_m,
+    front_value,
+    pareto_points,
+    per_task_delta,
+    usable_spec,
+)
 
 BASELINE = {
     "segment": {"miou": 50.0, "pixel_acc": 80.0},
@@ -75,3 +82,25 @@ def test_default_spec_uses_primary_keys_and_directions():
 def test_errors(results, baseline, spec, match):
     with pytest.raises(ValueError, match=match):
         delta_m(results, baseline, spec)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 0.0, None])
+def test_usable_spec_leaves_out_and_names_metrics_without_a_usable_baseline(bad):
+    baseline = {"segment": {"miou": bad, "pixel_acc": 80.0}, "depth": {"abs_err": 0.5}}
+    if bad is None:
+        del baseline["segment"]["miou"]
+    kept, dropped = usable_spec(SPEC, baseline)
+    assert kept == {"segment": {"pixel_acc": True}, "depth": {"abs_err": False}}
+    assert dropped == ["segment.miou"]
+    delta_m(BASELINE, baseline, kept)  # what is kept is usable
+
+
+def test_pareto_points_drop_points_that_are_only_tied_in_one_coordinate():
+    """A point is beaten by one at least as good in both coordinates and better in one: equal
+    sparsity and a lower Δm, or equal Δm and a lower sparsity, is off the front."""
+    assert pareto_points([(10, 1), (10, 2), (5, 2)]) == [(10, 2)]
+    assert pareto_points([(5, 3), (10, 2), (10, 2), (7, 2)]) == [(5, 3), (10, 2)]
+    assert front_value([(10, 1), (10, 2)], 10) == 2
+    assert front_value([(10, 1), (10, 2)], 4) == 2  # flat to the left of the front
+    assert front_value([(5, 3), (10, 1)], 7.5) == pytest.approx(2.0)
+    assert front_value([(5, 3), (10, 1)], 11) is None

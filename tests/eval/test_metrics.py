@@ -289,6 +289,17 @@ def test_segmentation_rejects_bad_labels_and_channels():
         m.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("label", [3, 254, -1])
+def test_segmentation_refuses_target_labels_outside_the_classes_by_name(label):
+    """Any label other than ``0..C-1`` and the ignore index (254 is not 255) is refused with the
+    metric's own message, not a confusion-matrix reshape or bincount error."""
+    target = torch.tensor([[[0, 1], [2, label]]])
+    with pytest.raises(ValueError, match="target labels must be in"):
+        SegmentationMetric(3).update(torch.zeros(1, 3, 2, 2), target)
+    with pytest.raises(ValueError, match="predicted labels must be in"):
+        SegmentationMetric(3).update(target, torch.zeros(1, 2, 2, dtype=torch.long))
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -395,6 +406,28 @@ def test_normal_perfect_and_opposite():
     assert out["mean"] == pytest.approx(180.0, abs=1e-4) and out["a30"] == 0.0
 
 
+def test_normal_accuracy_counts_angles_strictly_below_the_threshold():
+    """An angle exactly at a threshold is not within it: orthogonal prediction and target give
+    exactly 90°, which a 90° threshold does not count."""
+
+    class RightAngle(NormalMetric):
+        thresholds = (11.25, 22.5, 90.0)
+
+    pred = torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1)
+    target = torch.tensor([0.0, 1.0, 0.0]).reshape(1, 3, 1, 1)
+    out = run(RightAngle(), pred, target)
+    assert out["mean"] == 90.0 and out["a30"] == 0.0  # the key of the third threshold (90° here)
+
+
+def test_normal_target_whose_components_sum_to_zero_is_valid():
+    """Validity is a non-zero target vector, not a non-zero component sum: (1, −1, 0)/√2."""
+    target = (torch.tensor([1.0, -1.0, 0.0]) / math.sqrt(2)).reshape(1, 3, 1, 1)
+    m = NormalMetric()
+    out = run(m, target.clone(), target)
+    assert m.n == 1
+    assert out["mean"] == pytest.approx(0.0, abs=1e-4) and out["a11"] == 100.0
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 4), h=st.integers(1, 5))
 def test_normal_property_numpy_and_split(seed, b, h):
@@ -437,6 +470,31 @@ def test_edge_ignored_pixels_and_no_edges():
     assert out["precision"] == pytest.approx(100.0) and out["recall"] == pytest.approx(100.0)
     out = run(EdgeMetric(), logits, torch.zeros(1, 1, 4, 4))
     assert all(math.isnan(v) for v in out.values())
+
+
+def test_edge_prediction_on_an_ignored_pixel_recalls_no_true_edge():
+    """An ignored pixel is no prediction, also for recall: a confident logit there, right next
+    to the only true edge, leaves that edge unrecalled."""
+    target = torch.zeros(1, 1, 5, 5)
+    target[0, 0, 2, 2] = 1
+    target[0, 0, 2, 3] = 255
+    logits = torch.full((1, 1, 5, 5), -10.0)
+    logits[0, 0, 2, 3] = 10.0
+    out = run(EdgeMetric(tolerance=1), logits, target)
+    assert out["recall"] == 0.0 and out["ods_f"] == 0.0
+    assert_close(out, np_edge(logits.numpy(), target.numpy(), 1, EdgeMetric().thresholds))
+
+
+def test_edge_probability_exactly_at_a_threshold_is_an_edge_there():
+    """Predicted edges are ``sigmoid(pred) >= t``: logit 0 (probability 0.5, on the default
+    grid) on the true edge is an edge at t = 0.5, where the decoys at 0.495 are not."""
+    target = torch.zeros(1, 1, 3, 3)
+    target[0, 0, 0, 0] = 1
+    logits = torch.full((1, 1, 3, 3), math.log(0.495 / 0.505))  # decoys between 0.49 and 0.5
+    logits[0, 0, 0, 0] = 0.0
+    out = run(EdgeMetric(tolerance=0), logits, target)
+    assert out["threshold"] == 0.5
+    assert out["recall"] == 100.0 and out["precision"] == 100.0 and out["ods_f"] == 100.0
 
 
 @pytest.mark.parametrize("tolerance", [0, 1, 2])

@@ -220,6 +220,12 @@ def test_meta_stream_split_partitions_the_training_ids(n, held):
         assert meta_stream_split(n, 4, 0.15) != (sup, qry, val)
 
 
+def test_the_lambda_validation_ids_themselves_depend_on_the_seed():
+    """Not only the support/query halves: each seed holds out its own λ-validation ids."""
+    held = {tuple(meta_stream_split(40, seed, 0.25)[2]) for seed in range(4)}
+    assert len(held) == 4
+
+
 def test_meta_stream_split_fraction():
     assert len(meta_stream_split(100, 0, 0.3)[2]) == 30
     assert len(meta_stream_split(100, 0, 0.01)[2]) == 1

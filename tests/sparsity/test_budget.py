@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from tests.recipes.micro import MICRO, cli
@@ -21,13 +22,16 @@ from metasparsity.sparsity import (
     BackboneCost,
     ProxAdam,
     channel_groups,
+    group_norms,
     land_on_budget,
     land_prox,
+    project_to_budget,
     prox_param_groups,
     prune_zero_channels,
     removable_layers,
     sparsity_stats,
 )
+from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json, read_jsonl
 
 # --------------------------------------------------------------------- cost from zeros == pruned
@@ -262,6 +266,84 @@ def test_the_landing_is_zero_when_the_weights_already_fit_and_inf_out_of_reach()
     thr = opt.zero_thresholds(model, layers, 0.05)
     assert land_on_budget(model, cost, "macs", 1.0, thr) == 0.0
     assert land_on_budget(model, cost, "macs", 1e-6, thr) == math.inf
+
+
+def test_the_landing_stops_below_the_next_threshold_when_it_is_a_hair_above_the_last():
+    """Thresholds 1.0 (the one group needed) and 1.00001 (the next): a hair above the last
+    (``last·(1 + 1e-4)``) would pass the next one too, so the landing takes the midpoint."""
+    model, x = micro_model()
+    layers = channel_groups(model)
+    cost = BackboneCost(model, x, layers)
+    thr = {g.name: torch.full((g.num_groups,), math.inf, dtype=torch.float64) for g in layers}
+    first, second = layers[3].name, layers[5].name
+    thr[first][0], thr[second][1] = 1.0, 1.00001
+    params = dict(model.named_parameters())
+    saved = params[first].detach().clone()
+    with torch.no_grad():
+        params[first][:, 0] = 0.0
+    target = cost.fraction(model, "groups")  # exactly the cost with the first group zero
+    with torch.no_grad():
+        params[first].copy_(saved)
+    s = land_on_budget(model, cost, "groups", target, thr)
+    assert 1.0 <= s < 1.00001
+
+
+def test_the_safety_net_zeroes_the_lowest_scoring_groups_of_its_layers_first():
+    """``project_to_budget`` returns ``k`` and zeroes exactly the first ``k`` groups of an
+    ascending sort of the allowed layers' scores: the groups a smaller λ would zero."""
+    model, x = micro_model()
+    layers = channel_groups(model)
+    cost = BackboneCost(model, x, layers)
+    g = torch.Generator().manual_seed(11)
+    scores = {grp.name: torch.rand(grp.num_groups, generator=g, dtype=torch.float64)
+              for grp in layers}
+    only = [i % 2 == 1 for i in range(len(layers))]
+    k = project_to_budget(model, cost, "groups", 0.85, scores, only)
+    allowed = [grp for grp, o in zip(layers, only) if o]
+    flat = np.concatenate([scores[grp.name].numpy() for grp in allowed])
+    keys = [(grp.name, c) for grp in allowed for c in range(grp.num_groups)]
+    want = {keys[i] for i in np.argsort(flat, kind="stable")[:k]}
+    params = dict(model.named_parameters())
+    got = {(grp.name, c) for grp in layers
+           for c in (group_norms(params[grp.name].detach()) == 0).nonzero().flatten().tolist()}
+    assert 0 < k < len(keys)
+    assert got == want
+    assert cost.fraction(model, "groups") <= 0.85
+
+
+def test_prox_scores_are_the_group_norms_in_adams_metric():
+    """``prox_scores`` = ``‖D_g ⊙ θ_g‖/w_g`` with ``D = sqrt(v/(1 − β2^t)) + ε`` from Adam's
+    state (NumPy), and ``η·λ`` times the thresholds at ``λ``."""
+    model, _, opt, layers = stepped_micro_model()
+    scores = opt.prox_scores(model, layers)
+    params = dict(model.named_parameters())
+    group_of = {id(p): grp for grp in opt.param_groups for p in grp["params"]}
+    for g in layers:
+        w = params[g.name]
+        grp, state = group_of[id(w)], opt.state[w]
+        t = float(state["step"])
+        v = state["exp_avg_sq"].numpy()
+        d = np.sqrt(v / (1 - grp["betas"][1] ** t)) + grp["eps"]
+        want = np.sqrt(((d * w.detach().numpy()) ** 2).sum(axis=(0, 2, 3))) / g.group_weight
+        np.testing.assert_allclose(scores[g.name].numpy(), want, rtol=1e-10, err_msg=g.name)
+    thr = opt.zero_thresholds(model, layers, 0.03)
+    for g in layers:
+        lr = group_of[id(params[g.name])]["lr"]
+        torch.testing.assert_close(thr[g.name] * (lr * 0.03), scores[g.name], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("measure", ["macs", "params", "groups"])
+def test_a_target_exactly_at_the_floor_is_accepted(measure):
+    """The floor is reachable (every penalised group zero): a target equal to it passes
+    ``check_target``; one just below it is refused."""
+    model, x = micro_model()
+    layers = removable_layers(model, x, channel_groups(model))
+    cost = BackboneCost(model, x, layers)
+    floor = cost.floor(model, measure)
+    assert 0 < floor < 1
+    cost.check_target(model, measure, floor)
+    with pytest.raises(UserError, match="out of reach"):
+        cost.check_target(model, measure, floor * (1 - 1e-9))
 
 
 # --------------------------------------------------------------------- dual step on ρ = log λ

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +13,7 @@ from metasparsity.data import TASKS
 from metasparsity.models import build_model_from_tasks
 from metasparsity.sparsity import (
     prune_zero_channels,
+    pruning,
     pruning_report,
     removed_zero_masks,
     sparsity_stats,
@@ -229,3 +233,83 @@ def test_training_mode_and_requires_grad_are_preserved():
     assert pruned.training and dense.training
     assert not pruned.backbone.conv1.weight.requires_grad
     assert pruned.backbone.layer1[0].conv1.weight.requires_grad
+
+
+def _channel_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``(in, out)`` channels of every conv, linear and BN, read off the modules themselves."""
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[n] = (m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[n] = (m.in_features, m.out_features)
+        elif isinstance(m, nn.BatchNorm2d):
+            out[n] = (m.num_features, m.num_features)
+    return out
+
+
+def test_report_counts_removed_conv_out_channels_and_every_changed_layer():
+    """Stream channel 0 of layer1 (3 producing convs, 4 reading ones) and two internal channels
+    of layer1.0 go: 5 conv out-channels removed (not the 6 in-channels), and 11 changed layers,
+    the convs that lost only input channels among them."""
+    dense = make_model(18, 0.25, 32)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    for name in ["backbone.layer1.0.conv1", "backbone.layer1.1.conv1",
+                 "backbone.layer2.0.conv1", "backbone.layer2.0.downsample.0"]:
+        zero_inputs(dense, name, [0])
+    zero_inputs(dense, "backbone.layer1.0.conv2", [1, 2])
+    pruned = prune_zero_channels(dense, x)
+    report = pruning_report(dense, pruned)
+    before, after = _channel_counts(dense), _channel_counts(pruned)
+    conv_names = [n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)]
+    out_removed = sum(before[n][1] - after[n][1] for n in conv_names)
+    in_removed = sum(before[n][0] - after[n][0] for n in conv_names)
+    changed = [n for n in before if before[n] != after[n]]
+    only_in = [n for n in changed if before[n][1] == after[n][1]]
+    assert (out_removed, in_removed, len(changed)) == (5, 6, 11)
+    assert report["conv_channels_removed"] == out_removed
+    assert report["changed_layers"] == len(changed)
+    assert set(only_in) == {"backbone.layer1.1.conv1", "backbone.layer2.0.conv1",
+                            "backbone.layer2.0.downsample.0"}
+
+
+@pytest.mark.parametrize("how", ["gross", "slight"])
+def test_pruning_that_removes_channels_still_read_is_refused(monkeypatch, how):
+    """The output check catches a wrong plan that removes channels the next conv still reads:
+    grossly (all but one channel of every block-internal feature map), and slightly (one
+    channel of layer4.1 read through small weights: a few times the tolerance
+    ``VERIFY_RTOL·(1 + max|y|)``)."""
+    real = pruning.plan_pruning
+
+    def wrong_plan(model, groups):
+        plans = real(model, groups)
+        assert not any(p.remove for p in plans)  # a dense model: every channel is read
+        if how == "slight":
+            return [dataclasses.replace(p, remove=[0]) if p.group.root == "backbone.layer4.1.conv1"
+                    else p for p in plans]
+        return [dataclasses.replace(p, remove=list(range(p.group.size - 1)))
+                if p.group.blocked is None and len(p.group.consumers) == 1 else p
+                for p in plans]
+
+    monkeypatch.setattr(pruning, "plan_pruning", wrong_plan)
+    dense = make_model(18, 0.25, 32)
+    if how == "slight":
+        with torch.no_grad():
+            dense.backbone.layer4[1].conv2.weight[:, 0] *= 0.3
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    wrong = prune_zero_channels(dense, x, verify=False)  # the plan itself goes through
+    a, b = outputs(dense, x), outputs(wrong, x)
+    tol = pruning.VERIFY_RTOL * (1 + max(float(v.abs().max()) for v in a.values()))
+    diff = max(float((a[t] - b[t]).abs().max()) for t in a)
+    assert diff > (1.5 * tol if how == "slight" else 100 * tol)
+    if how == "slight":
+        assert diff < 20 * tol  # just above the tolerance
+    with pytest.raises(RuntimeError, match="changed the model's outputs"):
+        prune_zero_channels(dense, x)
+
+
+def test_a_nan_output_difference_fails_the_check(monkeypatch):
+    """A difference that is not a number is no pass."""
+    monkeypatch.setattr(pruning, "max_output_difference", lambda *a: math.nan)
+    with pytest.raises(RuntimeError, match="changed the model's outputs"):
+        prune_zero_channels(make_model(18, 0.125, 32), torch.randn(1, 3, SIZE, SIZE))
