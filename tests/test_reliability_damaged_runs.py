@@ -220,3 +220,21 @@ def test_a_moved_comparison_reports_from_its_own_logs(runs, tmp_path):
         assert (run / "lambda.png").is_file()
     finally:
         log.write_bytes(saved)
+
+
+@pytest.mark.parametrize("command", ["train", "meta-train", "finetune"])
+def test_resuming_with_fewer_steps_than_were_trained_is_refused(runs, tmp_path, capsys, command):
+    """A run at step 4 resumed with 2 steps would end at once, its config.yaml saying 2."""
+    if command == "meta-train" and not (runs / "meta").exists():
+        assert cli("meta-train", "--out", runs / "meta", *MICRO) == 0
+    name, args, key = {
+        "train": ("base", ["train", "--resume"], "train.max_steps=2"),
+        "meta-train": ("meta", ["meta-train", "--resume"], "meta.steps=2"),
+        "finetune": ("ft", ["finetune", runs / "base", "--resume"], "finetune.steps=2"),
+    }[command]
+    run = _copy(runs, name, tmp_path)
+    before = _snapshot(run)
+    assert cli(*args, run, key) == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "trained 4 steps" in msg and key.split("=")[0] in msg and "at least 4" in msg
+    assert _snapshot(run) == before

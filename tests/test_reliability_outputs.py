@@ -574,3 +574,11 @@ def test_a_ctrl_c_held_back_by_a_training_step_goes_through_the_programs_handler
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_demo_into_a_folder_that_holds_no_demo_advises_only_its_own_options(tmp_path, capsys):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "a.txt").write_text("mine")
+    line = refused(capsys, ["demo", "--out", out, *MICRO], "demo", [out, "holds no demo"], [out])
+    assert "--resume" not in line  # demo has no --resume: the same command continues a demo

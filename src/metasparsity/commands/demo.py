@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
                       layout="compare")
     else:
         cfg = load_config(args.config or PRESET, args.overrides)
-        check_run_dir(out, overwrite=args.overwrite, inputs=command_inputs(args, cfg))
+        check_run_dir(out, overwrite=args.overwrite, inputs=command_inputs(args, cfg),
+                      exists_hint="it holds no demo to continue; choose another --out, or pass "
+                                  "--overwrite to replace a run directory metasparsity made")
     from metasparsity.recipes.compare import check_compare, equal_compute_config
 
     # a bad data or comparison setting stops here, before anything is written

@@ -32,7 +32,7 @@ from metasparsity.meta.meta_batch import (
 from metasparsity.meta.prox_path import ProxPath, make_prox_path
 from metasparsity.meta.sampler import meta_stream_split, support_query_split
 from metasparsity.recipes import run_recipe
-from metasparsity.recipes.train import refuse_train_budget
+from metasparsity.recipes.train import check_resumed_steps, refuse_train_budget
 from metasparsity.sparsity import (
     BackboneCost,
     CutWatch,
@@ -219,6 +219,7 @@ class MetaTrainer:
 
     def _load_resume(self, ck) -> None:
         m = self.cfg.meta
+        check_resumed_steps(ck.meta, m.steps, "meta.steps", self.run_dir)
         load_model_state(self.model, ck, self.run_dir)
         self.opt_theta.load_state_dict(ck.state["opt_theta"])
         self.opt_theta.set_group_weights(self.layers)

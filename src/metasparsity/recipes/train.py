@@ -122,6 +122,15 @@ def has_penalty(lam: float | list[float]) -> bool:
     return any(v > 0 for v in lam) if isinstance(lam, list) else lam > 0
 
 
+def check_resumed_steps(meta: dict[str, Any], total: int, key: str, run_dir: Path) -> None:
+    """Refuse to resume a checkpoint of a step past the ``total`` steps ``key`` now asks for: the
+    run would end at once, its config saying fewer steps than it trained."""
+    step = int(meta.get("step", 0))
+    if step > total:
+        raise UserError(f"--resume: {run_dir} has trained {step} steps, more than {key}={total}; "
+                        f"give at least {step} to continue it")
+
+
 def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
     t = cfg.train
     return TrainSettings(
@@ -305,6 +314,9 @@ class Trainer:
     def _load_resume(self, ck) -> None:
         s, m = self.s, ck.meta
         self._check_resumed_source(m)
+        key = ("finetune.steps (or finetune.epochs)" if s.kind == "finetune"
+               else "train.max_steps")
+        check_resumed_steps(m, s.max_steps, key, self.run_dir)
         if (self.cost is not None) != ("budget_lambda" in m):  # before any state is loaded
             had = "with" if "budget_lambda" in m else "without"
             key = ("finetune.lam" if s.kind == "finetune"

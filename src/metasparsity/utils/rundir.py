@@ -269,14 +269,17 @@ def run_layout(path: PathLike) -> str | None:
 
 def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
                   inputs: Iterable[Labelled] = (), label: str | None = None,
-                  layout: str | None = None) -> Path:
+                  layout: str | None = None,
+                  exists_hint: str = "pass --overwrite to replace it or --resume to continue it"
+                  ) -> Path:
     """Validate (without touching the disk) that ``path`` can be used as a run directory.
 
     ``inputs``: what the command reads (``(label, path)``); the run directory may not equal,
     contain or lie inside any of them (for ``resume`` too).  ``label`` names ``path`` in
     messages (default ``--resume`` / ``--out``).  ``layout``: what the resuming command
     continues (:data:`LAYOUTS`); a run of another layout is refused (a training run continued
-    by ``compare`` would lose its ``results.json``, and the other way round).
+    by ``compare`` would lose its ``results.json``, and the other way round).  ``exists_hint``:
+    what the refusal of an existing non-empty ``path`` advises (the command's own options).
     """
     p = Path(path)
     if resume:
@@ -307,8 +310,7 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
         raise UserError(f"run directory {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()):
         if not overwrite:
-            raise UserError(f"run directory {p} already exists; pass --overwrite to replace it "
-                            "or --resume to continue it")
+            raise UserError(f"run directory {p} already exists; {exists_hint}")
         check_replaceable(p, RUN, label=label)
     return p
 
