@@ -21,10 +21,15 @@ from metasparsity.builders import build_model
 from metasparsity.config import load_config
 from metasparsity.config.schema import MAX_THREADS
 from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
-from metasparsity.data.synthscenes import SynthScenes, memo_limit
+from metasparsity.data.synthscenes import SynthScenes
 from metasparsity.training.checkpoint import save_checkpoint
-from metasparsity.training.collectives import check_torchrun_env
-from metasparsity.utils.device import check_environment, env_num_threads, set_threads
+from metasparsity.utils.device import set_threads
+from metasparsity.utils.env import (
+    check_environment,
+    check_torchrun_env,
+    env_num_threads,
+    memo_limit,
+)
 from metasparsity.utils.errors import UserError
 
 SEEN = ["segment", "depth", "edge", "has_sphere", "many_objects"]

@@ -45,6 +45,7 @@ from torch import nn
 
 from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
+from metasparsity.utils.limits import MAX_IMAGE_SIZE
 
 FORMAT = "metasparsity-compact-model"
 FORMAT_VERSION = 1
@@ -52,7 +53,6 @@ MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 COST_JSON = "cost.json"
 COST_MD = "cost.md"
-MAX_IMAGE_SIZE = 4096  # data.image_size's bound
 _MAX_DEPTH = 32  # modules nested in modules (a ResNet with its heads has 6 levels)
 _MAX_NESTING = 8  # lists nested in an attribute or argument value
 

@@ -9,17 +9,15 @@ Hooked into ``metasparsity data`` by :func:`register_prepare_parser`::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from metasparsity.commands.common import positive_int, threads
-from metasparsity.config.schema import MAX_THREADS, DataConfig
+from metasparsity.utils.limits import MAX_IMAGE_SIZE as MAX_SIZE
+from metasparsity.utils.limits import MAX_THREADS
+from metasparsity.utils.limits import MIN_IMAGE_SIZE as MIN_SIZE
 
 PREPARABLE = ("celebamaskhq",)
-
-# --size: the bounds of data.image_size, at which the prepared images are read (the schema, not
-# metasparsity.data.celebamaskhq_prepare: --help must not import torch)
-_IMAGE_SIZE = next(f for f in dataclasses.fields(DataConfig) if f.name == "image_size").metadata
-MIN_SIZE, MAX_SIZE = int(_IMAGE_SIZE["min"]), int(_IMAGE_SIZE["max"])
+# --size: the bounds of data.image_size, at which the prepared images are read (from
+# utils.limits, not metasparsity.data.celebamaskhq_prepare: --help must not import torch)
 
 
 def _size(text: str) -> int:

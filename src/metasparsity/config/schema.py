@@ -20,6 +20,12 @@ from typing import Any
 
 import yaml
 
+from metasparsity.utils.limits import (  # noqa: F401 (MAX_THREADS re-exported)
+    MAX_IMAGE_SIZE,
+    MAX_THREADS,
+    MIN_IMAGE_SIZE,
+)
+
 ALL_SYNTH_TASKS = ["segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left"]
 
 INT_MAX = 2**31 - 1
@@ -44,8 +50,6 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
     return field(default=default, metadata=meta)
 
 
-MAX_THREADS = 1024
-"""The most torch CPU threads a setting or option takes (``train.num_threads``, ``--threads``)."""
 
 MAX_LATENCY_BATCH = 4096
 """The largest batch ``prune --batch-sizes`` measures latency on (dense and pruned, on the CPU)."""
@@ -55,7 +59,8 @@ MAX_LATENCY_BATCH = 4096
 class DataConfig:
     name: str = _f("synthscenes", help="data set: synthscenes, nyuv2, celebamaskhq, or a registered one")
     root: str | None = _f(None, help="data folder for real data sets")
-    image_size: int = _f(64, min=16, max=4096, help="square input size (pixels)")
+    image_size: int = _f(64, min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                         help="square input size (pixels)")
     tasks: list[str] = _f(factory=lambda: list(ALL_SYNTH_TASKS), nonempty=True, unique=True,
                           help="tasks the data set serves")
     seen_tasks: list[str] = _f(

@@ -7,7 +7,6 @@ raw layout, the merging of part masks and the split rules are described on
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from metasparsity.config.schema import MAX_THREADS, DataConfig
 from metasparsity.data.celebamaskhq import (
     CLASSES_3,
     CLASSES_19,
@@ -32,6 +30,7 @@ from metasparsity.data.celebamaskhq import (
 )
 from metasparsity.data.loading import natural_key, read_mask_png
 from metasparsity.utils.errors import UserError
+from metasparsity.utils.limits import MAX_IMAGE_SIZE, MAX_THREADS, MIN_IMAGE_SIZE
 
 FACE_PARTS = PARTS[:12]
 # 19-class label -> 3-class label.
@@ -55,8 +54,7 @@ SPLIT_RULES = ("auto", "celeba", "fixed")
 CELEBA_TRAIN_END, CELEBA_VAL_END = 162770, 182637
 
 # Output side (pixels): the bounds of data.image_size, at which the prepared images are read.
-_IMAGE_SIZE = next(f for f in dataclasses.fields(DataConfig) if f.name == "image_size").metadata
-MIN_SIZE, MAX_SIZE = int(_IMAGE_SIZE["min"]), int(_IMAGE_SIZE["max"])
+MIN_SIZE, MAX_SIZE = MIN_IMAGE_SIZE, MAX_IMAGE_SIZE
 
 RAW_LAYOUT = (
     f"CelebAMask-HQ raw release: <src>/{IMG_DIR}/<i>.jpg, "

@@ -13,7 +13,6 @@ DataLoader worker or order, and the three splits never share a scene.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from metasparsity.data.tasks import SYNTH_CLASSES, TASKS, Task
 # Images are normalised per channel as (rgb − mean) / std with ImageNet's statistics (one
 # definition, in transforms, shared with the real data sets) so that torchvision weights fit.
 from metasparsity.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
+from metasparsity.utils.env import MEMO_DEFAULT_MB, MEMO_ENV, memo_limit  # noqa: F401 (re-exported)
 from metasparsity.utils.errors import UserError
 
 SYNTH_TASKS = ("segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left")
@@ -154,32 +154,6 @@ class SynthScenes(Dataset):
         s = self.raw(i)
         image = torch.from_numpy(normalize(s["image"]))
         return image, {t: torch.from_numpy(np.array(s[t])) for t in self.tasks}
-
-
-MEMO_ENV = "METASPARSITY_SYNTH_MEMO_MB"
-MEMO_DEFAULT_MB = 2048
-
-
-def memo_limit() -> int:
-    """The bound of the in-process memory of rendered samples in bytes: ``$METASPARSITY_SYNTH_MEMO_MB``
-    (megabytes, a number >= 0; 0 turns the memory off; default 2048 when unset or empty).  A value
-    that is not a finite number >= 0 is a :class:`UserError` naming the variable and its value,
-    checked at the recipe boundary (:func:`metasparsity.utils.device.check_environment`) and
-    when a split is built, before a run writes anything."""
-    value = os.environ.get(MEMO_ENV, "")
-    if not value.strip():
-        return MEMO_DEFAULT_MB * 2**20
-    try:
-        mb = float(value)
-        why = "" if mb >= 0 else "is negative"
-        why = why if math.isfinite(mb) else "is not a finite number"
-    except ValueError:
-        why = "is not a number"
-    if why:
-        raise UserError(f"${MEMO_ENV}={value!r} {why}; set it to the megabytes of rendered "
-                        f"samples a process keeps in memory, a number >= 0 (0 turns the memory "
-                        f"off; default {MEMO_DEFAULT_MB})")
-    return int(mb) * 2**20 + int(mb % 1 * 2**20)  # exact, and no float overflow for huge values
 
 
 class _Memo:

@@ -14,7 +14,6 @@ import atexit
 import datetime
 import gc
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from metasparsity.utils.device import resolve_device
+from metasparsity.utils.env import check_torchrun_env, env_int
 from metasparsity.utils.errors import UserError
 
 T = TypeVar("T")
@@ -71,49 +71,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
-        raise UserError(f"${name}={value!r} is not an integer") from None
-
-
-def check_torchrun_env() -> int:
-    """Check what torchrun sets and this module (or ``torch.distributed``'s ``env://``
-    rendezvous) reads; return ``$WORLD_SIZE`` (default 1).  ``$WORLD_SIZE`` an integer >= 1; when
-    it is > 1, ``$RANK`` an integer in [0, WORLD_SIZE), ``$LOCAL_RANK`` an integer,
-    ``$MASTER_ADDR`` set and ``$MASTER_PORT`` a port number.  One missing or wrong is a
-    :class:`UserError` naming it (torch would raise a ValueError).  Nothing is checked in a
-    process group initialised by the caller (a test, a notebook), which does not read them.
-    Part of :func:`metasparsity.utils.device.check_environment`, so checked before anything is
-    written."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    world = _env_int("WORLD_SIZE", 1)
-    if world < 1:
-        raise UserError(f"$WORLD_SIZE={world} is out of range; it must be >= 1 (the number of "
-                        "processes, set by torchrun)")
-    if world == 1:
-        return world
-    if not dist.is_available():
-        raise UserError("$WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
-        if not os.environ.get(name, "").strip():
-            raise UserError(f"$WORLD_SIZE={world} but ${name} is not set; start the command "
-                            "with torchrun, which sets it, or unset $WORLD_SIZE")
-    r = _env_int("RANK", 0)
-    if not 0 <= r < world:
-        raise UserError(f"$RANK={r} is out of range for $WORLD_SIZE={world}; it must be "
-                        f"between 0 and {world - 1}")
-    port = _env_int("MASTER_PORT", 0)
-    if not 0 <= port <= 65535:
-        raise UserError(f"$MASTER_PORT={port} is out of range; it must be a port number, "
-                        "0 to 65535")
-    _env_int("LOCAL_RANK", 0)
-    return world
-
-
 def _process_device(name: str, local_rank: int) -> torch.device:
     dev = resolve_device(name)
     if dev.type != "cuda":
@@ -141,7 +98,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """
     if dist.is_available() and dist.is_initialized():
         world, r = dist.get_world_size(), dist.get_rank()
-        local = _env_int("LOCAL_RANK", r)
+        local = env_int("LOCAL_RANK", r)
         dev = _process_device(device, local) if world > 1 else resolve_device(device)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -149,7 +106,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = check_torchrun_env()
     if world == 1:
         return DistInfo(0, 1, 0, resolve_device(device))
-    local = _env_int("LOCAL_RANK", 0)
+    local = env_int("LOCAL_RANK", 0)
     dev = _process_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from metasparsity.utils.env import check_environment, env_num_threads
 from metasparsity.utils.errors import UserError
 
 
@@ -52,47 +53,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-NUM_THREADS_ENV = "METASPARSITY_NUM_THREADS"
-"""Torch CPU threads where ``train.num_threads`` (or ``--threads``) is unset: 1 to
-:data:`~metasparsity.config.schema.MAX_THREADS`, like the setting."""
-
-
-def env_num_threads() -> int | None:
-    """``$METASPARSITY_NUM_THREADS`` as an integer in [1, ``MAX_THREADS``]; None when unset or
-    empty.  Anything else (not an integer, 0, negative, too many) is a :class:`UserError` naming
-    the variable and its value: torch would raise, ignore it, or crash far into the run."""
-    from metasparsity.config.schema import MAX_THREADS
-
-    value = os.environ.get(NUM_THREADS_ENV, "")
-    if not value.strip():
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise UserError(f"${NUM_THREADS_ENV}={value!r} is not an integer; set it to the torch "
-                        f"CPU threads, 1 to {MAX_THREADS} (or unset it)") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise UserError(f"${NUM_THREADS_ENV}={value!r} is out of range; it must be between 1 "
-                        f"and {MAX_THREADS} (or unset)")
-    return n
-
-
-def check_environment() -> None:
-    """Check the environment variables the package reads: ``$METASPARSITY_NUM_THREADS``
-    (:func:`env_num_threads`), ``$METASPARSITY_SYNTH_MEMO_MB``
-    (:func:`~metasparsity.data.synthscenes.memo_limit`) and torchrun's ``$WORLD_SIZE``,
-    ``$RANK``… (:func:`~metasparsity.training.collectives.check_torchrun_env`).  A bad value is
-    a one-line :class:`UserError` naming the variable, whether or not this command would read
-    it.  :func:`resolve_device` and :func:`set_threads` call it: every recipe calls one of them
-    before it writes anything."""
-    from metasparsity.data.synthscenes import memo_limit
-    from metasparsity.training.collectives import check_torchrun_env
-
-    env_num_threads()
-    memo_limit()
-    check_torchrun_env()
 
 
 def set_threads(num_threads: int | None) -> None:
