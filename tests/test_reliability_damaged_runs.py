@@ -238,3 +238,29 @@ def test_resuming_with_fewer_steps_than_were_trained_is_refused(runs, tmp_path, 
     msg = _one_line(capsys.readouterr().err)
     assert "trained 4 steps" in msg and key.split("=")[0] in msg and "at least 4" in msg
     assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("tasks", 5, ["'tasks'", "got int 5"]),
+    ("stream", "x", ["'stream'", "expected an object"]),
+    ("best_score", None, ["'best_score'", "expected a number, got null"]),
+    ("step", "4", ["not a checkpoint's state"]),
+])
+@pytest.mark.parametrize("command", ["evaluate", "train --resume"])
+def test_a_checkpoint_state_of_the_wrong_shape_is_named_and_nothing_changes(
+        runs, tmp_path, capsys, key, value, words, command):
+    import json
+
+    run = _copy(runs, "base", tmp_path)
+    for f in run.glob("checkpoints/step_*/state.json"):
+        state = json.loads(f.read_text())
+        state[key] = value
+        f.write_text(json.dumps(state))
+    before = _snapshot(run)
+    args = ["evaluate", run] if command == "evaluate" else ["train", "--resume", run,
+                                                             "train.max_steps=6"]
+    assert cli(*args) == 2
+    msg = _one_line(capsys.readouterr().err)
+    for w in ["state.json", *words]:
+        assert w in msg, (w, msg)
+    assert _snapshot(run) == before

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import atomic_write_text, to_jsonable
+from metasparsity.utils.io import atomic_write_text, check_json_shape, to_jsonable
 
 CKPT_DIR = "checkpoints"
 
@@ -312,4 +312,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise _unreadable(p / "state.pt", f"holds a {type(state).__name__}, not a dict")
     if not isinstance(meta, dict) or not isinstance(meta.get("step", 0), int):
         raise _unreadable(p / "state.json", "not a checkpoint's state")
+    problem = check_json_shape(meta, STATE_SHAPE, "state.json")
+    if problem:
+        raise _unreadable(p / "state.json", problem)
     return Checkpoint(p, model, state, meta)
+
+
+#: What the recipes read of a checkpoint's ``state.json`` (each key where a recipe wrote it;
+#: other keys free): a damaged value is named on load, not met as a TypeError mid-recipe.
+STATE_SHAPE = {"step?": int, "kind?": str, "tasks?": [str], "train_tasks?": [str],
+               "stream?": dict, "support?": dict, "query?": dict, "lambda_val?": (dict, type(None)),
+               "sampler?": dict, "best_score?": float, "best_step?": int, "history?": list,
+               "reference_val?": (dict, type(None)), "source?": (str, type(None)),
+               "lam?": (float, [float]), "lambda?": (float, [float]), "train_time?": float,
+               "val_finite?": bool, "world_size?": int, "bn_stats?": str}
