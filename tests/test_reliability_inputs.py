@@ -520,3 +520,17 @@ def test_pickle_module_is_not_needed_to_refuse(tmp_path):
     with pytest.raises(UserError) as e:
         load_pretrained(BACKBONES["resnet18"](width=0.125), p)
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
+
+
+def test_json_shapes_with_alternatives_of_lists_or_objects():
+    """A per-layer λ is a list where a global one is a number: ``(float, [float])``."""
+    shape = {"lam?": (float, [float]), "ref?": (dict, type(None))}
+    for ok in ({}, {"lam": 0.1}, {"lam": [0.1, 2]}, {"lam": []}, {"ref": None}, {"ref": {"a": 1}}):
+        assert check_json_shape(ok, shape) is None, ok
+    assert check_json_shape({"lam": [0.1, "a"]}, shape) == \
+        "top level['lam'][1]: expected a number, got the string 'a'"
+    assert "expected a number" in check_json_shape({"lam": "a"}, shape)
+    assert check_json_shape({"lam": {"a": 1}}, shape) == \
+        "top level['lam']: expected a number or a list of a number, got an object"
+    assert check_json_shape({"ref": 3}, shape) == \
+        "top level['ref']: expected an object or null, got int 3"

@@ -159,10 +159,11 @@ def _json_type_name(schema: Any) -> str:
         return "an object"
     if isinstance(schema, list):
         return f"a list of {_json_type_name(schema[0])}" if schema else "a list"
-    types = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(schema, tuple):
+        return " or ".join(_json_type_name(t) for t in schema)
     names = {dict: "an object", list: "a list", str: "a string", int: "an integer",
              float: "a number", bool: "true/false", type(None): "null", object: "any value"}
-    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in types)
+    return names.get(schema, getattr(schema, "__name__", str(schema)))
 
 
 def _json_found(obj: Any) -> str:
@@ -182,11 +183,21 @@ def _json_found(obj: Any) -> str:
 def check_json_shape(obj: Any, schema: Any, where: str = "top level") -> str | None:
     """The first place where ``obj`` (parsed JSON) does not have the shape ``schema``, or None.
 
-    A schema is a type or a tuple of types (``int`` never matches true/false; ``float`` also takes
-    integers; ``object`` takes anything), a list ``[item_schema]`` (every element checked) or a
-    dict ``{key: schema}`` whose keys are required unless they end with ``?``; other keys of the
-    object are allowed.  The answer reads e.g. ``"meta.json"["classes"]: expected an integer``.
+    A schema is a type (``int`` never matches true/false; ``float`` also takes integers;
+    ``object`` takes anything), a list ``[item_schema]`` (every element checked), a dict
+    ``{key: schema}`` whose keys are required unless they end with ``?`` (other keys of the
+    object are allowed), or a tuple of schemas, any of which may match.  The answer reads e.g.
+    ``"meta.json"["classes"]: expected an integer``.
     """
+    if isinstance(schema, tuple) and any(isinstance(s, (list, dict)) for s in schema):
+        problems = [check_json_shape(obj, s, where) for s in schema]
+        if all(problems):  # the one of a schema of the same kind as obj says most
+            same = [pr for s, pr in zip(schema, problems)
+                    if isinstance(s, list) == isinstance(obj, list)
+                    and isinstance(s, dict) == isinstance(obj, dict)]
+            return same[0] if len(same) == 1 else (
+                f"{where}: expected {_json_type_name(schema)}, got {_json_found(obj)}")
+        return None
     if isinstance(schema, dict):
         if not isinstance(obj, dict):
             return f"{where}: expected an object, got {_json_found(obj)}"
