@@ -318,12 +318,15 @@ NORM = ("normalization",)
 @pytest.mark.parametrize("edit, field", [
     (_set(("version",), "abc"), "version must be a positive integer, got 'abc'"),
     (_set(("version",), None), "version must be a positive integer, got null"),
+    # a newer format is named as such, before any field it may have changed
+    (lambda doc: (doc.update(version=2), doc["architecture"].update({"class": "Future"})),
+     "has format version 2; this metasparsity reads up to 1"),
     (_drop("architecture"), "architecture is missing"),
     (_set(("architecture",), "resnet"), "architecture must be a module object"),
     (_drop("image_size"), "image_size is missing"),
-    (_set(("image_size",), "big"), "image_size must be an integer from 1 to 4096, got 'big'"),
-    (_set(("image_size",), 0), "image_size must be an integer from 1 to 4096, got 0"),
-    (_set(("image_size",), -5), "image_size must be an integer from 1 to 4096, got -5"),
+    (_set(("image_size",), "big"), "image_size must be an integer from 16 to 4096, got 'big'"),
+    (_set(("image_size",), 0), "image_size must be an integer from 16 to 4096, got 0"),
+    (_set(("image_size",), -5), "image_size must be an integer from 16 to 4096, got -5"),
     (_drop("tasks"), "tasks is missing"),
     (_set(("tasks",), "segment"), "tasks must be a list of task objects"),
     (_set(("tasks", 0), 5), "tasks[0] must be a task object"),
@@ -439,3 +442,19 @@ def test_predict_checks_every_output_path_before_replacing_any(pruned_dir, tmp_p
     assert f"{out / 'img1_edge.png'} is a directory" in err and ".tmp" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
+
+
+def test_predict_out_of_memory_advises_a_smaller_batch_not_a_damaged_model(pruned_dir, tmp_path,
+                                                                           capsys, monkeypatch):
+    from metasparsity.models.multitask import MultiTaskNet
+
+    def starved(self, x, *a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 9999999999 bytes")
+
+    monkeypatch.setattr(MultiTaskNet, "forward", starved)
+    out = tmp_path / "pred"
+    assert main(["predict", str(pruned_dir), str(images(tmp_path, 1)[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--batch-size" in err and "damaged" not in err, err
+    assert not out.exists()

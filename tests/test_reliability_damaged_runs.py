@@ -264,3 +264,30 @@ def test_a_checkpoint_state_of_the_wrong_shape_is_named_and_nothing_changes(
     for w in ["state.json", *words]:
         assert w in msg, (w, msg)
     assert _snapshot(run) == before
+
+
+def test_a_copied_source_resumes_the_fine_tuning_inside_it(runs, tmp_path):
+    """The default layout (the fine-tuning inside its source) survives a copy of the source,
+    as in a copied comparison: the checkpoint records the original's path, not the copy's."""
+    first = _copy(runs, "base", tmp_path)
+    assert cli("finetune", first, "--tasks", "normal", *MICRO) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    assert cli("finetune", copy, "--resume", copy / "finetune_normal", "finetune.steps=6") == 0
+    assert read_json(copy / "finetune_normal" / "results.json")["steps"] == 6
+
+
+def test_a_sub_run_refused_late_puts_the_continued_sweeps_config_back(runs, tmp_path, capsys):
+    """An unfinished sub-run is checked when the sweep reaches it, after config.yaml took the
+    new overrides: its refusal (here: fewer steps than it trained) puts the old config back."""
+    sweep = runs / "sweep"
+    if not sweep.exists():
+        assert cli("sweep-lambda", "--out", sweep, "--grid", "0.001", *MICRO) == 0
+    run = _copy(runs, "sweep", tmp_path)
+    (run / "lam_0.001" / "results.json").unlink()  # unfinished: it will be resumed
+    before = _snapshot(run)
+    assert cli("sweep-lambda", "--resume", run, "train.max_steps=2") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert "lam_0.001" in msg and "trained 4 steps" in msg
+    assert _snapshot(run) == before
+    assert cli("sweep-lambda", "--resume", run) == 0  # as it was, it continues

@@ -2,7 +2,7 @@
 option) and its value, nothing written; never a traceback, a crash or a half-written run.
 
 ``$METASPARSITY_SYNTH_MEMO_MB``, ``$METASPARSITY_NUM_THREADS`` and torchrun's ``$WORLD_SIZE``,
-``$RANK``… are checked at the recipe boundary (``utils.device.check_environment``), before any
+``$RANK``… are checked at the recipe boundary (``utils.env.check_environment``), before any
 command writes anything, whether or not the command would read them.
 """
 
@@ -19,7 +19,6 @@ from tests.recipes.micro import MICRO, cli
 
 from metasparsity.builders import build_model
 from metasparsity.config import load_config
-from metasparsity.config.schema import MAX_THREADS
 from metasparsity.data.celebamaskhq_prepare import prepare_celebamaskhq
 from metasparsity.data.synthscenes import SynthScenes
 from metasparsity.training.checkpoint import save_checkpoint
@@ -31,6 +30,7 @@ from metasparsity.utils.env import (
     memo_limit,
 )
 from metasparsity.utils.errors import UserError
+from metasparsity.utils.limits import MAX_THREADS
 
 SEEN = ["segment", "depth", "edge", "has_sphere", "many_objects"]
 MEMO, THREADS = "METASPARSITY_SYNTH_MEMO_MB", "METASPARSITY_NUM_THREADS"

@@ -45,7 +45,7 @@ from torch import nn
 
 from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
-from metasparsity.utils.limits import MAX_IMAGE_SIZE
+from metasparsity.utils.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 FORMAT = "metasparsity-compact-model"
 FORMAT_VERSION = 1
@@ -203,7 +203,8 @@ def _expect(ok: Any, field: str, expected: str, value: Any) -> None:
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "version": (lambda v: _int(v, 1), "a positive integer"),
     "architecture": (lambda v: isinstance(v, dict), "a module object"),
-    "image_size": (lambda v: _int(v, 1, MAX_IMAGE_SIZE), f"an integer from 1 to {MAX_IMAGE_SIZE}"),
+    "image_size": (lambda v: _int(v, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+                   f"an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
     "tasks": (lambda v: isinstance(v, list), "a list of task objects"),
     "normalization": (lambda v: isinstance(v, dict), "an object with mean and std"),
 }
@@ -385,13 +386,14 @@ def load_compact_model(model_dir: str | Path, *,
         raise UserError(f"cannot read {spec_file}: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UserError(f"{spec_file} is not a {FORMAT} file")
+    version = doc.get("version")
+    if _int(version, FORMAT_VERSION + 1):  # a newer format: say so before any field check
+        raise UserError(f"{spec_file} has format version {version}; this "
+                        f"metasparsity reads up to {FORMAT_VERSION}")
     try:
         _check_document(doc, require)
     except _Invalid as e:
         raise UserError(f"{spec_file}: {e}") from None
-    if doc["version"] > FORMAT_VERSION:
-        raise UserError(f"{spec_file} has format version {doc['version']}; this "
-                        f"metasparsity reads up to {FORMAT_VERSION}")
     try:
         with torch.device("meta"):
             model = build_from_spec(doc["architecture"])

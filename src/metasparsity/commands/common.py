@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from metasparsity.config import Config, load_config
-from metasparsity.config.schema import MAX_THREADS
 from metasparsity.utils.errors import UserError, require_path
+from metasparsity.utils.limits import MAX_THREADS
 from metasparsity.utils.rundir import CONFIG_FILE, Labelled, check_run_dir, config_inputs
 
 
@@ -40,7 +40,8 @@ def positive_int(text: str) -> int:
 
 
 def threads(text: str) -> int:
-    """``--threads N`` of ``prune`` and ``predict``: an integer in [1, :data:`MAX_THREADS`]."""
+    """``--threads N`` of ``prune`` and ``predict`` (and ``data prepare --workers N``): an integer
+    in [1, :data:`MAX_THREADS`]."""
     v = positive_int(text)
     if v > MAX_THREADS:
         raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS}, got {v}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from metasparsity.commands.common import threads
-from metasparsity.config.schema import MAX_THREADS
+from metasparsity.utils.limits import MAX_THREADS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

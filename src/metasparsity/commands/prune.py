@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from metasparsity.commands.common import positive_int, threads
-from metasparsity.config.schema import MAX_LATENCY_BATCH, MAX_THREADS
+from metasparsity.config.schema import MAX_LATENCY_BATCH
 from metasparsity.utils.args import split_list
+from metasparsity.utils.limits import MAX_THREADS
 
 
 def _sizes(text: str) -> list[int]:

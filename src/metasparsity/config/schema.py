@@ -20,11 +20,7 @@ from typing import Any
 
 import yaml
 
-from metasparsity.utils.limits import (  # noqa: F401 (MAX_THREADS re-exported)
-    MAX_IMAGE_SIZE,
-    MAX_THREADS,
-    MIN_IMAGE_SIZE,
-)
+from metasparsity.utils.limits import MAX_IMAGE_SIZE, MAX_THREADS, MIN_IMAGE_SIZE
 
 ALL_SYNTH_TASKS = ["segment", "depth", "normal", "edge", "has_sphere", "many_objects", "light_left"]
 
@@ -48,7 +44,6 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
 
 
 MAX_LATENCY_BATCH = 4096

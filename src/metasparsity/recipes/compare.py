@@ -26,7 +26,12 @@ from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import write_json
 from metasparsity.utils.provenance import code_identity, machine_identity
-from metasparsity.utils.rundir import create_run_dir, update_run_config
+from metasparsity.utils.rundir import (
+    config_restored_on_refusal,
+    config_text,
+    create_run_dir,
+    update_run_config,
+)
 
 
 def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], ComputePlan]:
@@ -118,9 +123,11 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
              f"{plan.passes_per_meta_step} passes + {plan.finetune_steps} fine-tuning steps); "
              "tuning on top")
     collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
+    before = None  # the config.yaml this invocation rewrote, put back if a sub-run refuses
     if collectives.is_main():
         if resume:  # a continued run's config.yaml is the config its new runs follow
             check_finished_sub_runs(out)  # before config.yaml changes
+            before = config_text(out)
             changed = update_run_config(out, cfg.to_yaml())
             if changed:
                 progress("[compare] config.yaml updated: " + ", ".join(
@@ -131,16 +138,18 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
     t_start = time.time()
     per_seed: dict[str, dict[str, Any]] = {}
     stl_by_seed: dict[str, Any] = {}
-    for seed in cfg.compare.seeds:
-        ctx = Context(cfg, out, seed, {}, spec_seen, spec_unseen, plan)
-        rows: dict[str, Any] = {}
-        for name in methods:
-            progress(f"[compare] seed {seed}: {name}")
-            row = METHODS.get(name)(ctx)
-            row["cost"] = collectives.from_main(lambda row=row: _row_cost(row, cfg.data.image_size))
-            rows[name] = row
-        per_seed[str(seed)] = rows
-        stl_by_seed[str(seed)] = dict(ctx.stl)
+    with config_restored_on_refusal(out, before):
+        for seed in cfg.compare.seeds:
+            ctx = Context(cfg, out, seed, {}, spec_seen, spec_unseen, plan)
+            rows: dict[str, Any] = {}
+            for name in methods:
+                progress(f"[compare] seed {seed}: {name}")
+                row = METHODS.get(name)(ctx)
+                row["cost"] = collectives.from_main(
+                    lambda row=row: _row_cost(row, cfg.data.image_size))
+                rows[name] = row
+            per_seed[str(seed)] = rows
+            stl_by_seed[str(seed)] = dict(ctx.stl)
     summary = summarize(per_seed, spec_seen, spec_unseen, stl_by_seed)
     front = fixed_lambda_front(per_seed)
     results = {

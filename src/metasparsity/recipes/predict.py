@@ -230,8 +230,14 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
                 x = torch.stack(inputs[start:start + batch_size])
                 try:
                     outputs = model(x)
+                except torch.OutOfMemoryError:
+                    raise UserError(f"out of memory predicting batches of {x.shape[0]} images: "
+                                    "give a smaller --batch-size") from None
                 except (RuntimeError, TypeError, ValueError, AttributeError, KeyError,
                         IndexError) as e:  # an architecture that builds but does not run
+                    if "can't allocate memory" in str(e) or "out of memory" in str(e):
+                        raise UserError(f"out of memory predicting batches of {x.shape[0]} "
+                                        "images: give a smaller --batch-size") from None
                     raise UserError(f"the model in {model_dir} does not run on {size}×{size} "
                                     f"images (is {spec_file} damaged?): "
                                     f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None

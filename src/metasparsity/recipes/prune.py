@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metasparsity.config.schema import MAX_LATENCY_BATCH, MAX_THREADS
+from metasparsity.config.schema import MAX_LATENCY_BATCH
 from metasparsity.data import resolve_tasks
 from metasparsity.export import (
     COST_JSON,
@@ -32,6 +32,7 @@ from metasparsity.training.evaluation import bn_stats_to_recompute
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
+from metasparsity.utils.limits import MAX_THREADS
 from metasparsity.utils.rundir import (
     COMPACT_MODEL,
     check_output_dir,

@@ -20,7 +20,12 @@ from metasparsity.training.reuse import check_finished_sub_runs
 from metasparsity.training.session import sub_run
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text, write_json
-from metasparsity.utils.rundir import create_run_dir, update_run_config
+from metasparsity.utils.rundir import (
+    config_restored_on_refusal,
+    config_text,
+    create_run_dir,
+    update_run_config,
+)
 
 
 def lam_label(lam: float) -> str:
@@ -65,20 +70,24 @@ def run_sweep(cfg: Config, out_dir: str | Path, grid: Sequence[float], *, resume
     tasks = resolve_tasks(cfg, cfg.train_tasks)
     spec = default_spec({t: task.type for t, task in tasks.items()})
     collectives.init_distributed(cfg.train.device)  # every rank has checked its arguments
+    before = None  # the config.yaml this invocation rewrote, put back if a sub-run refuses
     if collectives.is_main():
         if resume:
             check_finished_sub_runs(out)  # before config.yaml changes
+            before = config_text(out)
             update_run_config(out, cfg.to_yaml())
         else:
             create_run_dir(out, cfg.to_yaml(), overwrite=overwrite, layout="sweep")
-    dense = train_or_load(cfg, out / "dense_mtl", 0.0, "mtl")
+    with config_restored_on_refusal(out, before):
+        dense = train_or_load(cfg, out / "dense_mtl", 0.0, "mtl")
+        trained = [(lam, train_or_load(cfg, out / f"lam_{lam:g}", lam, "fixed_lambda"))
+                   for lam in grid]
     # Δm is undefined over a metric whose dense baseline is 0 (e.g. an F1 of a degenerate dense
     # model): left out, per split, and named in sweep.json / sweep.md, as compare does
     spec_test, left_out_test = usable_spec(spec, dense["test"])
     spec_val, left_out_val = usable_spec(spec, dense["val"])
     rows = []
-    for lam in grid:
-        res = train_or_load(cfg, out / f"lam_{lam:g}", lam, "fixed_lambda")
+    for lam, res in trained:
         rows.append({
             "label": lam_label(lam), "lam": lam, "run_dir": str(out / f"lam_{lam:g}"),
             "test": res["test"], "val": res["val"],

@@ -128,7 +128,8 @@ def check_resumed_steps(meta: dict[str, Any], total: int, key: str, run_dir: Pat
     step = int(meta.get("step", 0))
     if step > total:
         raise UserError(f"--resume: {run_dir} has trained {step} steps, more than {key}={total}; "
-                        f"give at least {step} to continue it")
+                        f"give at least {step} to continue it (in a comparison or the demo, "
+                        f"compare.budget sets it)")
 
 
 def settings_from_config(cfg: Config, tasks: list[str] | None = None) -> TrainSettings:
@@ -297,19 +298,22 @@ class Trainer:
         return model
 
     def _check_resumed_source(self, m: dict[str, Any]) -> None:
-        """A fine-tuning resumes only a fine-tuning, of the same source when the recorded
-        source can be found from here (a relative path recorded from another folder cannot);
-        ``train`` never resumes a fine-tuning."""
+        """A fine-tuning resumes only a fine-tuning; ``train`` never resumes one.  And a
+        fine-tuning resumes from its own source: the one whose absolute path its checkpoint
+        records (``source_path``), unless the run lies inside the source given (the default
+        layout, also of a copied run or comparison) or the recorded source no longer exists."""
         mine, theirs = self.s.kind == "finetune", m.get("kind") == "finetune"
         if "kind" in m and mine != theirs:
             what = "a fine-tuning" if theirs else f"a {m.get('kind')} run, not a fine-tuning"
             raise UserError(f"--resume: {self.run_dir} is {what}; continue it with its own command")
-        recorded = m.get("source")
-        if mine and isinstance(recorded, str) and self.source and Path(recorded).exists() \
-                and not os.path.samefile(recorded, self.source):
-            raise UserError(f"--resume: {self.run_dir} fine-tunes {recorded}, not {self.source}; "
-                            f"give its own source: metasparsity finetune {recorded} --resume "
-                            f"{self.run_dir}")
+        recorded = m.get("source_path")
+        if not (mine and self.source and isinstance(recorded, str) and Path(recorded).is_dir()):
+            return
+        given = Path(self.source).resolve()
+        if given in Path(self.run_dir).resolve().parents or os.path.samefile(recorded, given):
+            return
+        raise UserError(f"--resume: {self.run_dir} fine-tunes {recorded}, not {given}; give its "
+                        f"own source: metasparsity finetune {recorded} --resume {self.run_dir}")
 
     def _load_resume(self, ck) -> None:
         s, m = self.s, ck.meta
@@ -360,6 +364,7 @@ class Trainer:
                 "stream": b["stream"], "best_score": self.best_score, "best_step": self.best_step,
                 "reference_val": self.reference_val, "history": self.history, "lam": self.s.lam,
                 "source": self.source, "bn_stats": "running",
+                "source_path": str(Path(self.source).resolve()) if self.source else None,
                 "world_size": self.dist.world_size}
         if self.cost is not None:
             meta.update(budget_lambda=self.lam_now.tolist(), landing=self.landing,

@@ -183,8 +183,8 @@ def report_plots(out: Path, results: dict[str, Any]) -> list[tuple[str, str, Cal
 
 #: What the λ plot reads of each ``meta`` record of a meta-training's ``metrics.jsonl``.
 META_RECORD_SHAPE = {"step": int, "lambda": (float, [float]), "group_sparsity": float,
-                     "grad_lambda_implicit?": (float, [float], type(None)),
-                     "grad_lambda_explicit?": (float, [float], type(None))}
+                     "grad_lambda_implicit": (float, [float]),
+                     "grad_lambda_explicit": (float, [float])}
 
 
 def meta_records(log: Path) -> list[dict[str, Any]]:

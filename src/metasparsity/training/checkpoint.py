@@ -287,6 +287,17 @@ def _safe_torch_load(path: Path) -> Any:
         raise _unreadable(path, _reason(e)) from None
 
 
+#: What the recipes read of a checkpoint's ``state.json`` (each key where a recipe wrote it;
+#: other keys free): a damaged value is named on load, not met as a TypeError mid-recipe.
+STATE_SHAPE = {"step?": int, "kind?": str, "tasks?": [str], "train_tasks?": [str],
+               "stream?": dict, "support?": dict, "query?": dict, "lambda_val?": (dict, type(None)),
+               "sampler?": dict, "best_score?": float, "best_step?": int, "history?": list,
+               "reference_val?": (dict, type(None)), "source?": (str, type(None)),
+               "source_path?": (str, type(None)),
+               "lam?": (float, [float]), "lambda?": (float, [float]), "train_time?": float,
+               "val_finite?": bool, "world_size?": int, "bn_stats?": str}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a complete checkpoint directory; never executes code from the files.
 
@@ -317,12 +328,3 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise _unreadable(p / "state.json", problem)
     return Checkpoint(p, model, state, meta)
 
-
-#: What the recipes read of a checkpoint's ``state.json`` (each key where a recipe wrote it;
-#: other keys free): a damaged value is named on load, not met as a TypeError mid-recipe.
-STATE_SHAPE = {"step?": int, "kind?": str, "tasks?": [str], "train_tasks?": [str],
-               "stream?": dict, "support?": dict, "query?": dict, "lambda_val?": (dict, type(None)),
-               "sampler?": dict, "best_score?": float, "best_step?": int, "history?": list,
-               "reference_val?": (dict, type(None)), "source?": (str, type(None)),
-               "lam?": (float, [float]), "lambda?": (float, [float]), "train_time?": float,
-               "val_finite?": bool, "world_size?": int, "bn_stats?": str}

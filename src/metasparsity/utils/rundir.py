@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,27 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
     if changed or not p.is_file():
         atomic_write_text(p, config_yaml)
     return changed
+
+
+def config_text(path: str | Path) -> str | None:
+    """The text of a run directory's ``config.yaml`` (None without one)."""
+    p = Path(path) / CONFIG_FILE
+    return p.read_text(encoding="utf-8") if p.is_file() else None
+
+
+@contextmanager
+def config_restored_on_refusal(path: str | Path, before: str | None) -> Iterator[None]:
+    """A continued sweep or comparison whose ``config.yaml`` this invocation rewrote from
+    ``before`` (None: it did not): a :class:`UserError` from one of its sub-runs (refused before
+    that sub-run changed anything) puts ``before`` back, so the refused overrides are not
+    recorded as the settings the run follows (the sub-runs finished meanwhile are reused as
+    they are, as after any change of config)."""
+    try:
+        yield
+    except UserError:
+        if before is not None:
+            atomic_write_text(Path(path) / CONFIG_FILE, before)
+        raise
 
 
 def require_run_dir(path: str | Path, *, need: tuple[str, ...] = (CONFIG_FILE,)) -> Path:
