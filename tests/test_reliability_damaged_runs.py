@@ -291,3 +291,34 @@ def test_a_sub_run_refused_late_puts_the_continued_sweeps_config_back(runs, tmp_
     assert "lam_0.001" in msg and "trained 4 steps" in msg
     assert _snapshot(run) == before
     assert cli("sweep-lambda", "--resume", run) == 0  # as it was, it continues
+
+
+def test_a_checkpoint_naming_a_task_its_data_lacks_is_named_as_such(runs, tmp_path, capsys):
+    import json
+
+    run = _copy(runs, "base", tmp_path)
+    for f in run.glob("checkpoints/step_*/state.json"):
+        state = json.loads(f.read_text())
+        state["tasks"] = ["nope"]
+        f.write_text(json.dumps(state))
+    before = _snapshot(run)
+    for args in (["evaluate", run], ["prune", run, "--no-latency"]):
+        assert cli(*args) == 2
+        msg = _one_line(capsys.readouterr().err)
+        assert "checkpoint" in msg and "'nope'" in msg and "state.json was damaged" in msg
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("pointer", ["best", "last"])
+def test_a_folder_in_place_of_a_checkpoint_pointer_is_refused_before_anything_changes(
+        runs, tmp_path, capsys, pointer):
+    run = _copy(runs, "base", tmp_path)
+    (run / "checkpoints" / pointer).unlink()
+    (run / "checkpoints" / pointer).mkdir()
+    before = _snapshot(run)
+    assert cli("train", "--resume", run, "train.max_steps=6") == 2
+    msg = _one_line(capsys.readouterr().err)
+    assert f"checkpoints/{pointer} is not a pointer file" in msg
+    assert _snapshot(run) == before
+    (run / "checkpoints" / pointer).rmdir()  # as the message says
+    assert cli("train", "--resume", run, "train.max_steps=6") == 0

@@ -582,3 +582,11 @@ def test_demo_into_a_folder_that_holds_no_demo_advises_only_its_own_options(tmp_
     (out / "a.txt").write_text("mine")
     line = refused(capsys, ["demo", "--out", out, *MICRO], "demo", [out, "holds no demo"], [out])
     assert "--resume" not in line  # demo has no --resume: the same command continues a demo
+
+
+def test_out_inside_another_runs_checkpoints_is_refused(tmp_path, capsys, src_run):
+    other = make_run(tmp_path / "other")
+    inside = other / "checkpoints" / "step_0000001"
+    for args, command in [(["prune", src_run, "--out", inside, "--no-latency"], "prune"),
+                          (["train", "--out", other / "checkpoints" / "x", *MICRO], "train")]:
+        refused(capsys, args, command, [other, "checkpoints", "rotates"], [other, src_run])

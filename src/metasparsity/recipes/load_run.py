@@ -16,6 +16,7 @@ from metasparsity.training.batches import BatchStream
 from metasparsity.training.checkpoint import checkpoint_path
 from metasparsity.training.evaluation import bn_stats_to_recompute, recompute_bn_stats
 from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint
+from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
@@ -26,6 +27,11 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     cfg = load_config(run_dir / CONFIG_FILE, overrides)
     ck = load_run_checkpoint(run_dir, which)
     tasks = list(ck.meta.get("tasks") or cfg.train_tasks)
+    unknown = [t for t in tasks if t not in cfg.data.tasks]
+    if unknown:  # resolve_tasks would blame data.tasks
+        raise UserError(f"checkpoint {ck.path} predicts {', '.join(map(repr, unknown))}, not "
+                        f"among the tasks of its run's data ({', '.join(cfg.data.tasks)}): its "
+                        "state.json was damaged, or data.tasks was overridden")
     model = build_model(cfg, tasks)
     load_model_state(model, ck, run_dir, "load")
     return cfg, model, ck

@@ -184,6 +184,11 @@ def resume_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     steps but no complete checkpoint is refused (:class:`UserError`), never restarted.
     """
     run_dir = Path(run_dir)
+    for w in ("last", "best"):  # rewritten by the resumed run: a folder there would stop it late
+        pointer = run_dir / CKPT_DIR / w
+        if pointer.exists() and not pointer.is_file():
+            raise UserError(f"cannot resume {run_dir}: {pointer} is not a pointer file; remove "
+                            "it (the run falls back to its newest complete checkpoint)")
     advice = (f"nothing was changed; to start it again from step 0, use --out {run_dir} "
               "--overwrite (this deletes the run)")
     try:

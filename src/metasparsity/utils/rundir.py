@@ -159,12 +159,18 @@ def check_outputs_vs_inputs(outputs: Iterable[Labelled], inputs: Iterable[Labell
 
 
 def check_parents(path: PathLike, label: str = "--out") -> None:
-    """Refuse a ``path`` that is a symbolic link to nothing (dangling, or a loop), or one below a
-    regular file (it could never be created there)."""
+    """Refuse a ``path`` that is a symbolic link to nothing (dangling, or a loop), one inside a
+    run directory's ``checkpoints`` folder, or one below a regular file (it could never be
+    created there)."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise UserError(f"{label} {p} is a symbolic link to nothing (its target is missing, or "
                         f"it loops); remove the link or choose another {label}")
+    for parent in (p, *p.parents):
+        if parent.name == "checkpoints" and is_run_dir(parent.parent):
+            raise UserError(f"{label} {p} lies inside the checkpoints of the run {parent.parent}, "
+                            f"which its training rotates (and would delete); choose another "
+                            f"{label}")
     for parent in p.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
