@@ -22,6 +22,17 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def _refused(capsys, root: Path, args: list, words: list[str]) -> str:
+    """Run ``args``: exit 2, one line holding each of ``words``, nothing under ``root`` changed."""
+    before = _snapshot(root)
+    assert cli(*args) == 2
+    msg = _one_line(capsys.readouterr().err)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert _snapshot(root) == before
+    return msg
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """A finished ``train`` run (``base``), one fine-tuning of it, and a second training."""
@@ -80,39 +91,27 @@ def test_finetune_with_a_model_override_that_changes_shapes_is_refused(runs, tmp
 
 def test_evaluate_refuses_data_tasks_that_leave_out_a_task_of_the_model(runs, tmp_path, capsys):
     run = _copy(runs, "base", tmp_path)
-    before = _snapshot(run)
-    assert cli("evaluate", run, "data.tasks=[segment,depth]", "data.seen_tasks=[segment,depth]",
-               "data.unseen_tasks=[]") == 2
-    msg = _one_line(capsys.readouterr().err)
-    assert "data.tasks" in msg and "edge" in msg
-    assert _snapshot(run) == before
+    _refused(capsys, run, ["evaluate", run, "data.tasks=[segment,depth]",
+                           "data.seen_tasks=[segment,depth]", "data.unseen_tasks=[]"],
+             ["data.tasks", "edge"])
 
 
 def test_finetune_resume_refuses_a_training_run(runs, tmp_path, capsys):
     run = _copy(runs, "other", tmp_path)
-    before = _snapshot(run)
-    assert cli("finetune", runs / "base", "--resume", run, "finetune.steps=6") == 2
-    msg = _one_line(capsys.readouterr().err)
-    assert "not a fine-tuning" in msg
-    assert _snapshot(run) == before
+    _refused(capsys, run, ["finetune", runs / "base", "--resume", run, "finetune.steps=6"],
+             ["not a fine-tuning"])
 
 
 def test_train_resume_refuses_a_fine_tuning(runs, tmp_path, capsys):
     run = _copy(runs, "ft", tmp_path)
-    before = _snapshot(run)
-    assert cli("train", "--resume", run, "train.max_steps=6") == 2
-    msg = _one_line(capsys.readouterr().err)
-    assert "is a fine-tuning" in msg and "own command" in msg
-    assert _snapshot(run) == before
+    _refused(capsys, run, ["train", "--resume", run, "train.max_steps=6"],
+             ["is a fine-tuning", "own command"])
 
 
 def test_finetune_resume_refuses_another_source(runs, tmp_path, capsys):
     run = _copy(runs, "ft", tmp_path)
-    before = _snapshot(run)
-    assert cli("finetune", runs / "other", "--resume", run, "finetune.steps=6") == 2
-    msg = _one_line(capsys.readouterr().err)
-    assert "fine-tunes" in msg and str(runs / "base") in msg
-    assert _snapshot(run) == before
+    _refused(capsys, run, ["finetune", runs / "other", "--resume", run, "finetune.steps=6"],
+             ["fine-tunes", str(runs / "base")])
     # its own source resumes it
     assert cli("finetune", runs / "base", "--resume", run, "finetune.steps=6") == 0
     assert read_json(run / "results.json")["source"] == str(runs / "base")
