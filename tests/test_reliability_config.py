@@ -28,7 +28,7 @@ CROSS_CHECKED = {"data.tasks", "data.seen_tasks", "data.unseen_tasks", "train.ta
                  "meta.min_subset_size", "meta.lambda_init", "meta.lambda_min", "meta.lambda_max",
                  "model.width", "meta.meta_grad", "model.aspp_rates", "model.dense_head",
                  "model.output_stride", "compare.lambda_grid", "meta.learn_lambda",
-                 "sparsity.target"}
+                 "sparsity.target", "meta.lambda_hold"}
 
 
 @dataclasses.dataclass(frozen=True)
