@@ -166,7 +166,7 @@ def check_parents(path: PathLike, label: str = "--out") -> None:
     if p.is_symlink() and not p.exists():
         raise UserError(f"{label} {p} is a symbolic link to nothing (its target is missing, or "
                         f"it loops); remove the link or choose another {label}")
-    for parent in (p, *p.parents):
+    for parent in (p, *p.parents) if p.is_dir() or not p.exists() else ():  # (a file: named so)
         if parent.name == "checkpoints" and is_run_dir(parent.parent):
             raise UserError(f"{label} {p} lies inside the checkpoints of the run {parent.parent}, "
                             f"which its training rotates (and would delete); choose another "
