@@ -111,7 +111,12 @@ def main() -> None:
         p.error(f"--ramp must be in [0, 1], got {args.ramp}")
     if args.lam0 <= 0:
         p.error(f"--lam0 must be > 0, got {args.lam0}")
+    if any(not g > 0 for g in args.grid) or len(set(args.grid)) != len(args.grid):
+        p.error(f"--grid: give distinct λ > 0, got {args.grid}")
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # the config and overrides: checked below, with the budget's
 
     import fixed_lambda_grid as flg
     from lambda_inits import _grid_cost

@@ -50,6 +50,34 @@ def add_reuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
 
 
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
+               configs: list[tuple[str, list[str]]] = ()) -> None:
+    """What every benchmark that trains checks before its first training (``p.error``: one
+    line, exit 2): ``--jobs`` ≥ 1, ``--seeds`` given once each, ``--name`` a plain file stem,
+    ``--out`` a folder (or none yet), and each ``(config, overrides)`` of ``configs`` loadable;
+    found in a worker, any of these would come after the other trainings, or train one run
+    folder twice at once."""
+    if getattr(args, "jobs", 1) < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    seeds = getattr(args, "seeds", None)
+    if isinstance(seeds, list) and len(set(seeds)) != len(seeds):
+        p.error(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
+    name = getattr(args, "name", None)
+    if name is not None and (not name or name.startswith(".") or "/" in name or "\\" in name):
+        p.error(f"--name must be a file stem (no folder, not hidden), got {name!r}")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        p.error(f"--out {out} exists and is not a folder")
+    from metasparsity.config import load_config
+    from metasparsity.utils.errors import UserError
+
+    for config, overrides in configs:
+        try:
+            load_config(config, overrides)
+        except UserError as e:
+            p.error(str(e))
+
+
 def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
     return runs / f"seed_{seed}" / ("dense" if lam == 0 else f"{metric}_{lam:g}")
 
@@ -122,6 +150,10 @@ def main() -> None:
     add_reuse_options(p)
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+    check_args(p, args, [(args.config, args.overrides)])
+    for opt, grid in (("--grid-adam", args.grid_adam), ("--grid-euclidean", args.grid_euclidean)):
+        if any(not g > 0 for g in grid) or len(set(grid)) != len(grid):
+            p.error(f"{opt}: give distinct λ > 0 (λ = 0 is the dense run), got {grid}")
 
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks

@@ -107,7 +107,13 @@ def main() -> None:
     if args.steps < 1 or args.reps < 1 or args.batch < 2 or (args.alpha is not None
                                                               and not args.alpha > 0):
         p.error("--steps and --reps must be ≥ 1, --batch ≥ 2, --alpha > 0")
+    if len(set(seeds)) != len(seeds):
+        p.error(f"--seeds: each seed once, got {args.seeds}")
+    from fixed_lambda_grid import check_args
 
+    check_args(p, args, [(args.config, [*args.overrides, f"meta.lambda_init={args.init}"])])
+    if args.runs.exists() and not args.runs.is_dir():
+        p.error(f"--runs {args.runs} exists and is not a folder")
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json

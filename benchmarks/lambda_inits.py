@@ -199,6 +199,21 @@ def main() -> None:
     add_reuse_options(p)
     args = p.parse_args()
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args, [(args.config, args.overrides), (args.grid_config, [])])
+    if any(not g > 0 for g in args.grid) or len(set(args.grid)) != len(args.grid):
+        p.error(f"--grid: give distinct λ > 0, got {args.grid}")
+    if not 0 <= args.target <= 1:
+        p.error(f"--target must be in [0, 1] (0: no budget run), got {args.target}")
+    if args.measure not in ("macs", "params", "groups"):
+        p.error(f"--measure: choose macs, params or groups, got {args.measure!r}")
+    for v in (v.strip() for v in args.inits.split(",")):
+        try:
+            if v != "auto" and not float(v) > 0:
+                raise ValueError
+        except ValueError:
+            p.error(f"--inits: give 'auto' or numbers > 0, comma-separated; got {v!r}")
 
     import fixed_lambda_grid as flg
     from metasparsity.config import load_config

@@ -104,6 +104,15 @@ class Bench:
         m = self.cfg.meta
         self.inner_lr, self.outer_lr, self.lambda_lr = m.inner_lr, m.outer_lr, m.lambda_lr
         self.lambda_init = m.lambda_init
+        if self.lambda_init == "auto":  # the preset's default: λ0 from the gradient scale, as
+            # meta-train computes it (here on the support and query batches)
+            from metasparsity.meta.lambda_init import auto_lambda0
+
+            weighting = LossWeighting(self.seen, "equal").to(device)
+            self.lambda_init = auto_lambda0(self.model, self.layers, [(self.sx, self.sy),
+                                                                      (self.qx, self.qy)],
+                                            self.loss_fn(weighting), self.seen, m.lambda_min,
+                                            m.lambda_max)
 
     def _to(self, batch):
         x, y = batch

@@ -101,6 +101,15 @@ def main() -> None:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    inits, variants = list(dict.fromkeys(inits)), list(dict.fromkeys(variants))
+    if not inits or not variants:
+        p.error("--inits and --variants need at least one value each")
+    if args.tail < 2:
+        p.error(f"--tail must be >= 2 (a standard deviation over its steps), got {args.tail}")
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args, [(args.config, [*args.overrides, *VARIANTS[v], f"meta.lambda_init={i}"])
+                         for v in variants for i in inits])
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json

@@ -1,0 +1,73 @@
+"""The benchmarks that train refuse bad arguments before their first training (exit 2, one line,
+nothing written); ``benchmarks/meta_step.py`` runs on the preset (its λ0 is ``auto``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+                               "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize(("script", "args", "words"), [
+    ("fixed_lambda_grid.py", ["--jobs", "0"], ["--jobs"]),
+    ("fixed_lambda_grid.py", ["--seeds", "0", "0"], ["--seeds", "once"]),
+    ("fixed_lambda_grid.py", ["--grid-adam", "0"], ["--grid-adam", "λ > 0"]),
+    ("fixed_lambda_grid.py", ["foo.bar=1"], ["unknown key", "'foo'"]),
+    ("fixed_lambda_grid.py", ["meta.steps=-1"], ["meta.steps"]),
+    ("lambda_inits.py", ["--inits", "abc"], ["--inits", "'abc'"]),
+    ("lambda_inits.py", ["--measure", "bogus"], ["--measure"]),
+    ("lambda_inits.py", ["--target", "-0.5"], ["--target"]),
+    ("lambda_inits.py", ["--grid-config", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
+    ("lambda_inits.py", ["--name", "a/b"], ["--name"]),
+    ("budget_train.py", ["--seeds", "0", "0"], ["--seeds"]),
+    ("budget_train.py", ["--grid", "-0.001"], ["--grid"]),
+    ("budget_train.py", ["--jobs", "-1"], ["--jobs"]),
+    ("hypergrad_horizon.py", ["--init", "abc"], ["meta.lambda_init"]),
+    ("hypergrad_horizon.py", ["--seeds", "0,0"], ["--seeds"]),
+    ("zero_set_jitter.py", ["--tail", "1"], ["--tail"]),
+    ("zero_set_jitter.py", ["--inits", ""], ["--inits"]),
+    ("zero_set_jitter.py", ["--inits", "abc"], ["meta.lambda_init"]),
+])
+def test_a_training_benchmark_refuses_bad_arguments_before_training(tmp_path, script, args,
+                                                                    words):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    extra = ["--grid-runs", tmp_path / "grid"] if script in ("lambda_inits.py",
+                                                              "budget_train.py") else []
+    p = _bench(script, "--runs", runs, "--out", out, *extra, *args)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    last = p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr and "error:" in last, p.stderr
+    for w in words:
+        assert w in last, (w, last)
+    assert not runs.exists() and not out.exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    p = _bench("fixed_lambda_grid.py", "--runs", tmp_path / "runs", "--out", f)
+    assert p.returncode == 2 and "is not a folder" in p.stderr, p.stderr
+    assert f.read_text() == "mine" and not (tmp_path / "runs").exists()
+
+
+def test_meta_step_runs_on_the_preset(tmp_path):
+    """The preset's λ0 is ``auto``: the benchmark computes it as meta-train does (it passed the
+    word to LearnedLambda, a TypeError, before)."""
+    p = _bench("meta_step.py", "--out-dir", tmp_path, "--no-memory", "--repeats", "1",
+               "--warmup", "0", "--threads", "1", "--variants", "plain", "lambda_path K=1",
+               timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((tmp_path / "meta_step.json").read_text())
+    assert "plain" in json.dumps(rows) and "lambda_path K=1" in json.dumps(rows)
