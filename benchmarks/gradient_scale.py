@@ -95,6 +95,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     torch.set_num_threads(args.threads)
     rows = []
     for c in args.configs:

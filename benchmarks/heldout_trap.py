@@ -110,6 +110,9 @@ def main() -> None:
                    help="what the folders' suffix is, for the report (lambda_continue.py's "
                         "continuations: held λ)")
     args = p.parse_args()
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",") if v.strip()))
     args.seeds = list(dict.fromkeys(args.seeds))
     if args.reference not in inits or len(inits) < 2:

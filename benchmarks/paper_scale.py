@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="config overrides of every run (e.g. to shrink the model for a CPU check; "
                         "the report then no longer measures the paper configs as they are)")
     args = p.parse_args(argv)
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     if args.train_steps < 4 * args.log_every or args.meta_steps < 8:
         p.error("--train-steps must be at least 4 × --log-every and --meta-steps at least 8 "
                 "(meta-training logs every 2 steps): the median needs 2 intervals after the first")

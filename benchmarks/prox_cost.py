@@ -149,6 +149,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     runs = [run(t, args) for t in args.threads]
     from metasparsity.utils.provenance import machine_text
 

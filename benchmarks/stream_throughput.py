@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="stream_throughput")
     args = p.parse_args(argv)
+    from fixed_lambda_grid import check_args
+
+    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     if args.workers < 0 or args.steps < 1 or args.warmup < 0 or args.fixture_size < 8:
         p.error("--workers >= 0, --steps >= 1, --warmup >= 0 and --fixture-size >= 8")
 

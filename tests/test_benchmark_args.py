@@ -71,3 +71,19 @@ def test_meta_step_runs_on_the_preset(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = json.loads((tmp_path / "meta_step.json").read_text())
     assert "plain" in json.dumps(rows) and "lambda_path K=1" in json.dumps(rows)
+
+
+@pytest.mark.parametrize("script", ["heldout_trap.py", "paper_scale.py", "stream_throughput.py",
+                                    "gradient_scale.py", "prox_cost.py"])
+def test_a_measuring_benchmark_refuses_an_out_file_and_a_name_that_leaves_it(tmp_path, script):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    runs = ["--runs", tmp_path] if script == "heldout_trap.py" else []
+    p = _bench(script, *runs, "--out", f)
+    assert p.returncode == 2 and "is not a folder" in p.stderr, p.stderr[-2000:]
+    assert f.read_text() == "mine"
+    if script in ("heldout_trap.py", "paper_scale.py", "stream_throughput.py"):
+        for name in ("../escaped", "", "a/b"):
+            p = _bench(script, *runs, "--out", tmp_path / "out", "--name", name)
+            assert p.returncode == 2 and "--name must be a file stem" in p.stderr, p.stderr[-2000:]
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
