@@ -326,13 +326,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="time nothing: write the markdown of a result JSON beside it (after a "
                          "change of this report's text)")
     args = ap.parse_args(argv)
+    for opt, path in (("--out", args.out), ("--render", args.render)):
+        if path is not None and path.suffix != ".json":  # the markdown goes beside it, as .md
+            ap.error(f"{opt} {path}: give the .json file (its table is written beside it as .md)")
+    if args.out.is_dir():
+        ap.error(f"--out {args.out} is a folder; give the .json file to write")
+    if args.threads < 1 or args.cpu_repeats < 1:
+        ap.error(f"--threads and --cpu-repeats must be >= 1, got {args.threads} and "
+                 f"{args.cpu_repeats}")
+    if args.run is not None and not Path(args.run).is_dir():
+        ap.error(f"--run {args.run}: no such run directory")
     if args.render is not None:
         import json
 
         try:
             result = json.loads(args.render.read_text(encoding="utf-8"))
             md = markdown(result)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             ap.error(f"--render {args.render}: not a result of this benchmark ({type(e).__name__}: {e})")
         atomic_write_text(args.render.with_suffix(".md"), md)
         print(f"wrote {args.render.with_suffix('.md')}")
@@ -341,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--device cuda: CUDA is not available")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    levels = [float(v) for v in args.levels.split(",") if v.strip()]
+    try:
+        levels = [float(v) for v in args.levels.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--levels: comma-separated fractions in (0, 1), got {args.levels!r}")
+    if not levels or not all(0 < v < 1 for v in levels):
+        ap.error(f"--levels: comma-separated fractions in (0, 1), got {args.levels!r}")
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "physical pruning: MACs vs latency",
                               "machine": machine(device), "models": {}}

@@ -45,3 +45,29 @@ def test_render_writes_the_markdown_of_a_result_and_refuses_anything_else(tmp_pa
         pruning.main(["--render", str(bad)])
     assert e.value.code == 2 and "not a result of this benchmark" in capsys.readouterr().err
     assert not (tmp_path / "bad.md").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--render", "{tmp}/p.md"], ["--render", "give the .json file"]),
+    (["--out", "{tmp}/p.md"], ["--out", "give the .json file"]),
+    (["--out", "{tmp}"], ["--out", "give the .json file"]),
+    (["--out", "{tmp}/p.json", "--levels", "abc"], ["--levels"]),
+    (["--out", "{tmp}/p.json", "--levels", ","], ["--levels"]),
+    (["--out", "{tmp}/p.json", "--levels", "2"], ["--levels"]),
+    (["--out", "{tmp}/p.json", "--threads", "0"], ["--threads"]),
+    (["--out", "{tmp}/p.json", "--cpu-repeats", "0"], ["--cpu-repeats"]),
+    (["--out", "{tmp}/p.json", "--run", "{tmp}/nonexistent"], ["--run", "no such run"]),
+])
+def test_bad_arguments_are_refused_before_any_timing_and_nothing_is_overwritten(
+        tmp_path, capsys, args, words):
+    pruning = _pruning()
+    md = tmp_path / "p.md"
+    md.write_text('{"models": []}')  # a file of the user's, whatever it holds
+    with pytest.raises(SystemExit) as e:
+        pruning.main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    for w in words:
+        assert w in err, (w, err)
+    assert md.read_text() == '{"models": []}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.md"]
