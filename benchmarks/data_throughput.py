@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
+    if args.images < 1 or min(args.sizes) < 8 or min(args.workers) < 0:
+        ap.error(f"--images must be >= 1, --sizes >= 8 and --workers >= 0; got {args.images}, "
+                 f"{args.sizes} and {args.workers}")
+    if args.out.suffix != ".json" or args.out.is_dir():
+        ap.error(f"--out {args.out}: give the .json file to write")
     torch.set_num_threads(1)
 
     rows = [measure(size, w, args.images) for size in args.sizes for w in args.workers]

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     from fixed_lambda_grid import check_args
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
+    if args.budget_s <= 0 or args.log_every < 1 or args.fixture_size < 1:
+        p.error(f"--budget-s must be > 0, --log-every and --fixture-size >= 1; got "
+                f"{args.budget_s}, {args.log_every} and {args.fixture_size}")
     if args.train_steps < 4 * args.log_every or args.meta_steps < 8:
         p.error("--train-steps must be at least 4 × --log-every and --meta-steps at least 8 "
                 "(meta-training logs every 2 steps): the median needs 2 intervals after the first")

@@ -87,3 +87,19 @@ def test_a_measuring_benchmark_refuses_an_out_file_and_a_name_that_leaves_it(tmp
             p = _bench(script, *runs, "--out", tmp_path / "out", "--name", name)
             assert p.returncode == 2 and "--name must be a file stem" in p.stderr, p.stderr[-2000:]
         assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(("script", "args", "words"), [
+    ("data_throughput.py", ["--images", "0"], ["--images"]),
+    ("data_throughput.py", ["--workers", "-1"], ["--workers"]),
+    ("data_throughput.py", ["--out", "{tmp}/x.md"], ["--out", ".json"]),
+    ("paper_scale.py", ["--budget-s", "-1", "--out", "{tmp}/out"], ["--budget-s"]),
+    ("paper_scale.py", ["--log-every", "0", "--out", "{tmp}/out"], ["--log-every"]),
+])
+def test_measuring_options_out_of_range_are_refused_before_any_work(tmp_path, script, args,
+                                                                    words):
+    p = _bench(script, *[a.format(tmp=tmp_path) for a in args])
+    assert p.returncode == 2, p.stderr[-2000:]
+    for w in words:
+        assert w in p.stderr, (w, p.stderr)
+    assert list(tmp_path.iterdir()) == []
