@@ -121,9 +121,12 @@ def main() -> None:
         p.error("--lams is empty")
     if args.steps < 1 or args.jobs < 1:
         p.error("--steps and --jobs must be ≥ 1")
-    if args.runs.resolve() == args.source.resolve():
-        p.error("--runs must be another folder than --source (a continuation would replace "
-                "its source)")
+    runs, source = args.runs.resolve(), args.source.resolve()
+    if runs == source or source in runs.parents or runs in source.parents:
+        p.error("--runs must lie outside --source and not hold it (a continuation would write "
+                "into its source, or replace it)")
+    if args.runs.exists() and not args.runs.is_dir():
+        p.error(f"--runs {args.runs} exists and is not a folder")
     sources = {}
     for s in dict.fromkeys(args.seeds):
         d = args.source / f"seed_{s}" / f"heldout_{args.init}"

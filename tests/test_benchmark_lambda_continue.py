@@ -87,14 +87,16 @@ def test_a_fixed_lambda_is_held_on_the_same_batches_and_a_finished_one_reused(
     (["--lams", "0"], "must be a finite number > 0"),
     (["--lams", "inf"], "must be a finite number > 0"),
     (["--lams", "own,20"], "--lams 20 outside the run's [meta.lambda_min, meta.lambda_max]"),
-    (["--runs", "SOURCE"], "--runs must be another folder than --source"),
+    (["--runs", "SOURCE"], "--runs must lie outside --source"),
+    (["--runs", "SOURCE/seed_0/heldout_0.004"], "--runs must lie outside --source"),
+    (["--runs", "SOURCE/.."], "--runs must lie outside --source"),
     (["--steps", "0"], "--steps and --jobs must be ≥ 1"),
     (["--seeds", "3"], "no finished held-out meta-training"),
     (["--init", "auto"], "no finished held-out meta-training")])
 def test_bad_input_is_refused_before_any_run(source, tmp_path, args, message):
     root, _, _ = source
     before = sorted(root.rglob("*"))
-    args = [str(root / "runs") if a == "SOURCE" else a for a in args]
+    args = [a.replace("SOURCE", str(root / "runs")) for a in args]
     p = _bench("--source", str(root / "runs"), "--init", "0.004", "--seeds", "0",
                "--runs", str(tmp_path / "out"), *args)
     assert p.returncode == 2 and message in p.stderr, p.stderr
