@@ -209,7 +209,9 @@ TORCHRUN_OK = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR":
 
 
 @pytest.mark.parametrize(("env", "world"), [({}, 1), ({"WORLD_SIZE": "1"}, 1),
-                                            ({"WORLD_SIZE": ""}, 1), (TORCHRUN_OK, 2)])
+                                            ({"WORLD_SIZE": ""}, 1), ({"WORLD_SIZE": " "}, 1),
+                                            (TORCHRUN_OK, 2),
+                                            ({**TORCHRUN_OK, "LOCAL_RANK": " "}, 2)])
 def test_torchrun_variables_accepted(monkeypatch, env, world):
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -76,10 +76,11 @@ def memo_limit() -> int:
 
 
 def env_int(name: str, default: int) -> int:
-    """``$name`` as an integer (``default`` when unset or empty); a UserError naming it else."""
-    value = os.environ.get(name)
+    """``$name`` as an integer (``default`` when unset, empty or blank, as
+    :func:`env_num_threads` reads its variable); a UserError naming it else."""
+    value = os.environ.get(name, "")
     try:
-        return int(value) if value not in (None, "") else default
+        return int(value) if value.strip() else default
     except ValueError:
         raise UserError(f"${name}={value!r} is not an integer") from None
 
