@@ -226,3 +226,36 @@ def test_unknown_keys_are_named(section, name):
     with pytest.raises(ConfigError, match="unknown key") as e:
         load_config(None, [f"{key}=1"])
     assert key in str(e.value)
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ("data.image_size=32", ["got str", "wrap it in a list"]),   # was read letter by letter
+    (5, ["got int 5"]),
+    (["data.image_size=32", 3], ["got 3 (int)"]),
+])
+def test_overrides_that_are_not_a_list_of_strings_are_named(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_overrides_may_be_none_or_any_iterable_of_strings():
+    assert load_config(None, None) == load_config(None)
+    assert load_config(None, iter(["data.image_size=32"])).data.image_size == 32
+
+
+def test_task_names_given_as_one_string_are_refused_and_none_means_data_tasks():
+    """``resolve_tasks(cfg, "segment")`` listed s, e, g… as unknown tasks; ``build_model(cfg,
+    None)`` was a TypeError."""
+    from metasparsity.builders import build_model
+    from metasparsity.data import resolve_tasks
+    from metasparsity.utils.errors import UserError
+
+    cfg = load_config(None, ["data.image_size=32", "model.width=0.25"])
+    with pytest.raises(UserError, match=r"give a list of task names, got str 'segment' \(e\.g\."):
+        resolve_tasks(cfg, "segment")
+    with pytest.raises(UserError, match="got int 3"):
+        build_model(cfg, 3)
+    assert list(resolve_tasks(cfg, {"depth": 0}.keys())) == ["depth"]
+    assert sorted(build_model(cfg, None).heads) == sorted(cfg.data.tasks)

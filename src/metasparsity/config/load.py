@@ -69,7 +69,8 @@ def _nest(parts: list[str], value: Any) -> dict:
     return out
 
 
-def config_from_dict(data: dict | None, overrides: typing.Sequence[str] = ()) -> Config:
+def config_from_dict(data: dict | None, overrides: typing.Sequence[str] | None = ()) -> Config:
+    overrides = check_overrides(overrides)
     cfg = Config()
     _apply(cfg, data or {}, "")
     for text in overrides:
@@ -77,6 +78,23 @@ def config_from_dict(data: dict | None, overrides: typing.Sequence[str] = ()) ->
         _apply(cfg, _nest(parts, value), "")
     _validate(cfg)
     return cfg
+
+
+def check_overrides(overrides: typing.Sequence[str] | None) -> list[str]:
+    """``overrides`` as a list of strings (None: none); a single string, which would be read
+    letter by letter, or anything else is a ConfigError saying what is expected."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str) or not isinstance(overrides, typing.Iterable):
+        hint = f": wrap it in a list, [{overrides!r}]" if isinstance(overrides, str) else ""
+        raise ConfigError(f"overrides must be a list of 'section.key=value' strings, got "
+                          f"{type(overrides).__name__} {_show(overrides)}{hint}")
+    overrides = list(overrides)
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise ConfigError(f"overrides must be 'section.key=value' strings, got {_show(bad[0])} "
+                          f"({type(bad[0]).__name__})")
+    return overrides
 
 
 def yaml_error_line(e: yaml.YAMLError) -> str:
@@ -87,8 +105,11 @@ def yaml_error_line(e: yaml.YAMLError) -> str:
     return f"YAML syntax error{where}: {' '.join(str(problem).split())}"
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def load_config(path: str | os.PathLike | None = None,
+                overrides: typing.Sequence[str] | None = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides
+    (a list of strings)."""
+    overrides = check_overrides(overrides)
     data: dict = {}
     if path is not None:
         p = Path(path)

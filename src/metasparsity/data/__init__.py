@@ -17,7 +17,7 @@ where ``my_builder(data_cfg, split)`` returns a Dataset and ``my_tasks(data_cfg)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +46,15 @@ def _data_cfg(cfg: Any) -> Any:
     return getattr(cfg, "data", cfg)
 
 
-def resolve_tasks(cfg: Any, names: Sequence[str] | None = None) -> dict[str, Task]:
-    """``{name: Task}`` for ``names`` (default ``data.tasks``) as served by the configured data set."""
+def resolve_tasks(cfg: Any, names: Iterable[str] | None = None) -> dict[str, Task]:
+    """``{name: Task}`` for ``names`` (task names; default ``data.tasks``) as served by the
+    configured data set."""
     d = _data_cfg(cfg)
     spec = DATASETS.get(d.name)
     available = spec.tasks(d)
+    if isinstance(names, str) or not isinstance(names, Iterable | None):
+        raise UserError(f"tasks: give a list of task names, got {type(names).__name__} {names!r}"
+                        + (f" (e.g. [{names!r}])" if isinstance(names, str) else ""))
     names = list(d.tasks if names is None else names)
     bad = [n for n in names if n not in available]
     if bad:
