@@ -16,7 +16,6 @@ files have them, the mean gap to each seed's own front with its 95 % Student-t i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -25,10 +24,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_STAT = {"mean": float, "std": float}
+#: What is read of a ``--results`` file (its budget runs' rows: :func:`_row_problem`) and of
+#: the ``--grid`` file.
+RESULT_SHAPE = {"rows?": [dict], "target?": (float, type(None))}
+GRID_SHAPE = {"target?": (float, type(None)),
+              "grid?": [{"lam": float, "backbone_macs": _STAT, "delta_m": _STAT}]}
+ROW_SHAPE = {"backbone_macs": float, "delta_m": float,
+             "gap_to_seed_front_at_macs?": (float, type(None))}
+
+
+def _row_problem(result: dict[str, Any], name: str) -> str | None:
+    """Where a budget run's row of a result file lacks what is read, or None."""
+    from metasparsity.utils.io import check_json_shape
+
+    for i, r in enumerate(result.get("rows", [])):
+        problem = _is_budget(result, r) and check_json_shape(r, ROW_SHAPE, f"{name}['rows'][{i}]")
+        if problem:
+            return problem
+    return None
+
+
+def _is_budget(result: dict[str, Any], r: dict[str, Any]) -> bool:
+    return (isinstance(r.get("seed"), int) and r.get("target", result.get("target")) is not None
+            and r.get("backbone_macs") is not None and r.get("delta_m") is not None)
+
+
 def _budget_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in result.get("rows", [])
-            if isinstance(r.get("seed"), int) and r.get("target", result.get("target")) is not None
-            and r.get("backbone_macs") is not None and r.get("delta_m") is not None]
+    return [r for r in result.get("rows", []) if _is_budget(result, r)]
 
 
 def recipe_points(result: dict[str, Any]) -> list[tuple[float, float]]:
@@ -132,8 +155,9 @@ def plot(grid: list[dict[str, float]], recipes: dict[str, list[tuple[float, floa
     bx.set_ylim(-0.6, len(summary) - 0.4)
     bx.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
+    from metasparsity.utils.io import atomic_write
+
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     plt.close(fig)
 
 
@@ -147,11 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
 
-    def load(path: Path) -> dict[str, Any]:
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import load_json
+    from metasparsity.utils.rundir import check_parents
+
+    def load(opt: str, path: Path, shape: dict[str, Any]) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise SystemExit(_refuse(f"{path}: not a readable result file ({e})")) from None
+            return load_json(path, shape, what="result file")
+        except UserError as e:
+            raise SystemExit(_refuse(f"{opt}: {e}")) from None
 
     labels = args.labels or [f.stem for f in args.results]
     if len(labels) != len(args.results):
@@ -161,19 +189,31 @@ def main(argv: list[str] | None = None) -> int:
                        "named twice (each result file needs its own label)")
     if args.out.suffix != ".png":
         return _refuse(f"--out {args.out}: give a .png file")
-    grid_result = load(args.grid)
+    if args.out.is_dir():
+        return _refuse(f"--out {args.out} is a folder; give the .png file to write")
+    try:
+        check_parents(args.out)
+    except UserError as e:
+        return _refuse(str(e))
+    grid_result = load("--grid", args.grid, GRID_SHAPE)
     if not grid_result.get("grid"):
         return _refuse(f"--grid {args.grid}: no fixed-λ grid in it")
     recipes, paired = {}, {}
     for label, path in zip(labels, args.results):
-        result = load(path)
+        result = load("--results", path, RESULT_SHAPE)
+        problem = _row_problem(result, path.name)
+        if problem:
+            return _refuse(f"--results: result file {path} is malformed: {problem}")
         pts = recipe_points(result)
         if not pts:
             return _refuse(f"--results {path}: no budget run with a Δm in it")
         recipes[label], paired[label] = pts, t_interval(own_front_gaps(result))
     grid = grid_points(grid_result)
     summary = summarise(grid, recipes)
-    plot(grid, recipes, summary, grid_result.get("target"), args.out)
+    try:
+        plot(grid, recipes, summary, grid_result.get("target"), args.out)
+    except OSError as e:
+        return _refuse(f"--out {args.out}: cannot write it ({e.strerror or e})")
     for s in summary:
         gap = "no grid model as cheap" if s["gap"] is None else f"gap {s['gap']:+.2f}"
         own = paired[s["label"]]

@@ -26,10 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _records(path: Path, kind: str) -> list[dict]:
-    from metasparsity.utils.io import read_jsonl
+#: What is read of each record with a cost (budget mode's) of a run's ``metrics.jsonl``.
+RECORD_SHAPE = {"step": int, "cost": float, "target": float, "lambda": (float, [float])}
 
-    return [r for r in read_jsonl(path) if r.get("kind") == kind and "cost" in r]
+
+def _records(path: Path, kind: str) -> list[dict]:
+    """The ``kind`` records with a cost of a run log, checked: a damaged log, a record without
+    what is read or a multiplier not > 0 is a one-line UserError naming the log."""
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import check_json_shape, load_jsonl
+
+    out = [r for r in load_jsonl(path, what="run log") if r.get("kind") == kind and "cost" in r]
+    for r in out:
+        problem = check_json_shape(r, RECORD_SHAPE, f"step {r.get('step')!r}")
+        if not problem:
+            lam = r["lambda"] if isinstance(r["lambda"], list) else [r["lambda"]]
+            if not lam or min(lam) <= 0:
+                problem = f"step {r['step']}['lambda']: expected multipliers > 0, got {lam}"
+        if problem:
+            raise UserError(f"run log {path} is malformed: {problem}")
+    return out
 
 
 def budget_paths(folder: Path) -> dict[str, dict[str, list]]:
@@ -104,11 +120,23 @@ def main() -> None:
         p.error(f"--labels: {len(labels)} labels for {len(args.runs)} --runs folders")
     if args.out.suffix not in (".png", ".pdf", ".svg"):
         p.error(f"--out: {args.out} is not a .png, .pdf or .svg file")
+    if args.out.is_dir():
+        p.error(f"--out {args.out} is a folder; give the picture file to write")
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.rundir import check_parents
+
+    try:
+        check_parents(args.out)
+    except UserError as e:
+        p.error(str(e))
     paths = []
     for d in args.runs:
         if not d.is_dir():
             p.error(f"--runs: {d} is not a folder")
-        found = budget_paths(d)
+        try:
+            found = budget_paths(d)
+        except UserError as e:
+            p.error(f"--runs {d}: {e}")
         if not found:
             p.error(f"--runs: {d} holds no budget run with a logged cost (seed_*/budget_*)")
         paths.append(found)
@@ -143,8 +171,12 @@ def main() -> None:
             bottom.set_ylabel("multiplier λ")
         top.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    from metasparsity.utils.io import atomic_write
+
+    try:
+        atomic_write(args.out, lambda tmp: fig.savefig(tmp, format=args.out.suffix[1:], dpi=110))
+    except OSError as e:
+        p.error(f"--out {args.out}: cannot write it ({e.strerror or e})")
     print(f"wrote {args.out}")
 
 

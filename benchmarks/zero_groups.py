@@ -64,36 +64,56 @@ def table(rows: list[tuple[str, list[dict[str, float]]]]) -> str:
 
 
 def main() -> None:
-    from metasparsity.utils.provenance import command_line
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", required=True,
                    help="one glob of finished run folders per row (quote it)")
     p.add_argument("--labels", nargs="+", help="one label per --runs pattern (default: the pattern)")
-    p.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    p.add_argument("--out", type=Path, help="also write the table to this markdown file (.md)")
     args = p.parse_args()
     labels = args.labels or args.runs
     if len(labels) != len(args.runs):
         p.error(f"--labels: {len(labels)} labels for {len(args.runs)} --runs patterns")
     sys.path.insert(0, str(ROOT / "src"))
+    from metasparsity.training.reuse import read_run_results
     from metasparsity.utils.errors import UserError
+    from metasparsity.utils.io import atomic_write_text
+    from metasparsity.utils.provenance import command_line
+    from metasparsity.utils.rundir import check_parents
 
-    rows = []
-    for label, pattern in zip(labels, args.runs):
-        found = sorted(d for d in glob.glob(pattern) if (Path(d) / "results.json").is_file())
-        if not found:
+    if args.out is not None:
+        if args.out.suffix != ".md":
+            p.error(f"--out {args.out}: give a .md file")
+        if args.out.is_dir():
+            p.error(f"--out {args.out} is a folder; give the .md file to write")
+        try:
+            check_parents(args.out)
+        except UserError as e:
+            p.error(str(e))
+    found = []  # every pattern's runs, their results checked, before the first model is loaded
+    for pattern in args.runs:
+        found.append(sorted(d for d in glob.glob(pattern) if (Path(d) / "results.json").is_file()))
+        if not found[-1]:
             p.error(f"--runs {pattern!r}: no finished run folder (with a results.json) matches")
         try:
-            rows.append((label, [zero_groups(d) for d in found]))
+            for d in found[-1]:
+                read_run_results(d)
+        except UserError as e:
+            p.error(f"--runs {pattern!r}: {e}")
+    rows = []
+    for label, pattern, runs in zip(labels, args.runs, found):
+        try:
+            rows.append((label, [zero_groups(d) for d in runs]))
         except UserError as e:
             p.error(f"--runs {pattern!r}: {e}")
     text = table(rows)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Zero groups per stage\n\n`"
-                            + command_line("benchmarks/zero_groups.py", sys.argv[1:], ROOT)
-                            + f"`\n\n{text}\n")
+        try:
+            atomic_write_text(args.out, "# Zero groups per stage\n\n`"
+                              + command_line("benchmarks/zero_groups.py", sys.argv[1:], ROOT)
+                              + f"`\n\n{text}\n")
+        except OSError as e:
+            p.error(f"--out {args.out}: cannot write it ({e.strerror or e})")
 
 
 if __name__ == "__main__":
