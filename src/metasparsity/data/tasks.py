@@ -16,7 +16,9 @@ binary         image    float32 ``[]`` in {0, 1}            logits ``[B, 1]``
 Losses: cross-entropy with ignore label; L1 on valid depth pixels; ``1 − cos`` on valid normal
 pixels; class-balanced BCE for edges (positives weighted by the share of negatives in the batch,
 as in HED); BCE with logits for binary attributes.  A batch with no valid pixel gives a zero loss
-that is still connected to the graph.
+that is still connected to the graph.  Shapes must match these conventions exactly (no
+broadcasting: a ValueError names both shapes), segmentation targets must be integers, and valid
+edge and binary targets must lie in [0, 1] (ValueError otherwise).
 
 Register your own with :func:`register_task` (and :func:`register_loss` for a new loss type).
 """
@@ -96,9 +98,35 @@ def _zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
     return pred.sum() * 0.0
 
 
+def _shape_error(kind: str, pred: torch.Tensor, target: torch.Tensor, expected: str) -> ValueError:
+    return ValueError(f"{kind} loss: prediction {tuple(pred.shape)} and target "
+                      f"{tuple(target.shape)} do not match; expected {expected}")
+
+
+def _check_same_shape(kind: str, pred: torch.Tensor, target: torch.Tensor, layout: str) -> None:
+    if pred.shape != target.shape:
+        raise _shape_error(kind, pred, target, f"the same shape, {layout}")
+
+
+def _check_unit_range(kind: str, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """ValueError unless every (valid) target value lies in [0, 1] (NaN does not)."""
+    bad = ~((target >= 0) & (target <= 1))
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        ignore = f" (or be the ignore label {IGNORE_INDEX})" if valid is not None else ""
+        raise ValueError(f"{kind} loss: target values must lie in [0, 1]{ignore}, got "
+                         f"{target[bad].flatten()[0].item()!r}")
+
+
 @register_loss("segmentation")
 def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over valid pixels. pred ``[B, C, H, W]`` logits, target ``[B, H, W]``."""
+    """Cross-entropy over valid pixels. pred ``[B, C, H, W]`` logits, target int ``[B, H, W]``."""
+    if pred.dim() != target.dim() + 1 or pred.shape[:1] + pred.shape[2:] != target.shape:
+        raise _shape_error("segmentation", pred, target, "logits [B, C, H, W], target [B, H, W]")
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError("segmentation loss: target must hold integer labels, got dtype "
+                         f"{target.dtype}")
     if not (target != IGNORE_INDEX).any():
         return _zero_like_graph(pred)
     return F.cross_entropy(pred, target.long(), ignore_index=IGNORE_INDEX)
@@ -107,6 +135,7 @@ def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @register_loss("depth")
 def depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean ``|p − g|`` over valid pixels (``g > 0``). Shapes ``[B, 1, H, W]``."""
+    _check_same_shape("depth", pred, target, "[B, 1, H, W]")
     mask = target > 0
     n = mask.sum()
     if n == 0:
@@ -117,6 +146,7 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @register_loss("normal")
 def normal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean ``1 − cos(p, g)`` over valid pixels (``|g| > 0``), p L2-normalised. ``[B, 3, H, W]``."""
+    _check_same_shape("normal", pred, target, "[B, 3, H, W]")
     mask = target.abs().sum(1) > 0
     n = mask.sum()
     if n == 0:
@@ -131,7 +161,9 @@ def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     pred ``[B, 1, H, W]`` logits, target ``[B, 1, H, W]`` in {0, 1}; pixels equal to 255 ignored.
     """
+    _check_same_shape("edge", pred, target, "[B, 1, H, W]")
     valid = target != IGNORE_INDEX
+    _check_unit_range("edge", target, valid)
     t = torch.where(valid, target, torch.zeros_like(target)).to(
         torch.promote_types(pred.dtype, torch.float32))
     n = valid.sum()
@@ -145,6 +177,9 @@ def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @register_loss("binary")
 def binary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE with logits. pred ``[B, 1]`` (or ``[B]``), target ``[B]`` in {0, 1}."""
+    if target.dim() != 1 or pred.shape not in (target.shape, (*target.shape, 1)):
+        raise _shape_error("binary", pred, target, "logits [B, 1] or [B], target [B]")
+    _check_unit_range("binary", target)
     dtype = torch.promote_types(pred.dtype, torch.float32)  # float64 models stay in float64
     return F.binary_cross_entropy_with_logits(pred.reshape(-1), target.reshape(-1).to(dtype))
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from metasparsity.eval.metrics import METRICS
+from metasparsity.eval.metrics import METRICS, _task_type
 from metasparsity.utils.errors import UserError
 
 Results = Mapping[str, Mapping[str, float]]
@@ -25,14 +26,23 @@ Spec = Mapping[str, Mapping[str, bool]]
 def _lookup(table: Results, which: str, task: str, metric: str) -> float:
     if task not in table:
         raise ValueError(f"Δm: {which} has no task {task!r} (has {sorted(table)})")
+    if not isinstance(table[task], Mapping):
+        raise TypeError(
+            f"Δm: {which}[{task!r}] must be {{metric: value}}, got {type(table[task]).__name__} "
+            f"{table[task]!r}"
+        )
     if metric not in table[task]:
         raise ValueError(
             f"Δm: {which} has no metric {metric!r} for task {task!r} (has {sorted(table[task])})"
         )
     value = table[task][metric]
-    if value is None or not math.isfinite(float(value)):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if value is None or not math.isfinite(number):
         raise ValueError(f"Δm: {which}[{task!r}][{metric!r}] is not a finite number: {value!r}")
-    return float(value)
+    return number
 
 
 def per_task_delta(results: Results, baseline: Results, spec: Spec) -> dict[str, float]:
@@ -40,16 +50,25 @@ def per_task_delta(results: Results, baseline: Results, spec: Spec) -> dict[str,
 
     Raises:
         ValueError: empty spec or task entry, a metric missing from ``results`` or ``baseline``,
-            a non-finite value, or a zero baseline value.
+            a non-finite (or non-numeric) value, or a zero baseline value.
+        TypeError: a spec entry that is not ``{metric: bool}`` (a direction such as ``"lower"``
+            is not a bool), or a ``results`` / ``baseline`` entry that is not ``{metric: value}``.
     """
     if not spec:
         raise ValueError("Δm: the spec names no task")
     out: dict[str, float] = {}
     for task, metrics in spec.items():
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"Δm: spec[{task!r}] must be {{metric: higher_is_better}}, got "
+                            f"{type(metrics).__name__} {metrics!r}")
         if not metrics:
             raise ValueError(f"Δm: the spec names no metric for task {task!r}")
         total = 0.0
         for metric, higher_is_better in metrics.items():
+            if not isinstance(higher_is_better, bool):
+                raise TypeError(f"Δm: spec[{task!r}][{metric!r}] must be a bool (True: higher is "
+                                f"better), got {type(higher_is_better).__name__} "
+                                f"{higher_is_better!r}")
             m = _lookup(results, "results", task, metric)
             b = _lookup(baseline, "baseline", task, metric)
             if b == 0.0:
@@ -77,16 +96,20 @@ def delta_m(results: Results, baseline: Results, spec: Spec) -> float:
     return sum(per_task.values()) / len(per_task)
 
 
-def default_spec(task_types: Mapping[str, str]) -> dict[str, dict[str, bool]]:
+def default_spec(task_types: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     """``{task: {metric: higher_is_better}}`` from each task type's primary metrics.
 
     ``task_types`` maps task names to types, e.g. ``{"segment": "segmentation", "depth": "depth"}``
     gives ``{"segment": {"miou": True, "pixel_acc": True}, "depth": {"abs_err": False,
-    "rel_err": False}}``.
+    "rel_err": False}}``; the :class:`~metasparsity.data.tasks.Task` objects of
+    :func:`metasparsity.data.resolve_tasks` (anything with ``.type``) do as well.
     """
+    if not isinstance(task_types, Mapping):
+        raise TypeError("default_spec: expected {task name: type string or Task}, got "
+                        f"{type(task_types).__name__}")
     spec: dict[str, dict[str, bool]] = {}
     for task, task_type in task_types.items():
-        cls = METRICS.get(task_type)
+        cls = METRICS.get(_task_type(task, task_type))
         spec[task] = {key: cls.higher_is_better[key] for key in cls.primary}
     return spec
 

@@ -13,7 +13,12 @@ Every metric follows one protocol::
 accumulated over the whole split on the CPU in float64 (or exact integers), so ``compute()`` does
 not depend on how the split was cut into batches, and a metric is never an average of per-batch
 averages.  ``compute()`` returns plain Python floats, in percent where the key says so; a value
-that is undefined (no valid pixel, a single class for AUROC) is ``float("nan")``.
+that is undefined (no valid pixel, a single class for AUROC) is ``float("nan")``.  A prediction
+holding a NaN or an infinity (a diverged model) makes **every** value NaN until ``reset()``,
+rather than scoring, e.g., what the argmax of NaN logits happens to be (the task loss is then
+non-finite too, which is how training detects the divergence).  Targets outside their convention
+(a float segmentation target, an edge target outside [0, 1], a binary one not 0 or 1) are a
+ValueError.
 
 Each class carries ``higher_is_better`` (direction of every key that ``compute()`` returns) and
 ``primary`` (the keys that enter Δm by default, see :func:`metasparsity.eval.delta.default_spec`).
@@ -31,7 +36,8 @@ binary         ``accuracy``, ``f1``, ``auroc`` (%)                              
 =============  ================================================================  ==================
 
 Metrics are registered by task type in :data:`METRICS`; :func:`build_metrics` builds one per task
-from anything with ``.type`` and ``.num_classes`` (e.g. :class:`metasparsity.data.tasks.Task`).
+from its :class:`metasparsity.data.tasks.Task` (or anything with ``.type`` and ``.num_classes``),
+or from its type string for the types that need nothing else.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ class Metric(abc.ABC):
 
     higher_is_better: ClassVar[dict[str, bool]] = {}
     primary: ClassVar[tuple[str, ...]] = ()
+    nonfinite: bool = False
+    """Whether a prediction since the last :meth:`reset` held a NaN or an infinity: ``compute()``
+    is then NaN for every key."""
 
     def __init__(self) -> None:
         self.reset()
@@ -90,6 +99,17 @@ class Metric(abc.ABC):
     def _nan_result(self) -> dict[str, float]:
         return {k: NAN for k in self.higher_is_better}
 
+    def _seen_nonfinite(self, pred: torch.Tensor, valid: torch.Tensor | None = None) -> bool:
+        """Whether ``pred`` (with ``valid`` ``[B, H, W]``: its values along dim 1 at those pixels
+        only), or a prediction before it since the last reset, held a NaN or an infinity; sets
+        :attr:`nonfinite`.  ``update`` then skips the batch: the result is NaN anyway."""
+        if not self.nonfinite:
+            finite = torch.isfinite(pred)
+            if valid is not None:
+                finite = finite.all(1)[valid]
+            self.nonfinite = not bool(finite.all())
+        return self.nonfinite
+
 
 METRICS: Registry[type[Metric]] = Registry("metric")
 
@@ -104,6 +124,19 @@ def _same_shape(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(
             f"{name} metric: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
             "must have the same shape"
+        )
+
+
+def _check_unit_range(name: str, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """ValueError unless every (valid) target value lies in [0, 1] (NaN does not)."""
+    bad = ~((target >= 0) & (target <= 1))
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name} metric: target values must lie in [0, 1]"
+            + (" (or be the ignore label)" if valid is not None else "")
+            + f", got {target[bad].flatten()[0].item()!r}"
         )
 
 
@@ -126,7 +159,8 @@ class SegmentationMetric(Metric):
     """mIoU and pixel accuracy from one confusion matrix over all valid pixels of the split.
 
     ``update(pred, target)``: ``pred`` logits ``[B, C, H, W]`` (argmax over ``C``) or integer labels
-    ``[B, H, W]``; ``target`` int64 ``[B, H, W]`` with ``ignore_index`` for unlabelled pixels.
+    ``[B, H, W]``; ``target`` integer (int64) ``[B, H, W]`` with ``ignore_index`` for unlabelled
+    pixels.  Logits of unlabelled pixels are not looked at (NaN there is no divergence).
 
     With the confusion matrix ``N[g, p]`` (ground truth ``g``, prediction ``p``):
     ``IoU_c = N[c, c] / (Σ_p N[c, p] + Σ_g N[g, c] − N[c, c])``; ``miou`` is the mean of ``IoU_c``
@@ -150,20 +184,28 @@ class SegmentationMetric(Metric):
 
     def reset(self) -> None:
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.nonfinite = False
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         c = self.num_classes
+        logits = None
         if pred.dim() == target.dim() + 1:
             if pred.shape[1] != c:
                 raise ValueError(
                     f"segmentation metric: {pred.shape[1]} logit channels, expected {c}"
                 )
-            pred = pred.argmax(1)
+            logits, pred = pred, pred.argmax(1)
         _same_shape("segmentation", pred, target)
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(
+                f"segmentation metric: target must hold integer labels, got dtype {target.dtype}"
+            )
         target = target.long()
         pred = pred.long()
         valid = target != self.ignore_index
+        if logits is not None and self._seen_nonfinite(logits, valid):
+            return
         g, p = target[valid], pred[valid]
         if g.numel() and (g.min() < 0 or g.max() >= c):
             raise ValueError(
@@ -177,7 +219,7 @@ class SegmentationMetric(Metric):
     def compute(self) -> dict[str, float]:
         cm = self.confusion.astype(np.float64)
         total = cm.sum()
-        if total == 0:
+        if total == 0 or self.nonfinite:
             return self._nan_result()
         inter = np.diag(cm)
         union = cm.sum(0) + cm.sum(1) - inter
@@ -216,10 +258,13 @@ class DepthMetric(Metric):
         self.sum_rel = 0.0
         self.sum_sq = 0.0
         self.n_delta = np.zeros(3, dtype=np.int64)
+        self.nonfinite = False
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _same_shape("depth", pred, target)
+        if self._seen_nonfinite(pred):
+            return
         valid = target > 0
         p = pred[valid].double()
         g = target[valid].double()
@@ -235,7 +280,7 @@ class DepthMetric(Metric):
             self.n_delta[k] += int((ratio < 1.25 ** (k + 1)).sum())
 
     def compute(self) -> dict[str, float]:
-        if self.n == 0:
+        if self.n == 0 or self.nonfinite:
             return self._nan_result()
         n = self.n
         out = {
@@ -283,12 +328,15 @@ class NormalMetric(Metric):
         self.sum_angle = 0.0
         self.n_under = np.zeros(len(self.thresholds), dtype=np.int64)
         self._angles: list[np.ndarray] = []
+        self.nonfinite = False
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _same_shape("normal", pred, target)
         if pred.dim() < 2 or pred.shape[1] != 3:
             raise ValueError(f"normal metric: expected [B, 3, H, W], got {tuple(pred.shape)}")
+        if self._seen_nonfinite(pred):
+            return
         valid = target.abs().sum(1) > 0  # [B, H, W]
         p = pred.double().movedim(1, -1)[valid]  # [n, 3]
         g = target.double().movedim(1, -1)[valid]
@@ -303,7 +351,7 @@ class NormalMetric(Metric):
         self._angles.append(angle.float().cpu().numpy())
 
     def compute(self) -> dict[str, float]:
-        if self.n == 0:
+        if self.n == 0 or self.nonfinite:
             return self._nan_result()
         angles = np.concatenate(self._angles).astype(np.float64)
         out = {"mean": self.sum_angle / self.n, "median": float(np.median(angles))}
@@ -323,7 +371,7 @@ class EdgeMetric(Metric):
 
     ``update(pred, target)``: ``pred`` logits ``[B, 1, H, W]``, ``target`` ``[B, 1, H, W]`` in
     {0, 1} with ``ignore_index`` (255) for unlabelled pixels, which count neither as predictions
-    nor as ground truth.
+    nor as ground truth (a valid target value outside [0, 1] is a ValueError; > 0.5 is an edge).
 
     For each threshold ``t`` of a fixed grid (default 99 values 0.01, 0.02, …, 0.99) the predicted
     edges are the valid pixels with ``sigmoid(pred) >= t``.  Matching is **dilation-based** with
@@ -377,6 +425,7 @@ class EdgeMetric(Metric):
         self.n_correct = np.zeros(k, dtype=np.int64)  # ... of which near a true edge
         self.n_recalled = np.zeros(k, dtype=np.int64)  # true edge pixels near a predicted edge
         self.n_gt = 0
+        self.nonfinite = False
 
     def _dilate(self, x: torch.Tensor) -> torch.Tensor:
         r = self.tolerance
@@ -390,6 +439,9 @@ class EdgeMetric(Metric):
         if pred.dim() != 4:
             raise ValueError(f"edge metric: expected [B, 1, H, W], got {tuple(pred.shape)}")
         valid = target != self.ignore_index
+        _check_unit_range("edge", target, valid)
+        if self._seen_nonfinite(pred):
+            return
         gt = valid & (target > 0.5)
         prob = torch.sigmoid(pred.double())
         thr = torch.as_tensor(self.thresholds, dtype=torch.float64, device=prob.device)
@@ -402,7 +454,7 @@ class EdgeMetric(Metric):
         self.n_gt += int(gt.sum())
 
     def compute(self) -> dict[str, float]:
-        if self.n_gt == 0:
+        if self.n_gt == 0 or self.nonfinite:
             return self._nan_result()
         n_pred = self.n_pred.astype(np.float64)
         precision = np.divide(self.n_correct, n_pred, out=np.zeros_like(n_pred), where=n_pred > 0)
@@ -447,6 +499,7 @@ class BinaryMetric(Metric):
     def reset(self) -> None:
         self._scores: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
+        self.nonfinite = False
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -459,11 +512,13 @@ class BinaryMetric(Metric):
             )
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("binary metric: targets must be 0 or 1")
+        if self._seen_nonfinite(pred):
+            return
         self._scores.append(s)
         self._labels.append(y.astype(bool))
 
     def compute(self) -> dict[str, float]:
-        if not self._scores:
+        if not self._scores or self.nonfinite:
             return self._nan_result()
         s = np.concatenate(self._scores)
         y = np.concatenate(self._labels)
@@ -496,13 +551,44 @@ def build_metric(task_type: str, **kwargs: Any) -> Metric:
     return METRICS.get(task_type)(**kwargs)
 
 
-def build_metrics(tasks: Mapping[str, Any]) -> dict[str, Metric]:
-    """One fresh metric per task: ``{name: task_like}`` → ``{name: Metric}``.
+def _task_type(name: str, task: Any) -> str:
+    """The type of a task given as a :class:`~metasparsity.data.tasks.Task` (anything with
+    ``.type``) or as its type string; a TypeError names what is needed otherwise."""
+    kind = task if isinstance(task, str) else getattr(task, "type", None)
+    if not isinstance(kind, str):
+        raise TypeError(
+            f"task {name!r}: expected a Task (e.g. from metasparsity.data.resolve_tasks) or a "
+            f"task type string such as 'depth', got {type(task).__name__} {task!r}"
+        )
+    return kind
 
-    ``task_like`` needs ``.type`` (a key of :data:`METRICS`) and, for segmentation,
-    ``.num_classes``.
+
+def build_metrics(tasks: Mapping[str, Any]) -> dict[str, Metric]:
+    """One fresh metric per task: ``{name: task}`` → ``{name: Metric}``.
+
+    ``task`` is a :class:`~metasparsity.data.tasks.Task` (e.g. from
+    :func:`metasparsity.data.resolve_tasks`; anything with ``.type``, a key of :data:`METRICS`,
+    and, for segmentation, ``.num_classes``), or a type string such as ``"depth"`` for the types
+    that need nothing else (segmentation needs its classes: a TypeError says so).
     """
-    return {name: METRICS.get(task.type).from_task(task) for name, task in tasks.items()}
+    if not isinstance(tasks, Mapping):
+        raise TypeError(
+            f"build_metrics: expected {{task name: Task or type string}}, got {type(tasks).__name__}"
+        )
+    out: dict[str, Metric] = {}
+    for name, task in tasks.items():
+        cls = METRICS.get(_task_type(name, task))
+        if not isinstance(task, str):
+            out[name] = cls.from_task(task)
+            continue
+        try:
+            out[name] = cls()
+        except TypeError as e:
+            raise TypeError(
+                f"build_metrics: task {name!r} is given as the type string {task!r}, but that "
+                f"metric needs more ({e}); pass its Task (metasparsity.data.resolve_tasks) instead"
+            ) from None
+    return out
 
 
 def update_all(
