@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.sparsity.groups import ConvGroups, group_norms, sparsity_stats
+from metasparsity.sparsity.groups import ConvGroups, _check_layers, group_norms, sparsity_stats
 from metasparsity.sparsity.pruning import feature_map_groups, plan_pruning
 from metasparsity.utils.errors import UserError
 
@@ -49,7 +49,9 @@ def removable_layers(model: nn.Module, example_input: torch.Tensor,
     stream, the stem reading the image) removes nothing with a zero group of its own; the
     channel goes only when every reader drops it.  Those layers get ``group_weight = 0``: no
     penalty, no prox, a threshold of ``inf``.  Layer order (the index of per-layer λ) is kept.
+    ``layers`` must be ``model``'s (``ValueError`` otherwise).
     """
+    _check_layers(dict(model.named_parameters()), layers)
     sole = set()
     for fm in feature_map_groups(model, example_input):
         if fm.blocked is None and len(fm.consumers) == 1 and fm.consumers[0].kind == "conv":

@@ -20,17 +20,23 @@ import torch
 from torch import nn
 
 
-def backbone_cut(model: nn.Module, example_input: torch.Tensor) -> str | None:
+def backbone_cut(model: nn.Module, example_input: torch.Tensor | tuple | list) -> str | None:
     """The first stage or block of the backbone (in forward order) from which its output no
     longer depends on the input, or None while it does.
 
     Args:
         model: a ``MultiTaskNet`` (its ``backbone`` is checked) or a backbone with
             ``forward_features``; left untouched (a copy runs, in eval mode).
-        example_input: one input ``[1, C, H, W]``; a second one is drawn from a fixed generator.
+        example_input: one floating-point input ``[1, C, H, W]`` (or a list / tuple holding it,
+            as :func:`~metasparsity.sparsity.prune_zero_channels` takes it); a second one is
+            drawn from a fixed generator.
     """
-    net = copy.deepcopy(getattr(model, "backbone", model)).eval()
-    x1 = example_input.detach()
+    net = getattr(model, "backbone", model)
+    if not callable(getattr(net, "forward_features", None)):
+        raise TypeError(f"backbone_cut needs a model whose 'backbone' has forward_features(x), or "
+                        f"such a backbone; {type(net).__name__} has no forward_features")
+    x1 = _one_input(example_input).detach()
+    net = copy.deepcopy(net).eval()
     gen = torch.Generator(device="cpu").manual_seed(0)
     x2 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype).to(x1.device) + 1.0
     # the stream after every stage and every block of a stage (ResNet: conv1 … layer4.1)
@@ -66,6 +72,21 @@ def backbone_cut(model: nn.Module, example_input: torch.Tensor) -> str | None:
                 and _is_stream(name, modules):
             return name
     return "output"
+
+
+def _one_input(example_input: torch.Tensor | tuple | list) -> torch.Tensor:
+    x = example_input
+    if isinstance(x, (tuple, list)) and len(x) == 1:
+        x = x[0]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError("example_input must be one input tensor [N, C, H, W] (or a list / tuple "
+                        f"holding it), got {type(example_input).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"example_input must be floating point (an image batch), got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"example_input is empty (shape {tuple(x.shape)}): a cut shows only on "
+                         "at least one input")
+    return x
 
 
 def _is_stream(name: str, modules: dict[str, nn.Module]) -> bool:

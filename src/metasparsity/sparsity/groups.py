@@ -28,6 +28,7 @@ NaN at zero groups, to any order).  The functions taking a model (:func:`group_p
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -93,8 +94,10 @@ def channel_groups(model: nn.Module) -> list[ConvGroups]:
 # ----------------------------------------------------------------------------- pure maths
 
 def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
-    """``sqrt(sq)`` with value and gradient 0 (not inf / NaN) where ``sq == 0``, at any order."""
-    pos = sq > 0
+    """``sqrt(sq)`` with value and gradient 0 (not inf / NaN) where ``sq == 0``, at any order.
+
+    A NaN stays NaN (a diverged group is not a zero group)."""
+    pos = ~(sq <= 0)
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
                        torch.zeros_like(sq))
 
@@ -102,15 +105,63 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
 def group_norms(weight: torch.Tensor) -> torch.Tensor:
     """``||W[:, c]||_2`` for every input channel ``c``: ``[O, I, kh, kw] -> [I]``.
 
-    Differentiable with gradient ``W[:, c] / ||W[:, c]||`` and gradient 0 at a zero group.
+    Differentiable with gradient ``W[:, c] / ||W[:, c]||`` and gradient 0 at a zero group; a
+    group holding a NaN has norm NaN.
     """
     return _safe_sqrt(weight.square().sum(dim=(0, 2, 3)))
 
 
+def _lam_values(lam: LamLike) -> list[float]:
+    """λ's values as floats, each checked to be finite and ``>= 0`` (``ValueError``; a
+    ``TypeError`` for anything but a number, a sequence of numbers or a tensor).  A tensor costs
+    a host sync: for the in-place wrappers, not the differentiable paths."""
+    if isinstance(lam, torch.Tensor):
+        vals = lam.detach().reshape(-1).tolist()
+    elif isinstance(lam, (str, bytes)):
+        vals = None
+    else:
+        try:
+            vals = torch.as_tensor(lam, dtype=torch.float64).reshape(-1).tolist()
+        except (TypeError, ValueError, RuntimeError):
+            vals = None
+    if vals is None:
+        raise TypeError(f"lam (λ) must be a number, a sequence of numbers (one per grouped "
+                        f"layer) or a tensor, got {lam!r}")
+    if not all(math.isfinite(v) and v >= 0 for v in vals):
+        raise ValueError(f"lam (λ) must be finite and >= 0, got {lam!r}")
+    return [float(v) for v in vals]
+
+
+def _check_step(step: float | torch.Tensor) -> None:
+    """A prox step size must be a finite number ``>= 0`` (a tensor passes unchecked)."""
+    if isinstance(step, torch.Tensor):
+        return
+    if not isinstance(step, numbers.Real):
+        raise TypeError(f"step must be a number, got {step!r}")
+    if not (math.isfinite(step) and step >= 0):
+        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+
+
+def _check_layers(params: Mapping[str, torch.Tensor], layers: Sequence[ConvGroups]) -> None:
+    """``ValueError`` unless every layer names a parameter of ``params`` with its shape (the
+    groups of another model, or of this one before pruning, give wrong ``w_g`` and counts)."""
+    for g in layers:
+        w = params.get(g.name)
+        if w is None or tuple(w.shape) != tuple(g.shape):
+            has = "no such parameter" if w is None else f"shape {tuple(w.shape)}"
+            raise ValueError(f"layers do not match the model: {g.name} has {has}, layers say "
+                             f"shape {tuple(g.shape)}; call channel_groups(model) again")
+
+
 def _layer_lambda(lam: LamLike | None, num_layers: int, like: torch.Tensor) -> torch.Tensor | None:
-    """λ as a tensor of shape ``[L]`` (a scalar or one value broadcast to every layer)."""
+    """λ as a tensor of shape ``[L]`` (a scalar or one value broadcast to every layer).
+
+    λ given as numbers is checked (finite, ``>= 0``: :func:`_lam_values`); a tensor is not (no
+    host sync in the differentiable paths)."""
     if lam is None:
         return None
+    if not isinstance(lam, torch.Tensor):
+        _lam_values(lam)
     t = lam if isinstance(lam, torch.Tensor) else torch.as_tensor(lam, dtype=like.dtype)
     t = t.to(device=like.device, dtype=like.dtype).reshape(-1)
     if t.numel() == 1:
@@ -124,6 +175,7 @@ def penalty_per_layer(params: Mapping[str, torch.Tensor], layers: Sequence[ConvG
     """``Ω_l = Σ_{g in layer l} w_g ||θ_g||_2`` for every layer: ``[L]``."""
     if not layers:
         raise ValueError("no grouped layers: the backbone has no conv weights")
+    _check_layers(params, layers)
     return torch.stack([g.group_weight * group_norms(params[g.name]).sum() for g in layers])
 
 
@@ -138,11 +190,13 @@ def penalty(params: Mapping[str, torch.Tensor], layers: Sequence[ConvGroups],
 def penalty_grad(weight: torch.Tensor, group_weight: float) -> torch.Tensor:
     """Analytic ``∂Ω/∂W = w_g · W[:, c] / ||W[:, c]||`` (0 on zero groups), same shape as ``W``.
 
-    Differentiable in ``weight`` (its derivative is the penalty's Hessian), NaN-free everywhere.
+    Differentiable in ``weight`` (its derivative is the penalty's Hessian), NaN-free for finite
+    weights (a group holding a NaN gives NaN).
     """
     norms = group_norms(weight).reshape(1, -1, 1, 1)
-    denom = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return torch.where(norms > 0, weight * (group_weight / denom), torch.zeros_like(weight))
+    nonzero = norms != 0  # a NaN group gives NaN, not 0
+    denom = torch.where(nonzero, norms, torch.ones_like(norms))
+    return torch.where(nonzero, weight * (group_weight / denom), torch.zeros_like(weight))
 
 
 def prox(weight: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -164,7 +218,13 @@ def prox(weight: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
 
 def prox_params(params: Mapping[str, torch.Tensor], layers: Sequence[ConvGroups], step: float,
                 lam: LamLike) -> dict[str, torch.Tensor]:
-    """A new dict with ``prox`` (threshold ``step·λ_l·w_g``) applied to every grouped weight."""
+    """A new dict with ``prox`` (threshold ``step·λ_l·w_g``) applied to every grouped weight.
+
+    ``step`` and λ given as numbers must be finite and ``>= 0`` (``ValueError``)."""
+    _check_step(step)
+    if lam is None:
+        raise TypeError("lam (λ) is required: a number, one per grouped layer, or a tensor")
+    _check_layers(params, layers)
     out = dict(params)
     any_w = params[layers[0].name] if layers else None
     if any_w is None:
@@ -192,13 +252,15 @@ def prox_(model: nn.Module, step: float, lam: LamLike,
           layers: Sequence[ConvGroups] | None = None) -> None:
     """In place: ``θ_g ← prox_{step·λ_l·w_g}(θ_g)`` on every backbone group.
 
-    ``lam`` is a float or one value per grouped layer (a sequence or tensor of length ``L``).
+    ``lam`` is a float or one value per grouped layer (a sequence or tensor of length ``L``);
+    ``step`` and every λ must be finite and ``>= 0`` (``ValueError``).
     """
     layers = channel_groups(model) if layers is None else layers
     params = _named_params(model)
     with torch.no_grad():
         if isinstance(lam, torch.Tensor):
             lam = lam.detach()
+            _lam_values(lam)
         new = prox_params(params, layers, step, lam)
         for g in layers:
             params[g.name].copy_(new[g.name])
@@ -229,9 +291,11 @@ class SparsityStats:
 
 def sparsity_stats(model: nn.Module, tol: float = 0.0,
                    layers: Sequence[ConvGroups] | None = None) -> SparsityStats:
-    """Count zero groups (``||θ_g||_2 <= tol``; ``tol = 0`` means exactly zero)."""
+    """Count zero groups (``||θ_g||_2 <= tol``; ``tol = 0`` means exactly zero).  A group
+    holding a NaN is not counted as zero."""
     layers = channel_groups(model) if layers is None else layers
     params = _named_params(model)
+    _check_layers(params, layers)
     per_layer, zero_groups = [], {}
     n_g = n_zg = n_p = n_zp = 0
     with torch.no_grad():

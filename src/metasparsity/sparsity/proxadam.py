@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from metasparsity.sparsity.groups import ConvGroups, LamLike, _layer_lambda, group_norms, prox
+from metasparsity.sparsity.groups import (
+    ConvGroups,
+    LamLike,
+    _lam_values,
+    _layer_lambda,
+    group_norms,
+    prox,
+)
 
 PROX_METRICS = ("adam", "euclidean")
 NEWTON_MAX_STEPS = 30
@@ -129,7 +136,10 @@ class ProxAdam(torch.optim.Adam):
     one (``"euclidean"``).
 
     ``step(lam=...)`` takes the current λ: a float, or a tensor with one value per grouped layer
-    (indexed by ``prox_layer``); ``None`` or 0 is a plain Adam step.  Everything the prox needs
+    (indexed by ``prox_layer``), finite and ``>= 0`` (``ValueError``, before the Adam step);
+    ``None`` or 0 is a plain Adam step.  A λ > 0 with no ``prox_layer`` group (the optimizer
+    built on ``model.parameters()`` rather than :func:`prox_param_groups`) is a ``ValueError``:
+    it would take no prox at all.  Everything the prox needs
     lives in Adam's own state and the param groups, so ``state_dict`` round-trips exactly.
     """
 
@@ -144,13 +154,37 @@ class ProxAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **extra)
         self.prox_metric = prox_metric
         layers = [g["prox_layer"] for g in self.param_groups if "prox_layer" in g]
-        self.num_layers = num_layers if num_layers is not None else (max(layers) + 1 if layers else 0)
+        needed = max(layers) + 1 if layers else 0
+        if num_layers is not None and not (isinstance(num_layers, int) and num_layers >= needed):
+            raise ValueError(f"num_layers={num_layers!r}, but the parameter groups have prox_layer "
+                             f"indices up to {needed - 1}: pass len(layers), the number of "
+                             "grouped layers the groups were made from")
+        self.num_layers = num_layers if num_layers is not None else needed
 
     @torch.no_grad()
     def step(self, closure=None, *, lam: LamLike | None = None):  # type: ignore[override]
+        take = self._takes_prox(lam)  # checked before the Adam step: all or nothing
         loss = super().step(closure)
-        self.apply_prox(lam)
+        if take:
+            self._prox(lam)
         return loss
+
+    def _takes_prox(self, lam: LamLike | None) -> bool:
+        """Whether ``lam`` asks for a prox (not None, not all 0); ``ValueError`` for a λ that is
+        not finite and ``>= 0``, or a λ > 0 that no parameter group would take."""
+        if lam is None:
+            return False
+        vals = _lam_values(lam)
+        if not any(vals):
+            return False
+        if not any("prox_layer" in g for g in self.param_groups):
+            raise ValueError(
+                f"lam={lam!r} but no parameter group has a prox_layer, so no prox would be "
+                "taken: build the optimizer on prox_param_groups(model, layers)")
+        if len(vals) not in (1, self.num_layers):
+            raise ValueError(f"λ has {len(vals)} values but there are {self.num_layers} grouped "
+                             "layers")
+        return True
 
     @torch.no_grad()
     def apply_prox(self, lam: LamLike | None) -> None:
@@ -158,12 +192,12 @@ class ProxAdam(torch.optim.Adam):
         threshold takes each group's current learning rate).  ``step(lam=λ)`` is
         ``step(lam=None)`` followed by ``apply_prox(λ)``; budget mode's last step puts a search
         for λ between the two (:func:`~metasparsity.sparsity.budget.land_on_budget`)."""
+        if self._takes_prox(lam):
+            self._prox(lam)
+
+    def _prox(self, lam: LamLike) -> None:
         if isinstance(lam, torch.Tensor):
             lam = lam.detach()
-            if not bool((lam != 0).any()):
-                return
-        elif lam is None or not any(_as_floats(lam)):
-            return
         lam_by_dtype: dict[tuple, torch.Tensor] = {}
         lam_floats: list[float] | None = None
         for group in self.param_groups:
@@ -244,8 +278,3 @@ class ProxAdam(torch.optim.Adam):
         v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         return (v.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
 
-
-def _as_floats(lam: LamLike) -> list[float]:
-    if isinstance(lam, (int, float)):
-        return [float(lam)]
-    return [float(v) for v in lam]

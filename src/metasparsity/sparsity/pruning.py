@@ -5,6 +5,8 @@ dependency graph (imported lazily, STYLE §9): :func:`prune_zero_channels` and i
 from __future__ import annotations
 
 import copy
+import math
+import reprlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,7 +81,14 @@ def _traceable(model: nn.Module) -> Iterator[None]:
 
 
 def _as_args(example_input: Inputs) -> tuple[Any, ...]:
-    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    """The positional arguments of ``model(...)``: the input tensor, or the list / tuple of
+    arguments starting with it (``TypeError`` otherwise, e.g. for a shape)."""
+    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not args or not isinstance(args[0], torch.Tensor):
+        raise TypeError("example_input must be an input tensor (e.g. [1, 3, H, W]) or a list / "
+                        "tuple of forward()'s arguments starting with one, got "
+                        f"{reprlib.repr(example_input)}")
+    return args
 
 
 def _build_graph(model: nn.Module, example_input: Inputs) -> Any:
@@ -307,6 +316,14 @@ def prune_zero_channels(model: nn.Module, example_input: Inputs, *,
     """
     import torch_pruning as tp
 
+    if verify:  # the reference first: non-finite outputs make the check meaningless
+        ref = _run_eval(model, _as_args(example_input))
+        peaks = [float(t.abs().max()) for t in ref if t.numel()]
+        if not all(math.isfinite(p) for p in peaks):
+            raise ValueError(
+                "the model's outputs on example_input are not finite (NaN or inf), so pruning "
+                "cannot be checked against them: check the weights and example_input, or pass "
+                "verify=False")
     pruned = copy.deepcopy(model)
     with _traceable(pruned):
         dg = _build_graph(pruned, example_input)
@@ -323,8 +340,7 @@ def prune_zero_channels(model: nn.Module, example_input: Inputs, *,
         p.requires_grad_(src_flags.get(n, True))
     _refresh_out_channels(pruned, example_input)
     if verify:
-        ref = _run_eval(model, _as_args(example_input))
-        scale = max((float(t.abs().max()) for t in ref if t.numel()), default=0.0)
+        scale = max(peaks, default=0.0)
         diff = max_output_difference(model, pruned, example_input)
         if not diff <= VERIFY_RTOL * (1.0 + scale):
             raise RuntimeError(
