@@ -15,6 +15,7 @@ products only).  Its ``J = 0`` term, ``−α ⟨∇L_val, ∇Ω_l⟩``, is the o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ def implicit_lambda_grad(params: Mapping[str, torch.Tensor], layers: Sequence[Co
 
     Args:
         params: the parameters at (or near) a solution, every one of which moves with λ (pass
-            only the trainable ones; the losses close over the rest).  Not modified.
+            only the trainable ones, every grouped weight among them; the losses close over the
+            rest).  Not modified.
         layers: the grouped conv weights (``channel_groups``); their zero groups are held at 0.
         lam: λ, a scalar or one value per layer (it enters ``H`` through ``λ·∇²Ω``).
         train_loss, val_loss: ``loss(params dict) -> scalar``, e.g. a batch each.
@@ -52,10 +54,16 @@ def implicit_lambda_grad(params: Mapping[str, torch.Tensor], layers: Sequence[Co
             active set and ``α < 2 / ‖H‖`` (``growth`` shows when it does not).
         terms: the ``J`` to report (``J = 0``: ``−α ⟨∇L_val, ∇Ω_l⟩``).
     """
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
     if not terms or min(terms) < 0:
         raise ValueError(f"terms must be non-negative numbers of Neumann terms, got {terms}")
+    missing = [g.name for g in layers if g.name not in params]
+    if missing:
+        raise ValueError(f"params lacks the grouped weight(s) {', '.join(missing[:3])}"
+                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                         + ": params must hold every weight in layers (the trainable "
+                         "parameters, named as in model.named_parameters())")
     names = list(params)
     p = {n: t.detach().clone().requires_grad_() for n, t in params.items()}
     x = [p[n] for n in names]

@@ -17,6 +17,7 @@ penalty and nothing to learn (``learnable`` is forced to False).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -54,13 +55,36 @@ def ramped_target(target: float, step: int, ramp_steps: int) -> float:
     return target + (1.0 - target) * (1.0 - max(step, 0) / ramp_steps) ** 3
 
 
+def _lambda_init_value(lambda_init: object) -> float:
+    """``lambda_init`` as a finite float: a number or a one-element tensor (e.g. a λ of an
+    earlier run); ``"auto"`` and other strings are refused (the recipe resolves ``auto``)."""
+    if isinstance(lambda_init, str):
+        hint = (" (meta.lambda_init=auto is resolved before λ is built: compute λ0 with "
+                "metasparsity.meta.lambda_init.auto_lambda0(model, layers, batches, loss_fn, "
+                "tasks, lambda_min, lambda_max), as meta-training does, and pass that number)"
+                if lambda_init.strip().lower() == "auto" else "")
+        raise TypeError(f"lambda_init must be a number, got the string {lambda_init!r}{hint}")
+    if isinstance(lambda_init, torch.Tensor):
+        if lambda_init.numel() != 1:
+            raise TypeError(f"lambda_init must be one number, got a tensor of shape "
+                            f"{tuple(lambda_init.shape)} (a per-layer λ: load_state_dict)")
+    elif not isinstance(lambda_init, numbers.Real):
+        raise TypeError(f"lambda_init must be a number, got {lambda_init!r}")
+    value = float(lambda_init)
+    if not math.isfinite(value):
+        raise ValueError(f"lambda_init must be a finite number >= 0, got {value}")
+    return value
+
+
 class LearnedLambda(nn.Module):
     """``λ = exp(clamp(ρ, log λ_min, log λ_max))``, shape ``[1]`` or ``[L]``.
 
     Args:
-        lambda_init: λ0 (> 0), or 0 for a disabled λ ≡ 0 (meta-learning without sparsity).
+        lambda_init: λ0 (> 0), or 0 for a disabled λ ≡ 0 (meta-learning without sparsity); a
+            finite number or a one-element tensor (``"auto"`` is the recipe's:
+            :func:`~metasparsity.meta.lambda_init.auto_lambda0` computes it).
         scope: ``"global"`` (one λ) or ``"layer"`` (one λ per grouped layer).
-        num_layers: number of grouped layers ``L`` (needed for ``scope="layer"``).
+        num_layers: number of grouped layers ``L``, an int (``>= 1`` for ``scope="layer"``).
         lambda_min, lambda_max: the allowed range; λ0 must lie inside it.
         learnable: train ρ (False keeps λ at λ0: ``rho.requires_grad`` is False).
     """
@@ -72,15 +96,20 @@ class LearnedLambda(nn.Module):
             raise ValueError(f"lambda scope must be one of {SCOPES}, got {scope!r}")
         if not 0.0 < lambda_min <= lambda_max:
             raise ValueError(f"need 0 < lambda_min <= lambda_max, got {lambda_min}, {lambda_max}")
+        lambda_init = _lambda_init_value(lambda_init)
         if lambda_init < 0:
             raise ValueError(f"lambda_init must be >= 0, got {lambda_init}")
         if lambda_init > 0 and not lambda_min <= lambda_init <= lambda_max:
             raise ValueError(f"lambda_init={lambda_init} is outside [lambda_min, lambda_max] = "
                              f"[{lambda_min}, {lambda_max}]")
-        if scope == "layer" and num_layers < 1:
-            raise ValueError("scope 'layer' needs num_layers >= 1")
+        if not isinstance(num_layers, numbers.Integral) or isinstance(num_layers, bool):
+            raise TypeError(f"num_layers must be an int (the number of grouped layers), "
+                            f"got {num_layers!r}")
+        if num_layers < (1 if scope == "layer" else 0):
+            raise ValueError(f"scope {scope!r} needs num_layers >= "
+                             f"{1 if scope == 'layer' else 0}, got {num_layers}")
         self.scope = scope
-        self.num_layers = num_layers
+        self.num_layers = int(num_layers)
         self.lambda_min = float(lambda_min)
         self.lambda_max = float(lambda_max)
         self.enabled = lambda_init > 0

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +97,54 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return b if a is None else a + b
 
 
+def check_subset(subset: object, where: str) -> None:
+    """Refuse a subset that is not a non-empty tuple (or list) of task names: a bare string
+    (``"depth"``, whose letters would be taken for tasks) or an empty one."""
+    if (isinstance(subset, str) or not isinstance(subset, (tuple, list)) or not subset
+            or not all(isinstance(t, str) for t in subset)):
+        raise TypeError(f"{where}: the task subset must be a non-empty tuple of task names "
+                        f"(e.g. ('depth',)), got {subset!r}")
+
+
+def _check_meta_step_args(lam: object, batches: Sequence[MetaBatch], loss_fn: LossFn,
+                          inner_lr: float, inner_steps: int) -> None:
+    """:func:`meta_step`'s argument checks (types, signs, each entry's shape and subset)."""
+    if not isinstance(lam, LearnedLambda):
+        raise TypeError(f"lam must be a LearnedLambda (LearnedLambda(value, learnable=False) for a "
+                        f"fixed λ, LearnedLambda.disabled() for none), got {lam!r}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+    if not (isinstance(inner_lr, numbers.Real) and math.isfinite(inner_lr) and inner_lr > 0):
+        raise ValueError(f"inner_lr (α) must be a finite number > 0, got {inner_lr!r}")
+    if not isinstance(inner_steps, numbers.Integral) or isinstance(inner_steps, bool) \
+            or inner_steps < 0:
+        raise ValueError(f"inner_steps (K) must be an int >= 0, got {inner_steps!r}")
+    for i, entry in enumerate(batches):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 5:
+            raise TypeError(f"batches[{i}] must be (subset, support_x, support_y, query_x, "
+                            f"query_y) and batches a list of such entries, got "
+                            f"{type(entry).__name__} {_brief(entry)}")
+        check_subset(entry[0], f"batches[{i}]")
+
+
+def _brief(value: object) -> str:
+    return (f"of length {len(value)}" if isinstance(value, (tuple, list))
+            else repr(value)[:60])
+
+
+def _checked_loss_fn(loss_fn: LossFn) -> LossFn:
+    """``loss_fn``, raising a clear error when it does not return ``(total, {task: loss})``."""
+
+    def checked(outputs, targets, tasks):
+        out = loss_fn(outputs, targets, tasks)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping)):
+            raise TypeError("loss_fn(outputs, targets, tasks) must return (total, {task: loss}), "
+                            f"got {type(out).__name__} {_brief(out)}")
+        return out
+
+    return checked
+
+
 def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups],
               batches: Sequence[MetaBatch], loss_fn: LossFn, inner_lr: float, inner_steps: int,
               mode: str = "lambda_path", outer_penalty: bool = False,
@@ -107,9 +157,11 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
         model: the multi-task model (θ = its trainable parameters).
         lam: the (learned) λ; disabled means no penalty.
         layers: grouped conv weights (``channel_groups(model)``), the index of per-layer λ.
-        batches: one ``(subset, support_x, support_y, query_x, query_y)`` per meta-task.
+        batches: one ``(subset, support_x, support_y, query_x, query_y)`` per meta-task
+            (``subset``: a non-empty tuple of task names).
         loss_fn: ``loss_fn(outputs, targets, tasks) -> (total, {task: loss})``.
-        inner_lr: α; inner_steps: K; mode: ``second_order``, ``lambda_path`` or ``first_order``.
+        inner_lr: α (finite, > 0); inner_steps: K (an int >= 0; 0: no adaptation); mode:
+            ``second_order``, ``lambda_path`` or ``first_order``.
         outer_penalty: add ``λ·Ω(φ_K)`` to each subset's query objective.
         extra_params: leaf tensors that ``loss_fn`` closes over (e.g. uncertainty weights).
         lambda_batches: one ``(x, y)`` λ-validation batch per entry of ``batches``
@@ -136,13 +188,15 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
     statistics are left untouched.
     """
     _check_mode(mode)
+    if not batches:
+        raise ValueError("meta_step needs at least one (subset, support, query) batch")
+    _check_meta_step_args(lam, batches, loss_fn, inner_lr, inner_steps)
+    loss_fn = _checked_loss_fn(loss_fn)
     if mode == "first_order" and lam.enabled and lam.learnable:
         raise ValueError(
             "meta_grad='first_order' gives λ no gradient (first-order MAML drops dφ_K/dλ), so λ "
             "cannot be learned with it; use meta_grad='lambda_path' or 'second_order', or keep λ "
             "fixed (learn_lambda=false)")
-    if not batches:
-        raise ValueError("meta_step needs at least one (subset, support, query) batch")
     if lambda_batches is not None and len(lambda_batches) != len(batches):
         raise ValueError(f"meta_step: {len(lambda_batches)} λ-validation batches for "
                          f"{len(batches)} meta-batch entries")

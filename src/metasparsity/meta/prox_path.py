@@ -31,6 +31,7 @@ from torch import nn
 
 from metasparsity.meta.inner import LossFn, Targets, _forward, batch_stat_buffers
 from metasparsity.meta.lam import broadcast_lambda
+from metasparsity.meta.meta_step import check_subset
 from metasparsity.sparsity import ConvGroups, ProxAdam
 
 ProxPath = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -42,8 +43,15 @@ def prox_tau_derivative(z: torch.Tensor, y: torch.Tensor, d: torch.Tensor,
 
     ``z``: the weight before the prox; ``y``: after it (its group norms are the roots ``r``);
     ``d``: the metric (``> 0``; ones for the Euclidean prox), all ``[O, I, kh, kw]``; ``tau``:
-    the layer's threshold ``η·λ_l·w_g`` (``> 0``).  Zero groups get 0.
+    the layer's threshold ``η·λ_l·w_g`` (``> 0``).  Zero groups get 0.  Shapes and ``τ`` are
+    checked (``ValueError``); the sign of ``d`` is not (it would cost a reduction per layer).
     """
+    if z.dim() < 2 or y.shape != z.shape or d.shape != z.shape:
+        raise ValueError(f"prox_tau_derivative: z, y and d must be one weight's shape "
+                         f"[O, I, ...], got {tuple(z.shape)}, {tuple(y.shape)}, {tuple(d.shape)}")
+    if not tau > 0:
+        raise ValueError(f"prox_tau_derivative: tau (the threshold η·λ_l·w_g) must be > 0, "
+                         f"got {tau}")
     o, i = z.shape[:2]
     zt = z.transpose(0, 1).reshape(i, -1)
     dt = d.transpose(0, 1).reshape(i, -1)
@@ -117,8 +125,22 @@ def make_prox_path(model: nn.Module, layers: Sequence[ConvGroups], opt: ProxAdam
                    loss_fn: LossFn) -> ProxPath:
     """The ``prox_path`` of :func:`~metasparsity.meta.outer_update` for one outer step:
     ``(before, λ) -> dL_val/dλ`` per layer (``[L]``, :func:`prox_lambda_grad`), ``L_val`` over
-    this process's λ-validation ``batches``, summed over processes (every process holds the
-    same ``θ_{t+1}``)."""
+    this process's λ-validation ``batches`` (``(subset, (x, y))`` each, at least one), summed
+    over processes (every process holds the same ``θ_{t+1}``).  ``opt`` must be the outer step's
+    :class:`ProxAdam`; the arguments are checked here, not at the first call."""
+    if not isinstance(opt, ProxAdam):
+        raise TypeError(f"make_prox_path: opt must be the outer step's ProxAdam (its prox is "
+                        f"differentiated), got {type(opt).__name__}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("make_prox_path needs at least one (subset, (x, y)) λ-validation batch")
+    for i, entry in enumerate(batches):
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+                and isinstance(entry[1], (tuple, list)) and len(entry[1]) == 2):
+            raise TypeError(f"make_prox_path: batches[{i}] must be (subset, (x, y)), got "
+                            f"{type(entry).__name__} of length "
+                            f"{len(entry) if isinstance(entry, (tuple, list)) else '?'}")
+        check_subset(entry[0], f"make_prox_path: batches[{i}]")
 
     def prox_path(before: Mapping[str, torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
         grads = heldout_grads(model, layers, batches, loss_fn)

@@ -16,10 +16,12 @@ class TaskSubsetSampler:
     """Uniform sampler over task subsets, deterministic given ``seed`` and resumable.
 
     Args:
-        tasks: the seen tasks ``T`` (order fixes the order inside every subset tuple).
+        tasks: the seen tasks ``T``, a sequence of names, not one string (order fixes the order
+            inside every subset tuple).
         min_size: smallest subset size (default 1: all ``2^|T| − 1`` non-empty subsets).
-        subsets: an explicit list of subsets instead (``min_size`` is then not applied); each is
-            stored as a tuple in the order of ``tasks``, duplicates removed.
+        subsets: an explicit list of subsets instead (``min_size`` is then not applied), each a
+            list of task names (not a string); each is stored as a tuple in the order of
+            ``tasks``, duplicates removed.
         seed: seed of the sampler's own NumPy generator.
 
     ``sample(M)`` draws ``M`` subsets uniformly without replacement when ``M`` is at most the
@@ -29,6 +31,9 @@ class TaskSubsetSampler:
 
     def __init__(self, tasks: Sequence[str], min_size: int = 1,
                  subsets: Iterable[Iterable[str]] | None = None, seed: int = 0) -> None:
+        if isinstance(tasks, str):
+            raise UserError(f"the seen tasks must be a list of task names, got the string "
+                            f"{tasks!r} (write [{tasks!r}])")
         self.tasks = tuple(tasks)
         if not self.tasks:
             raise UserError("meta-training needs at least one task")
@@ -43,7 +48,13 @@ class TaskSubsetSampler:
                             for c in itertools.combinations(self.tasks, k)]
         else:
             seen: list[tuple[str, ...]] = []
+            if isinstance(subsets, str):
+                raise UserError(f"meta.subsets must be a list of subsets, got the string "
+                                f"{subsets!r}")
             for s in subsets:
+                if isinstance(s, str):
+                    raise UserError(f"meta.subsets: each subset is a list of task names, got "
+                                    f"the string {s!r} (write [{s!r}] for that one task)")
                 s = list(s)
                 unknown = [t for t in s if t not in order]
                 if unknown:

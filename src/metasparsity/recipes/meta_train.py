@@ -319,12 +319,17 @@ class MetaTrainer:
                     self._set_outer_lr()
                     grad_norm, clip_scale = self.clip(res.grads_theta)
                     lam_step = self.lam().detach().clone()  # the λ of this step's prox
-                    upd = outer_update(
-                        self.model, self.lam, res, self.opt_theta, self.opt_rho,
-                        prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
-                        extra_params=dict(self.weighting.named_parameters()),
-                        take_prox=not self._landing(),
-                        prox_path=self._prox_path(batches, held) if self.through_prox else None)
+                    try:
+                        upd = outer_update(
+                            self.model, self.lam, res, self.opt_theta, self.opt_rho,
+                            prox_step=m.outer_lr if self.sparse else 0.0, layers=self.layers,
+                            extra_params=dict(self.weighting.named_parameters()),
+                            take_prox=not self._landing(),
+                            prox_path=self._prox_path(batches, held) if self.through_prox
+                            else None)
+                    except NonFiniteError as e:  # λ's meta-gradient: the step is ours to name
+                        raise NonFiniteError(f"{e.detail} at step {self.step + 1}",
+                                             step=self.step + 1, task=e.task) from None
                     cost = self._budget_step(lam_step) if self.budget else None
                     if self.window:
                         self._window_step(lam_step)

@@ -1,5 +1,7 @@
 """Divergence: NaN / infinite losses, parameters or evaluation results stop a run with a
-:class:`NonFiniteError` whose message names the step and suggests a smaller learning rate."""
+:class:`NonFiniteError` whose message names the step and suggests a smaller learning rate (the
+class lives in :mod:`metasparsity.utils.errors`, so that :func:`metasparsity.meta.outer_update`
+below this layer raises it too)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import NonFiniteError
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int, what: str = "loss") -> None:
@@ -98,28 +100,3 @@ def diverged_error(error: NonFiniteError, note: str, run_dir: str | Path, lr_key
     return out
 
 
-class NonFiniteError(UserError):
-    """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
-
-    ``step``: the (1-based) step whose loss was not finite; ``task``: the task (or ``"λ"``).
-    """
-
-    def __init__(self, message: str, *, step: int | None = None, task: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
-        self.task = task
-        self.detail = message  # the message without its resume hint
-        self.resume: tuple[str, str, float] | None = None  # (run dir, LR key, LR) of the run
-
-    def message_for(self, command: str, top: str | Path | None) -> str:
-        """The message for ``metasparsity COMMAND``: when the run that diverged is a sub-run of
-        ``top`` (a sweep or comparison), the hint resumes ``top`` (whose overrides reach the
-        sub-runs; finished sub-runs are kept), not the sub-run, whose config.yaml the parent
-        rewrites on its next resume."""
-        if self.resume is None or top is None:
-            return str(self)
-        run_dir, key, lr = self.resume
-        if Path(run_dir).resolve() == Path(top).resolve():
-            return str(self)
-        return (f"{self.detail}; resume the whole {command} with a smaller learning rate: "
-                f"metasparsity {command} --resume {top} {key}={lr / 10:g}")

@@ -5,6 +5,10 @@ code 2, with no traceback and nothing half-written.  Code raises it for bad conf
 names, missing data folders, unreadable files and invalid run directories.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem with the user's input (config, paths, names); the CLI exits with code 2."""
@@ -12,6 +16,33 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid configuration value; the message names the key and the allowed values."""
+
+
+class NonFiniteError(UserError):
+    """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
+
+    ``step``: the (1-based) step whose loss was not finite; ``task``: the task (or ``"λ"``).
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, task: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.task = task
+        self.detail = message  # the message without its resume hint
+        self.resume: tuple[str, str, float] | None = None  # (run dir, LR key, LR) of the run
+
+    def message_for(self, command: str, top: str | Path | None) -> str:
+        """The message for ``metasparsity COMMAND``: when the run that diverged is a sub-run of
+        ``top`` (a sweep or comparison), the hint resumes ``top`` (whose overrides reach the
+        sub-runs; finished sub-runs are kept), not the sub-run, whose config.yaml the parent
+        rewrites on its next resume."""
+        if self.resume is None or top is None:
+            return str(self)
+        run_dir, key, lr = self.resume
+        if Path(run_dir).resolve() == Path(top).resolve():
+            return str(self)
+        return (f"{self.detail}; resume the whole {command} with a smaller learning rate: "
+                f"metasparsity {command} --resume {top} {key}={lr / 10:g}")
 
 
 def require_path(value: object, label: str, error: type[UserError] = UserError) -> None:
