@@ -56,13 +56,19 @@ def _stand_in(cfg) -> tuple[list[str], str]:
         "data.augment=false", "data.num_workers=0"], f"SynthScenes stand-in ({', '.join(seen)})")
 
 
-def measure(config: str, batches: int, batch_size: int) -> dict:
+def resolve(config: str):
+    """The config as measured (a missing data set stood in for, a missing pretrained file
+    dropped) and the data it uses."""
     cfg = load_config(ROOT / config)
     extra, data_used = _stand_in(cfg)
     if extra:
         cfg = load_config(ROOT / config, extra)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         cfg = load_config(ROOT / config, [*extra, "model.pretrained=null"])
+    return cfg, data_used
+
+
+def measure(config: str, cfg, data_used: str, batches: int, batch_size: int) -> dict:
     names = list(cfg.data.seen_tasks)
     tasks = resolve_tasks(cfg, names)
     torch.manual_seed(0)
@@ -98,10 +104,34 @@ def main() -> None:
     from fixed_lambda_grid import check_args
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.limits import MAX_THREADS
+
+    if not 1 <= args.threads <= MAX_THREADS:
+        p.error(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+    if args.batches < 1 or args.batch_size < 1:
+        p.error(f"--batches and --batch-size must be >= 1, got {args.batches} and "
+                f"{args.batch_size}")
+    for f in (args.out / "gradient_scale.json", args.out / "gradient_scale.md"):
+        if f.exists() and not f.is_file():
+            p.error(f"--out: {f} exists and is not a file")
+    configs = []
+    for c in args.configs:
+        if not (ROOT / c).is_file():
+            p.error(f"no config file {c}")
+        try:
+            cfg, data_used = resolve(c)
+            n = len(build_dataset(cfg, "train"))
+        except UserError as e:
+            p.error(f"{c}: {e}")
+        if args.batches * args.batch_size > n:
+            p.error(f"--batches {args.batches} × --batch-size {args.batch_size} is more than the "
+                    f"{n} training images of {c} ({data_used})")
+        configs.append((c, cfg, data_used))
     torch.set_num_threads(args.threads)
     rows = []
-    for c in args.configs:
-        rows.append(measure(c, args.batches, args.batch_size))
+    for c, cfg, data_used in configs:
+        rows.append(measure(c, cfg, data_used, args.batches, args.batch_size))
         print(rows[-1], flush=True)
     from metasparsity.utils.provenance import machine_text
 

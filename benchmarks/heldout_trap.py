@@ -113,6 +113,9 @@ def main() -> None:
     from fixed_lambda_grid import check_args
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
+    for f in (args.out / f"{args.name}.{ext}" for ext in ("json", "md", "png")):  # before any
+        if f.exists() and not f.is_file():
+            p.error(f"--out: {f} exists and is not a file")
     inits = list(dict.fromkeys(v.strip() for v in args.inits.split(",") if v.strip()))
     args.seeds = list(dict.fromkeys(args.seeds))
     if args.reference not in inits or len(inits) < 2:

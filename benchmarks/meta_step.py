@@ -346,18 +346,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from metasparsity.utils.limits import MAX_IMAGE_SIZE, MAX_THREADS, MIN_IMAGE_SIZE
+
+    for t in args.threads:
+        if not 1 <= t <= MAX_THREADS:
+            ap.error(f"--threads must be between 1 and {MAX_THREADS}, got {t}")
+    n = load_config(CONFIG).data.train_size  # the support and the query batch are disjoint
+    if not 1 <= args.batch_size <= n // 2:
+        ap.error(f"--batch-size must be between 1 and {n // 2} (two batches of the preset's {n} "
+                 f"training images), got {args.batch_size}")
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        ap.error(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got "
+                 f"{args.image_size}")
+    for opt, v, lo in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+                       ("--memory-steps", args.memory_steps, 1)):
+        if v < lo:
+            ap.error(f"{opt} must be >= {lo}, got {v}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r} is not a torch device")
+    if device.type not in ("cpu", "cuda") or (
+            device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        ap.error(f"--device {args.device}: give cpu or an available cuda device")
 
     if args.memory_probe:
         torch.set_num_threads(args.threads[0])
         print(json.dumps(probe_memory(args)))
         return 0
 
-    device = torch.device(args.device)
-    names = variant_names() if args.variants is None else ["plain"] + [
-        n for n in args.variants if n != "plain"]
+    names = variant_names() if args.variants is None else ["plain"] + list(dict.fromkeys(
+        n for n in args.variants if n != "plain"))
     unknown = set(names) - set(variant_names())
     if unknown:
-        ap.error(f"unknown variants {sorted(unknown)}; choose from {variant_names()}")
+        ap.error(f"--variants: unknown {sorted(unknown)}; choose from {variant_names()}")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        ap.error(f"--out-dir {args.out_dir} exists and is not a folder")
+    for f in (args.out_dir / "meta_step.json", args.out_dir / "meta_step.md"):
+        if f.exists() and not f.is_file():
+            ap.error(f"--out-dir: {f} exists and is not a file")
     b = Bench(args.batch_size, args.image_size, device)
     memory = {} if args.no_memory else {n: memory_in_subprocess(n, args) for n in names}
     runs = []

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 from pathlib import Path
@@ -152,6 +153,21 @@ def main() -> None:
     from fixed_lambda_grid import check_args
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
+    from metasparsity.utils.limits import MAX_THREADS
+
+    for t in args.threads:
+        if not 1 <= t <= MAX_THREADS:
+            p.error(f"--threads must be between 1 and {MAX_THREADS}, got {t}")
+    for opt, v, lo in (("--batch-size", args.batch_size, 1), ("--repeats", args.repeats, 1),
+                       ("--warmup", args.warmup, 0)):
+        if v < lo:
+            p.error(f"{opt} must be >= {lo}, got {v}")
+    for opt, v in (("--lr", args.lr), ("--lam", args.lam), ("--lam-euclidean", args.lam_euclidean)):
+        if not 0 < v < math.inf:
+            p.error(f"{opt} must be a finite number > 0, got {v}")
+    for f in (args.out / "prox_cost.json", args.out / "prox_cost.md"):
+        if f.exists() and not f.is_file():
+            p.error(f"--out: {f} exists and is not a file")
     runs = [run(t, args) for t in args.threads]
     from metasparsity.utils.provenance import machine_text
 

@@ -95,11 +95,100 @@ def test_a_measuring_benchmark_refuses_an_out_file_and_a_name_that_leaves_it(tmp
     ("data_throughput.py", ["--out", "{tmp}/x.md"], ["--out", ".json"]),
     ("paper_scale.py", ["--budget-s", "-1", "--out", "{tmp}/out"], ["--budget-s"]),
     ("paper_scale.py", ["--log-every", "0", "--out", "{tmp}/out"], ["--log-every"]),
+    ("meta_step.py", ["--threads", "0"], ["--threads", "got 0"]),
+    ("meta_step.py", ["--threads", "1", "100000"], ["--threads", "got 100000"]),
+    ("meta_step.py", ["--batch-size", "0"], ["--batch-size", "got 0"]),
+    ("meta_step.py", ["--batch-size", "401"], ["--batch-size", "got 401"]),
+    ("meta_step.py", ["--repeats", "0"], ["--repeats", "got 0"]),
+    ("meta_step.py", ["--warmup", "-1"], ["--warmup", "got -1"]),
+    ("meta_step.py", ["--memory-steps", "0"], ["--memory-steps", "got 0"]),
+    ("meta_step.py", ["--image-size", "8"], ["--image-size", "got 8"]),
+    ("meta_step.py", ["--device", "bogus"], ["--device", "bogus"]),
+    ("meta_step.py", ["--device", "cuda:99"], ["--device", "cuda:99"]),
+    ("meta_step.py", ["--variants", "plain", "bogus"], ["--variants", "'bogus'"]),
+    ("gradient_scale.py", ["--threads", "0", "configs/synthscenes.yaml"], ["--threads", "got 0"]),
+    ("gradient_scale.py", ["--threads", "1025", "configs/synthscenes.yaml"], ["got 1025"]),
+    ("gradient_scale.py", ["--batches", "0", "configs/synthscenes.yaml"], ["--batches", "got 0"]),
+    ("gradient_scale.py", ["--batch-size", "0", "configs/synthscenes.yaml"], ["--batch-size"]),
+    ("gradient_scale.py", ["--batches", "2", "--batch-size", "401", "configs/synthscenes.yaml"],
+     ["--batches 2", "--batch-size 401", "800 training images"]),
+    ("gradient_scale.py", ["/nonexistent.yaml"], ["/nonexistent.yaml"]),
+    ("prox_cost.py", ["--threads", "0"], ["--threads", "got 0"]),
+    ("prox_cost.py", ["--threads", "1", "1025"], ["--threads", "got 1025"]),
+    ("prox_cost.py", ["--batch-size", "0"], ["--batch-size", "got 0"]),
+    ("prox_cost.py", ["--repeats", "0"], ["--repeats", "got 0"]),
+    ("prox_cost.py", ["--warmup", "-1"], ["--warmup", "got -1"]),
+    ("prox_cost.py", ["--lr", "0"], ["--lr", "got 0.0"]),
+    ("prox_cost.py", ["--lam", "-1"], ["--lam", "got -1.0"]),
+    ("prox_cost.py", ["--lam-euclidean", "nan"], ["--lam-euclidean", "got nan"]),
 ])
 def test_measuring_options_out_of_range_are_refused_before_any_work(tmp_path, script, args,
                                                                     words):
-    p = _bench(script, *[a.format(tmp=tmp_path) for a in args])
+    out = ([OUT_OPTION.get(script, "--out"), tmp_path / "out", *CHEAP[script]]
+           if script in CHEAP else [])
+    p = _bench(script, *out, *[a.format(tmp=tmp_path) for a in args])
     assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr and "error:" in last, p.stderr[-2000:]
     for w in words:
-        assert w in p.stderr, (w, p.stderr)
+        assert w in last, (w, last)
     assert list(tmp_path.iterdir()) == []
+
+
+CHEAP = {  # the shortest run of each, were a bad option let through
+    "meta_step.py": ["--no-memory", "--variants", "plain", "--repeats", "1", "--warmup", "0",
+                     "--threads", "1"],
+    "gradient_scale.py": ["--batches", "1", "--batch-size", "1", "--threads", "1"],
+    "prox_cost.py": ["--batch-size", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"],
+}
+OUT_OPTION = {"meta_step.py": "--out-dir"}
+
+
+def _heldout_runs(root: Path) -> list[str]:
+    """Two held-out runs of seed 0 (λ0 auto and 0.0001); heldout_trap.py's arguments for them."""
+    for init in ("auto", "0.0001"):
+        d = root / "seed_0" / f"heldout_{init}"
+        d.mkdir(parents=True)
+        recs = [{"step": k + 1, "kind": "meta", "lambda": 1e-3, "group_sparsity": 0.25,
+                 "lambda_val_loss": 2.0 + 0.01 * (k % 5), "grad_lambda_explicit": 0.0,
+                 "grad_lambda_implicit": 1.0, "grad_lambda_prox": None, "subsets": [["a"]]}
+                for k in range(20)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return ["--runs", str(root), "--seeds", "0", "--inits", "0.0001,auto", "--tail", "10",
+            "--block", "5", "--name", "t"]
+
+
+@pytest.mark.parametrize(("script", "files"), [
+    ("heldout_trap.py", ["t.json", "t.md", "t.png"]),
+    ("meta_step.py", ["meta_step.json", "meta_step.md"]),
+    ("gradient_scale.py", ["gradient_scale.json", "gradient_scale.md"]),
+    ("prox_cost.py", ["prox_cost.json", "prox_cost.md"]),
+])
+def test_a_measuring_benchmark_checks_all_its_outputs_before_writing_the_first(tmp_path, script,
+                                                                               files):
+    """One output that is a folder is refused before any is written: the others (an earlier
+    run's) are left as they were (heldout_trap.py wrote its JSON, then failed on the .md)."""
+    args = _heldout_runs(tmp_path / "runs") if script == "heldout_trap.py" else [
+        *CHEAP[script], *(["configs/synthscenes.yaml"] if script == "gradient_scale.py" else [])]
+    for blocked in files:
+        out = tmp_path / f"out_{blocked}"
+        (out / blocked).mkdir(parents=True)
+        for f in files:
+            if f != blocked:
+                (out / f).write_text("mine")
+        p = _bench(script, OUT_OPTION.get(script, "--out"), out, *args)
+        assert p.returncode == 2, p.stderr[-2000:]
+        last = p.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in p.stderr and str(out / blocked) in last, p.stderr[-2000:]
+        assert sorted(x.name for x in out.iterdir()) == sorted(files)
+        assert not any((out / blocked).iterdir())
+        assert all((out / f).read_text() == "mine" for f in files if f != blocked)
+
+
+def test_meta_step_refuses_an_out_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    p = _bench("meta_step.py", "--out-dir", f, *CHEAP["meta_step.py"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "--out-dir" in p.stderr.splitlines()[-1] and "is not a folder" in p.stderr
+    assert f.read_text() == "mine" and sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
