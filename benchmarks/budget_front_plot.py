@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from metasparsity.utils.errors import UserError
     from metasparsity.utils.io import load_json
-    from metasparsity.utils.rundir import check_parents
+    from metasparsity.utils.rundir import check_output_file
 
     def load(opt: str, path: Path, shape: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -187,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(labels)) != len(labels):
         return _refuse(f"--labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} "
                        "named twice (each result file needs its own label)")
-    if args.out.suffix != ".png":
-        return _refuse(f"--out {args.out}: give a .png file")
-    if args.out.is_dir():
-        return _refuse(f"--out {args.out} is a folder; give the .png file to write")
     try:
-        check_parents(args.out)
+        check_output_file(args.out, (".png",))
     except UserError as e:
         return _refuse(str(e))
     grid_result = load("--grid", args.grid, GRID_SHAPE)

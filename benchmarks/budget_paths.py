@@ -118,15 +118,11 @@ def main() -> None:
     labels = args.labels or [d.name for d in args.runs]
     if len(labels) != len(args.runs):
         p.error(f"--labels: {len(labels)} labels for {len(args.runs)} --runs folders")
-    if args.out.suffix not in (".png", ".pdf", ".svg"):
-        p.error(f"--out: {args.out} is not a .png, .pdf or .svg file")
-    if args.out.is_dir():
-        p.error(f"--out {args.out} is a folder; give the picture file to write")
     from metasparsity.utils.errors import UserError
-    from metasparsity.utils.rundir import check_parents
+    from metasparsity.utils.rundir import check_output_file
 
     try:
-        check_parents(args.out)
+        check_output_file(args.out, (".png", ".pdf", ".svg"))
     except UserError as e:
         p.error(str(e))
     paths = []

@@ -78,15 +78,11 @@ def main() -> None:
     from metasparsity.utils.errors import UserError
     from metasparsity.utils.io import atomic_write_text
     from metasparsity.utils.provenance import command_line
-    from metasparsity.utils.rundir import check_parents
+    from metasparsity.utils.rundir import check_output_file
 
     if args.out is not None:
-        if args.out.suffix != ".md":
-            p.error(f"--out {args.out}: give a .md file")
-        if args.out.is_dir():
-            p.error(f"--out {args.out} is a folder; give the .md file to write")
         try:
-            check_parents(args.out)
+            check_output_file(args.out, (".md",))
         except UserError as e:
             p.error(str(e))
     found = []  # every pattern's runs, their results checked, before the first model is loaded

@@ -590,3 +590,16 @@ def test_out_inside_another_runs_checkpoints_is_refused(tmp_path, capsys, src_ru
     for args, command in [(["prune", src_run, "--out", inside, "--no-latency"], "prune"),
                           (["train", "--out", other / "checkpoints" / "x", *MICRO], "train")]:
         refused(capsys, args, command, [other, "checkpoints", "rotates"], [other, src_run])
+
+
+def test_check_output_file_names_the_suffix_a_folder_and_a_file_parent(tmp_path):
+    from metasparsity.utils.rundir import check_output_file
+
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    check_output_file(tmp_path / "new" / "a.png", (".png", ".svg"))  # a folder to be made: fine
+    for path, words in [(tmp_path / "a.jpg", "give a .png or .svg file"),
+                        (tmp_path / "dir.png", "is a folder"),
+                        (tmp_path / "afile" / "a.png", "is not a folder")]:
+        with pytest.raises(UserError, match=words):
+            check_output_file(path, (".png", ".svg"), "--out")

@@ -18,7 +18,6 @@ from metasparsity.meta import (
     outer_update,
 )
 from metasparsity.sparsity import (
-    channel_groups,
     penalty,
     penalty_grad,
     penalty_per_layer,
@@ -27,22 +26,11 @@ from metasparsity.sparsity import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_models import ToyMultiTaskNet, toy_batch, toy_loss  # noqa: E402
+from toy_models import toy_batch, toy_loss  # noqa: E402
 
 ALPHA = 0.1
 SUBSETS = [("seg", "attr"), ("depth",)]
 
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return ToyMultiTaskNet().double()
-
-
-@pytest.fixture
-def layers(model):
-    return channel_groups(model)
 
 
 def make_batches(subsets=SUBSETS, seed=0, n=6):

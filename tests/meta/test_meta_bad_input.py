@@ -21,7 +21,7 @@ from metasparsity.meta import (
     outer_update,
 )
 from metasparsity.meta.prox_path import make_prox_path, prox_tau_derivative
-from metasparsity.sparsity import ProxAdam, channel_groups, metric_prox
+from metasparsity.sparsity import ProxAdam, metric_prox
 from metasparsity.sparsity.proxadam import prox_param_groups
 from metasparsity.training.divergence import NonFiniteError
 from metasparsity.training.run_checkpoints import load_run_checkpoint
@@ -30,20 +30,9 @@ from metasparsity.utils.errors import UserError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.meta.toy_meta import ALPHA, make_batches, make_lam  # noqa: E402
 
-from toy_models import ToyMultiTaskNet, toy_batch, toy_loss  # noqa: E402
+from toy_models import toy_batch, toy_loss  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return ToyMultiTaskNet().double()
-
-
-@pytest.fixture
-def layers(model):
-    return channel_groups(model)
 
 
 def _state(model, lam):

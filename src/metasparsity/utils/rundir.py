@@ -178,6 +178,19 @@ def check_parents(path: PathLike, label: str = "--out") -> None:
             return
 
 
+def check_output_file(path: PathLike, suffixes: Iterable[str], label: str = "--out") -> None:
+    """Refuse a ``path`` that cannot be the file to write: a name ending in none of
+    ``suffixes`` (e.g. ``(".png", ".svg")``), an existing folder, or what
+    :func:`check_parents` refuses."""
+    p, suffixes = Path(path), tuple(suffixes)
+    if p.suffix not in suffixes:
+        raise UserError(f"{label} {p}: give a {' or '.join(suffixes)} file")
+    if p.is_dir():
+        raise UserError(f"{label} {p} is a folder; give the {' or '.join(suffixes)} file to "
+                        "write")
+    check_parents(p, label)
+
+
 def check_output_dir(path: PathLike, kind: str, *, overwrite: bool = False,
                      inputs: Iterable[Labelled] = (), label: str = "--out",
                      what: str | None = None) -> Path:
