@@ -225,3 +225,21 @@ def test_prune_with_non_finite_outputs_says_so(dense, bad):
 def test_prune_needs_a_tensor_not_a_shape(dense):
     with pytest.raises(TypeError, match=r"example_input must be an input tensor.*\(1, 3, 32, 32\)"):
         prune_zero_channels(dense, (1, 3, 32, 32))
+
+
+def test_the_adam_metric_prox_keeps_a_nan_group_nan_and_the_others_as_they_were():
+    """A NaN group was 'not kept' and came out an exact zero: a divergence the parameter check
+    after the step could no longer see."""
+    from metasparsity.sparsity.proxadam import metric_prox
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    d = torch.rand(4, 5, 3, 3, generator=g, dtype=torch.float64) + 0.5
+    tau = torch.tensor([2.0, 2.0, 2.0, 50.0, 2.0], dtype=torch.float64)  # group 3: zeroed
+    clean = metric_prox(z, d, tau)
+    z[1, 2, 0, 0] = float("nan")
+    y = metric_prox(z, d, tau)
+    assert not torch.isfinite(y[:, 2]).any()
+    others = [c for c in range(5) if c != 2]
+    assert torch.equal(y[:, others], clean[:, others])
+    assert (clean[:, 3] == 0).all() and (clean[:, 0] != 0).all()

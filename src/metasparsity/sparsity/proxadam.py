@@ -70,7 +70,7 @@ def prox_rows(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     (clamped at 0, where ``h < 1``) and every later step climbs monotonically to it.
     """
     z2 = z.square()
-    keep = (z2 / a.square()).sum(1) > 1.0
+    keep = ~((z2 / a.square()).sum(1) <= 1.0)  # a NaN row is kept, and stays NaN (a divergence)
     if not bool(keep.any()):
         return torch.zeros_like(z)
     zn2 = z2.sum(1)
@@ -93,7 +93,7 @@ def prox_rows(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         step = torch.where(keep, (1.0 - h) * s2 / (s3 * h), torch.zeros_like(r))  # (1−h)/h'
         r_new = (r + step).clamp_min_(0.0)
         moved = r_new - r
-        small = moved.abs() <= tol_step * (r_new + scale_floor)
+        small = (moved.abs() <= tol_step * (r_new + scale_floor)) | r_new.isnan()
         done = bool((small | (moved <= 0)).all()) if k > 0 else bool(small.all())
         r = torch.maximum(r_new, r) if k > 0 else r_new  # rounding never walks back
         if done:
