@@ -277,3 +277,15 @@ def test_build_metrics_takes_tasks_or_types(synth_tasks):
 def test_wrong_kind_of_tasks_is_a_type_error(fn, bad):
     with pytest.raises(TypeError, match="Task"):
         fn(bad)
+
+
+@pytest.mark.parametrize("spec", [["segment", "depth"], "segment"])
+def test_a_spec_that_is_not_a_mapping_is_named(spec):
+    """A list of task names gave an AttributeError ('list' object has no attribute 'items')."""
+    from metasparsity.eval.delta import usable_spec
+
+    base = {"depth": {"abs_err": 0.5}}
+    with pytest.raises(TypeError, match=r"the spec must be \{task"):
+        delta_m(base, base, spec)
+    with pytest.raises(TypeError, match=r"the spec must be \{task"):
+        usable_spec(spec, base)

@@ -243,3 +243,10 @@ def test_the_adam_metric_prox_keeps_a_nan_group_nan_and_the_others_as_they_were(
     others = [c for c in range(5) if c != 2]
     assert torch.equal(y[:, others], clean[:, others])
     assert (clean[:, 3] == 0).all() and (clean[:, 0] != 0).all()
+
+
+@pytest.mark.parametrize("tol", [-1.0, float("nan"), "0"])
+def test_sparsity_stats_refuses_a_bad_tolerance(tol):
+    model = build_model_from_tasks({"depth": TASKS["depth"]}, width=0.25)
+    with pytest.raises(ValueError, match="tol must be a number >= 0"):
+        sparsity_stats(model, tol=tol)

@@ -54,6 +54,7 @@ def per_task_delta(results: Results, baseline: Results, spec: Spec) -> dict[str,
         TypeError: a spec entry that is not ``{metric: bool}`` (a direction such as ``"lower"``
             is not a bool), or a ``results`` / ``baseline`` entry that is not ``{metric: value}``.
     """
+    _check_spec_is_a_mapping(spec)
     if not spec:
         raise ValueError("Δm: the spec names no task")
     out: dict[str, float] = {}
@@ -114,11 +115,18 @@ def default_spec(task_types: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     return spec
 
 
+def _check_spec_is_a_mapping(spec: object) -> None:
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"Δm: the spec must be {{task: {{metric: higher_is_better}}}} (e.g. "
+                        f"default_spec(tasks)), got {type(spec).__name__} {spec!r}")
+
+
 def usable_spec(spec: dict, baseline: dict, *, needed: str | None = None) -> tuple[dict, list[str]]:
     """``spec`` without the metrics whose baseline is 0 or not finite (Δm is undefined there),
     and the list of ``task.metric`` names left out (reported beside Δm).  ``needed`` names what
     the Δm is for (e.g. ``"seed 0's seen tasks"``): then none left is a UserError naming the
     metrics, not a ValueError from :func:`delta_m`."""
+    _check_spec_is_a_mapping(spec)
     kept: dict = {}
     dropped: list[str] = []
     for t, ms in spec.items():

@@ -293,6 +293,8 @@ def sparsity_stats(model: nn.Module, tol: float = 0.0,
                    layers: Sequence[ConvGroups] | None = None) -> SparsityStats:
     """Count zero groups (``||θ_g||_2 <= tol``; ``tol = 0`` means exactly zero).  A group
     holding a NaN is not counted as zero."""
+    if not (isinstance(tol, numbers.Real) and tol >= 0):  # NaN fails too
+        raise ValueError(f"sparsity_stats: tol must be a number >= 0, got {tol!r}")
     layers = channel_groups(model) if layers is None else layers
     params = _named_params(model)
     _check_layers(params, layers)
