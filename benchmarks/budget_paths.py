@@ -41,8 +41,9 @@ def _records(path: Path, kind: str) -> list[dict]:
         problem = check_json_shape(r, RECORD_SHAPE, f"step {r.get('step')!r}")
         if not problem:
             lam = r["lambda"] if isinstance(r["lambda"], list) else [r["lambda"]]
-            if not lam or min(lam) <= 0:
-                problem = f"step {r['step']}['lambda']: expected multipliers > 0, got {lam}"
+            if not lam or min(lam) < 0 or sum(lam) <= 0:  # a layer kept at λ = 0 may be 0
+                problem = (f"step {r['step']}['lambda']: expected multipliers >= 0, not all 0, "
+                           f"got {lam}")
         if problem:
             raise UserError(f"run log {path} is malformed: {problem}")
     return out

@@ -65,9 +65,9 @@ def _paths_case(tmp: Path, case: str) -> tuple[list, list[str]]:
                          ["metrics.jsonl", "'target' is missing"]),
            "cost_text": ([dict(REC, cost="x")], ["metrics.jsonl", "['cost']", "a number"]),
            "step_float": ([dict(REC, step=2.5)], ["metrics.jsonl", "['step']", "an integer"]),
-           "lambda_empty": ([dict(REC, **{"lambda": []})], ["metrics.jsonl", "['lambda']", "> 0"]),
+           "lambda_empty": ([dict(REC, **{"lambda": []})], ["metrics.jsonl", "['lambda']", ">= 0, not all 0"]),
            "lambda_zero": ([dict(REC, step=s, **{"lambda": 0.0}) for s in range(1, 9)],
-                           ["metrics.jsonl", "['lambda']", "> 0"])}
+                           ["metrics.jsonl", "['lambda']", ">= 0, not all 0"])}
     if case in bad:
         lines, words = bad[case]
         return ["--runs", _budget_runs(tmp, lines), "--out", out], words

@@ -4,6 +4,7 @@ outcome), never a silently wrong λ, a zeroed backbone or an error deep inside a
 import copy
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,12 @@ def test_lambda_init_auto_points_to_auto_lambda0():
         LearnedLambda(lambda_init="auto")
 
 
+def test_lambda_init_from_a_tensor_that_requires_grad_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LearnedLambda(torch.tensor(0.1, requires_grad=True)).value() == pytest.approx(0.1)
+
+
 def test_lambda_init_accepts_a_one_element_tensor():
     lam = LearnedLambda(lambda_init=torch.tensor(1e-2, dtype=torch.float64))
     assert torch.equal(lam.rho.detach(), LearnedLambda(1e-2).rho.detach())
@@ -94,6 +101,13 @@ def test_prox_step_must_be_finite_and_non_negative(model, layers, prox_step):
         outer_update(model, lam, res, torch.optim.Adam(model.parameters(), lr=1e-3), opt_rho,
                      prox_step, layers)
     assert _unchanged(model, lam, before)
+
+
+def test_prox_step_is_not_checked_when_no_prox_is_taken(model, layers):
+    """Without a prox (take_prox=False, or λ disabled) prox_step is not used, so not refused."""
+    lam, res, _, opt_rho = _outer_setup(model, layers)
+    outer_update(model, lam, res, torch.optim.SGD(model.parameters(), lr=1e-3), opt_rho, NAN,
+                 layers, take_prox=False)
 
 
 def test_optimizers_must_hold_the_model_and_rho(model, layers):
@@ -157,6 +171,14 @@ def test_meta_step_inner_steps_must_be_a_non_negative_int(model, layers, mode, i
 def test_meta_step_zero_inner_steps_is_still_allowed(model, layers):
     res = _ms(model, layers, inner_steps=0)
     assert math.isfinite(res.loss) and not res.inner_loss
+
+
+def test_meta_step_reads_an_iterator_of_batches_once(model, layers):
+    """The checks used to exhaust an iterator: an empty meta-step (loss 0, no subset)."""
+    lam = make_lam("global", len(layers))
+    listed = meta_step(model, lam, layers, make_batches(), toy_loss, ALPHA, 1, "lambda_path")
+    once = meta_step(model, lam, layers, iter(make_batches()), toy_loss, ALPHA, 1, "lambda_path")
+    assert once.subsets == listed.subsets and once.loss == listed.loss != 0
 
 
 def test_meta_step_lam_must_be_a_learned_lambda(model, layers):
@@ -250,9 +272,9 @@ def test_implicit_lambda_grad_names_a_missing_grouped_weight(model, layers):
 
 
 def test_non_finite_rho_gradient_stops_meta_training_as_a_divergence(tmp_path, monkeypatch):
-    """The recipe's divergence handling still applies: the run stops, the last good checkpoint
-    is kept (this passes before and after the check in outer_update; it guards the choice of
-    NonFiniteError over a ValueError there)."""
+    """The recipe's divergence handling still applies: the run stops at the step it names, the
+    last good checkpoint is kept (this guards the choice of NonFiniteError over a ValueError in
+    outer_update)."""
     real, calls = metatrain.meta_step, {"n": 0}
 
     def poisoned(*args, **kwargs):

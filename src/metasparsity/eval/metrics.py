@@ -102,7 +102,8 @@ class Metric(abc.ABC):
     def _seen_nonfinite(self, pred: torch.Tensor, valid: torch.Tensor | None = None) -> bool:
         """Whether ``pred`` (with ``valid`` ``[B, H, W]``: its values along dim 1 at those pixels
         only), or a prediction before it since the last reset, held a NaN or an infinity; sets
-        :attr:`nonfinite`.  ``update`` then skips the batch: the result is NaN anyway."""
+        :attr:`nonfinite`.  ``update`` then skips the batch: the result is NaN anyway.  A metric
+        that calls it sets ``self.nonfinite = False`` in its ``reset``, as every one here does."""
         if not self.nonfinite:
             finite = torch.isfinite(pred)
             if valid is not None:

@@ -70,7 +70,7 @@ def _lambda_init_value(lambda_init: object) -> float:
                             f"{tuple(lambda_init.shape)} (a per-layer λ: load_state_dict)")
     elif not isinstance(lambda_init, numbers.Real):
         raise TypeError(f"lambda_init must be a number, got {lambda_init!r}")
-    value = float(lambda_init)
+    value = float(lambda_init.detach() if isinstance(lambda_init, torch.Tensor) else lambda_init)
     if not math.isfinite(value):
         raise ValueError(f"lambda_init must be a finite number >= 0, got {value}")
     return value

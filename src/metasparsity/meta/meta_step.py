@@ -188,6 +188,7 @@ def meta_step(model: nn.Module, lam: LearnedLambda, layers: Sequence[ConvGroups]
     statistics are left untouched.
     """
     _check_mode(mode)
+    batches = list(batches)  # an iterator is read once, by the checks below
     if not batches:
         raise ValueError("meta_step needs at least one (subset, support, query) batch")
     _check_meta_step_args(lam, batches, loss_fn, inner_lr, inner_steps)

@@ -53,11 +53,16 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
     or an ``extra_params`` entry that has a meta-gradient, ``opt_rho`` missing ``lam.rho`` (a
     learnable λ), a ``prox_step`` that is not a finite number ``>= 0`` (when it is used).  A
     non-finite gradient of ρ raises :class:`~metasparsity.utils.errors.NonFiniteError`
-    (a divergence, as a non-finite λ is for meta-training) rather than making λ NaN.
+    (a divergence, as a non-finite λ is for meta-training) rather than making λ NaN; checked
+    before anything changes, except λ's part through the prox (``prox_path``), which exists only
+    after θ's step: that one leaves θ stepped and λ as it was (meta-training then stops and
+    keeps its last good checkpoint).
     """
     params = dict(model.named_parameters())
     extra = dict(extra_params or {})
-    _check_outer_args(params, extra, lam, result, opt_theta, opt_rho, prox_step, layers)
+    sparse = lam.enabled and bool(layers) and take_prox
+    _check_outer_args(params, extra, lam, result, opt_theta, opt_rho,
+                      prox_step if sparse else 0.0, layers)
     for name, p in params.items():
         g = result.grads_theta.get(name)
         p.grad = None if g is None else g.detach().to(p.dtype)
@@ -65,7 +70,6 @@ def outer_update(model: nn.Module, lam: LearnedLambda, result: MetaStepResult,
         g = result.grads_extra.get(name)
         p.grad = None if g is None else g.detach().to(p.dtype)
     lam_used = lam.value()
-    sparse = lam.enabled and bool(layers) and take_prox
     before: dict[str, torch.Tensor] | None = None
     if isinstance(opt_theta, ProxAdam) and sparse and prox_path is not None and lam.learnable:
         # step(lam=λ) is step(lam=None) then apply_prox(λ): keep z between the two
@@ -104,7 +108,8 @@ def _check_outer_args(params: Mapping[str, torch.Tensor], extra: Mapping[str, to
                       lam: LearnedLambda, result: MetaStepResult,
                       opt_theta: torch.optim.Optimizer, opt_rho: torch.optim.Optimizer | None,
                       prox_step: float, layers: Sequence[ConvGroups]) -> None:
-    """:func:`outer_update`'s checks, before anything changes (one set of ids per call)."""
+    """:func:`outer_update`'s checks, before anything changes (one set of ids per call);
+    ``prox_step`` is checked as given (the caller passes 0 when no prox is taken)."""
     held = {id(p) for group in opt_theta.param_groups for p in group["params"]}
     need = [(g.name, params[g.name]) for g in layers
             if g.name in params and result.grads_theta.get(g.name) is not None]
@@ -137,8 +142,8 @@ def _check_finite_grad_rho(grad_rho: torch.Tensor, where: str) -> None:
     it would make λ NaN, and the next prox would zero the backbone."""
     if not bool(torch.isfinite(grad_rho).all()):
         raise NonFiniteError(f"non-finite meta-gradient of λ {where + ' ' if where else ''}"
-                             f"(dL/dρ = {grad_rho.detach().cpu().reshape(-1).tolist()[:4]}); "
-                             "λ is not updated", task="λ")
+                             f"(dL/dρ = {grad_rho.detach().cpu().reshape(-1).tolist()[:4]})",
+                             task="λ")
 
 
 class RelativeClip:

@@ -328,7 +328,8 @@ class MetaTrainer:
                             prox_path=self._prox_path(batches, held) if self.through_prox
                             else None)
                     except NonFiniteError as e:  # λ's meta-gradient: the step is ours to name
-                        raise NonFiniteError(f"{e.detail} at step {self.step + 1}",
+                        raise NonFiniteError(f"{e.detail} at step {self.step + 1}; λ is "
+                                             "not updated",
                                              step=self.step + 1, task=e.task) from None
                     cost = self._budget_step(lam_step) if self.budget else None
                     if self.window:
