@@ -1,5 +1,5 @@
 """Budget mode without meta-learning: ``metasparsity train`` with ``sparsity.target``, against the
-fixed-λ grid at the same backbone MACs (DESIGN §2.4, §5).
+fixed-λ grid at the same backbone MACs (README: "The method", "The comparison (the demo)").
 
 A control for meta-training's budget mode (``benchmarks/lambda_inits.py --objectives ""``):
 the same target and measure, the same cubic ramp of the target, the same dual ascent on the
@@ -10,8 +10,8 @@ grid's front there, with no meta-learning in the way.
 
 Per seed: one ``train`` run with ``sparsity.target`` = ``--target`` of ``--measure``,
 ``sparsity.lam`` = ``--lam0`` (where the multiplier starts), ``sparsity.target_ramp`` =
-``--ramp``.  Δm (DESIGN §4, primary metrics of the seen tasks, test split) against the dense
-MTL model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (``--grid-runs``, reused or
+``--ramp``.  Δm (README, "Metrics": primary metrics of the seen tasks, test split) against the
+dense MTL model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (``--grid-runs``, reused or
 trained); the front's Δm at the run's backbone MACs, from the mean over seeds of the grid
 (dense as its uncut end) and from each seed's own grid.  Finished runs are reused,
 interrupted ones resumed.

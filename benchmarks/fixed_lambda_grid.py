@@ -1,4 +1,4 @@
-"""The fixed-λ baseline over a λ grid, with both prox metrics side by side (DESIGN §2.2.1).
+"""The fixed-λ baseline over a λ grid, with both prox metrics side by side (README, "The method").
 
 For each seed: one dense MTL model (λ = 0) and one fixed-λ group-sparse MTL model per λ of
 ``--grid-adam`` (``sparsity.prox_metric=adam``, the group prox in Adam's metric, λ in gradient
@@ -6,8 +6,9 @@ units) and of ``--grid-euclidean`` (``sparsity.prox_metric=euclidean``, the firs
 soft-threshold after Adam).  Every run is the ``metasparsity train`` recipe on ``--config``
 (default ``configs/synthscenes.yaml``) with ``train.seed`` = the seed, the same data.
 
-Δm is taken **against the dense MTL model of the same seed** (DESIGN §4's formula, the primary
-metrics of the seen tasks, on the test split and on the validation split): "Δm vs dense" below.
+Δm is taken **against the dense MTL model of the same seed** (the formula of the README's
+"Metrics", the primary metrics of the seen tasks, on the test split and on the validation split):
+"Δm vs dense" below.
 Rows carry ``prox_metric``, ``lam``, ``seed``, ``group_sparsity``, ``param_sparsity``, Δm; the
 summary gives mean ± std over the seeds.  The dense model's train and validation losses (last
 logged training losses against the best checkpoint's validation losses) say whether it

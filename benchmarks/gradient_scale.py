@@ -1,6 +1,6 @@
 """λ's natural scale for each config: ``||∇_g L|| / w_g`` over the backbone groups at the start.
 
-With the group prox in Adam's metric (DESIGN §2.2.1) a zero group stays zero exactly while
+With the group prox in Adam's metric (README, "The method") a zero group stays zero exactly while
 ``||∇_g L|| ≤ λ·w_g``: λ is in gradient units, and the distribution of ``||∇_g L||/w_g`` over the
 groups says where λ starts to bite.  For every config this builds its model (from scratch, or
 from ``model.pretrained`` if the file is there), takes ``--batches`` training batches of

@@ -1,5 +1,6 @@
 """Does the learned λ converge?  Meta-sparsity from λ0 spread over 100× (plus ``auto``), for
-both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (DESIGN §2.4, §5).
+both λ objectives, 3 seeds; and budget mode, both against the fixed-λ grid (README: "The
+method", "The comparison (the demo)").
 
 For every seed, objective (``heldout``, ``query``; or ``window``: λ by paired windows of
 validation Δm, ``benchmarks/lambda_window.py``, ``--window`` steps, ``--window-factor``;
@@ -13,11 +14,12 @@ metrics.  Per seed also budget mode (``meta.target`` = ``--target`` of ``meta.ta
 fine-tuned on the unseen tasks.  Per seed also ``meta_dense`` (λ = 0: the same recipe without
 sparsity, what the recipe itself costs against MTL; ``--no-dense`` skips it).
 
-Δm (DESIGN §4, primary metrics of the seen tasks, test split) is taken against the dense MTL
-model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (same data, 1000 steps), whose
+Δm (README, "Metrics": primary metrics of the seen tasks, test split) is taken against the
+dense MTL model of the same seed from ``benchmarks/fixed_lambda_grid.py`` (same data, 1000 steps), whose
 runs (``--grid-runs``) are reused or trained; the fixed-λ grid (adam metric) gives the Pareto
 front (mean over seeds, dense MTL as its λ = 0 end) and the front's Δm at the budget run's
-backbone MACs.  Compute: passes weighed by batch size (DESIGN §5), against the grid's total.
+backbone MACs.  Compute: passes weighed by batch size (README, "The comparison (the demo)"),
+against the grid's total.
 
 Rows carry ``objective``, ``seed``, ``lambda_init``, ``lambda_final``, ``group_sparsity``,
 ``param_sparsity``, ``delta_m``.  Writes ``benchmarks/results/lambda_inits.{json,md,png}``

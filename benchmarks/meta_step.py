@@ -1,4 +1,4 @@
-"""Cost of one meta-step against one plain multi-task training step (issue 5, DESIGN §2.4).
+"""Cost of one meta-step against one plain multi-task training step (issue 5; README, "The method").
 
 Model: the SynthScenes CPU preset (``configs/synthscenes.yaml``: ResNet-18 width 0.25, output
 stride 8, ASPP heads with 32 channels and rates 1/2/3) with its 5 seen tasks, in float32.

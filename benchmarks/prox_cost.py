@@ -1,4 +1,4 @@
-"""Cost of the group prox in Adam's metric against a plain training step (DESIGN §2.2.1).
+"""Cost of the group prox in Adam's metric against a plain training step (README, "The method").
 
 Model: the SynthScenes CPU preset (``configs/synthscenes.yaml``: ResNet-18 width 0.25, output
 stride 8, ASPP heads, 32 channels) with its 5 seen tasks, in float32, batch ``--batch-size``.
