@@ -289,3 +289,10 @@ def test_a_spec_that_is_not_a_mapping_is_named(spec):
         delta_m(base, base, spec)
     with pytest.raises(TypeError, match=r"the spec must be \{task"):
         usable_spec(spec, base)
+
+
+@pytest.mark.parametrize(("pred", "target"), [((4, 2), (4, 2)), ((2, 2), (4,)), ((4, 1), (4, 1))])
+def test_binary_metric_takes_the_losses_shapes_only(pred, target):
+    """[B, 2] against [B, 2] (a one-hot target) was flattened and scored as 2B samples."""
+    with pytest.raises(ValueError, match=r"logits \[B, 1\] or \[B\] against targets \[B\]"):
+        BinaryMetric().update(torch.zeros(pred), torch.zeros(target))

@@ -504,13 +504,13 @@ class BinaryMetric(Metric):
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if target.dim() != 1 or pred.shape not in (target.shape, (*target.shape, 1)):
+            raise ValueError(  # as the binary loss: no flattening of [B, 2] against [B, 2]
+                f"binary metric: expected logits [B, 1] or [B] against targets [B], got pred "
+                f"{tuple(pred.shape)}, target {tuple(target.shape)}"
+            )
         s = pred.detach().reshape(-1).double().cpu().numpy()
         y = target.detach().reshape(-1).double().cpu().numpy()
-        if s.shape != y.shape:
-            raise ValueError(
-                f"binary metric: {s.size} predictions for {y.size} targets "
-                f"(pred {tuple(pred.shape)}, target {tuple(target.shape)})"
-            )
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("binary metric: targets must be 0 or 1")
         if self._seen_nonfinite(pred):
