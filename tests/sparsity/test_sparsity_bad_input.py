@@ -250,3 +250,16 @@ def test_sparsity_stats_refuses_a_bad_tolerance(tol):
     model = build_model_from_tasks({"depth": TASKS["depth"]}, width=0.25)
     with pytest.raises(ValueError, match="tol must be a number >= 0"):
         sparsity_stats(model, tol=tol)
+
+
+def test_backbone_cut_names_non_finite_outputs_and_never_compares_an_input_with_itself():
+    """A NaN input (or NaN weights) read as 'no cut'; an input equal to the fixed second one
+    read as a cut at conv1."""
+    from metasparsity.sparsity import backbone_cut
+
+    model = build_model_from_tasks({"depth": TASKS["depth"]}, width=0.25)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="outputs are not finite"):
+        backbone_cut(model, torch.full_like(x, float("nan")))
+    same = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) + 1.0
+    assert backbone_cut(model, same) is None and backbone_cut(model, x) is None

@@ -39,6 +39,8 @@ def backbone_cut(model: nn.Module, example_input: torch.Tensor | tuple | list) -
     net = copy.deepcopy(net).eval()
     gen = torch.Generator(device="cpu").manual_seed(0)
     x2 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype).to(x1.device) + 1.0
+    if torch.equal(x1, x2):  # the same input twice would show a "cut" at the first stage
+        x2 = x2 + 1.0
     # the stream after every stage and every block of a stage (ResNet: conv1 … layer4.1)
     watched = [n for n, _ in net.named_modules() if n and n.count(".") <= 1]
     outs: list[dict[str, torch.Tensor]] = [{}, {}]
@@ -63,6 +65,9 @@ def backbone_cut(model: nn.Module, example_input: torch.Tensor | tuple | list) -
     finally:
         for h in handles:
             h.remove()
+    if not (torch.isfinite(f1).all() and torch.isfinite(f2).all()):
+        raise ValueError("backbone_cut: the backbone's outputs are not finite (NaN or inf); "
+                         "check its weights and example_input")
     if not torch.equal(f1, f2):
         return None
     for name in order:
