@@ -64,6 +64,13 @@ def test_lambda_init_from_a_tensor_that_requires_grad_does_not_warn():
         assert LearnedLambda(torch.tensor(0.1, requires_grad=True)).value() == pytest.approx(0.1)
 
 
+def test_lambda_init_accepts_a_0d_numpy_array():
+    np = pytest.importorskip("numpy")
+    assert LearnedLambda(np.array(0.1)).value() == pytest.approx(0.1)
+    with pytest.raises(TypeError, match="lambda_init must be a number"):
+        LearnedLambda(np.array([0.1, 0.2]))
+
+
 def test_lambda_init_accepts_a_one_element_tensor():
     lam = LearnedLambda(lambda_init=torch.tensor(1e-2, dtype=torch.float64))
     assert torch.equal(lam.rho.detach(), LearnedLambda(1e-2).rho.detach())

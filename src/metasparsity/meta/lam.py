@@ -68,8 +68,9 @@ def _lambda_init_value(lambda_init: object) -> float:
         if lambda_init.numel() != 1:
             raise TypeError(f"lambda_init must be one number, got a tensor of shape "
                             f"{tuple(lambda_init.shape)} (a per-layer λ: load_state_dict)")
-    elif not isinstance(lambda_init, numbers.Real):
-        raise TypeError(f"lambda_init must be a number, got {lambda_init!r}")
+    elif not (isinstance(lambda_init, numbers.Real)
+              or (getattr(lambda_init, "ndim", None) == 0 and hasattr(lambda_init, "__float__"))):
+        raise TypeError(f"lambda_init must be a number, got {lambda_init!r}")  # (0-d numpy: ok)
     value = float(lambda_init.detach() if isinstance(lambda_init, torch.Tensor) else lambda_init)
     if not math.isfinite(value):
         raise ValueError(f"lambda_init must be a finite number >= 0, got {value}")
