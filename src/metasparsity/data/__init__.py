@@ -17,12 +17,13 @@ where ``my_builder(data_cfg, split)`` returns a Dataset and ``my_tasks(data_cfg)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from metasparsity.data.checks import check_first_sample
 from metasparsity.data.tasks import IGNORE_INDEX, LOSSES, TASKS, Task, register_loss, register_task
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.registry import Registry
@@ -52,6 +53,10 @@ def resolve_tasks(cfg: Any, names: Iterable[str] | None = None) -> dict[str, Tas
     d = _data_cfg(cfg)
     spec = DATASETS.get(d.name)
     available = spec.tasks(d)
+    if not isinstance(available, Mapping) or not all(
+            isinstance(t, Task) and t.name == n for n, t in available.items()):
+        raise UserError(f"data set {d.name!r}: its tasks function must return {{name: Task}} "
+                        f"with each Task's name as its key, got {type(available).__name__}")
     if isinstance(names, str) or not isinstance(names, Iterable | None):
         raise UserError(f"tasks: give a list of task names, got {type(names).__name__} {names!r}"
                         + (f" (e.g. [{names!r}])" if isinstance(names, str) else ""))
@@ -64,12 +69,17 @@ def resolve_tasks(cfg: Any, names: Iterable[str] | None = None) -> dict[str, Tas
 
 
 def build_dataset(cfg: Any, split: str) -> Dataset:
-    """Build the configured data set's ``split`` (``train``, ``val`` or ``test``)."""
+    """Build the configured data set's ``split`` (``train``, ``val`` or ``test``), its first
+    sample checked against the task table (:func:`metasparsity.data.checks.check_first_sample`:
+    a wrong layout is a UserError here, before a run writes anything)."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     d = _data_cfg(cfg)
-    resolve_tasks(d)
-    return DATASETS.get(d.name).build(d, split)
+    tasks = resolve_tasks(d)
+    dataset = DATASETS.get(d.name).build(d, split)
+    check_first_sample(dataset, tasks, f"data set {d.name!r}, split {split!r}",
+                       getattr(d, "image_size", None))
+    return dataset
 
 
 def _register_builtin() -> None:

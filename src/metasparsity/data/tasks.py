@@ -62,8 +62,16 @@ class Task:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a task's name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("dense", "image"):
             raise ValueError(f"task {self.name!r}: kind must be 'dense' or 'image', got {self.kind!r}")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
+            raise ValueError(f"task {self.name!r}: channels (the head's outputs) must be an "
+                             f"integer >= 1, got {self.channels!r}")
+        if self.type == "segmentation" and self.num_classes != self.channels:
+            raise ValueError(f"task {self.name!r}: a segmentation task has one channel per class; "
+                             f"num_classes is {self.num_classes!r}, channels {self.channels}")
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss of a batch prediction against its target (see the module docstring)."""
@@ -84,7 +92,11 @@ TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task, overwrite: bool = False) -> Task:
-    """Add a task to :data:`TASKS` (its ``type`` must have a loss in :data:`LOSSES`)."""
+    """Add a task to :data:`TASKS` (its ``type`` must have a loss in :data:`LOSSES`: register
+    the loss first, :func:`register_loss`)."""
+    if task.type not in LOSSES:
+        raise ValueError(f"task {task.name!r}: no loss for type {task.type!r} (known: "
+                         f"{', '.join(LOSSES.names())}); register_loss({task.type!r}, fn) first")
     TASKS.register(task.name, task, overwrite=overwrite)
     return task
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from metasparsity.utils.errors import UserError
+
 IMAGE_KEY = "image"
 DENSE_TYPES = ("segmentation", "depth", "normal", "edge")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -255,6 +257,18 @@ class SampleTransform:
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+        image = sample[IMAGE_KEY]
+        if not (np.issubdtype(image.dtype, np.floating) if isinstance(image, np.ndarray)
+                else torch.is_tensor(image) and image.is_floating_point()):  # uint8: 0–255
+            raise UserError(f"SampleTransform: the image is {getattr(image, 'dtype', image)}; "
+                            "load() must give a float image [3, H, W] in [0, 1] (e.g. divide a "
+                            "uint8 image by 255)")
+        untyped = [k for k, v in sample.items() if k != IMAGE_KEY and k not in self.types
+                   and getattr(v, "ndim", 0) >= 2]
+        if untyped:  # would pass through, not cropped, resized or flipped with the image
+            raise UserError(f"SampleTransform: the dense target(s) {', '.join(map(repr, untyped))}"
+                            f" have no entry in types ({', '.join(map(repr, self.types))}); add "
+                            "them, so that they follow the image's crop, resize and flip")
         if self.train:
             sample = random_scale_crop(sample, self.types, self.size, self.scale_range, generator)
             if self.flip_p > 0:

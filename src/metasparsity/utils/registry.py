@@ -26,7 +26,12 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
-        """Register ``obj`` under ``name``; usable as ``@registry.register("name")``."""
+        """Register ``obj`` under ``name``; usable as ``@registry.register("name")``.  ``name``
+        must be a non-empty string: a bare ``@registry.register`` (no name) would register
+        nothing and replace the decorated object, so it is refused."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} names are non-empty strings, got {name!r}; register "
+                            f"with @registry.register('name') or registry.register('name', obj)")
 
         def add(o: T) -> T:
             if name in self._items and not overwrite:

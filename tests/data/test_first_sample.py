@@ -1,0 +1,200 @@
+"""A registered data set's first sample is checked against the task table when a split is built
+(``metasparsity.data.checks``): each wrong layout below trained silently, failed deep inside
+torch at the first step, or only at the first validation or at test time, leaving a run
+folder behind; now it is a one-line UserError at set-up, and nothing is written."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from tests.recipes.micro import MICRO, cli
+
+from metasparsity.config import load_config
+from metasparsity.data import DATASETS, TASKS, DatasetSpec, build_dataset
+from metasparsity.data.checks import check_first_sample
+from metasparsity.utils.errors import UserError
+
+S = 32
+SERVED = {t: TASKS[t] for t in ("segment", "depth", "has_sphere")}
+WHERE = "data set 'x', split 'val'"
+
+
+def _good() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return torch.rand(3, S, S), {"segment": torch.zeros(S, S, dtype=torch.long),
+                                 "depth": torch.rand(1, S, S) + 0.1,
+                                 "has_sphere": torch.tensor(1.0)}
+
+
+def _with(image=None, **targets):
+    img, ys = _good()
+    ys.update(targets)
+    return img if image is None else image, {k: v for k, v in ys.items() if v is not None}
+
+
+C = TASKS["segment"].num_classes
+CASES = {
+    "empty": ([], ["is empty"]),
+    "numpy": ([tuple(np.asarray(t) if i == 0 else t for i, t in enumerate(_good()))],
+              ["image is a ndarray", "torch tensor"]),
+    "not a pair": ([_good()[0]], ["must be (image, {task: target})"]),
+    "uint8 image": ([_with((torch.rand(3, S, S) * 255).to(torch.uint8))], ["torch.uint8"]),
+    "0-255 image": ([_with(torch.rand(3, S, S) * 255)], ["values up to", "not 0–255"]),
+    "channels last": ([_with(torch.rand(S, S, 3))], ["(32, 32, 3)", "[3, H, W]"]),
+    "other size": ([_with(torch.rand(3, 48, 48))], ["48×48", "data.image_size is 32"]),
+    "nan image": ([_with(torch.full((3, S, S), float("nan")))], ["NaN"]),
+    "missing target": ([_with(depth=None)], ["no target for task 'depth'"]),
+    "depth [H, W]": ([_with(depth=torch.rand(S, S))], ["task 'depth'", "[1, H, W]"]),
+    "float labels": ([_with(segment=torch.zeros(S, S))], ["task 'segment'", "integer labels"]),
+    "labels out of range": ([_with(segment=torch.full((S, S), C, dtype=torch.long))],
+                            [f"labels from {C} to {C}", f"0 to {C - 1}"]),
+    "numpy target": ([_with(depth=np.ones((1, S, S), np.float32))],
+                     ["task 'depth'", "ndarray"]),
+    "binary [1]": ([_with(has_sphere=torch.tensor([1.0]))], ["task 'has_sphere'", "[]"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_wrong_first_sample_is_named(case):
+    items, words = CASES[case]
+    with pytest.raises(UserError) as e:
+        check_first_sample(items, SERVED, WHERE, S)
+    msg = str(e.value)
+    assert msg.startswith(WHERE) and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_a_good_sample_passes_ignore_labels_included_and_no_len_is_named():
+    img, ys = _good()
+    ys["segment"][0, 0] = 255
+    check_first_sample([(img, ys)], SERVED, WHERE, S)
+    check_first_sample([(img, ys)], SERVED, WHERE)  # no size asked for
+    with pytest.raises(UserError, match="has no len"):
+        check_first_sample(iter([(img, ys)]), SERVED, WHERE, S)
+
+
+class _Random(torch.utils.data.Dataset):
+    """Draws from the global generators, as a data set without seeded_item may."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        torch.rand(1), np.random.rand(), random.random()
+        return _good()
+
+
+def test_reading_the_first_sample_leaves_the_global_generators_as_they_were():
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expected = torch.rand(2), np.random.rand(2), random.random()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    check_first_sample(_Random(), SERVED, WHERE, S)
+    got = torch.rand(2), np.random.rand(2), random.random()
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+@pytest.fixture
+def registered():
+    """A data set 'first-sample-test' whose splits serve what ``served[split]`` holds."""
+    served = {}
+    DATASETS.register("first-sample-test", DatasetSpec(
+        build=lambda d, split: served.get(split, [_good()] * 8), tasks=lambda d: SERVED),
+        overwrite=True)
+    return served
+
+
+def _cfg_args():
+    return [*MICRO, "data.name=first-sample-test", "data.tasks=[segment,depth,has_sphere]",
+            "data.seen_tasks=[segment,depth]", "data.unseen_tasks=[has_sphere]"]
+
+
+def test_build_dataset_checks_every_split(registered):
+    cfg = load_config(None, _cfg_args())
+    assert len(build_dataset(cfg, "test")) == 8
+    registered["test"] = [_with(depth=torch.rand(S, S))]
+    with pytest.raises(UserError, match=r"^data set 'first-sample-test', split 'test'"):
+        build_dataset(cfg, "test")
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_train_refuses_a_bad_split_before_writing_anything(registered, tmp_path, capsys, split):
+    """A bad test split used to train to the end, then fail with no results.json; an empty
+    validation split finished with exit 0, every validation scoring 0."""
+    registered[split] = [] if split == "val" else [_with(depth=torch.rand(S, S))]
+    out = tmp_path / "run"
+    assert cli("train", "--out", out, *_cfg_args()) == 2
+    err = capsys.readouterr().err
+    assert f"split '{split}'" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+# the other extension points: tasks, registries, a data set's task table, SampleTransform
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"name": ""}, "non-empty string"),
+    ({"channels": 0}, "integer >= 1"),
+    ({"channels": 1.5}, "integer >= 1"),
+    ({"channels": 4, "num_classes": 3}, "one channel per class"),
+    ({"num_classes": None}, "one channel per class"),
+])
+def test_a_task_that_cannot_be_trained_is_refused_when_made(kwargs, words):
+    """channels=0 failed inside conv2d; a segmentation task with 4 channels and 3 classes
+    trained, then failed at the first validation."""
+    from metasparsity.data import Task
+
+    args = {"name": "parts", "kind": "dense", "type": "segmentation", "channels": 3,
+            "num_classes": 3, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        Task(**args)
+
+
+def test_register_task_needs_the_type_s_loss_first():
+    from metasparsity.data import Task, register_task
+
+    with pytest.raises(ValueError, match=r"no loss for type 'l2'.*register_loss\('l2', fn\)"):
+        register_task(Task("height", "dense", "l2", 1))
+    assert "height" not in TASKS
+
+
+def test_a_registry_refuses_a_bare_decorator_and_names_that_are_not_strings():
+    """A bare @R.register replaced the class with a closure and registered nothing; an int
+    name broke every later 'unknown name' message."""
+    from metasparsity.utils.registry import Registry
+
+    r = Registry("head")
+    with pytest.raises(TypeError, match=r"@registry.register\('name'\)"):
+        @r.register
+        class Head:
+            pass
+    for name in (3, "", None):
+        with pytest.raises(TypeError, match="non-empty strings"):
+            r.register(name, object())
+    assert len(r) == 0
+
+
+def test_a_task_table_that_is_not_name_to_task_is_named():
+    DATASETS.register("first-sample-test", DatasetSpec(
+        build=lambda d, split: [_good()], tasks=lambda d: list(SERVED.values())), overwrite=True)
+    with pytest.raises(UserError, match=r"must return \{name: Task\}.*got list"):
+        build_dataset(load_config(None, _cfg_args()), "val")
+
+
+def test_sample_transform_refuses_a_uint8_image_and_a_dense_target_without_a_type():
+    """A uint8 image trained on 0–255; a depth map missing from types was neither cropped nor
+    flipped with the image (silently misaligned)."""
+    from metasparsity.data.transforms import SampleTransform
+
+    t = SampleTransform({"segment": "segmentation"}, S, train=True)
+    seg = np.zeros((S, S), np.int64)
+    with pytest.raises(UserError, match="image is uint8"):
+        t({"image": np.zeros((3, S, S), np.uint8), "segment": seg})
+    with pytest.raises(UserError, match=r"dense target\(s\) 'depth' have no entry in types"):
+        t({"image": np.zeros((3, S, S), np.float32), "segment": seg,
+           "depth": np.ones((1, S, S), np.float32)})
+    image, ys = t({"image": np.zeros((3, S, S), np.float32), "segment": seg,
+                   "has_sphere": np.float32(1.0)}, torch.Generator().manual_seed(0))
+    assert image.shape == (3, S, S) and set(ys) == {"segment", "has_sphere"}
