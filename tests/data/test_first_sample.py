@@ -198,3 +198,21 @@ def test_sample_transform_refuses_a_uint8_image_and_a_dense_target_without_a_typ
     image, ys = t({"image": np.zeros((3, S, S), np.float32), "segment": seg,
                    "has_sphere": np.float32(1.0)}, torch.Generator().manual_seed(0))
     assert image.shape == (3, S, S) and set(ys) == {"segment", "has_sphere"}
+
+
+def test_a_data_set_declares_its_normalisation_on_its_spec():
+    """export.input_normalization read mean/std off the DatasetSpec, which had no such fields:
+    a data set could not declare them, and predict normalised with ImageNet's."""
+    from types import SimpleNamespace
+
+    from metasparsity.export import input_normalization
+
+    DATASETS.register("first-sample-norm", DatasetSpec(
+        build=lambda d, split: [_good()], tasks=lambda d: SERVED, mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25)), overwrite=True)
+    cfg = SimpleNamespace(data=SimpleNamespace(name="first-sample-norm"))
+    assert input_normalization(cfg) == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(ValueError, match="std must be 3 numbers"):
+        DatasetSpec(build=lambda d, s: [], tasks=lambda d: SERVED, std=(1.0, 0.0, 1.0))
+    with pytest.raises(TypeError, match="must be functions"):
+        DatasetSpec(build=None, tasks=lambda d: SERVED)

@@ -33,11 +33,27 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """How to build a data set (``build(data_cfg, split)``) and which tasks it serves."""
+    """How to build a data set (``build(data_cfg, split)``) and which tasks it serves.
+
+    ``mean`` / ``std``: the per-channel statistics its images are normalised with (None:
+    ImageNet's, as every built-in data set); ``prune`` writes them into ``model.json``, and
+    ``predict`` normalises new images with them."""
 
     build: Callable[[Any, str], Dataset]
     tasks: Callable[[Any], dict[str, Task]]
     description: str = ""
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (callable(self.build) and callable(self.tasks)):
+            raise TypeError("DatasetSpec: build(data_cfg, split) and tasks(data_cfg) must be "
+                            "functions")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
+                raise ValueError(f"DatasetSpec: {name} must be 3 numbers (one per channel"
+                                 f"{', > 0' if name == 'std' else ''}), got {v!r}")
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
