@@ -434,3 +434,27 @@ def test_the_report_names_every_cut_backbone(compared, tmp_path):
     line = next(x for x in (copy / "report.md").read_text().splitlines()
                 if x.startswith("**Cut backbones**"))
     assert f"{METHOD_NAMES['mtl']}, seed {seed}, from layer4.0 on" in line
+
+
+def test_a_method_row_without_what_the_comparison_reads_is_named():
+    """A method of one's own returning the raw train results, None, or a row without a seen
+    task failed with a KeyError or AttributeError after every method and seed had run."""
+    from types import SimpleNamespace
+
+    from metasparsity.recipes.compare import check_method_row
+    from metasparsity.utils.errors import UserError
+
+    ctx = SimpleNamespace(seen=["depth", "segment"], unseen=["normal"])
+    good = {"run_dir": "r", "wall_time_s": 1.0,
+            "seen": {"val": {"depth": {}, "segment": {}}, "test": {"depth": {}, "segment": {}}},
+            "unseen": {"val": {}, "test": {}},
+            "sparsity": {"param_sparsity": 0.0, "group_sparsity": 0.0}}
+    assert check_method_row("mine", good, ctx) is good
+    no_seg = {**good, "seen": {"val": {"depth": {}}, "test": {"depth": {}}}}
+    part_unseen = {**good, "unseen": {"val": {"x": {}}, "test": {"x": {}}}}
+    for row, words in [(None, "expected an object"), ({"test": {}}, "'run_dir' is missing"),
+                       (no_seg, "row['seen']['val'] has no metrics for segment"),
+                       (part_unseen, "row['unseen']['val'] has no metrics for normal")]:
+        with pytest.raises(UserError, match=r"method 'mine'") as e:
+            check_method_row("mine", row, ctx)
+        assert words in str(e.value), str(e.value)

@@ -24,7 +24,7 @@ from metasparsity.training import collectives
 from metasparsity.training.reuse import RESULTS, check_finished_sub_runs, reused_from_other_code
 from metasparsity.utils.device import resolve_device
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import write_json
+from metasparsity.utils.io import check_json_shape, write_json
 from metasparsity.utils.provenance import code_identity, machine_identity
 from metasparsity.utils.rundir import (
     config_restored_on_refusal,
@@ -144,7 +144,7 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
             rows: dict[str, Any] = {}
             for name in methods:
                 progress(f"[compare] seed {seed}: {name}")
-                row = METHODS.get(name)(ctx)
+                row = check_method_row(name, METHODS.get(name)(ctx), ctx)
                 row["cost"] = collectives.from_main(
                     lambda row=row: _row_cost(row, cfg.data.image_size))
                 rows[name] = row
@@ -184,6 +184,35 @@ def run_compare(cfg: Config, out_dir: str | Path, *, resume: bool = False, overw
         write_report(out, results)
     collectives.barrier()
     return results
+
+
+METHOD_ROW_SHAPE = {
+    "run_dir": str, "wall_time_s": float,
+    "seen": {"val": dict, "test": dict}, "unseen": {"val": dict, "test": dict},
+    "sparsity": {"param_sparsity": float, "group_sparsity": float},
+}
+"""What the comparison reads of a method's row (``METHODS[name](ctx)``)."""
+
+
+def check_method_row(name: str, row: Any, ctx: Any) -> dict:
+    """``row`` if it has :data:`METHOD_ROW_SHAPE` and scores every seen task (and every unseen
+    task when it scores any), else a UserError naming the method: a method of one's own that
+    returns another structure failed after every method and seed had run, with no results."""
+    problem = check_json_shape(row, METHOD_ROW_SHAPE, f"method {name!r}'s row")
+    if not problem:
+        for part, tasks in (("seen", ctx.seen), ("unseen", ctx.unseen)):
+            for split in ("val", "test"):
+                missing = [t for t in tasks if t not in row[part][split]]
+                if missing and (part == "seen" or row[part][split]):
+                    problem = (f"method {name!r}'s row[{part!r}][{split!r}] has no metrics for "
+                               f"{', '.join(missing)}")
+                    break
+            if problem:
+                break
+    if problem:
+        raise UserError(f"{problem}; a method returns the row of its run (see README, 'Adding a "
+                        "training method')")
+    return row
 
 
 def _row_cost(row: dict, image_size: int) -> dict[str, Any]:
