@@ -136,8 +136,8 @@ def test_train_refuses_a_bad_split_before_writing_anything(registered, tmp_path,
 
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"name": ""}, "non-empty string"),
-    ({"channels": 0}, "integer >= 1"),
-    ({"channels": 1.5}, "integer >= 1"),
+    ({"channels": 0}, "whole number >= 1"),
+    ({"channels": 1.5}, "whole number >= 1"),
     ({"channels": 4, "num_classes": 3}, "one channel per class"),
     ({"num_classes": None}, "one channel per class"),
 ])
@@ -176,6 +176,53 @@ def test_a_registry_refuses_a_bare_decorator_and_names_that_are_not_strings():
     assert len(r) == 0
 
 
+def test_a_numpy_class_count_is_a_whole_number():
+    from metasparsity.data import Task
+
+    t = Task("parts", "dense", "segmentation", np.int64(5), np.int64(5))
+    assert type(t.channels) is int and type(t.num_classes) is int
+
+
+def test_image_level_targets_may_be_scalars_and_a_normalised_bright_image_passes():
+    img, ys = _good()
+    for y in (np.float32(1.0), 1.0, 1):
+        check_first_sample([(img, {**ys, "has_sphere": y})], SERVED, WHERE, S)
+    bright = torch.full((3, S, S), 2.2)  # 0.99 normalised with ImageNet's mean and std
+    check_first_sample([(bright, ys)], SERVED, WHERE, S)
+    with pytest.raises(UserError, match="not 0–255"):  # whole numbers >= 0 up to 3
+        check_first_sample([(torch.full((3, S, S), 3.0), ys)], SERVED, WHERE, S)
+
+
+class _LazyHandle(torch.utils.data.Dataset):
+    """Opens its 'file' on the first read, as HDF5 / LMDB data sets do in each worker."""
+
+    def __init__(self):
+        self.handle = None
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        if self.handle is None:
+            self.handle = object()
+        return _good()
+
+
+def test_the_check_reads_through_a_copy_so_a_lazy_handle_stays_closed():
+    ds = _LazyHandle()
+    check_first_sample(ds, SERVED, WHERE, S)
+    assert ds.handle is None
+
+
+def test_a_task_table_keyed_by_another_name_is_named():
+    DATASETS.register("first-sample-key", DatasetSpec(
+        build=lambda d, split: [_good()], tasks=lambda d: {"seg": TASKS["segment"]}),
+        overwrite=True)
+    cfg = load_config(None, [*_cfg_args(), "data.name=first-sample-key"])
+    with pytest.raises(UserError, match="the key 'seg' holds the Task named 'segment'"):
+        build_dataset(cfg, "val")
+
+
 def test_a_task_table_that_is_not_name_to_task_is_named():
     DATASETS.register("first-sample-test", DatasetSpec(
         build=lambda d, split: [_good()], tasks=lambda d: list(SERVED.values())), overwrite=True)
@@ -192,12 +239,15 @@ def test_sample_transform_refuses_a_uint8_image_and_a_dense_target_without_a_typ
     seg = np.zeros((S, S), np.int64)
     with pytest.raises(UserError, match="image is uint8"):
         t({"image": np.zeros((3, S, S), np.uint8), "segment": seg})
-    with pytest.raises(UserError, match=r"dense target\(s\) 'depth' have no entry in types"):
+    with pytest.raises(UserError, match=r"image-sized target\(s\) 'depth' have no entry in "):
         t({"image": np.zeros((3, S, S), np.float32), "segment": seg,
            "depth": np.ones((1, S, S), np.float32)})
     image, ys = t({"image": np.zeros((3, S, S), np.float32), "segment": seg,
-                   "has_sphere": np.float32(1.0)}, torch.Generator().manual_seed(0))
-    assert image.shape == (3, S, S) and set(ys) == {"segment", "has_sphere"}
+                   "has_sphere": np.float32(1.0), "landmarks": np.zeros((5, 2), np.float32)},
+                  torch.Generator().manual_seed(0))  # not image-sized: passes through
+    assert image.shape == (3, S, S) and set(ys) == {"segment", "has_sphere", "landmarks"}
+    check_first_sample([(image, ys)], {"segment": TASKS["segment"],
+                                       "has_sphere": TASKS["has_sphere"]}, WHERE, S)
 
 
 def test_a_data_set_declares_its_normalisation_on_its_spec():
@@ -212,7 +262,23 @@ def test_a_data_set_declares_its_normalisation_on_its_spec():
         std=(0.25, 0.25, 0.25)), overwrite=True)
     cfg = SimpleNamespace(data=SimpleNamespace(name="first-sample-norm"))
     assert input_normalization(cfg) == {"mean": [0.5] * 3, "std": [0.25] * 3}
-    with pytest.raises(ValueError, match="std must be 3 numbers"):
+    spec = DatasetSpec(build=lambda d, s: [], tasks=lambda d: SERVED, mean=np.array([0.5] * 3))
+    assert spec.mean == (0.5, 0.5, 0.5)  # stored as floats (a NumPy array broke export's `or`)
+    for bad in [(1.0, float("nan"), 1.0), 0.5]:
+        with pytest.raises(ValueError, match="std must be 3 finite numbers"):
+            DatasetSpec(build=lambda d, s: [], tasks=lambda d: SERVED, std=bad)
+    with pytest.raises(ValueError, match="std must be 3 finite numbers"):
         DatasetSpec(build=lambda d, s: [], tasks=lambda d: SERVED, std=(1.0, 0.0, 1.0))
     with pytest.raises(TypeError, match="must be functions"):
         DatasetSpec(build=None, tasks=lambda d: SERVED)
+
+
+def test_compare_refuses_a_bad_test_split_before_writing_anything(registered, tmp_path, capsys):
+    """compare checked the training split only: a bad test split stopped the first STL sub-run,
+    after the comparison's folder and config.yaml were written."""
+    registered["test"] = [_with(depth=torch.rand(S, S))]
+    out = tmp_path / "cmp"
+    assert cli("compare", "--out", out, *_cfg_args(), "compare.methods=[mtl]") == 2
+    err = capsys.readouterr().err
+    assert "split 'test'" in err and "Traceback" not in err, err
+    assert not out.exists()

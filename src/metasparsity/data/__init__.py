@@ -17,6 +17,7 @@ where ``my_builder(data_cfg, split)`` returns a Dataset and ``my_tasks(data_cfg)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,17 @@ class DatasetSpec:
                             "functions")
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
-                raise ValueError(f"DatasetSpec: {name} must be 3 numbers (one per channel"
-                                 f"{', > 0' if name == 'std' else ''}), got {v!r}")
+            if v is None:
+                continue
+            try:
+                values = tuple(float(x) for x in v)  # NumPy arrays too, stored as floats
+            except (TypeError, ValueError):
+                values = ()
+            if len(values) != 3 or not all(math.isfinite(x) and (x > 0 or name == "mean")
+                                           for x in values):
+                raise ValueError(f"DatasetSpec: {name} must be 3 finite numbers (one per "
+                                 f"channel{', > 0' if name == 'std' else ''}), got {v!r}")
+            object.__setattr__(self, name, values)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
@@ -69,10 +78,15 @@ def resolve_tasks(cfg: Any, names: Iterable[str] | None = None) -> dict[str, Tas
     d = _data_cfg(cfg)
     spec = DATASETS.get(d.name)
     available = spec.tasks(d)
-    if not isinstance(available, Mapping) or not all(
-            isinstance(t, Task) and t.name == n for n, t in available.items()):
-        raise UserError(f"data set {d.name!r}: its tasks function must return {{name: Task}} "
-                        f"with each Task's name as its key, got {type(available).__name__}")
+    if not isinstance(available, Mapping):
+        raise UserError(f"data set {d.name!r}: its tasks function must return {{name: Task}}, "
+                        f"got {type(available).__name__}")
+    for n, t in available.items():
+        if not isinstance(t, Task) or t.name != n:
+            raise UserError(f"data set {d.name!r}: its tasks function must return {{name: "
+                            f"Task}} with each Task's name as its key; the key {n!r} holds "
+                            + (f"the Task named {t.name!r}" if isinstance(t, Task)
+                               else f"a {type(t).__name__}"))
     if isinstance(names, str) or not isinstance(names, Iterable | None):
         raise UserError(f"tasks: give a list of task names, got {type(names).__name__} {names!r}"
                         + (f" (e.g. [{names!r}])" if isinstance(names, str) else ""))

@@ -13,6 +13,8 @@ without a layout here is checked for presence only.
 
 from __future__ import annotations
 
+import copy
+import numbers
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,8 +26,9 @@ import torch
 from metasparsity.data.tasks import IGNORE_INDEX, Task
 from metasparsity.utils.errors import UserError
 
-MAX_IMAGE_VALUE = 50.0
-"""A normalised image (or one in [0, 1]) stays far below this; a 0–255 one does not."""
+MAX_IMAGE_VALUE = 100.0
+"""An image in [0, 1] normalised with any std >= 0.01 stays below this; a 0–255 one normalised
+does not (a 0–255 one as it is: whole numbers >= 0 up to more than 1.5, also refused)."""
 
 TARGET_LAYOUTS: dict[str, tuple[str, str]] = {
     # type: (dtype, shape with the image's H and W)
@@ -55,7 +58,13 @@ def _global_rng_kept() -> Iterator[None]:
 
 def first_sample(dataset: Any) -> Any:
     """Item 0 of ``dataset``: through ``seeded_item(0, generator)`` when it has one (a fixed
-    generator), else ``dataset[0]``; the global generators are left as they were."""
+    generator), else ``dataset[0]``; the global generators are left as they were, and the read
+    goes through a shallow copy, so that a handle a data set opens lazily on its first read (an
+    HDF5 file, an LMDB environment) is opened by each DataLoader worker, not here."""
+    try:
+        dataset = copy.copy(dataset)
+    except Exception:  # noqa: BLE001 (an object that cannot be copied is read as it is)
+        pass
     with _global_rng_kept():
         if callable(getattr(dataset, "seeded_item", None)):
             return dataset.seeded_item(0, torch.Generator().manual_seed(0))
@@ -109,15 +118,20 @@ def _check_image(image: Any, what: str, image_size: int | None) -> None:
     if not torch.isfinite(image).all():
         raise UserError(f"{what} holds NaN or infinite values")
     top = float(image.abs().max())
-    if top > MAX_IMAGE_VALUE:
+    whole_0_255 = float(image.min()) >= 0 and top > 1.5 and bool((image == image.round()).all())
+    if whole_0_255 or top > MAX_IMAGE_VALUE:
         raise UserError(f"{what} has values up to {top:g}; expected an image scaled to [0, 1] "
                         "(then normalised), not 0–255")
 
 
 def _check_target(y: Any, task: Task, what: str, h: int, w: int) -> None:
-    if not torch.is_tensor(y):
-        raise UserError(f"{what} is a {type(y).__name__}; expected a torch tensor")
     layout = TARGET_LAYOUTS.get(task.type)
+    if task.kind == "image" and isinstance(y, (numbers.Number, np.generic)):
+        y = torch.as_tensor(y)  # a scalar the DataLoader's collate makes a tensor of
+    if not torch.is_tensor(y):
+        kind = type(y)
+        raise UserError(f"{what} is a {kind.__module__}.{kind.__qualname__}; expected a torch "
+                        "tensor")
     if layout is None:  # a registered type: its layout is its loss's business
         return
     dtype, shape = layout

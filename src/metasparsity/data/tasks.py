@@ -25,6 +25,7 @@ Register your own with :func:`register_task` (and :func:`register_loss` for a ne
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,9 +67,14 @@ class Task:
             raise ValueError(f"a task's name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("dense", "image"):
             raise ValueError(f"task {self.name!r}: kind must be 'dense' or 'image', got {self.kind!r}")
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
-            raise ValueError(f"task {self.name!r}: channels (the head's outputs) must be an "
-                             f"integer >= 1, got {self.channels!r}")
+        for key in ("channels", "num_classes"):
+            v = getattr(self, key)
+            if v is None and key == "num_classes":
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"task {self.name!r}: {key} must be a whole number >= 1, "
+                                 f"got {v!r}")
+            object.__setattr__(self, key, int(v))  # a NumPy integer stored as an int
         if self.type == "segmentation" and self.num_classes != self.channels:
             raise ValueError(f"task {self.name!r}: a segmentation task has one channel per class; "
                              f"num_classes is {self.num_classes!r}, channels {self.channels}")

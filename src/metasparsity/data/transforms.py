@@ -263,11 +263,12 @@ class SampleTransform:
             raise UserError(f"SampleTransform: the image is {getattr(image, 'dtype', image)}; "
                             "load() must give a float image [3, H, W] in [0, 1] (e.g. divide a "
                             "uint8 image by 255)")
+        hw = tuple(image.shape[-2:])
         untyped = [k for k, v in sample.items() if k != IMAGE_KEY and k not in self.types
-                   and getattr(v, "ndim", 0) >= 2]
-        if untyped:  # would pass through, not cropped, resized or flipped with the image
-            raise UserError(f"SampleTransform: the dense target(s) {', '.join(map(repr, untyped))}"
-                            f" have no entry in types ({', '.join(map(repr, self.types))}); add "
+                   and getattr(v, "ndim", 0) >= 2 and tuple(v.shape[-2:]) == hw]
+        if untyped:  # image-sized: would pass through, not cropped or flipped with the image
+            raise UserError(f"SampleTransform: the image-sized target(s) "
+                            f"{', '.join(map(repr, untyped))} have no entry in types ({', '.join(map(repr, self.types))}); add "
                             "them, so that they follow the image's crop, resize and flip")
         if self.train:
             sample = random_scale_crop(sample, self.types, self.size, self.scale_range, generator)

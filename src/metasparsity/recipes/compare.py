@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from metasparsity.config import Config
-from metasparsity.data import build_dataset, resolve_tasks
+from metasparsity.data import SPLITS, build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec
 from metasparsity.recipes.compare_methods import METHODS, ComputePlan, Context, compute_plan
 from metasparsity.recipes.compare_summary import fixed_lambda_front, pruned_cost, summarize
@@ -63,7 +63,8 @@ def check_compare(cfg: Config, command: str = "compare") -> tuple[list[str], Com
         raise UserError("compare.methods has meta_sparsity but meta.lambda_init is 0 (meta-learning "
                         "without sparsity is the method meta_dense); use auto or a number > 0")
     resolve_tasks(cfg, list(cfg.data.seen_tasks) + list(cfg.data.unseen_tasks))
-    build_dataset(cfg, "train")  # a bad data config stops here
+    for split in SPLITS:  # a bad data config, or a bad first sample, stops here
+        build_dataset(cfg, split)
     plan = compute_plan(cfg, need_meta=any(m.startswith("meta") for m in methods))
     if cfg.meta.target is not None and (
             "meta_sparsity" in methods or "train_budget" in methods
