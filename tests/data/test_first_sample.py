@@ -282,3 +282,10 @@ def test_compare_refuses_a_bad_test_split_before_writing_anything(registered, tm
     err = capsys.readouterr().err
     assert "split 'test'" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_a_registered_data_set_of_the_documented_layout_trains(registered, tmp_path):
+    """The positive side of the checks: the README's extension path runs end to end."""
+    out = tmp_path / "run"
+    assert cli("train", "--out", out, *_cfg_args()) == 0
+    assert (out / "results.json").is_file()
