@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from metasparsity.utils.registry import Registry
+from metasparsity.utils.tensors import check_unit_range
 
 IGNORE_INDEX = 255
 
@@ -126,17 +127,6 @@ def _check_same_shape(kind: str, pred: torch.Tensor, target: torch.Tensor, layou
         raise _shape_error(kind, pred, target, f"the same shape, {layout}")
 
 
-def _check_unit_range(kind: str, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-    """ValueError unless every (valid) target value lies in [0, 1] (NaN does not)."""
-    bad = ~((target >= 0) & (target <= 1))
-    if valid is not None:
-        bad &= valid
-    if bool(bad.any()):
-        ignore = f" (or be the ignore label {IGNORE_INDEX})" if valid is not None else ""
-        raise ValueError(f"{kind} loss: target values must lie in [0, 1]{ignore}, got "
-                         f"{target[bad].flatten()[0].item()!r}")
-
-
 @register_loss("segmentation")
 def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over valid pixels. pred ``[B, C, H, W]`` logits, target int ``[B, H, W]``."""
@@ -181,7 +171,7 @@ def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     _check_same_shape("edge", pred, target, "[B, 1, H, W]")
     valid = target != IGNORE_INDEX
-    _check_unit_range("edge", target, valid)
+    check_unit_range("edge loss", target, valid)
     t = torch.where(valid, target, torch.zeros_like(target)).to(
         torch.promote_types(pred.dtype, torch.float32))
     n = valid.sum()
@@ -197,7 +187,7 @@ def binary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE with logits. pred ``[B, 1]`` (or ``[B]``), target ``[B]`` in {0, 1}."""
     if target.dim() != 1 or pred.shape not in (target.shape, (*target.shape, 1)):
         raise _shape_error("binary", pred, target, "logits [B, 1] or [B], target [B]")
-    _check_unit_range("binary", target)
+    check_unit_range("binary loss", target)
     dtype = torch.promote_types(pred.dtype, torch.float32)  # float64 models stay in float64
     return F.binary_cross_entropy_with_logits(pred.reshape(-1), target.reshape(-1).to(dtype))
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from metasparsity.utils.registry import Registry
+from metasparsity.utils.tensors import check_unit_range
 
 IGNORE_INDEX = 255
 """Ignore label of segmentation and edge targets (same value as ``metasparsity.data.tasks``)."""
@@ -125,19 +126,6 @@ def _same_shape(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(
             f"{name} metric: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
             "must have the same shape"
-        )
-
-
-def _check_unit_range(name: str, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-    """ValueError unless every (valid) target value lies in [0, 1] (NaN does not)."""
-    bad = ~((target >= 0) & (target <= 1))
-    if valid is not None:
-        bad &= valid
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} metric: target values must lie in [0, 1]"
-            + (" (or be the ignore label)" if valid is not None else "")
-            + f", got {target[bad].flatten()[0].item()!r}"
         )
 
 
@@ -440,7 +428,7 @@ class EdgeMetric(Metric):
         if pred.dim() != 4:
             raise ValueError(f"edge metric: expected [B, 1, H, W], got {tuple(pred.shape)}")
         valid = target != self.ignore_index
-        _check_unit_range("edge", target, valid)
+        check_unit_range("edge metric", target, valid)
         if self._seen_nonfinite(pred):
             return
         gt = valid & (target > 0.5)
