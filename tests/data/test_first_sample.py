@@ -289,3 +289,26 @@ def test_a_registered_data_set_of_the_documented_layout_trains(registered, tmp_p
     out = tmp_path / "run"
     assert cli("train", "--out", out, *_cfg_args()) == 0
     assert (out / "results.json").is_file()
+
+
+def test_a_head_of_one_s_own_that_misses_the_size_is_named_when_the_model_is_built():
+    """A dense head that forgot to upsample (or gave other channels) trained into a shape error
+    in the loss at the first step, after the run folder was written."""
+    from torch import nn
+
+    from metasparsity.builders import build_model
+    from metasparsity.models import HEADS
+
+    @HEADS.register("first-sample-no-upsample", overwrite=True)
+    class NoUpsample(nn.Module):
+        def __init__(self, in_channels, out_channels, channels):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+        def forward(self, features, size):
+            return self.conv(features)  # at the features' size, not `size`
+
+    cfg = load_config(None, [*MICRO, "model.dense_head=first-sample-no-upsample"])
+    with pytest.raises(UserError, match=r"head of task 'segment' \(NoUpsample\) gives \[1, 6, 4, 4\]"):
+        build_model(cfg, ["segment"])
+    assert build_model(load_config(None, MICRO), ["segment", "has_sphere"]).training
