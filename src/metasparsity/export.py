@@ -329,24 +329,59 @@ def staged_directory(final: str | Path, *, overwrite: bool = False,
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_compact_model(model: nn.Module, directory: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
+def _unheaded(model: nn.Module, tasks: Any) -> list[str]:
+    """The names in ``tasks`` (``model.json``'s task objects) that ``model`` has no head for
+    (none when it has no ``heads`` dict: not a multi-task model)."""
+    heads = getattr(model, "heads", None)
+    if not isinstance(heads, nn.ModuleDict):
+        return []
+    return [t.get("name") for t in tasks or () if isinstance(t, Mapping)
+            and t.get("name") not in heads]
+
+
+def write_compact_model(model: nn.Module, directory: str | Path,
+                        meta: Mapping[str, Any] | None) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed).
+
+    Refused (:class:`UserError`, nothing written) where the folder could not be loaded: a
+    ``meta`` that sets ``format``, ``version`` (other than the writer's) or ``architecture``,
+    a meta field :func:`load_compact_model` would refuse, a task the model has no head for, or a
+    tensor holding NaN or an infinity.  ``meta`` None: no meta fields.
+    """
     from safetensors.torch import save_file
 
     from metasparsity import __version__
 
+    meta = to_jsonable(dict(meta or {}))
+    for key, own in (("format", FORMAT), ("version", FORMAT_VERSION), ("architecture", None)):
+        if key in meta and meta[key] != own:
+            raise UserError(f"cannot write {SPEC_FILE}: meta may not set {key!r} (got "
+                            f"{_show(meta[key])}); the writer sets it"
+                            f"{f' to {own!r}' if own is not None else ''}")
+    spec = module_spec(model)
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, "metasparsity_version": __version__,
+           **meta, "architecture": spec}
+    try:
+        _check_document(doc)
+    except _Invalid as e:
+        raise UserError(f"cannot write {SPEC_FILE}: meta {e}") from None
+    unheaded = _unheaded(model, doc.get("tasks"))
+    if unheaded:
+        raise UserError(f"cannot write {SPEC_FILE}: meta lists tasks the model has no head for: "
+                        f"{', '.join(map(repr, unheaded))} (its heads: {', '.join(model.heads)})")
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"cannot write {MODEL_FILE}: tensor {key} holds NaN or infinite "
+                            "values (a compact model with them would not load)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    spec = module_spec(model)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / MODEL_FILE))
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "metasparsity_version": __version__,
-           **to_jsonable(dict(meta)), "architecture": spec}
     (directory / SPEC_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return directory
 
 
-def save_compact_model(model: nn.Module, model_dir: str | Path, meta: Mapping[str, Any], *,
+def save_compact_model(model: nn.Module, model_dir: str | Path, meta: Mapping[str, Any] | None, *,
                        overwrite: bool = False) -> Path:
     """:func:`write_compact_model` into ``model_dir`` atomically (see :func:`staged_directory`)."""
     with staged_directory(model_dir, overwrite=overwrite) as tmp:
@@ -360,9 +395,10 @@ def load_compact_model(model_dir: str | Path, *,
 
     ``model.json`` is checked field by field before anything is built: ``version`` and
     ``architecture`` must be there, and the meta fields in ``require`` (``tasks``, ``image_size``,
-    ``normalization``) when the caller needs them.  The modules are built on the ``meta`` device
-    and take the tensors of ``model.safetensors`` (cast to the modules' dtypes), so no size in
-    ``model.json`` allocates memory by itself.
+    ``normalization``) when the caller needs them (with ``tasks``, every task listed must be one
+    of the model's heads).  The modules are built in float32 (whatever torch's default dtype) on
+    the ``meta`` device and take the tensors of ``model.safetensors`` (cast to the modules'
+    dtypes), so no size in ``model.json`` allocates memory by itself.
 
     Raises:
         UserError: missing directory or files, an unknown format, a missing or malformed field of
@@ -395,8 +431,8 @@ def load_compact_model(model_dir: str | Path, *,
     except _Invalid as e:
         raise UserError(f"{spec_file}: {e}") from None
     try:
-        with torch.device("meta"):
-            model = build_from_spec(doc["architecture"])
+        with torch.device("meta"):  # float32, the stored dtype, whatever the default dtype
+            model = build_from_spec(doc["architecture"]).float()
     except UserError as e:
         raise UserError(f"{spec_file}: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:  # last resort
@@ -420,6 +456,11 @@ def load_compact_model(model_dir: str | Path, *,
     if left:  # a buffer outside the state dict
         raise UserError(f"{d / MODEL_FILE} does not fit the architecture in {spec_file}: "
                         f"no tensor for {left[0]}")
+    unheaded = _unheaded(model, doc.get("tasks")) if "tasks" in require else []
+    if unheaded:
+        raise UserError(f"{spec_file}: tasks lists tasks the model has no head for: "
+                        f"{', '.join(map(repr, unheaded))} (its heads: {', '.join(model.heads)}); "
+                        "it was edited or damaged")
     model.eval()
     meta = {k: v for k, v in doc.items() if k != "architecture"}
     return model, meta

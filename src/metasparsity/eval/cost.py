@@ -15,6 +15,7 @@ DESIGN §6) get a breakdown with :func:`cost_table`.
 from __future__ import annotations
 
 import inspect
+import reprlib
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -26,18 +27,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-Inputs = torch.Tensor | tuple[Any, ...] | list[Any]
+from metasparsity.utils.tensors import Inputs, forward_args
+
+
+def _check_module(model: object, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what}: the model must be a torch.nn.Module (e.g. load_compact_model("
+                        f"DIR)[0]), got {type(model).__name__} {reprlib.repr(model)}")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (shared parameters counted once)."""
+    _check_module(module, "count_parameters")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def _as_args(example_input: Inputs) -> tuple[Any, ...]:
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input)
-    return (example_input,)
 
 
 @contextmanager
@@ -65,7 +67,8 @@ def count_macs(model: nn.Module, example_input: Inputs, **fwd_kwargs: Any) -> in
     ``example_input`` is one tensor (e.g. ``[B, 3, H, W]``) or a tuple of positional arguments;
     the count is for the whole batch.
     """
-    args = _as_args(example_input)
+    _check_module(model, "count_macs")
+    args = forward_args(example_input)
     with _eval_mode(model):
         return _macs_of(lambda: model(*args, **fwd_kwargs))
 
@@ -83,19 +86,30 @@ def stage_costs(module: nn.Module, example_input: Inputs, **fwd_kwargs: Any) -> 
     Returns:
         ``[{"name", "params", "macs"}, …]`` in ``named_children`` order (MACs for the whole batch).
     """
-    args = _as_args(example_input)
+    _check_module(module, "stage_costs")
+    args = forward_args(example_input)
     counter = FlopCounterMode(display=False)
     with _eval_mode(module), torch.inference_mode(), counter:
         module(*args, **fwd_kwargs)
-    flops = counter.get_flop_counts()
+    flops = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
     root = type(module).__name__
     out = []
     for name, child in module.named_children():
         params = count_parameters(child)
-        macs = int(sum(flops.get(f"{root}.{name}", {}).values())) // 2
+        macs = _subtree_flops(flops, f"{root}.{name}") // 2
         if params or macs:
             out.append({"name": name, "params": params, "macs": macs})
     return out
+
+
+def _subtree_flops(flops: dict[str, int], key: str) -> int:
+    """FLOPs recorded under module ``key``, or, when its own forward never ran, the sum over its
+    outermost descendants that have a count (each one's count includes its own descendants)."""
+    if key in flops:
+        return flops[key]
+    below = [k for k in flops if k.startswith(key + ".")]
+    return sum(flops[k] for k in below
+               if not any(k.startswith(a + ".") for a in below if a != k))
 
 
 def _sync(device: torch.device) -> None:
@@ -134,7 +148,8 @@ def measure_latency(
         raise ValueError(
             f"measure_latency: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}"
         )
-    args = _as_args(example_input)
+    _check_module(model, "measure_latency")
+    args = forward_args(example_input)
     device = _device_of(model, args)
     times: list[float] = []
     with _eval_mode(model), torch.inference_mode():
@@ -183,11 +198,12 @@ def cost_table(model: nn.Module, example_input: Inputs) -> dict[str, Any]:
         "per_head": {task: {"params", "macs"}}, "other_params": int}`` (MACs for the whole batch
         of ``example_input``).
     """
+    _check_module(model, "cost_table")
     if not hasattr(model, "backbone") or not isinstance(
         getattr(model, "heads", None), nn.ModuleDict
     ):
         raise ValueError("cost_table needs a model with .backbone and .heads (nn.ModuleDict)")
-    args = _as_args(example_input)
+    args = forward_args(example_input)
     features = getattr(model, "forward_features", None) or model.backbone
     with _eval_mode(model):
         total_macs = _macs_of(lambda: model(*args))

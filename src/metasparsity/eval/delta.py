@@ -144,8 +144,9 @@ def usable_spec(spec: dict, baseline: dict, *, needed: str | None = None) -> tup
 
 
 def pareto_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points ``(x, y)`` no other point beats in both (higher is better in each), sorted."""
-    pts = set(points)
+    """The points ``(x, y)`` no other point beats in both (higher is better in each), sorted.
+    A point with a NaN coordinate is compared with nothing: never on the front, never beating one."""
+    pts = {p for p in points if not (math.isnan(p[0]) or math.isnan(p[1]))}
     return sorted(p for p in pts if not any(
         q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts))
 

@@ -15,14 +15,20 @@ from metasparsity.data import build_dataset
 from metasparsity.training.batches import BatchStream
 from metasparsity.training.checkpoint import checkpoint_path
 from metasparsity.training.evaluation import bn_stats_to_recompute, recompute_bn_stats
-from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint
+from metasparsity.training.run_checkpoints import (
+    check_which,
+    load_model_state,
+    load_run_checkpoint,
+)
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import read_json
 from metasparsity.utils.rundir import CONFIG_FILE, require_run_dir
 
 
 def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = ()):
-    """(cfg, model, checkpoint) of a run directory; the model has every head the run trained."""
+    """(cfg, model, checkpoint) of a run directory; the model has every head the run trained.
+    ``which``: ``"best"`` (falling back to ``last``) or ``"last"``; anything else is refused."""
+    check_which(which)
     run_dir = require_run_dir(run_dir, need=(CONFIG_FILE,))
     cfg = load_config(run_dir / CONFIG_FILE, overrides)
     ck = load_run_checkpoint(run_dir, which)
@@ -40,6 +46,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
 def run_tasks(run_dir: str | Path, cfg, which: str = "best") -> list[str]:
     """The tasks whose heads :func:`load_run_model` would give the run's model, read from the
     checkpoint's ``state.json`` alone (no weights loaded); ``cfg``: the run's config."""
+    check_which(which)
     for w in (which, "last"):
         path = checkpoint_path(run_dir, w)
         if path is not None and (path / "state.json").is_file():

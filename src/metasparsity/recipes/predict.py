@@ -5,36 +5,46 @@ described on :func:`predict_files`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metasparsity.report.plots import voc_palette
 from metasparsity.utils.errors import UserError, require_path
 
 DEPTH_PNG_SCALE = 1000.0
 PREDICTIONS_FILE = "predictions.json"
 
 
-def voc_palette(n: int = 256) -> list[int]:
-    """The PASCAL VOC colour map: ``3·n`` values, class ``k`` -> bits of ``k`` spread over RGB."""
-    pal = []
-    for k in range(n):
-        r = g = b = 0
-        c = k
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
+def _rgb(im: Any, p: Path) -> Any:
+    """``[H, W, 3]`` float32 in [0, 1] of the Pillow image ``im`` (read from ``p``): 8-bit modes
+    through ``convert("RGB")``; 16- and 32-bit integer grey (``I;16``, ``I``) divided by 65535 and
+    float grey (``F``) as it is, refused where a value lies outside that range or is not finite
+    (Pillow's own conversion would clip or zero them)."""
+    import numpy as np
+
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    grey, top = np.asarray(im), 1.0 if im.mode == "F" else 65535.0
+    if not np.isfinite(grey).all():
+        raise UserError(f"cannot read image {p}: its pixels (mode {im.mode}, floating-point "
+                        "grey) hold NaN or infinite values")
+    if grey.size and not 0 <= grey.min() <= grey.max() <= top:
+        raise UserError(f"cannot read image {p}: its pixels (mode {im.mode}) range from "
+                        f"{grey.min():g} to {grey.max():g}; predict reads grey values from 0 to "
+                        f"{top:g} (give an 8-bit image, or one rescaled to that range)")
+    return np.repeat((grey.astype(np.float32) / np.float32(top))[..., None], 3, axis=2)
 
 
 def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence[float]):
-    """``[3, size, size]`` float32 normalised image (centred square, resized), or UserError."""
-    import numpy as np
+    """``[3, size, size]`` float32 normalised image (centred square, resized), or UserError.
+
+    8-bit images are converted to RGB by Pillow; 16-bit grey ones (Pillow modes ``I;16``, ``I``)
+    are scaled from [0, 65535] and floating-point grey ones (``F``) taken in [0, 1] (a value
+    outside, or a NaN, is refused)."""
     import torch
     from PIL import Image, UnidentifiedImageError
 
@@ -46,7 +56,7 @@ def read_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence
         raise UserError(f"cannot read image {p}: it is a directory, not an image file")
     try:
         with Image.open(p) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            rgb = _rgb(im, p)
     except FileNotFoundError:
         raise UserError(f"cannot read image {p}: no such file") from None
     except IsADirectoryError:
@@ -166,9 +176,10 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
                   batch_size: int = 16) -> dict[str, Any]:
     """Predict every task for every image; returns the content of ``predictions.json``.
 
-    Each image is read with Pillow (any format it opens), converted to RGB, cropped to its centred
-    square and resized to the model's input size (the evaluation view of training), and normalised
-    with the model's mean / std.  Predictions are at the model's input resolution; for image
+    Each image is read with Pillow (any format it opens), converted to RGB (16-bit and
+    floating-point grey scaled to [0, 1]: :func:`read_image`), cropped to its centred square and
+    resized to the model's input size (the evaluation view of training), and normalised with the
+    model's mean / std.  Predictions are at the model's input resolution; for image
     ``<stem>`` and task ``<t>`` the files are:
 
     ==============  =============================================================================
@@ -203,8 +214,14 @@ def predict_files(model_dir: str | Path, images: Sequence[str], out_dir: str | P
         write_marker,
     )
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Iterable):
+        raise UserError(f"IMAGE: give a list of image paths, got {images!r} (one path: wrap it "
+                        "in a list)")
+    images = list(images)
+    if not images:
+        raise UserError("no images given: give at least one IMAGE; nothing was written")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     for label, path in [("MODEL_DIR", model_dir), ("--out", out_dir),
                         *(("IMAGE", p) for p in images)]:
         require_path(path, label)

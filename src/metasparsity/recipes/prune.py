@@ -29,6 +29,7 @@ from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
 from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
 from metasparsity.sparsity.pruning import max_output_difference
 from metasparsity.training.evaluation import bn_stats_to_recompute
+from metasparsity.training.run_checkpoints import check_which
 from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
@@ -40,6 +41,31 @@ from metasparsity.utils.rundir import (
     require_run_dir,
     run_inputs,
 )
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_prune_options(which: str, batch_sizes: Sequence[int], repeats: int, warmup: int,
+                        threads: int | None) -> None:
+    """Refuse, before anything is read, a ``prune_run`` option outside what ``metasparsity
+    prune`` accepts (a :class:`UserError` naming the option)."""
+    check_which(which)
+    if not _int(repeats) or repeats < 1:
+        raise UserError(f"--repeats must be an integer >= 1, got {repeats!r}")
+    if not _int(warmup) or warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {warmup!r}")
+    if threads is not None and not (_int(threads) and 1 <= threads <= MAX_THREADS):
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads!r}")
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
+        raise UserError(f"--batch-sizes must be a list of integers, got {batch_sizes!r}")
+    if any(not (_int(b) and 1 <= b <= MAX_LATENCY_BATCH) for b in batch_sizes):
+        raise UserError(f"--batch-sizes must be between 1 and {MAX_LATENCY_BATCH}, got "
+                        f"{','.join(map(str, batch_sizes))}")
+    if len(set(batch_sizes)) != len(batch_sizes):
+        raise UserError(f"--batch-sizes: each batch size may appear only once, got "
+                        f"{','.join(map(str, batch_sizes))}")
 
 
 def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str = "best",
@@ -54,16 +80,7 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
     checkpoint's BatchNorm statistics are re-estimated first.  Returns ``{"out", "cost",
     "table", "sparsity", "channels_removed"}``.
     """
-    if warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {warmup}")
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
-    if any(not 1 <= b <= MAX_LATENCY_BATCH for b in batch_sizes):
-        raise UserError(f"--batch-sizes must be between 1 and {MAX_LATENCY_BATCH}, got "
-                        f"{','.join(map(str, batch_sizes))}")
-    if len(set(batch_sizes)) != len(batch_sizes):
-        raise UserError(f"--batch-sizes: each batch size may appear only once, got "
-                        f"{','.join(map(str, batch_sizes))}")
+    check_prune_options(which, batch_sizes, repeats, warmup, threads)
     require_path(out, "--out")
     run_dir = require_run_dir(run_dir)
     out = Path(out) if out is not None else run_dir / "pruned"

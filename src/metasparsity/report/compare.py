@@ -10,7 +10,8 @@ from typing import Any
 
 from metasparsity.eval.delta import delta_m, usable_spec
 from metasparsity.report.tables import fmt, markdown_table
-from metasparsity.utils.io import atomic_write_text, load_jsonl
+from metasparsity.utils.errors import UserError
+from metasparsity.utils.io import atomic_write_text, check_json_shape, load_jsonl
 from metasparsity.utils.provenance import code_label
 
 METHOD_NAMES = {
@@ -129,14 +130,16 @@ def front_points(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def summary_points(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every method but STL at its mean (parameter sparsity, Δm seen) with the std over seeds."""
+    """Every method but STL at its mean (parameter sparsity, Δm seen) with the std over seeds
+    (None where no seed has one: ``results.json`` holds NaN as null; the plot leaves it out)."""
     pts = []
     for name in results["methods"]:
         a = results["summary"][name]
         if name == "stl":
             continue
+        sparsity = a["param_sparsity"]["mean"]
         pts.append({"label": method_label(results, name),
-                    "param_sparsity": a["param_sparsity"]["mean"] / 100,
+                    "param_sparsity": None if sparsity is None else sparsity / 100,
                     "delta_m": a["delta_m_seen"]["mean"],
                     "xerr": a["param_sparsity"]["std"], "yerr": a["delta_m_seen"]["std"]})
     return pts
@@ -169,7 +172,9 @@ def report_plots(out: Path, results: dict[str, Any]) -> list[tuple[str, str, Cal
         # the comparison's own layout (its recorded meta_run_dir is relative to where it ran)
         log = out / f"seed_{s}" / "meta_sparsity" / "metrics.jsonl"
         if "meta_sparsity" in results["per_seed"][str(s)] and log.is_file():
-            runs.append({"label": f"seed {s}", "records": meta_records(log)})
+            records = meta_records(log)
+            if records:  # none yet: nothing to draw
+                runs.append({"label": f"seed {s}", "records": records})
     if runs:
         made.append(("lambda", "lambda.png", lambda: plots.plot_meta_training(
             runs if len(runs) > 1 else runs[0]["records"], out / "lambda.png",
@@ -291,13 +296,36 @@ def report_markdown(results: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+# The parts of results.json that the report reads first (other keys are allowed; checked before
+# anything is written, so that a file of another kind is a one-line error, not a traceback).
+RESULTS_SHAPE = {
+    "config": {"name": str, "data": dict, "model": dict, "train": dict, "meta": dict,
+               "finetune": dict, "compare": {"lambda_grid": [float]}},
+    "methods": [str], "seeds": [(int, str)], "seen_tasks": [str], "unseen_tasks": [str],
+    "spec": {"seen": dict, "unseen": dict},
+    "summary": dict, "per_seed": dict, "total_wall_time_s": float,
+}
+
+
 def prepare_report(out: str | Path, results: dict[str, Any]) -> Callable[[], Path]:
-    """Read everything the report shows (``results`` and the runs' logs) and render its text;
-    returns the step that writes the plots and ``report.md`` into ``out``.  A malformed input
-    fails here, before any file is written."""
+    """Read everything the report shows (``results``, the comparison's ``results.json``, and the
+    runs' logs) and render its text; returns the step that writes the plots and ``report.md``
+    into ``out``.  A malformed input fails here, before any file is written: a one-line
+    :class:`UserError` naming ``out/results.json`` (``results`` of another kind, e.g. a training
+    run's results or a sweep.json, no seed or method, a key a table reads missing)."""
     out = Path(out)
-    plot_list = report_plots(out, results)
-    text = report_markdown(results, {name: file for name, file, _ in plot_list})
+    path = out / "results.json"
+    problem = check_json_shape(results, RESULTS_SHAPE, path.name)
+    if problem:
+        raise UserError(f"compare results file {path} is malformed: {problem}")
+    try:
+        for key in ("seeds", "methods"):
+            if not results[key]:
+                raise ValueError(f"no {key}")
+        plot_list = report_plots(out, results)
+        text = report_markdown(results, {name: file for name, file, _ in plot_list})
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"compare results file {path} is malformed ({type(e).__name__}: {e})") from None
 
     def write() -> Path:
         for _, _, draw in plot_list:

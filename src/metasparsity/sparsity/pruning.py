@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import reprlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,8 +15,7 @@ import torch
 from torch import nn
 
 from metasparsity.sparsity.groups import channel_groups
-
-Inputs = torch.Tensor | tuple[Any, ...] | list[Any]
+from metasparsity.utils.tensors import Inputs, forward_args
 
 #: Relative tolerance of the self-check in :func:`prune_zero_channels` (``max |Δ| / (1 + max |y|)``).
 VERIFY_RTOL = 1e-4
@@ -80,21 +78,10 @@ def _traceable(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _as_args(example_input: Inputs) -> tuple[Any, ...]:
-    """The positional arguments of ``model(...)``: the input tensor, or the list / tuple of
-    arguments starting with it (``TypeError`` otherwise, e.g. for a shape)."""
-    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-    if not args or not isinstance(args[0], torch.Tensor):
-        raise TypeError("example_input must be an input tensor (e.g. [1, 3, H, W]) or a list / "
-                        "tuple of forward()'s arguments starting with one, got "
-                        f"{reprlib.repr(example_input)}")
-    return args
-
-
 def _build_graph(model: nn.Module, example_input: Inputs) -> Any:
     import torch_pruning as tp
 
-    args = _as_args(example_input)
+    args = forward_args(example_input)
     return tp.DependencyGraph().build_dependency(
         model, example_inputs=args, forward_fn=lambda m, a: m(*a), verbose=False)
 
@@ -253,7 +240,7 @@ def _run_eval(model: nn.Module, args: tuple[Any, ...]) -> list[torch.Tensor]:
 
 def max_output_difference(a: nn.Module, b: nn.Module, example_input: Inputs) -> float:
     """``max |a(x) − b(x)|`` over every output tensor, both in eval mode (inf if shapes differ)."""
-    args = _as_args(example_input)
+    args = forward_args(example_input)
     ya, yb = _run_eval(a, args), _run_eval(b, args)
     if len(ya) != len(yb) or any(p.shape != q.shape for p, q in zip(ya, yb)):
         return float("inf")
@@ -317,7 +304,7 @@ def prune_zero_channels(model: nn.Module, example_input: Inputs, *,
     import torch_pruning as tp
 
     if verify:  # the reference first: non-finite outputs make the check meaningless
-        ref = _run_eval(model, _as_args(example_input))
+        ref = _run_eval(model, forward_args(example_input))
         peaks = [float(t.abs().max()) for t in ref if t.numel()]
         if not all(math.isfinite(p) for p in peaks):
             raise ValueError(
@@ -361,7 +348,7 @@ def _refresh_out_channels(model: nn.Module, example_input: Inputs) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            backbone.out_channels = int(ff(*_as_args(example_input)).shape[1])
+            backbone.out_channels = int(ff(*forward_args(example_input)).shape[1])
     finally:
         for m, training in modes:
             m.training = training

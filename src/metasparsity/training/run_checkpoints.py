@@ -28,6 +28,10 @@ from metasparsity.training.checkpoint import (
 )
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import atomic_write_text
+from metasparsity.utils.rundir import CONFIG_FILE, LAYOUTS, run_layout
+
+CHECKPOINT_CHOICES = ("best", "last")
+"""The checkpoints a run's model is loaded from (``--which``)."""
 
 
 def _note(message: str) -> None:
@@ -56,14 +60,24 @@ def _rel(root: Path, p: Path) -> str:
     return f"{CKPT_DIR}/{p.relative_to(root)}" if p.is_relative_to(root) else str(p)
 
 
+def check_which(which: object) -> None:
+    """Refuse a ``which`` other than ``"best"`` or ``"last"`` (:data:`CHECKPOINT_CHOICES`): a
+    typo would otherwise load the newest checkpoint."""
+    if not isinstance(which, str) or which not in CHECKPOINT_CHOICES:
+        raise UserError(f"--which must be {' or '.join(map(repr, CHECKPOINT_CHOICES))}, "
+                        f"got {which!r}")
+
+
 def find_checkpoint(run_dir: str | Path, which: str = "last") -> Checkpoint | None:
     """The complete checkpoint the ``which`` pointer names (``best`` falls back to ``last``).
 
     When the pointer names a missing or incomplete checkpoint: the newest complete checkpoint,
     with a one-line note on stderr.  None when the run has no checkpoint at all;
     :class:`NoCompleteCheckpoint` when it has some but none is complete;
-    :class:`CheckpointThreat` (never a fallback) for a file that would run code.
+    :class:`CheckpointThreat` (never a fallback) for a file that would run code;
+    :class:`UserError` for a ``which`` other than ``best`` or ``last``.
     """
+    check_which(which)
     root = Path(run_dir) / CKPT_DIR
     problems: list[str] = []
     tried: set[Path] = set()
@@ -117,6 +131,14 @@ def load_run_checkpoint(run_dir: str | Path, which: str = "best") -> Checkpoint:
         raise UserError(f"{root} is not a directory: {run_dir} is not a complete run directory")
     ck = find_checkpoint(run_dir, which)
     if ck is None:
+        layout = run_layout(run_dir)
+        if layout not in (None, "training"):  # a sweep or comparison: its runs have them
+            runs = sorted((p.parent.relative_to(run_dir)
+                           for p in Path(run_dir).glob(f"*/**/{CONFIG_FILE}")
+                           if (p.parent / CKPT_DIR).is_dir()), key=lambda p: (len(p.parts), p))
+            named = ", ".join(str(Path(run_dir) / p) for p in runs[:3]) or "none yet"
+            raise UserError(f"{run_dir} is {LAYOUTS[layout]}, which has no checkpoint of its "
+                            f"own: give one of its runs ({named}{' …' if len(runs) > 3 else ''})")
         raise UserError(f"{run_dir} has no checkpoint (expected {CKPT_DIR}/{which})")
     require_finite(ck)
     return ck
