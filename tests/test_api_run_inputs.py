@@ -73,10 +73,12 @@ def test_a_sweep_given_as_a_run_is_named_with_its_runs(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"repeats": 0}, "--repeats must be an integer >= 1, got 0"),
-    ({"repeats": 1.5}, "--repeats must be an integer >= 1"),
-    ({"warmup": -1}, "--warmup must be >= 0, got -1"),
-    ({"warmup": True}, "--warmup must be >= 0"),
+    ({"repeats": 0}, "--repeats must be an integer between 1 and 100000, got 0"),
+    ({"repeats": 1.5}, "--repeats must be an integer between 1 and 100000"),
+    ({"repeats": 10**9}, "--repeats must be an integer between 1 and 100000, got 1000000000"),
+    ({"warmup": -1}, "--warmup must be an integer between 0 and 100000, got -1"),
+    ({"warmup": True}, "--warmup must be an integer between 0 and 100000"),
+    ({"warmup": 10**9}, "--warmup must be an integer between 0 and 100000, got 1000000000"),
     ({"batch_sizes": 16}, "--batch-sizes must be a list of integers, got 16"),
     ({"batch_sizes": "1,16"}, "--batch-sizes must be a list of integers"),
     ({"batch_sizes": [1.5]}, "--batch-sizes must be between 1 and 4096, got 1.5"),
@@ -197,3 +199,31 @@ def test_predict_runs_in_float32_whatever_the_default_dtype(model_dir, tmp_path,
     finally:
         torch.set_default_dtype(old)
     assert got == expected
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"dense": "model"}, TypeError, "cost_comparison: dense must be a multi-task model"),
+    ({"pruned": torch.nn.Linear(2, 2)}, TypeError, "pruned must be a multi-task model with a backbone"),
+    ({"image_size": 0}, UserError, "image_size must be an integer between 16 and 4096, got 0"),
+    ({"image_size": 32.0}, UserError, "image_size must be an integer between 16 and 4096"),
+    ({"repeats": 0}, UserError, "--repeats must be an integer between 1 and 100000, got 0"),
+    ({"warmup": -1}, UserError, "--warmup must be an integer between 0 and 100000, got -1"),
+    ({"batch_sizes": (0,)}, UserError, "--batch-sizes must be between 1 and 4096, got 0"),
+    ({"batch_sizes": (2, 2)}, UserError, "each batch size may appear only once, got 2,2"),
+])
+def test_cost_comparison_checks_its_arguments(model_dir, kwargs, error, message):
+    from metasparsity.export import cost_comparison
+
+    model = load_compact_model(model_dir)[0]
+    args = {"dense": model, "pruned": model, "image_size": 32, "batch_sizes": (1,), "repeats": 1,
+            "warmup": 0, **kwargs}
+    with pytest.raises(error, match=message):
+        cost_comparison(**args)
+
+
+def test_cost_comparison_without_latency_ignores_the_latency_options(model_dir):
+    from metasparsity.export import cost_comparison
+
+    model = load_compact_model(model_dir)[0]
+    out = cost_comparison(model, model, 32, batch_sizes=(0,), repeats=0, latency=False)
+    assert out["ratio"]["total"]["params"] == 1.0 and "latency" not in out

@@ -254,9 +254,26 @@ def test_thread_counts_up_to_1024_are_taken_and_the_recipe_checks_them_too(run_d
     with pytest.raises(UserError, match="--batch-sizes must be between 1 and 4096, got 1,100000"):
         prune_run(run_dir, tmp_path / "m", batch_sizes=(1, 100000))
     assert parser.parse_args(["prune", "RUN", "--batch-sizes", "1,4096"]).batch_sizes == [1, 4096]
-    for bad in ("4097", "0,1", "1,,16", "1,", ""):
+    for bad in ("1,,16", "1,", "", "a,1"):
         with pytest.raises(SystemExit):
             parser.parse_args(["prune", "RUN", "--batch-sizes", bad])
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--batch-sizes", "4097"], "--batch-sizes must be between 1 and 4096, got 4097"),
+    (["--batch-sizes", "0,1"], "--batch-sizes must be between 1 and 4096, got 0,1"),
+    (["--warmup", "-1"], "--warmup must be an integer between 0 and 100000, got -1"),
+    (["--warmup", "1000000"], "--warmup must be an integer between 0 and 100000, got 1000000"),
+    (["--repeats", "1000000"], "--repeats must be an integer between 1 and 100000, got 1000000"),
+])
+def test_prune_cli_refuses_latency_options_out_of_range_in_one_line(run_dir, tmp_path, capsys,
+                                                                    options, message):
+    from tests.recipes.micro import cli
+
+    assert cli("prune", run_dir, "--out", tmp_path / "m", *options) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
 
 

@@ -45,7 +45,12 @@ from torch import nn
 
 from metasparsity.utils.errors import UserError, require_path
 from metasparsity.utils.io import to_jsonable
-from metasparsity.utils.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from metasparsity.utils.limits import (
+    MAX_IMAGE_SIZE,
+    MAX_LATENCY_BATCH,
+    MAX_LATENCY_PASSES,
+    MIN_IMAGE_SIZE,
+)
 
 FORMAT = "metasparsity-compact-model"
 FORMAT_VERSION = 1
@@ -518,6 +523,30 @@ def model_cost(model: nn.Module, example_input: torch.Tensor) -> dict[str, dict[
             "total": {"params": p_total, "macs": total}}
 
 
+def check_batch_sizes(batch_sizes: Any) -> None:
+    """Refuse latency batch sizes that are not distinct integers in ``[1, MAX_LATENCY_BATCH]``
+    (a :class:`UserError` naming ``--batch-sizes``)."""
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
+        raise UserError(f"--batch-sizes must be a list of integers, got {batch_sizes!r}")
+    shown = ",".join(map(str, batch_sizes))
+    if any(not _int(b, 1, MAX_LATENCY_BATCH) for b in batch_sizes):
+        raise UserError(f"--batch-sizes must be between 1 and {MAX_LATENCY_BATCH}, got {shown}")
+    if len(set(batch_sizes)) != len(batch_sizes):
+        raise UserError(f"--batch-sizes: each batch size may appear only once, got {shown}")
+
+
+def check_latency_options(batch_sizes: Any, repeats: Any, warmup: Any) -> None:
+    """Refuse a latency option of :func:`cost_comparison` (``metasparsity prune``'s
+    ``--batch-sizes``, ``--repeats``, ``--warmup``) outside its range, naming it."""
+    if not _int(repeats, 1, MAX_LATENCY_PASSES):
+        raise UserError(f"--repeats must be an integer between 1 and {MAX_LATENCY_PASSES}, "
+                        f"got {repeats!r}")
+    if not _int(warmup, 0, MAX_LATENCY_PASSES):
+        raise UserError(f"--warmup must be an integer between 0 and {MAX_LATENCY_PASSES}, "
+                        f"got {warmup!r}")
+    check_batch_sizes(batch_sizes)
+
+
 def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
                     batch_sizes: Sequence[int] = (1, 16), repeats: int = 10, warmup: int = 2,
                     latency: bool = True, seed: int = 0) -> dict[str, Any]:
@@ -532,6 +561,15 @@ def cost_comparison(dense: nn.Module, pruned: nn.Module, image_size: int,
     """
     from metasparsity.eval.cost import measure_latency, stage_costs
 
+    for what, m in (("dense", dense), ("pruned", pruned)):
+        if not isinstance(m, nn.Module) or not isinstance(getattr(m, "backbone", None), nn.Module):
+            raise TypeError(f"cost_comparison: {what} must be a multi-task model with a "
+                            f"backbone (e.g. load_compact_model(DIR)[0]), got {type(m).__name__}")
+    if not _int(image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
+        raise UserError(f"cost_comparison: image_size must be an integer between "
+                        f"{MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size!r}")
+    if latency:
+        check_latency_options(batch_sizes, repeats, warmup)
     g = torch.Generator().manual_seed(seed)
     device = next(dense.parameters()).device
     x1 = torch.randn(1, 3, image_size, image_size, generator=g).to(device)

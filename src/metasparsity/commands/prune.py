@@ -6,23 +6,17 @@ from __future__ import annotations
 import argparse
 
 from metasparsity.commands.common import positive_int, threads
-from metasparsity.config.schema import MAX_LATENCY_BATCH
 from metasparsity.utils.args import split_list
-from metasparsity.utils.limits import MAX_THREADS
+from metasparsity.utils.limits import MAX_LATENCY_BATCH, MAX_LATENCY_PASSES, MAX_THREADS
 
 
 def _sizes(text: str) -> list[int]:
+    # the range is prune_run's check (check_latency_options), before anything is read
     parts = split_list(text, "--batch-sizes", "batch size", "1,16", error=argparse.ArgumentTypeError)
     try:
-        vals = [int(v) for v in parts]
+        return [int(v) for v in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if any(not 1 <= v <= MAX_LATENCY_BATCH for v in vals):
-        raise argparse.ArgumentTypeError(
-            f"batch sizes must be integers between 1 and {MAX_LATENCY_BATCH}: {text!r}")
-    if len(set(vals)) != len(vals):  # "4,04"
-        raise argparse.ArgumentTypeError(f"each batch size may appear only once: {text!r}")
-    return vals
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", type=_sizes, default=[1, 16], metavar="B1,B2",
                    help="batch sizes of the latency measurement, each 1 to "
                    f"{MAX_LATENCY_BATCH} (default 1,16)")
-    p.add_argument("--repeats", type=positive_int, default=10, help="timed passes per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
+    p.add_argument("--repeats", type=positive_int, default=10, help=f"timed passes per measurement, 1 to {MAX_LATENCY_PASSES}")
+    p.add_argument("--warmup", type=int, default=2, help=f"untimed passes before timing, 0 to {MAX_LATENCY_PASSES}")
     p.add_argument("--threads", type=threads, default=None,
                    help=f"torch CPU threads, 1 to {MAX_THREADS} (default: the run's "
                    "train.num_threads)")

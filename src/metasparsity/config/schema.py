@@ -46,10 +46,6 @@ def _f(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, 
     return field(default=default, metadata=meta)
 
 
-MAX_LATENCY_BATCH = 4096
-"""The largest batch ``prune --batch-sizes`` measures latency on (dense and pruned, on the CPU)."""
-
-
 @dataclass
 class DataConfig:
     name: str = _f("synthscenes", help="data set: synthscenes, nyuv2, celebamaskhq, or a registered one")

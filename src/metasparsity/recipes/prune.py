@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from metasparsity.config.schema import MAX_LATENCY_BATCH
 from metasparsity.data import resolve_tasks
 from metasparsity.export import (
     COST_JSON,
     COST_MD,
+    check_latency_options,
     cost_comparison,
     cost_markdown,
     input_normalization,
@@ -43,29 +43,15 @@ from metasparsity.utils.rundir import (
 )
 
 
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_prune_options(which: str, batch_sizes: Sequence[int], repeats: int, warmup: int,
                         threads: int | None) -> None:
     """Refuse, before anything is read, a ``prune_run`` option outside what ``metasparsity
     prune`` accepts (a :class:`UserError` naming the option)."""
     check_which(which)
-    if not _int(repeats) or repeats < 1:
-        raise UserError(f"--repeats must be an integer >= 1, got {repeats!r}")
-    if not _int(warmup) or warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {warmup!r}")
-    if threads is not None and not (_int(threads) and 1 <= threads <= MAX_THREADS):
+    check_latency_options(batch_sizes, repeats, warmup)
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool)
+                                    and 1 <= threads <= MAX_THREADS):
         raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads!r}")
-    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
-        raise UserError(f"--batch-sizes must be a list of integers, got {batch_sizes!r}")
-    if any(not (_int(b) and 1 <= b <= MAX_LATENCY_BATCH) for b in batch_sizes):
-        raise UserError(f"--batch-sizes must be between 1 and {MAX_LATENCY_BATCH}, got "
-                        f"{','.join(map(str, batch_sizes))}")
-    if len(set(batch_sizes)) != len(batch_sizes):
-        raise UserError(f"--batch-sizes: each batch size may appear only once, got "
-                        f"{','.join(map(str, batch_sizes))}")
 
 
 def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str = "best",
