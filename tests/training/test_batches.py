@@ -175,3 +175,33 @@ def test_a_failed_batch_leaves_the_position_where_it_was():
     again = BatchStream(_Range(), 4, seed=0)
     next(again)
     assert next(s)[0][:, 0].tolist() == next(again)[0][:, 0].tolist()
+
+
+def test_a_batch_larger_than_its_split_is_clamped_and_said():
+    from metasparsity.training.batches import clamp_notice
+
+    full = BatchStream(_Range(), 4, seed=0, indices=[0, 1, 2, 3])
+    assert full.batch_size == 4 and clamp_notice(full, "train.batch_size") is None
+    small = BatchStream(_Range(), 8, seed=0, indices=[0, 1, 2])
+    assert small.batch_size == 3
+    assert clamp_notice(small, "train.batch_size") == (
+        "train.batch_size: a batch of 8 is more than the 3 samples it draws from; its batches "
+        "hold 3")
+
+
+def test_train_and_meta_train_say_when_the_training_split_is_smaller_than_the_batch(tmp_path,
+                                                                                   capsys):
+    from tests.recipes.micro import MICRO, cli
+
+    assert cli("train", "--out", tmp_path / "t", *MICRO, "data.train_size=6",
+               "train.max_steps=1", "train.val_every=1") == 0
+    out = capsys.readouterr().out
+    assert "train.batch_size: a batch of 8 is more than the 6 samples it draws from" in out
+    assert cli("meta-train", "--out", tmp_path / "m", *MICRO, "data.train_size=6",
+               "meta.steps=1", "meta.val_every=1", "meta.lambda_objective=query") == 0
+    out = capsys.readouterr().out
+    assert "meta.batch_size (support): a batch of 4 is more than the 3 samples" in out
+    assert "train.batch_size (BatchNorm statistics): a batch of 8 is more than the 6" in out
+    assert cli("train", "--out", tmp_path / "u", *MICRO, "train.max_steps=1",
+               "train.val_every=1") == 0
+    assert "is more than the" not in capsys.readouterr().out

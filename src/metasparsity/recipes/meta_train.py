@@ -45,7 +45,7 @@ from metasparsity.sparsity import (
     sparsity_stats,
 )
 from metasparsity.training import collectives
-from metasparsity.training.batches import BatchStream, eval_loader, to_device
+from metasparsity.training.batches import BatchStream, clamp_notice, eval_loader, to_device
 from metasparsity.training.divergence import (
     NonFiniteError,
     check_finite,
@@ -134,6 +134,13 @@ class MetaTrainer:
         self.query = BatchStream(self.train_set, m.batch_size, seed + 1, num_workers=nw,
                                  indices=qry, rank=r)
         self.bn_stream = BatchStream(self.train_set, cfg.train.batch_size, seed + 2, num_workers=nw)
+        for stream, key in ((self.support, "meta.batch_size (support)"),
+                            (self.query, "meta.batch_size (query)"),
+                            (self.lambda_val, "meta.batch_size (λ-validation)"),
+                            (self.bn_stream, "train.batch_size (BatchNorm statistics)")):
+            notice = clamp_notice(stream, key) if stream is not None else None
+            if notice and self.main:
+                print(notice, flush=True)
         self.val_loader = eval_loader(build_dataset(cfg, "val"), cfg.train.eval_batch_size, nw)
 
         self.model = build_model(cfg, list(self.tasks)).to(self.device)

@@ -39,7 +39,7 @@ from metasparsity.sparsity import (
     zero_group_masks,
 )
 from metasparsity.training import collectives
-from metasparsity.training.batches import BatchStream, eval_loader, to_device
+from metasparsity.training.batches import BatchStream, clamp_notice, eval_loader, to_device
 from metasparsity.training.checkpoint import checkpoint_step
 from metasparsity.training.divergence import (
     NonFiniteError,
@@ -199,6 +199,10 @@ class Trainer:
                                   num_workers=cfg.data.num_workers, indices=indices,
                                   pin_memory=self.device.type == "cuda",
                                   shard=(self.dist.rank, world))
+        key = "finetune.batch_size" if s.kind == "finetune" else "train.batch_size"
+        notice = clamp_notice(self.stream, key if world == 1 else f"{key} × {world} processes")
+        if notice and self.main:
+            print(notice, flush=True)
         batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
         self.val_loader = eval_loader(build_dataset(cfg, "val"), batch, workers)
         self.test_loader = eval_loader(build_dataset(cfg, "test"), batch, workers)

@@ -106,6 +106,7 @@ class BatchStream:
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
         if not self.indices:
             raise UserError("the training split is empty")
+        self.requested_batch_size = batch_size
         self.batch_size = min(batch_size, len(self.indices))
         self.seed = seed
         self.num_workers = num_workers
@@ -221,3 +222,13 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> Data
 def to_device(batch, device: torch.device):
     x, y = batch
     return x.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in y.items()}
+
+
+def clamp_notice(stream: BatchStream, key: str) -> str | None:
+    """One line saying that ``stream`` draws from fewer samples than the batch size ``key``
+    asked for, so its batches are smaller (a few-shot split, a small ``data.train_size``), or
+    None when they are the size asked for."""
+    if stream.batch_size >= stream.requested_batch_size:
+        return None
+    return (f"{key}: a batch of {stream.requested_batch_size} is more than the "
+            f"{len(stream.indices)} samples it draws from; its batches hold {stream.batch_size}")
