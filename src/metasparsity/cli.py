@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 
 from metasparsity import __version__
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, os_error_message, user_message
 
 COMMAND_MODULES = [
     "demo",
@@ -52,18 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def os_error_message(e: OSError) -> str:
-    """``<strerror>: <path>`` of an error of the operating system, on one line."""
-    reason = e.strerror or (os.strerror(e.errno) if isinstance(e.errno, int) else "") or \
-        user_message(e)  # e.g. from a DataLoader worker: the worker's traceback as its text
-    if not reason:
-        reason = type(e).__name__
-    reason = " ".join(str(reason).split())
-    paths = [os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
-             for f in (e.filename, e.filename2) if f not in (None, "", b"")]
-    return f"{reason}: {' -> '.join(paths)}" if paths else reason
-
-
 def _ignore_further_interrupts():
     """Ignore Ctrl-C from now on; return the SIGINT handler to restore (None: nothing changed).
 
@@ -90,16 +78,6 @@ def _interrupt_once(signum, frame) -> None:
     asked for is saved whole and the exit is 130 with one line."""
     _ignore_further_interrupts()
     raise KeyboardInterrupt
-
-
-def user_message(e: BaseException) -> str:
-    """The one line of a :class:`UserError`, also when a DataLoader worker raised it (PyTorch
-    re-raises it in the main process with the worker's whole traceback as its message)."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.splitlines())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -312,3 +312,31 @@ def test_a_head_of_one_s_own_that_misses_the_size_is_named_when_the_model_is_bui
     with pytest.raises(UserError, match=r"head of task 'segment' \(NoUpsample\) gives \[1, 6, 4, 4\]"):
         build_model(cfg, ["segment"])
     assert build_model(load_config(None, MICRO), ["segment", "has_sphere"]).training
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        raise self.error
+
+
+def test_an_unreadable_file_of_item_0_names_the_split_and_the_file(registered, tmp_path, capsys):
+    registered["val"] = _Failing(FileNotFoundError(2, "No such file or directory",
+                                                   "/data/mine/val/0.png"))
+    out = tmp_path / "run"
+    assert cli("train", "--out", out, *_cfg_args()) == 2
+    err = capsys.readouterr().err
+    assert ("data set 'first-sample-test', split 'val': item 0 could not be read: No such file "
+            "or directory: /data/mine/val/0.png") in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_bug_in_a_data_set_s_own_code_keeps_its_traceback_and_says_where():
+    with pytest.raises(KeyError) as e:
+        check_first_sample(_Failing(KeyError("depth")), SERVED, WHERE, S)
+    assert f"(raised reading item 0 of {WHERE})" in e.value.__notes__

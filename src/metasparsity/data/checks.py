@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from metasparsity.data.tasks import IGNORE_INDEX, Task
-from metasparsity.utils.errors import UserError
+from metasparsity.utils.errors import UserError, os_error_message
 
 MAX_IMAGE_VALUE = 100.0
 """An image in [0, 1] normalised with any std >= 0.01 stays below this; a 0–255 one normalised
@@ -86,7 +86,15 @@ def check_first_sample(dataset: Any, tasks: Mapping[str, Task], where: str,
     if n == 0:
         raise UserError(f"{where} is empty: every split needs at least one sample (an empty "
                         "validation or test split would score nothing)")
-    sample = first_sample(dataset)
+    try:
+        sample = first_sample(dataset)
+    except UserError:
+        raise
+    except OSError as e:  # a file of the data set's own that is missing or unreadable
+        raise UserError(f"{where}: item 0 could not be read: {os_error_message(e)}") from e
+    except Exception as e:  # a bug of a data set of one's own: its traceback, and where
+        e.add_note(f"(raised reading item 0 of {where})")
+        raise
     if not (isinstance(sample, (tuple, list)) and len(sample) == 2
             and isinstance(sample[1], Mapping)):
         raise UserError(f"{where}: item 0 must be (image, {{task: target}}), got "

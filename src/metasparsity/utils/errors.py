@@ -7,6 +7,7 @@ names, missing data folders, unreadable files and invalid run directories.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -53,3 +54,25 @@ def require_path(value: object, label: str, error: type[UserError] = UserError) 
     """
     if not str(value):
         raise error(f"{label}: empty path")
+
+
+def user_message(e: BaseException) -> str:
+    """The one line of a :class:`UserError`, also when a DataLoader worker raised it (PyTorch
+    re-raises it in the main process with the worker's whole traceback as its message)."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.splitlines())
+
+
+def os_error_message(e: OSError) -> str:
+    """``<strerror>: <path>`` of an error of the operating system, on one line."""
+    reason = e.strerror or (os.strerror(e.errno) if isinstance(e.errno, int) else "") or \
+        user_message(e)  # e.g. from a DataLoader worker: the worker's traceback as its text
+    if not reason:
+        reason = type(e).__name__
+    reason = " ".join(str(reason).split())
+    paths = [os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
+             for f in (e.filename, e.filename2) if f not in (None, "", b"")]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
