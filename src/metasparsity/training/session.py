@@ -141,6 +141,9 @@ class RunSession:
 
     def log(self, kind: str, values: Mapping[str, Any]) -> None:
         """A ``metrics.jsonl`` record of kind ``kind`` at the current step (rank 0 writes)."""
+        if self.logger is None:
+            raise RuntimeError(f"RunSession.log({kind!r}) before open(): the run directory and "
+                               f"its metrics.jsonl are made by open()")
         self.logger.log(self.step, kind, values)
 
     # ------------------------------------------------------------------ steps
