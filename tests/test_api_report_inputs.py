@@ -181,6 +181,22 @@ def test_delta_plot_leaves_out_undefined_points_and_refuses_percentages(tmp_path
     assert not (tmp_path / "p.png").exists()
 
 
+def test_a_delta_plot_with_no_defined_point_says_so_instead_of_empty_axes(tmp_path,
+                                                                          monkeypatch):
+    import warnings
+
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.setdefault("fig", fig) and path)
+    rows = [{"label": "a", "group_sparsity": 0.2, "delta_m": None},
+            {"label": "b", "group_sparsity": 0.5, "delta_m": NAN}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" legend warning
+        plots.plot_delta_vs_sparsity(rows, tmp_path / "d.png")
+    ax = saved["fig"].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no point to draw: Δm is undefined for every run"]
+    assert ax.get_legend() is None
+
+
 def test_a_plot_is_written_in_the_format_of_its_suffix(tmp_path):
     rows = [{"label": "a", "group_sparsity": 0.2, "delta_m": 1.0}]
     plots.plot_delta_vs_sparsity(rows, tmp_path / "d.pdf")

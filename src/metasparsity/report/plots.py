@@ -107,8 +107,12 @@ def plot_delta_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path,
     ax.set_xlabel(f"{what} sparsity of the shared backbone (%)")
     ax.set_ylabel("Δm (%) — higher is better")
     ax.set_title(title)
-    # beside the axes: inside, "best" can still sit on a method's point
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    if pts or others:
+        # beside the axes: inside, "best" can still sit on a method's point
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:  # e.g. a sweep whose Δm is undefined for every λ: say so rather than draw empty axes
+        ax.text(0.5, 0.5, "no point to draw: Δm is undefined for every run", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9, color="0.3")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
