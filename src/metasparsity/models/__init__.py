@@ -6,8 +6,11 @@ Public API:
     config).
     ``build_head(cfg, task, in_channels)``: a fresh head for a task (e.g. an unseen one);
     ``make_head(...)``: the same from plain arguments.
-    ``BACKBONES`` (``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``), ``HEADS`` (``aspp``,
-    ``mlp``): registries, so that new ones are chosen by name from YAML.
+    ``HEADS`` (``aspp``, ``mlp``): a registry, so that a head of one's own is chosen by name
+    from YAML (``model.dense_head``, ``model.image_head``) and exported with compact models.
+    ``BACKBONES`` (``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``): the ResNets that
+    ``model.depth`` picks (``resnet{depth}``); the config, compact models and the cost tables
+    know these ResNets only, so a backbone of another family is not chosen from YAML.
     ``load_pretrained(backbone, path)``: a torchvision ImageNet checkpoint into a :class:`ResNet`.
 
 The multi-task backbone is built without ``fc`` (no unused parameter among the shared ones);
