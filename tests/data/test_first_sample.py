@@ -340,3 +340,38 @@ def test_a_bug_in_a_data_set_s_own_code_keeps_its_traceback_and_says_where():
     with pytest.raises(KeyError) as e:
         check_first_sample(_Failing(KeyError("depth")), SERVED, WHERE, S)
     assert f"(raised reading item 0 of {WHERE})" in e.value.__notes__
+
+
+@pytest.mark.parametrize("split, what", [("train", "segmentation loss"),
+                                         ("val", "segmentation metric")])
+def test_a_bad_label_after_item_0_stops_the_run_with_one_line_naming_the_task(
+        registered, tmp_path, capsys, split, what):
+    """Only item 0 is checked at set-up; a later label out of range was an IndexError traceback
+    from cross_entropy (a device-side assert on a GPU) or the metric's ValueError."""
+    registered[split] = [_good()] * 7 + [_with(segment=torch.full((S, S), C + 3))]
+    assert cli("train", "--out", tmp_path / "run", *_cfg_args(), "train.max_steps=2",
+               "train.val_every=2") == 2
+    err = capsys.readouterr().err
+    assert f"task 'segment': {what}" in err and f"[0, {C})" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_losses_and_metrics_refuse_targets_they_cannot_take_as_target_errors():
+    from metasparsity.eval.metrics import build_metrics, update_all
+    from metasparsity.utils.errors import TargetError, UserError
+
+    seg = TASKS["segment"]
+    logits = torch.randn(2, C, 4, 4)
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, 0, 0] = 255  # the ignore label
+    assert torch.isfinite(seg.loss(logits, labels))
+    for bad in (C, -1):
+        labels[1, 2, 2] = bad
+        with pytest.raises(TargetError, match=rf"^task 'segment': segmentation loss: labels must "
+                                              rf"lie in \[0, {C}\) .* got {bad}"):
+            seg.loss(logits, labels)
+        with pytest.raises(TargetError, match=r"^task 'segment': segmentation metric"):
+            update_all(build_metrics({"segment": seg}), {"segment": logits}, {"segment": labels})
+    assert issubclass(TargetError, ValueError) and issubclass(TargetError, UserError)
+    with pytest.raises(TargetError, match=r"^task 'has_sphere': binary loss: target values"):
+        TASKS["has_sphere"].loss(torch.zeros(2, 1), torch.tensor([0.0, 2.0]))

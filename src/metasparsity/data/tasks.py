@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from metasparsity.utils.errors import TargetError
 from metasparsity.utils.registry import Registry
 from metasparsity.utils.tensors import check_unit_range
 
@@ -81,8 +82,12 @@ class Task:
                              f"num_classes is {self.num_classes!r}, channels {self.channels}")
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Scalar loss of a batch prediction against its target (see the module docstring)."""
-        return LOSSES.get(self.type)(pred, target)
+        """Scalar loss of a batch prediction against its target (see the module docstring); a
+        target value the loss cannot take is a :class:`TargetError` naming this task."""
+        try:
+            return LOSSES.get(self.type)(pred, target)
+        except TargetError as e:
+            raise TargetError(f"task {self.name!r}: {e} (a target of the data set)") from None
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         """Turn raw head output into a prediction: labels, depth, unit normals, probabilities."""
@@ -135,7 +140,14 @@ def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() or target.is_complex():
         raise ValueError("segmentation loss: target must hold integer labels, got dtype "
                          f"{target.dtype}")
-    if not (target != IGNORE_INDEX).any():
+    valid = target != IGNORE_INDEX
+    out_of_range = valid & ((target < 0) | (target >= pred.shape[1]))
+    any_valid, any_bad = torch.stack((valid.any(), out_of_range.any())).tolist()  # one sync
+    if any_bad:  # cross_entropy: an IndexError on the CPU, a device-side assert on a GPU
+        raise TargetError(f"segmentation loss: labels must lie in [0, {pred.shape[1]}) or be "
+                          f"the ignore label {IGNORE_INDEX}, got "
+                          f"{target[out_of_range].flatten()[0].item()!r}")
+    if not any_valid:
         return _zero_like_graph(pred)
     return F.cross_entropy(pred, target.long(), ignore_index=IGNORE_INDEX)
 

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from metasparsity.utils.errors import TargetError
 from metasparsity.utils.registry import Registry
 from metasparsity.utils.tensors import check_unit_range
 
@@ -197,7 +198,7 @@ class SegmentationMetric(Metric):
             return
         g, p = target[valid], pred[valid]
         if g.numel() and (g.min() < 0 or g.max() >= c):
-            raise ValueError(
+            raise TargetError(
                 f"segmentation metric: target labels must be in [0, {c}) or {self.ignore_index}"
             )
         if p.numel() and (p.min() < 0 or p.max() >= c):
@@ -585,9 +586,13 @@ def update_all(
     preds: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
 ) -> None:
-    """``metrics[t].update(preds[t], targets[t])`` for every task ``t`` of ``metrics``."""
+    """``metrics[t].update(preds[t], targets[t])`` for every task ``t`` of ``metrics``; a
+    target value a metric cannot take is a :class:`TargetError` naming the task."""
     for name, metric in metrics.items():
-        metric.update(preds[name], targets[name])
+        try:
+            metric.update(preds[name], targets[name])
+        except TargetError as e:
+            raise TargetError(f"task {name!r}: {e} (a target of the data set)") from None
 
 
 def compute_all(metrics: Mapping[str, Metric]) -> dict[str, dict[str, float]]:

@@ -97,13 +97,13 @@ def delta_against(cfg: Config, result: dict[str, Any], ref_cfg: Config,
 def trivial_results(cfg, task_names: Sequence[str], split: str = "test") -> dict[str, dict]:
     """Metrics of the trivial predictors (majority class, mean depth, mean normal, all-zero
     edges, majority attribute), statistics from the training split, scored on ``split``."""
-    from metasparsity.eval.metrics import build_metrics
+    from metasparsity.eval.metrics import build_metrics, update_all
 
     tasks = resolve_tasks(cfg, task_names)
     stats = trivial_statistics(build_dataset(cfg, "train"), tasks)
     metrics = build_metrics(tasks)
     loader = eval_loader(build_dataset(cfg, split), cfg.train.eval_batch_size, cfg.data.num_workers)
     for x, y in loader:
-        for t, task in tasks.items():
-            metrics[t].update(trivial_prediction(task, stats[t], x, x.shape[0]), y[t])
+        update_all(metrics, {t: trivial_prediction(task, stats[t], x, x.shape[0])
+                             for t, task in tasks.items()}, y)
     return {t: m.compute() for t, m in metrics.items()}

@@ -18,7 +18,7 @@ from metasparsity.training.logs import progress_bar
 def evaluate(model: nn.Module, loader: DataLoader, tasks: Mapping[str, Any],
              device: torch.device, progress: bool = False, desc: str = "eval") -> dict[str, dict]:
     """Per-task metrics (DESIGN §4) and mean loss over a whole split, in eval mode."""
-    from metasparsity.eval.metrics import build_metrics
+    from metasparsity.eval.metrics import build_metrics, update_all
 
     was_training = model.training
     model.eval()
@@ -28,8 +28,8 @@ def evaluate(model: nn.Module, loader: DataLoader, tasks: Mapping[str, Any],
     for batch in progress_bar(loader, desc=desc, enabled=progress, leave=False):
         x, y = to_device(batch, device)
         out = model(x, tasks=list(tasks))
+        update_all(metrics, out, y)  # a target a metric cannot take: one line naming the task
         for t in tasks:
-            metrics[t].update(out[t], y[t])
             loss_sum[t] += float(tasks[t].loss(out[t], y[t])) * x.shape[0]
         n += x.shape[0]
     model.train(was_training)

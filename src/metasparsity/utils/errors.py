@@ -19,6 +19,12 @@ class ConfigError(UserError):
     """An invalid configuration value; the message names the key and the allowed values."""
 
 
+class TargetError(UserError, ValueError):
+    """A target value a loss or metric cannot take (a segmentation label out of range, an edge
+    or binary target outside [0, 1]): the data's to fix, so one line at the command line; a
+    ValueError to Python callers."""
+
+
 class NonFiniteError(UserError):
     """A NaN / infinite loss or λ; the run stops, keeping its last good checkpoint.
 

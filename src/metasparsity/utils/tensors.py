@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from metasparsity.utils.errors import TargetError
+
 Inputs = torch.Tensor | tuple[Any, ...] | list[Any]
 """An example input: the input tensor, or the list / tuple of ``forward()``'s arguments."""
 
@@ -28,12 +30,13 @@ def forward_args(example_input: Inputs) -> tuple[Any, ...]:
 
 
 def check_unit_range(what: str, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-    """ValueError (``what: target values must lie in [0, 1]…``) unless every target value, or
-    every one where ``valid``, lies in [0, 1] (NaN does not)."""
+    """:class:`~metasparsity.utils.errors.TargetError` (a ValueError: ``what: target values
+    must lie in [0, 1]…``) unless every target value, or every one where ``valid``, lies in
+    [0, 1] (NaN does not)."""
     bad = ~((target >= 0) & (target <= 1))
     if valid is not None:
         bad &= valid
     if bool(bad.any()):
         ignore = " (or be the ignore label)" if valid is not None else ""
-        raise ValueError(f"{what}: target values must lie in [0, 1]{ignore}, got "
+        raise TargetError(f"{what}: target values must lie in [0, 1]{ignore}, got "
                          f"{target[bad].flatten()[0].item()!r}")
