@@ -52,31 +52,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ignore_further_interrupts():
-    """Ignore Ctrl-C from now on; return the SIGINT handler to restore (None: nothing changed).
+_received: list[int] = []  # the signal that interrupted the program (SIGINT or SIGTERM)
 
-    After the first Ctrl-C has been handled, what is left is cleanup: printing the message,
+
+def _ignore_further_interrupts() -> dict[int, object]:
+    """Ignore Ctrl-C (and SIGTERM, where the program handles it) from now on; return the
+    handlers to restore (empty: nothing changed).
+
+    After the first interrupt has been handled, what is left is cleanup: printing the message,
     ``atexit`` callbacks and the interpreter's shutdown (which resets Python-level handlers to
     the default action, so a handler could not catch a Ctrl-C there; an ignored signal stays
     ignored).  A second Ctrl-C must not turn that into a traceback or a death by signal.
     """
+    old: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        old = signal.getsignal(signal.SIGINT)
-        if old is signal.SIG_IGN:
-            return None
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (ValueError, OSError):
-        return None
+        return old
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            handler = signal.getsignal(sig)
+            if callable(handler):  # not SIG_IGN, nor SIGTERM's default (the program's own)
+                signal.signal(sig, signal.SIG_IGN)
+                old[sig] = handler
+        except (ValueError, OSError):
+            pass
     return old
 
 
 def _interrupt_once(signum, frame) -> None:
-    """SIGINT handler of the program: the first Ctrl-C raises :class:`KeyboardInterrupt` as
-    Python's own handler does; every later one is ignored, so that the checkpoint the first one
-    asked for is saved whole and the exit is 130 with one line."""
+    """SIGINT and SIGTERM handler of the program: the first one raises
+    :class:`KeyboardInterrupt` as Python's own SIGINT handler does; every later one is ignored,
+    so that the checkpoint the first one asked for is saved whole and the exit is 130 (143
+    for SIGTERM) with one line."""
     _ignore_further_interrupts()
+    _received.append(signum)
     raise KeyboardInterrupt
 
 
@@ -84,18 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     Called without ``argv`` (the ``metasparsity`` program, ``python -m metasparsity``), the first
-    Ctrl-C interrupts the command (exit code 130, a checkpoint saved where training) and every
-    later one is ignored until the process has exited, so that a second Ctrl-C during the
-    cleanup neither cuts the checkpoint short nor ends in a traceback.  Called with ``argv``
+    Ctrl-C or SIGTERM interrupts the command (exit code 130, or 143 for SIGTERM; training
+    finishes its current step, then saves a checkpoint) and every later one is ignored until
+    the process has exited, so that a second one during the cleanup neither cuts the
+    checkpoint short nor ends in a traceback.  Called with ``argv``
     (from Python), SIGINT handling is left as it is, except while the message is printed.
     """
     program = argv is None
     if program and threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                signal.signal(signal.SIGINT, _interrupt_once)
-        except (ValueError, OSError):
-            pass
+        # SIGTERM (``kill``, a batch scheduler's notice before it kills a job) as Ctrl-C
+        for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                             (signal.SIGTERM, signal.SIG_DFL)):
+            try:
+                if signal.getsignal(sig) is default:
+                    signal.signal(sig, _interrupt_once)
+            except (ValueError, OSError):
+                pass
     parser = build_parser()
     # ``finetune RUN --tasks t key=value``: argparse cannot match positionals split by an
     # option, so key=value words left over are taken as the command's overrides.
@@ -121,9 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"metasparsity {args.command}: {interrupt_message(args, e)}", file=sys.stderr)
         finally:
-            if not program and old is not None:
-                signal.signal(signal.SIGINT, old)
-        return 130
+            if not program:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+        return 128 + (_received[0] if program and _received else signal.SIGINT)
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

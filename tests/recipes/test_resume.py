@@ -281,3 +281,89 @@ def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp
     res = read_json(out / "results.json")
     assert res["tasks"] == ["normal"] and res["steps"] == 4
     assert [r["from_step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "resume"] == [2]
+
+
+def _signal_on_call(monkeypatch, owner, name: str, k: int, sig=signal.SIGINT):
+    """Make the k-th call of ``owner.name`` send a real ``sig`` to this process, then run."""
+    import os
+
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def sending(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == k:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, sending)
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler (a suite started in the background inherits SIGINT ignored)."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def _val_steps(run):
+    return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "val"]
+
+
+@pytest.mark.parametrize("where, step", [
+    ("losses", 3),      # after the forward pass: BatchNorm's statistics are already updated
+    ("validation", 4),  # the step-4 validation (val_every = 4)
+    ("save", 4),        # the checkpoint save after it
+])
+def test_a_real_ctrl_c_lets_the_step_finish_and_resume_matches(straight, tmp_path, monkeypatch,
+                                                             capsys, ctrl_c, where, step):
+    """A Ctrl-C used to cut the step where it landed: after the forward pass the checkpoint held
+    the next step's BatchNorm statistics; in a validation the resumed run skipped it (another
+    best checkpoint); in a save nothing was saved, yet the message named that step."""
+    import metasparsity.recipes.train as train_mod
+    import metasparsity.training.session as session_mod
+
+    owner, name = {"losses": (train_mod, "task_losses"), "validation": (Trainer, "_validate"),
+                   "save": (session_mod, "save_checkpoint")}[where]
+    _signal_on_call(monkeypatch, owner, name, {"losses": 3}.get(where, 1))
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *RESUME) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted at step {step}; resume with" in err and "Traceback" not in err, err
+    assert "the current step finishes" in err
+    assert _last(run).meta["step"] == step
+    monkeypatch.undo()
+    assert cli("train", "--resume", run) == 0
+    assert same_tensors(straight["train"].model, _last(run).model) == []
+    want = read_json(straight["root"] / "train" / "results.json")
+    got = read_json(run / "results.json")
+    assert got["best_step"] == want["best_step"] and got["test"] == want["test"]
+    assert _val_steps(run) == _val_steps(straight["root"] / "train") == [4, 6]
+
+
+def test_a_real_ctrl_c_in_a_meta_train_validation_is_not_skipped_on_resume(straight, tmp_path,
+                                                                           monkeypatch, ctrl_c):
+    _signal_on_call(monkeypatch, MetaTrainer, "_validate", 1)
+    run = tmp_path / "meta"
+    assert cli("meta-train", "--out", run, *RESUME) == 130
+    monkeypatch.undo()
+    assert cli("meta-train", "--resume", run) == 0
+    assert _val_steps(run) == _val_steps(straight["root"] / "meta") == [4, 6]
+    b = _last(run)
+    assert same_tensors(straight["meta"].model, b.model) == []
+    assert load_run_checkpoint(run, "best").meta["step"] == \
+        load_run_checkpoint(straight["root"] / "meta", "best").meta["step"]
+
+
+def test_sigterm_is_an_interrupt_saves_and_exits_143(tmp_path):
+    """A batch scheduler's (or kill's) SIGTERM killed the run at once, without a checkpoint."""
+    run = tmp_path / "run"
+    proc = start_long_training(run)
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish(proc)
+    assert proc.returncode == 143, err
+    msg = next(line for line in err.splitlines() if "interrupted at step" in line)
+    step = int(msg.split("interrupted at step ")[1].split(";")[0])
+    assert step >= 3 and _last(run).meta["step"] == step
+    assert f"resume with: metasparsity train --resume {run}" in msg

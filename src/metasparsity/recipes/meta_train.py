@@ -54,7 +54,6 @@ from metasparsity.training.divergence import (
     overflow_is_divergence,
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats
-from metasparsity.training.interrupt import DeferInterrupt
 from metasparsity.training.rng import preserved_rng, set_rng_state
 from metasparsity.training.run_checkpoints import has_checkpoints, load_model_state
 from metasparsity.training.schedule import lr_factor
@@ -321,8 +320,8 @@ class MetaTrainer:
                 # the sum over every rank's subsets (the identity in one process)
                 res = reduce_meta_result(res, subsets, self.model, self.lam, extra)
                 check_finite(res.query_loss, self.step + 1, "query loss")
-                with DeferInterrupt(), overflow_is_divergence(self.step + 1):
-                    # the in-place update is all or nothing
+                with overflow_is_divergence(self.step + 1):
+                    # the in-place update (an interrupt waits for the whole step: session.running)
                     self._set_outer_lr()
                     grad_norm, clip_scale = self.clip(res.grads_theta)
                     lam_step = self.lam().detach().clone()  # the λ of this step's prox

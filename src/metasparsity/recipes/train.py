@@ -50,7 +50,6 @@ from metasparsity.training.divergence import (
     overflow_is_divergence,
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats, selection_score
-from metasparsity.training.interrupt import DeferInterrupt
 from metasparsity.training.rng import preserved_rng, set_rng_state
 from metasparsity.training.run_checkpoints import load_model_state, load_run_checkpoint, repoint
 from metasparsity.training.schedule import build_scheduler, lr_factor
@@ -400,8 +399,8 @@ class Trainer:
                 total.backward()
                 # DDP averaged the model's gradients; learned loss weights are outside it
                 collectives.average_gradients(self.weighting.parameters())
-                with DeferInterrupt(), overflow_is_divergence(self.step + 1):
-                    # the in-place update is all or nothing
+                with overflow_is_divergence(self.step + 1):
+                    # the in-place update (an interrupt waits for the whole step: session.running)
                     if self.masks is not None:
                         mask_zero_group_grads_(self.model, self.masks)
                     lr_now = self.opt.param_groups[0]["lr"]

@@ -19,6 +19,7 @@ import torch
 from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
+from metasparsity.training.interrupt import OneStepAtATime
 from metasparsity.training.logs import RunLogger, progress_bar
 from metasparsity.training.reuse import (
     RESULTS,
@@ -47,6 +48,11 @@ Snapshot = Callable[[Mapping[str, Any]],
 """``snapshot(boundary) -> (model state, training state, meta)``: what a recipe checkpoints at a
 step boundary (:meth:`RunSession.mark`); the session adds the RNG state, the training time and
 ``val_finite``."""
+
+
+STOPPING = ("interrupt received: the current step finishes (with its validation and checkpoint, "
+            "if due), then the run stops")
+"""What rank 0 prints when Ctrl-C (or SIGTERM) arrives during a step."""
 
 
 class RunSession:
@@ -166,7 +172,6 @@ class RunSession:
         its save are not training time: the clock restarts after it."""
         b = self._boundary
         rngs = gather_rng(b["rng"]) if gather else None
-        self._saved_step = b["step"]
         if self.main:
             model_state, state, meta = self._snapshot(b)
             state = {**state, "rng": b["rng"]}
@@ -175,6 +180,7 @@ class RunSession:
             meta = {**meta, "train_time": self.train_time, "val_finite": validated,
                     "code": self._codes()}
             save_checkpoint(self.run_dir, b["step"], model_state, state, meta, best=best)
+        self._saved_step = b["step"]  # once written: a save cut short is not a saved step
         if validated and self._clock is not None:
             self._clock = time.perf_counter()
 
@@ -193,9 +199,10 @@ class RunSession:
         end = total if stop_after is None else max(self.step, min(total, stop_after))
         bar = progress_bar(range(self.step, end), enabled=self.progress, desc=desc,
                            initial=self.step, total=total)
+        steps = OneStepAtATime(bar, STOPPING if self.main else None)
         self._clock = time.perf_counter()
         try:
-            yield bar
+            yield steps
         except KeyboardInterrupt:
             if self._saved_step != self.step:
                 self.save(best=best_if_interrupted(), gather=False)
@@ -204,6 +211,7 @@ class RunSession:
         except NonFiniteError as e:
             raise self.diverged(e) from None
         finally:
+            steps.close()  # the signal handlers back (a loop left by an exception)
             self._clock = None
             if hasattr(bar, "close"):
                 bar.close()
