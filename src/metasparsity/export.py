@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from metasparsity.utils.errors import UserError, require_path
-from metasparsity.utils.io import to_jsonable
+from metasparsity.utils.io import save_safetensors, to_jsonable
 from metasparsity.utils.limits import (
     MAX_IMAGE_SIZE,
     MAX_LATENCY_BATCH,
@@ -353,8 +353,6 @@ def write_compact_model(model: nn.Module, directory: str | Path,
     a meta field :func:`load_compact_model` would refuse, a task the model has no head for, or a
     tensor holding NaN or an infinity.  ``meta`` None: no meta fields.
     """
-    from safetensors.torch import save_file
-
     from metasparsity import __version__
 
     meta = to_jsonable(dict(meta or {}))
@@ -381,7 +379,7 @@ def write_compact_model(model: nn.Module, directory: str | Path,
                             "values (a compact model with them would not load)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / MODEL_FILE))
+    save_safetensors(state, directory / MODEL_FILE)
     (directory / SPEC_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return directory
 

@@ -245,3 +245,69 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_older_checkpoint(tm
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["last", "step_0000001"]
     assert (tmp_path / "checkpoints" / "last").read_text().strip() == "step_0000001"
+
+
+FILE_SIZE_LIMIT = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv.pop(1)), resource.RLIM_INFINITY))
+    from metasparsity.cli import main
+    sys.exit(main())
+""")
+
+
+@pytest.mark.parametrize("limit, words", [
+    (300_000, ["File too large"]),                  # hit by the safetensors write
+    (1_000_000, ["not written whole", "file size limit"]),  # hit by torch.save's
+])
+def test_a_write_cut_by_a_file_size_limit_is_one_line_and_keeps_nothing_partial(tmp_path, limit,
+                                                                                 words):
+    """safetensors reports a full disk or a size limit as its own SafetensorError, which was a
+    traceback; torch.save's was the cryptic "unexpected pos" alone."""
+    import metasparsity
+    from tests.recipes.micro import MICRO
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # the package this suite imports
+           "PYTHONPATH": os.pathsep.join([str(pathlib.Path(metasparsity.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(limit), "train", "--out",
+                           str(run), *MICRO, "train.max_steps=2", "train.val_every=2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("metasparsity train: error: cannot write checkpoint "), err
+    for w in words:
+        assert w in err, err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == []  # no partial checkpoint
+
+
+def test_a_compact_model_write_cut_short_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    import resource
+
+    from metasparsity.utils.io import save_safetensors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(OSError) as e:
+            save_safetensors({"w": torch.zeros(100_000)}, tmp_path / "model.safetensors")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert e.value.errno == 27 and e.value.filename == str(tmp_path / "model.safetensors")
+    old = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.zeros(3)}, tmp_path / "small.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "small.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_written_files_follow_the_umask_not_mkstemp_s_0600(tmp_path):
+    from metasparsity.utils.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644

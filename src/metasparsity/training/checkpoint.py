@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from metasparsity.utils.errors import UserError
-from metasparsity.utils.io import atomic_write_text, check_json_shape, to_jsonable
+from metasparsity.utils.io import atomic_write_text, check_json_shape, save_safetensors, to_jsonable
 
 CKPT_DIR = "checkpoints"
 
@@ -76,7 +76,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(_contiguous_state(model_state), str(tmp / "model.safetensors"))
+        save_safetensors(_contiguous_state(model_state), tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         (tmp / "state.json").write_text(json.dumps(to_jsonable({"step": step, **meta}), indent=1))
         for f in tmp.iterdir():
@@ -114,6 +114,8 @@ def _write_error(e: BaseException, where: Path) -> str:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if free is not None and free < 64 * 2**20:
         return f"no space left on device ({free // 2**20} MiB free)"
+    if "inline_container" in first:  # torch.save cut short: "[enforce fail at ...] unexpected pos"
+        return f"{first} (the file was not written whole: a full disk, a quota or a file size limit?)"
     return first
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise _named(e, path) from e
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -36,6 +38,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             raise _named(e, path) from e  # e.g. a full disk: name the file (one-line message)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike) -> None:
+    """``safetensors.torch.save_file``, whose write errors (a full disk, a file size limit)
+    come as ``SafetensorError``: raised here as the :class:`OSError` they are, naming ``path``,
+    so that they read as one line like any other failed write."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, os.fspath(path))
+    except SafetensorError as e:
+        # "... I/O error: File too large (os error 27)" or "IoError(Os { code: 28, ... })"
+        found = re.search(r"(?:os error|code:) (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), os.fspath(path)) from e
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600
 
 
 def _named(e: OSError, path: str | os.PathLike) -> OSError:
