@@ -367,3 +367,50 @@ def test_sigterm_is_an_interrupt_saves_and_exits_143(tmp_path):
     step = int(msg.split("interrupted at step ")[1].split(";")[0])
     assert step >= 3 and _last(run).meta["step"] == step
     assert f"resume with: metasparsity train --resume {run}" in msg
+
+
+@pytest.mark.parametrize("how", [["--resume", "{run}"], ["--out", "{run}", "--overwrite"]])
+def test_a_run_another_process_writes_is_not_resumed_or_replaced(tmp_path, capsys, how):
+    """A second process used to truncate the first one's log and delete its checkpoint in
+    progress (--resume), or delete the run under it (--overwrite)."""
+    from metasparsity.utils.rundir import RunLock
+
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *MICRO) == 0
+    before = sorted(p.name for p in run.rglob("*"))
+    log = (run / "metrics.jsonl").read_text()
+    held = RunLock()  # as a training process holds it (flock: per open file, so also in-process)
+    held.acquire(run)
+    try:
+        args = [a.format(run=run) for a in how]
+        assert cli("train", *args, *MICRO, "train.max_steps=6") == 2
+        err = capsys.readouterr().err
+        assert f"{run} is in use: another metasparsity process is writing this run" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        held.release()
+    assert sorted(p.name for p in run.rglob("*")) == before
+    assert (run / "metrics.jsonl").read_text() == log
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 4
+    assert cli("train", "--resume", run, "train.max_steps=6") == 0  # released: it goes on
+    out = capsys.readouterr().out
+    assert f"resuming {run} at step 4 with changed settings: train.max_steps 4 → 6" in out
+
+
+def test_a_resume_whose_log_cannot_be_opened_leaves_the_config_as_it_was(tmp_path, monkeypatch,
+                                                                         capsys):
+    import errno
+
+    import metasparsity.training.session as session_mod
+
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *MICRO) == 0
+    config = (run / "config.yaml").read_text()
+
+    def denied(run_dir, enabled=True):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run_dir / "metrics.jsonl"))
+
+    monkeypatch.setattr(session_mod, "RunLogger", denied)
+    assert cli("train", "--resume", run, "train.max_steps=8") == 2
+    assert "Permission denied" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == config  # it said 8 steps, results.json 4

@@ -263,8 +263,9 @@ def test_a_write_cut_by_a_file_size_limit_is_one_line_and_keeps_nothing_partial(
                                                                                  words):
     """safetensors reports a full disk or a size limit as its own SafetensorError, which was a
     traceback; torch.save's was the cryptic "unexpected pos" alone."""
-    import metasparsity
     from tests.recipes.micro import MICRO
+
+    import metasparsity
 
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1",  # the package this suite imports

@@ -23,6 +23,9 @@ def run_recipe(recipe: Any) -> Any:
         recipe.setup()
     except BaseException:
         close_streams()  # setup may have started one (meta-train's auto λ0 reads batches)
+        session = getattr(recipe, "session", None)
+        if session is not None:  # opened before the failure: its log and run lock
+            session.close()
         raise
     try:
         return recipe.train()

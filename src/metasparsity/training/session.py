@@ -41,7 +41,13 @@ from metasparsity.utils.device import set_threads
 from metasparsity.utils.errors import UserError
 from metasparsity.utils.io import truncate_jsonl, write_json
 from metasparsity.utils.provenance import code_identity, machine_identity, same_code
-from metasparsity.utils.rundir import RunInterrupted, create_run_dir, is_run_dir, update_run_config
+from metasparsity.utils.rundir import (
+    RunInterrupted,
+    RunLock,
+    create_run_dir,
+    is_run_dir,
+    update_run_config,
+)
 
 Snapshot = Callable[[Mapping[str, Any]],
                     tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]]
@@ -92,6 +98,7 @@ class RunSession:
         self.codes: list[dict[str, Any] | None] = []  # the code that trained earlier attempts
         code_identity()  # this run's code is the one imported now, not after a later edit
         self.logger: RunLogger | None = None
+        self._lock = RunLock()  # rank 0's, from open() to close()
         self._boundary: dict[str, Any] = {}
         self._saved_step: int | None = None
         self._clock: float | None = None
@@ -129,21 +136,37 @@ class RunSession:
         ck = self.checkpoint
         seed_rank(self.seed, self.dist, ck.state if ck is not None else None, self.step)
         self._snapshot, self._model, self._val_metrics = snapshot, model, val_metrics
-        changed: dict = {}
-        if self.main:
-            if self.resume:
-                # the log first: a damaged one is refused before the config changes
-                truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-                changed = update_run_config(self.run_dir, config_yaml)
-                if self.checkpoint is not None:
-                    point_last_at(self.run_dir, self.checkpoint)
-            else:
-                create_run_dir(self.run_dir, config_yaml, overwrite=self.overwrite,
-                               layout="training")
-        self.logger = RunLogger(self.run_dir, enabled=self.main)
+        try:
+            changed = self._open_dir(config_yaml)
+        except BaseException:
+            self.close()  # the log and the run lock, where taken
+            raise
         if self.resume:
             self.log("resume", {"from_step": self.step, "changed": changed})
+            if changed and self.main:
+                print(f"resuming {self.run_dir} at step {self.step} with changed settings: "
+                      + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in changed.items()),
+                      flush=True)
         self._saved_step = self.step if self.checkpoint is not None else None
+
+    def _open_dir(self, config_yaml: str) -> dict[str, list[Any]]:
+        """:meth:`open`'s writes, rank 0's under the run lock; returns the config changes."""
+        changed: dict[str, list[Any]] = {}
+        if self.main and self.resume:
+            self._lock.acquire(self.run_dir)  # not while another process writes it
+            # the log first: a damaged one (or one this process may not append to) is refused
+            # before the config changes
+            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            self.logger = RunLogger(self.run_dir, enabled=True)
+            changed = update_run_config(self.run_dir, config_yaml)
+            if self.checkpoint is not None:
+                point_last_at(self.run_dir, self.checkpoint)
+        elif self.main:
+            create_run_dir(self.run_dir, config_yaml, overwrite=self.overwrite,
+                           layout="training", lock=self._lock)
+        if self.logger is None:
+            self.logger = RunLogger(self.run_dir, enabled=self.main)
+        return changed
 
     def log(self, kind: str, values: Mapping[str, Any]) -> None:
         """A ``metrics.jsonl`` record of kind ``kind`` at the current step (rank 0 writes)."""
@@ -270,9 +293,10 @@ class RunSession:
         return diverged_error(error, note, self.run_dir, self.lr_key, self.lr)
 
     def close(self) -> None:
-        """Close the log (idempotent)."""
+        """Close the log and release the run directory (idempotent)."""
         if self.logger is not None:
             self.logger.close()
+        self._lock.release()
 
 
 def sub_run(run_dir: str | Path, note: bool = True) -> tuple[dict[str, Any] | None, bool]:

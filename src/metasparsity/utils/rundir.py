@@ -336,18 +336,59 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
 
 
 def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = False,
-                   layout: str | None = None) -> Path:
+                   layout: str | None = None, lock: RunLock | None = None) -> Path:
     """Create (or, with ``overwrite``, empty) ``path``, mark it (with its ``layout``, a key of
-    :data:`LAYOUTS`, when given), and write the resolved config."""
+    :data:`LAYOUTS`, when given), and write the resolved config; ``lock`` takes the new
+    folder (and, first, the one it replaces: a run another process writes is not replaced)."""
     p = Path(path)
     check_run_dir(p, overwrite=overwrite)
     if p.is_dir() and overwrite and any(p.iterdir()):
+        if lock is not None:
+            lock.acquire(p)  # not a run another process is writing now
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.acquire(p)
     # before config.yaml: a folder with our config.yaml is always marked
     write_marker(p, RUN, **({"layout": layout} if layout else {}))
     atomic_write_text(p / CONFIG_FILE, config_yaml)
     return p
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process writes into it: ``flock`` on the
+    directory itself (nothing is written; the operating system drops it when the process ends,
+    however it ends).  A second process that would write into the same run (``--resume`` or
+    ``--overwrite`` of a run being trained) is refused with a :class:`UserError` instead of
+    replacing the first one's log and deleting its checkpoint in progress.  Where the file
+    system has no locks (or ``fcntl`` does not exist), runs go unlocked."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def acquire(self, path: PathLike) -> None:
+        """Lock ``path`` (an existing directory), releasing any directory held before."""
+        self.release()
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not a POSIX system
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{path} is in use: another metasparsity process is writing this "
+                            "run now; wait for it to end (or stop it) first") from None
+        except OSError:  # no locks on this file system
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
