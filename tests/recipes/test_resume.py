@@ -414,3 +414,26 @@ def test_a_resume_whose_log_cannot_be_opened_leaves_the_config_as_it_was(tmp_pat
     assert cli("train", "--resume", run, "train.max_steps=8") == 2
     assert "Permission denied" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == config  # it said 8 steps, results.json 4
+
+
+def test_a_resume_removes_what_a_killed_writer_left_and_reading_an_unfinished_run_says_so(
+        tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *MICRO) == 0
+    assert "has not finished" not in capsys.readouterr().err
+    assert cli("evaluate", run) == 0
+    assert "has not finished" not in capsys.readouterr().err
+    (run / "results.json").unlink()  # as if it had been killed after its last checkpoint
+    left = [run / ".results.json.k2j.tmp", run / "checkpoints" / ".last.x7.tmp",
+            run / "checkpoints" / ".step_0000005.tmp"]
+    left[0].write_text("{")
+    left[1].write_text("step_")
+    left[2].mkdir()
+    (left[2] / "model.safetensors").write_bytes(b"\0")
+    for command in (["evaluate", run], ["prune", run, "--no-latency"]):
+        assert cli(*command) == 0
+        assert (f"note: {run} has not finished (no results.json); reading its checkpoint of step "
+                "4 (step_0000004)") in capsys.readouterr().err
+    assert all(p.exists() for p in left)  # readers leave the run's files alone
+    assert cli("train", "--resume", run) == 0
+    assert not any(p.exists() for p in left) and (run / "results.json").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,12 @@ from metasparsity.config import Config
 from metasparsity.data import build_dataset, resolve_tasks
 from metasparsity.eval.delta import default_spec, per_task_delta, usable_spec
 from metasparsity.eval.trivial import trivial_prediction, trivial_statistics
-from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats, run_tasks
+from metasparsity.recipes.load_run import (
+    load_run_model,
+    prepare_bn_stats,
+    run_tasks,
+    unfinished_note,
+)
 from metasparsity.training.batches import eval_loader
 from metasparsity.training.evaluation import evaluate
 from metasparsity.utils.device import resolve_device, set_threads
@@ -29,6 +35,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
     """Metrics of run ``run_dir``'s ``which`` checkpoint on ``split`` (BatchNorm statistics of
     a meta-trained checkpoint re-estimated first)."""
     cfg, model, ck = load_run_model(run_dir, which, overrides)
+    if note := unfinished_note(run_dir, ck):
+        print(note, file=sys.stderr, flush=True)
     set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
     model.to(device)

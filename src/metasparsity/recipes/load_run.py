@@ -15,6 +15,7 @@ from metasparsity.data import build_dataset
 from metasparsity.training.batches import BatchStream
 from metasparsity.training.checkpoint import checkpoint_path
 from metasparsity.training.evaluation import bn_stats_to_recompute, recompute_bn_stats
+from metasparsity.training.reuse import RESULTS
 from metasparsity.training.run_checkpoints import (
     check_which,
     load_model_state,
@@ -41,6 +42,17 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     model = build_model(cfg, tasks)
     load_model_state(model, ck, run_dir, "load")
     return cfg, model, ck
+
+
+def unfinished_note(run_dir: str | Path, ck) -> str | None:
+    """A note for a command that reads a run that has not finished (no ``results.json``: it was
+    stopped, or is training now): which checkpoint it reads, which may not be the run's last
+    word.  None for a finished run."""
+    run_dir = Path(run_dir)
+    if (run_dir / RESULTS).is_file():
+        return None
+    return (f"note: {run_dir} has not finished (no {RESULTS}); reading its checkpoint of step "
+            f"{ck.meta.get('step', '?')} ({ck.path.name}); resume the run for its final model")
 
 
 def run_tasks(run_dir: str | Path, cfg, which: str = "best") -> list[str]:

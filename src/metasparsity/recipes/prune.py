@@ -7,6 +7,7 @@ MACs and latency, dense vs pruned).  The output folder appears complete or not a
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from metasparsity.export import (
     task_meta,
     write_compact_model,
 )
-from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats
+from metasparsity.recipes.load_run import load_run_model, prepare_bn_stats, unfinished_note
 from metasparsity.sparsity import prune_zero_channels, pruning_report, sparsity_stats
 from metasparsity.sparsity.pruning import max_output_difference
 from metasparsity.training.evaluation import bn_stats_to_recompute
@@ -74,6 +75,8 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
     # run (the default), never the run itself; overwrite replaces only a compact model folder
     check_output_dir(out, COMPACT_MODEL, overwrite=overwrite, inputs=run_inputs(run_dir))
     cfg, model, ck = load_run_model(run_dir, which)
+    if note := unfinished_note(run_dir, ck):
+        print(note, file=sys.stderr, flush=True)
     check_output_dir(out, COMPACT_MODEL, overwrite=overwrite, inputs=config_inputs(cfg))
     set_threads(threads or cfg.train.num_threads)
     model.to("cpu").eval()

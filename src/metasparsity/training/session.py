@@ -46,6 +46,7 @@ from metasparsity.utils.rundir import (
     RunLock,
     create_run_dir,
     is_run_dir,
+    remove_leftovers,
     update_run_config,
 )
 
@@ -154,6 +155,7 @@ class RunSession:
         changed: dict[str, list[Any]] = {}
         if self.main and self.resume:
             self._lock.acquire(self.run_dir)  # not while another process writes it
+            remove_leftovers(self.run_dir)  # of a process killed while it wrote
             # the log first: a damaged one (or one this process may not append to) is refused
             # before the config changes
             truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)

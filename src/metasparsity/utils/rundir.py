@@ -391,6 +391,25 @@ class RunLock:
             os.close(fd)  # closing the last descriptor drops the flock
 
 
+def remove_leftovers(run_dir: PathLike) -> list[str]:
+    """Remove the temporary files and folders (``.NAME.….tmp``) that a process killed while
+    writing left in ``run_dir`` and its ``checkpoints/`` (never complete: the writes rename
+    them into place when done); call it holding the run's :class:`RunLock`.  Returns their
+    names."""
+    gone = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                gone.append(p.name)
+    return gone
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: dict[str, list[Any]] = {}
