@@ -31,9 +31,10 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def start_long_training(run, *extra: str):
+def start_long_training(run, *extra: str, group: bool = False):
     """``python -m metasparsity train`` on MICRO with a near-endless budget in a subprocess,
-    returned once it has logged 3 records (so that a signal lands mid-training)."""
+    returned once it has logged 3 records (so that a signal lands mid-training); ``group``: in
+    a process group of its own (with its loader workers), for ``os.killpg``."""
     import os
     import signal
     import subprocess
@@ -47,7 +48,8 @@ def start_long_training(run, *extra: str):
         [sys.executable, "-m", "metasparsity", "train", "--out", str(run), *MICRO,
          "train.max_steps=100000", "train.val_every=100000", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=group)
     log = run / "metrics.jsonl"
     deadline = time.time() + 300  # generous: a loaded machine starts Python and torch slowly
     while time.time() < deadline and proc.poll() is None:

@@ -432,8 +432,27 @@ def test_a_resume_removes_what_a_killed_writer_left_and_reading_an_unfinished_ru
     (left[2] / "model.safetensors").write_bytes(b"\0")
     for command in (["evaluate", run], ["prune", run, "--no-latency"]):
         assert cli(*command) == 0
-        assert (f"note: {run} has not finished (no results.json); reading its checkpoint of step "
-                "4 (step_0000004)") in capsys.readouterr().err
+        assert (f"note: {run} has not finished (no results.json); this read its checkpoint "
+                "step_0000004") in capsys.readouterr().err
     assert all(p.exists() for p in left)  # readers leave the run's files alone
     assert cli("train", "--resume", run) == 0
     assert not any(p.exists() for p in left) and (run / "results.json").is_file()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_process_group_with_loader_workers_saves_and_exits_once(tmp_path, sig,
+                                                                                code):
+    """A batch scheduler (SIGTERM) and a terminal's Ctrl-C (SIGINT) signal the whole process
+    group: the loader workers died of SIGTERM, and the main process stopped with a traceback
+    about them, saving nothing; with SIGINT each worker printed the notice too."""
+    import os
+
+    run = tmp_path / "run"
+    proc = start_long_training(run, "data.num_workers=2", group=True)
+    os.killpg(proc.pid, sig)
+    _, err = finish(proc)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and err.count("interrupt received") <= 1, err
+    msg = next(line for line in err.splitlines() if "interrupted at step" in line)
+    step = int(msg.split("interrupted at step ")[1].split(";")[0])
+    assert _last(run).meta["step"] == step >= 3

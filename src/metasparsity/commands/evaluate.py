@@ -4,6 +4,7 @@ run's best checkpoint, and its Δm against another run."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_run,
         trivial_results,
     )
+    from metasparsity.recipes.load_run import unfinished_note
     from metasparsity.report.tables import markdown_table, metrics_table
     from metasparsity.utils.io import write_json
     from metasparsity.utils.rundir import (
@@ -75,4 +77,9 @@ def run(args: argparse.Namespace) -> int:
             if d[key]:
                 print(f"not in Δm, only {whose} has: {', '.join(d[key])}")
     print(f"written {out}")
+    notes = [unfinished_note(args.run_dir, res["checkpoint"])]
+    if ref_cfg is not None:
+        notes.append(unfinished_note(args.against, ref["checkpoint"]))
+    for note in filter(None, notes):  # last: an error before them stays one line
+        print(note, file=sys.stderr)
     return 0

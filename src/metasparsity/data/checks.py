@@ -93,7 +93,8 @@ def check_first_sample(dataset: Any, tasks: Mapping[str, Task], where: str,
     except OSError as e:  # a file of the data set's own that is missing or unreadable
         raise UserError(f"{where}: item 0 could not be read: {os_error_message(e)}") from e
     except Exception as e:  # a bug of a data set of one's own: its traceback, and where
-        e.add_note(f"(raised reading item 0 of {where})")
+        if hasattr(e, "add_note"):  # Python >= 3.11
+            e.add_note(f"(raised reading item 0 of {where})")
         raise
     if not (isinstance(sample, (tuple, list)) and len(sample) == 2
             and isinstance(sample[1], Mapping)):

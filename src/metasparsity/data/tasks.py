@@ -140,16 +140,17 @@ def segmentation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() or target.is_complex():
         raise ValueError("segmentation loss: target must hold integer labels, got dtype "
                          f"{target.dtype}")
-    valid = target != IGNORE_INDEX
-    out_of_range = valid & ((target < 0) | (target >= pred.shape[1]))
+    labels = target.long()  # first: a narrow dtype (uint8) would wrap the class count
+    valid = labels != IGNORE_INDEX
+    out_of_range = valid & ((labels < 0) | (labels >= pred.shape[1]))
     any_valid, any_bad = torch.stack((valid.any(), out_of_range.any())).tolist()  # one sync
     if any_bad:  # cross_entropy: an IndexError on the CPU, a device-side assert on a GPU
         raise TargetError(f"segmentation loss: labels must lie in [0, {pred.shape[1]}) or be "
                           f"the ignore label {IGNORE_INDEX}, got "
-                          f"{target[out_of_range].flatten()[0].item()!r}")
+                          f"{labels[out_of_range].flatten()[0].item()!r}")
     if not any_valid:
         return _zero_like_graph(pred)
-    return F.cross_entropy(pred, target.long(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(pred, labels, ignore_index=IGNORE_INDEX)
 
 
 @register_loss("depth")

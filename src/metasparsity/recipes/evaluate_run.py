@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from metasparsity.recipes.load_run import (
     load_run_model,
     prepare_bn_stats,
     run_tasks,
-    unfinished_note,
 )
 from metasparsity.training.batches import eval_loader
 from metasparsity.training.evaluation import evaluate
@@ -35,8 +33,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best",
     """Metrics of run ``run_dir``'s ``which`` checkpoint on ``split`` (BatchNorm statistics of
     a meta-trained checkpoint re-estimated first)."""
     cfg, model, ck = load_run_model(run_dir, which, overrides)
-    if note := unfinished_note(run_dir, ck):
-        print(note, file=sys.stderr, flush=True)
     set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
     model.to(device)

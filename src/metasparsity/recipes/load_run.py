@@ -44,15 +44,15 @@ def load_run_model(run_dir: str | Path, which: str = "best", overrides: Sequence
     return cfg, model, ck
 
 
-def unfinished_note(run_dir: str | Path, ck) -> str | None:
-    """A note for a command that reads a run that has not finished (no ``results.json``: it was
-    stopped, or is training now): which checkpoint it reads, which may not be the run's last
-    word.  None for a finished run."""
+def unfinished_note(run_dir: str | Path, checkpoint: str | Path) -> str | None:
+    """A note for a command that read ``checkpoint`` of a run that has not finished (no
+    ``results.json``: it was stopped, or is training now), which may not be the run's last
+    word; None for a finished run."""
     run_dir = Path(run_dir)
     if (run_dir / RESULTS).is_file():
         return None
-    return (f"note: {run_dir} has not finished (no {RESULTS}); reading its checkpoint of step "
-            f"{ck.meta.get('step', '?')} ({ck.path.name}); resume the run for its final model")
+    return (f"note: {run_dir} has not finished (no {RESULTS}); this read its checkpoint "
+            f"{Path(checkpoint).name}")
 
 
 def run_tasks(run_dir: str | Path, cfg, which: str = "best") -> list[str]:

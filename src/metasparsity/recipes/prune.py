@@ -75,8 +75,6 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
     # run (the default), never the run itself; overwrite replaces only a compact model folder
     check_output_dir(out, COMPACT_MODEL, overwrite=overwrite, inputs=run_inputs(run_dir))
     cfg, model, ck = load_run_model(run_dir, which)
-    if note := unfinished_note(run_dir, ck):
-        print(note, file=sys.stderr, flush=True)
     check_output_dir(out, COMPACT_MODEL, overwrite=overwrite, inputs=config_inputs(cfg))
     set_threads(threads or cfg.train.num_threads)
     model.to("cpu").eval()
@@ -116,5 +114,7 @@ def prune_run(run_dir: str | Path, out: str | Path | None = None, *, which: str 
                                      encoding="utf-8")
         (tmp / COST_MD).write_text(f"# Cost of {run_dir}: dense vs pruned\n\n{table}",
                                    encoding="utf-8")
+    if note := unfinished_note(run_dir, ck.path):  # once written: an error stays one line
+        print(note, file=sys.stderr, flush=True)
     return {"out": out, "cost": cost, "table": table, "sparsity": stats,
             "channels_removed": report["conv_channels_removed"]}

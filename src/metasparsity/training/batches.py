@@ -8,11 +8,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from metasparsity.training.interrupt import ignore_interrupts_in_worker
 from metasparsity.utils.errors import UserError
+from metasparsity.utils.rundir import release_inherited_locks
 
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    ignore_interrupts_in_worker()
+    release_inherited_locks()
 
 
 class _SeededItems(Dataset):

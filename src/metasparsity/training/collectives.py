@@ -192,6 +192,15 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (a collective; ``flag`` itself in one process)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def average_gradients(params) -> None:
     """Replace each ``.grad`` of ``params`` by its mean over ranks (in place; None stays None).
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -15,9 +15,18 @@ T = TypeVar("T")
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
+def ignore_interrupts_in_worker() -> None:
+    """In a DataLoader worker: ignore Ctrl-C and SIGTERM, which a terminal or a batch scheduler
+    sends to the whole process group; the main process decides when the run stops (a step it
+    holds an interrupt back for still needs its batches), and closes its workers then.  A
+    worker left without its parent still exits (PyTorch's own check)."""
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class DeferInterrupt:
     """Hold Ctrl-C (SIGINT, and SIGTERM where the program handles it) back while a block runs,
-    and raise :class:`KeyboardInterrupt` when the block is done.
+    and deliver it to the handler it was held back from when the block is done.
 
     :meth:`RunSession.running <metasparsity.training.session.RunSession.running>` runs each
     training step inside one, with its validation and checkpoint, so that an interrupt never
@@ -25,7 +34,10 @@ class DeferInterrupt:
     the last completed step (BatchNorm statistics included), validated if it was due.  Only a
     signal whose handler is a Python callable is held back: outside the main thread (where
     handlers cannot be set), a signal ignored on purpose (e.g. a background job's SIGINT) or
-    left at its default action stays as it is.  Nested blocks defer to the outermost.
+    left at its default action stays as it is.  Nested blocks defer to the outermost.  The
+    handler decides what the signal does, as it would have without the block: Python's and the
+    program's raise :class:`KeyboardInterrupt`; a handler of one's own that only logs lets the
+    work go on.
 
     ``notice``: printed to stderr when the first signal is held back (the step may take a
     while to finish).
@@ -33,7 +45,7 @@ class DeferInterrupt:
 
     def __init__(self, notice: str | None = None) -> None:
         self.notice = notice
-        self._old: dict[int, object] = {}
+        self._old: dict[int, Any] = {}
         self._pending: int | None = None
 
     def _handler(self, signum, frame) -> None:
@@ -44,7 +56,6 @@ class DeferInterrupt:
 
     def __enter__(self) -> DeferInterrupt:
         self._pending = None
-        self._old = {}
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in INTERRUPTS:
@@ -53,45 +64,53 @@ class DeferInterrupt:
             # alone (ignored on purpose, or the default action the program did not take over);
             # another DeferInterrupt's handler: the outer block holds it back already
             if callable(old) and not isinstance(getattr(old, "__self__", None), DeferInterrupt):
-                self._old[sig] = old
+                self._old[sig] = old  # first: restore() puts back what was replaced
                 signal.signal(sig, self._handler)
         return self
 
-    def restore(self) -> int | None:
-        """Put the handlers back; return the signal held back, if any (not raised)."""
+    def restore(self) -> tuple[int, Any] | None:
+        """Put the handlers back; return ``(signal, its handler)`` of the signal held back, if
+        any (not delivered)."""
         old, self._old = self._old, {}
         for sig, handler in old.items():
             signal.signal(sig, handler)
         pending, self._pending = self._pending, None
-        if pending is not None:
-            # delivered through the handler it was held back from, so that handler's own
-            # policy applies (the program's ignores every interrupt after the first, which
-            # keeps a second one from cutting the checkpoint save short)
-            handler = old.get(pending)
-            if callable(handler):
-                try:
-                    handler(pending, None)
-                except KeyboardInterrupt:  # Python's default_int_handler: raised by __exit__
-                    pass
-        return pending
+        return (pending, old.get(pending)) if pending is not None else None
 
     def __exit__(self, *exc) -> None:
-        if self.restore() is not None and exc[0] is None:
-            raise KeyboardInterrupt
+        held = self.restore()
+        if held is not None and exc[0] is None:
+            deliver(held)
+
+
+def deliver(held: tuple[int, Any]) -> None:
+    """Call the handler a signal was held back from (:meth:`DeferInterrupt.restore`), as the
+    signal would have; what it raises (Python's and the program's: KeyboardInterrupt)
+    propagates."""
+    signum, handler = held
+    if callable(handler):
+        handler(signum, None)
 
 
 class OneStepAtATime(Generic[T]):
     """Iterate ``steps`` (e.g. a progress bar, whose other attributes, such as
     ``set_postfix``, it passes through), running each one's loop body inside a
-    :class:`DeferInterrupt`: an interrupt during a step is raised when the loop asks for the
+    :class:`DeferInterrupt`: an interrupt during a step is delivered when the loop asks for the
     next step (or ends), once the step is complete.  :meth:`close` when the loop is left by an
     exception: the handlers are put back, and an interrupt held back gives way to that
-    exception."""
+    exception.
 
-    def __init__(self, steps: Iterable[T], notice: str | None = None) -> None:
+    ``agree(stop) -> stop``: under ``torchrun``, whether any rank stops after this step (a
+    collective every rank calls at every step boundary): the ranks stop after the same step,
+    not one in a collective of a step the others never start.
+    """
+
+    def __init__(self, steps: Iterable[T], notice: str | None = None,
+                 agree: Callable[[bool], bool] | None = None) -> None:
         self._steps = steps
         self._it = iter(steps)
         self.notice = notice
+        self.agree = agree
         self._guard: DeferInterrupt | None = None
 
     def __iter__(self) -> OneStepAtATime[T]:
@@ -99,10 +118,21 @@ class OneStepAtATime(Generic[T]):
 
     def __next__(self) -> T:
         guard, self._guard = self._guard, None
-        if guard is not None:
-            guard.__exit__(None, None, None)  # the last step's interrupt, now that it is done
+        if guard is not None:  # the last step is done: deliver what it held back
+            held = guard.restore()
+            stop = False
+            if held is not None:
+                try:
+                    deliver(held)
+                except KeyboardInterrupt:
+                    stop = True
+            if self.agree is not None:
+                stop = self.agree(stop)
+            if stop:
+                raise KeyboardInterrupt
         step = next(self._it)
-        self._guard = DeferInterrupt(self.notice).__enter__()
+        self._guard = DeferInterrupt(self.notice)
+        self._guard.__enter__()
         return step
 
     def close(self) -> None:

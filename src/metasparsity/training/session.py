@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from metasparsity.training import collectives
 from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
@@ -224,16 +225,20 @@ class RunSession:
         end = total if stop_after is None else max(self.step, min(total, stop_after))
         bar = progress_bar(range(self.step, end), enabled=self.progress, desc=desc,
                            initial=self.step, total=total)
-        steps = OneStepAtATime(bar, STOPPING if self.main else None)
+        agree = ((lambda stop: collectives.any_rank(stop, self.dist.device))
+                 if self.dist.world_size > 1 else None)
+        steps = OneStepAtATime(bar, STOPPING if self.main else None, agree)
         self._clock = time.perf_counter()
         try:
             yield steps
         except KeyboardInterrupt:
+            steps.close()
             if self._saved_step != self.step:
                 self.save(best=best_if_interrupted(), gather=False)
             self.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
+            steps.close()  # first: a Ctrl-C while the checkpoints are checked is not held back
             raise self.diverged(e) from None
         finally:
             steps.close()  # the signal handlers back (a loop left by an exception)
@@ -281,17 +286,21 @@ class RunSession:
         newest checkpoint whose weights and validation are finite (one saved at a validation
         says so; any other is loaded into the model and validated), and the message says which
         is kept and suggests a smaller learning rate."""
-        self.close()
-        note = kept_checkpoint_note(self.run_dir)
-        if self.main:
-            def finite_validation(ck: Checkpoint) -> bool:
-                try:
-                    load_model_state(self._model, ck, self.run_dir)
-                except UserError:
-                    return False
-                return not nonfinite_metrics(self._val_metrics())
+        if self.logger is not None:
+            self.logger.close()
+        try:
+            note = kept_checkpoint_note(self.run_dir)
+            if self.main:
+                def finite_validation(ck: Checkpoint) -> bool:
+                    try:
+                        load_model_state(self._model, ck, self.run_dir)
+                    except UserError:
+                        return False
+                    return not nonfinite_metrics(self._val_metrics())
 
-            note = keep_last_good(self.run_dir, finite_validation)
+                note = keep_last_good(self.run_dir, finite_validation)  # under the run lock
+        finally:
+            self.close()
         return diverged_error(error, note, self.run_dir, self.lr_key, self.lr)
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise _named(e, path) from e
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
+        _chmod_as_umask(tmp)
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -41,9 +41,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where Linux shows it (os.umask can only
+    set it, which another thread's file could catch at 0)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _chmod_as_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open`` would (0666 less the umask): mkstemp and
+    safetensors make files 0600, which hides results from others on a shared machine."""
+    try:
+        os.chmod(path, 0o666 & ~_umask())
+    except OSError:  # a file system without modes (e.g. vfat)
+        pass
 
 
 def save_safetensors(tensors: dict, path: str | os.PathLike) -> None:
@@ -62,7 +80,7 @@ def save_safetensors(tensors: dict, path: str | os.PathLike) -> None:
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code), os.fspath(path)) from e
-    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600
+    _chmod_as_umask(path)
 
 
 def _named(e: OSError, path: str | os.PathLike) -> OSError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -344,7 +345,8 @@ def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = Fals
     check_run_dir(p, overwrite=overwrite)
     if p.is_dir() and overwrite and any(p.iterdir()):
         if lock is not None:
-            lock.acquire(p)  # not a run another process is writing now
+            lock.acquire(p)  # not a run another process is writing now ...
+        check_not_in_use(p, held=lock is not None)  # ... nor one inside it (a sub-run)
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)
     if lock is not None:
@@ -355,58 +357,126 @@ def create_run_dir(path: str | Path, config_yaml: str, *, overwrite: bool = Fals
     return p
 
 
+LOCK_FILE = ".metasparsity.lock"
+"""The file a training process locks in its run directory (:class:`RunLock`)."""
+
+_HELD: set[int] = set()  # the descriptors of this process's run locks
+
+
+def _try_lock(path: Path) -> int | None:
+    """A descriptor of ``path`` (created if missing) holding an exclusive ``flock``; raises
+    BlockingIOError when another holds it; None where the file system has no locks."""
+    import fcntl
+
+    # read-write: an exclusive flock on NFS (emulated by POSIX locks) needs a writable file
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return None
+    return fd
+
+
+def _in_use(path: PathLike) -> UserError:
+    return UserError(f"{path} is in use: another metasparsity process is writing this run now "
+                     "(or this process holds it: a RunSession not closed); wait for it to end, "
+                     "or stop it, first")
+
+
 class RunLock:
-    """An exclusive lock on a run directory while a process writes into it: ``flock`` on the
-    directory itself (nothing is written; the operating system drops it when the process ends,
-    however it ends).  A second process that would write into the same run (``--resume`` or
-    ``--overwrite`` of a run being trained) is refused with a :class:`UserError` instead of
-    replacing the first one's log and deleting its checkpoint in progress.  Where the file
-    system has no locks (or ``fcntl`` does not exist), runs go unlocked."""
+    """An exclusive lock on a run directory while a process writes into it: ``flock`` on its
+    :data:`LOCK_FILE` (the operating system drops it when the process ends, however it ends).
+    A second process that would write into the same run (``--resume`` or ``--overwrite`` of a
+    run being trained) is refused with a :class:`UserError` instead of replacing the first
+    one's log and deleting its checkpoint in progress.  Where the file system has no locks (or
+    ``fcntl`` does not exist), runs go unlocked.  DataLoader workers forked while it is held
+    drop their copy (:func:`release_inherited_locks`), so that a killed process's workers do
+    not keep its run locked."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
 
     def acquire(self, path: PathLike) -> None:
-        """Lock ``path`` (an existing directory), releasing any directory held before."""
+        """Lock the run directory ``path`` (it exists), releasing any one held before."""
         self.release()
         try:
-            import fcntl
+            import fcntl  # noqa: F401
         except ImportError:  # pragma: no cover - not a POSIX system
             return
-        fd = os.open(path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = _try_lock(Path(path) / LOCK_FILE)
         except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"{path} is in use: another metasparsity process is writing this "
-                            "run now; wait for it to end (or stop it) first") from None
-        except OSError:  # no locks on this file system
-            os.close(fd)
-            return
-        self._fd = fd
+            raise _in_use(path) from None
+        if self._fd is not None:
+            _HELD.add(self._fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            _HELD.discard(fd)
             os.close(fd)  # closing the last descriptor drops the flock
 
 
+def release_inherited_locks() -> None:
+    """In a process forked from one that holds run locks (a DataLoader worker): close its copies
+    of their descriptors, so that only the training process holds them."""
+    for fd in list(_HELD):
+        _HELD.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def check_not_in_use(path: PathLike, *, held: bool = False) -> None:
+    """Refuse (:class:`UserError`) to replace a folder holding a run that a process is writing
+    now (its own or a sub-run's :data:`LOCK_FILE` locked), e.g. a sweep's ``--overwrite``;
+    ``held``: the caller holds the folder's own lock (only the sub-runs' are tried)."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return
+    own = Path(path) / LOCK_FILE
+    for lock in Path(path).rglob(LOCK_FILE):
+        if held and lock == own:
+            continue
+        try:
+            fd = _try_lock(lock)
+        except BlockingIOError:
+            raise _in_use(lock.parent) from None
+        except OSError:
+            continue
+        if fd is not None:
+            os.close(fd)
+
+
 def remove_leftovers(run_dir: PathLike) -> list[str]:
-    """Remove the temporary files and folders (``.NAME.….tmp``) that a process killed while
-    writing left in ``run_dir`` and its ``checkpoints/`` (never complete: the writes rename
-    them into place when done); call it holding the run's :class:`RunLock`.  Returns their
-    names."""
+    """Remove what a training process killed while writing left in ``run_dir``: the temporary
+    copies of its own files (``.results.json.….tmp``, ``.config.yaml.….tmp``, the marker's;
+    ``checkpoints/.last.….tmp``, ``.best.….tmp`` and ``checkpoints/.step_N.tmp/``), never
+    complete (the writes rename them into place when done), and nothing another command writes
+    there (``evaluate``'s, ``prune``'s).  Call it holding the run's :class:`RunLock`.  Returns
+    their names."""
+    own = {Path(run_dir): ("results.json", CONFIG_FILE, MARKER_FILE),
+           Path(run_dir) / "checkpoints": ("last", "best")}
     gone = []
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+    for folder, names in own.items():
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-                gone.append(p.name)
+            mine = any(p.name.startswith(f".{n}.") and p.name.endswith(".tmp") for n in names)
+            step = folder.name == "checkpoints" and re.fullmatch(r"\.step_\d+\.tmp", p.name)
+            if step and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif mine and p.is_file():
+                p.unlink()
+            else:
+                continue
+            gone.append(p.name)
     return gone
 
 
