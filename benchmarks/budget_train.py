@@ -164,6 +164,15 @@ def main() -> None:
             if not (ref / "results.json").is_file() or not (ref / CONFIG_FILE).is_file():
                 p.error(f"--unseen-ref: {ref} holds no finished run (results.json, {CONFIG_FILE})")
             refs[s] = {"dir": ref, "test": read_json(ref / "results.json")["test"]}
+    from metasparsity.recipes.reused import check_reused_settings
+
+    ovs = {s: [*args.overrides, *budget_ov, f"train.seed={s}", "train.num_threads=1",
+               "train.progress=false"] for s in args.seeds}
+    check_reused_settings({dirs[s]: load_config(args.config, ovs[s]) for s in args.seeds},
+                          p.error)
+    check_reused_settings(flg.expected_configs(args.config, args.overrides, args.grid_runs,
+                                               [(s, "adam", lam) for s, lam in grid_dirs]),
+                          p.error, "--grid-runs")
     other, code_note = check_reuse([*dirs.values(), *grid_dirs.values(),
                                     *(d / "finetune_unseen" for d in dirs.values() if refs),
                                     *(r["dir"] for r in refs.values())],
@@ -172,9 +181,7 @@ def main() -> None:
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {}
         for s in args.seeds:
-            ov = [*args.overrides, *budget_ov, f"train.seed={s}", "train.num_threads=1",
-                  "train.progress=false"]
-            futs[pool.submit(_budget_job, args.config, ov, str(dirs[s]), cfg.data.image_size,
+            futs[pool.submit(_budget_job, args.config, ovs[s], str(dirs[s]), cfg.data.image_size,
                              _unseen_overrides(refs[s]["dir"], s) if refs else None)
                  ] = ("budget", s, None)
         for (s, lam), d in grid_dirs.items():

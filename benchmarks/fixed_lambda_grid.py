@@ -83,17 +83,32 @@ def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
     return runs / f"seed_{seed}" / ("dense" if lam == 0 else f"{metric}_{lam:g}")
 
 
+def _config(config: str, overrides: list[str], metric: str):
+    from metasparsity.config import load_config
+
+    return load_config(config, [*overrides, f"sparsity.prox_metric={metric}",
+                                "train.progress=false", "train.num_threads=1"])
+
+
+def expected_configs(config: str, overrides: list[str], runs: Path,
+                     jobs: list[tuple[int, str, float]]) -> dict[Path, Any]:
+    """The config each grid run (seed, metric, λ) is trained with: for
+    :func:`~metasparsity.recipes.reused.check_reused_settings`."""
+    from metasparsity.recipes.sweep import sub_run_config
+
+    return {_run_dir(runs, s, m, lam): sub_run_config(_config(config, overrides, m), lam, s)
+            for s, m, lam in jobs}
+
+
 def _train(config: str, overrides: list[str], run_dir: str, seed: int, metric: str,
            lam: float) -> dict[str, Any]:
     """One training (in a worker process, one thread); returns its results.json."""
     import torch
 
     torch.set_num_threads(1)
-    from metasparsity.config import load_config
     from metasparsity.recipes.sweep import train_or_load
 
-    cfg = load_config(config, [*overrides, f"sparsity.prox_metric={metric}", "train.progress=false",
-                               "train.num_threads=1"])
+    cfg = _config(config, overrides, metric)
     kind = "fixed_lambda" if lam > 0 else "mtl"
     t0 = time.time()
     res = train_or_load(cfg, Path(run_dir), lam, kind, seed=seed,
@@ -159,6 +174,7 @@ def main() -> None:
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import default_spec, delta_m, usable_spec
+    from metasparsity.recipes.reused import check_reused_settings
     from metasparsity.training.reuse import check_reuse
     from metasparsity.utils.io import atomic_write_text, write_json
     from metasparsity.utils.provenance import code_identity, code_label, machine_text
@@ -171,6 +187,7 @@ def main() -> None:
         jobs += [(s, "adam", 0.0)] + [(s, m, lam) for m, grid in (
             ("adam", args.grid_adam), ("euclidean", args.grid_euclidean)) for lam in grid]
     dirs = [_run_dir(args.runs, s, m, lam) for s, m, lam in jobs]
+    check_reused_settings(expected_configs(args.config, args.overrides, args.runs, jobs), p.error)
     other, code_note = check_reuse(dirs, refuse=args.current_code_only, error=p.error, root=ROOT)
     results: dict[tuple, dict] = {}
     t0 = time.time()

@@ -268,6 +268,16 @@ def main() -> None:
                   if (o, i) in (("heldout", "auto"), ("budget", "auto"))),
                 *(flg._run_dir(args.grid_runs, s, "adam", lam) for s, lam in grid_jobs),
                 *(args.runs / f"seed_{s}" / "dense_mtl_unseen" for s in args.seeds)]
+    from metasparsity.config import load_config
+    from metasparsity.recipes.reused import check_reused_settings
+
+    ovs = {k: [*args.overrides, *_meta_overrides(k[0], k[1], k[2], args.steps, args.target,
+                                                 args.measure)] for k in meta_jobs}
+    check_reused_settings({run_dir(*k): load_config(args.config, ovs[k]) for k in meta_jobs
+                           if k[1] not in WINDOW_SCORES}, p.error)  # a window search: below
+    check_reused_settings(flg.expected_configs(args.grid_config, [], args.grid_runs,
+                                               [(s, "adam", lam) for s, lam in grid_jobs]),
+                          p.error, "--grid-runs")
     other, code_note = check_reuse(all_dirs, refuse=args.current_code_only, error=p.error,
                                    root=ROOT)
     for s, o, i in meta_jobs:  # a window search is reused only with the settings asked for
@@ -287,7 +297,7 @@ def main() -> None:
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {}
         for s, o, i in meta_jobs:
-            ov = [*args.overrides, *_meta_overrides(s, o, i, args.steps, args.target, args.measure)]
+            ov = ovs[(s, o, i)]
             unseen = (o, i) in (("heldout", "auto"), ("budget", "auto"))
             win = ((args.window, args.window_factor, WINDOW_SCORES[o]) if o in WINDOW_SCORES
                    else None)

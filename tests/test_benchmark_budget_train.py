@@ -26,7 +26,9 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 def test_rows_follow_the_runs_and_the_grid_and_bad_input_is_refused(tmp_path):
     grid_runs, runs, ref = tmp_path / "grid", tmp_path / "budget", tmp_path / "ref"
     # the unseen reference: the dense grid model fine-tuned on the unseen tasks (2 steps)
-    assert cli("train", "--out", grid_runs / "seed_0" / "dense", *MICRO, *STEPS, "train.seed=0",
+    # (with the benchmark's config: a run of other settings would be refused, not reused)
+    assert cli("train", "--config", ROOT / "configs" / "synthscenes.yaml", "--out",
+               grid_runs / "seed_0" / "dense", *MICRO, *STEPS, "train.seed=0",
                "train.num_threads=1", "train.progress=false", "sparsity.prox_metric=adam") == 0
     assert cli("finetune", grid_runs / "seed_0" / "dense", "--tasks", "normal,light_left",
                "--out", ref / "seed_0" / "dense_mtl_unseen", "finetune.steps=2",

@@ -32,6 +32,17 @@ def lam_label(lam: float) -> str:
     return "dense" if lam == 0 else f"{lam:g}"
 
 
+def sub_run_config(cfg: Config, lam: float, seed: int | None = None) -> Config:
+    """The config a sub-run of :func:`train_or_load` trains with, and records in its
+    ``config.yaml`` (a later ``train --resume`` of the sub-run rebuilds it from there): the
+    sweep's or comparison's, at ``lam`` (and ``seed``)."""
+    cfg = cfg.copy()
+    cfg.sparsity.lam = lam
+    if seed is not None:
+        cfg.train.seed = seed
+    return cfg
+
+
 def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list[str] | None = None,
                   seed: int | None = None, note_reuse: bool = True) -> dict[str, Any]:
     """Train one fixed-λ (or dense) model into ``run_dir`` as a sub-run of a sweep or comparison:
@@ -40,12 +51,7 @@ def train_or_load(cfg: Config, run_dir: Path, lam: float, kind: str, tasks: list
     done, resume = sub_run(run_dir, note=note_reuse)
     if done is not None:
         return done
-    # the run's config.yaml records the λ and seed it trains with (a later `train --resume`
-    # of the sub-run rebuilds it from there), not the sweep's or comparison's own
-    cfg = cfg.copy()
-    cfg.sparsity.lam = lam
-    if seed is not None:
-        cfg.train.seed = seed
+    cfg = sub_run_config(cfg, lam, seed)
     s = settings_from_config(cfg, tasks)
     s.kind = kind
     return run_recipe(Trainer(cfg, run_dir, s, resume=resume, overwrite=not resume))

@@ -480,11 +480,12 @@ def remove_leftovers(run_dir: PathLike) -> list[str]:
     return gone
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
+def config_diff(old: Any, new: Any, prefix: str = "") -> dict[str, list[Any]]:
+    """``{dotted key: [old, new]}`` where two nested config dicts differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: dict[str, list[Any]] = {}
         for k in list(old) + [k for k in new if k not in old]:
-            out.update(_diff(old.get(k), new.get(k), f"{prefix}{k}."))
+            out.update(config_diff(old.get(k), new.get(k), f"{prefix}{k}."))
         return out
     return {} if old == new else {prefix.rstrip("."): [old, new]}
 
@@ -505,7 +506,7 @@ def update_run_config(path: str | Path, config_yaml: str) -> dict[str, list[Any]
         old = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else {}
     except yaml.YAMLError:
         old = {}
-    changed = _diff(old or {}, yaml.safe_load(config_yaml) or {})
+    changed = config_diff(old or {}, yaml.safe_load(config_yaml) or {})
     if read_marker(p.parent) is None and _has_run_contents(p.parent):
         layout = run_layout(p.parent)
         write_marker(p.parent, RUN, **({"layout": layout} if layout else {}))
