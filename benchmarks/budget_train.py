@@ -83,15 +83,17 @@ def _unseen_overrides(ref: Path, seed: int) -> list[str]:
 
 
 def main() -> None:
+    import fixed_lambda_grid as flg
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=flg.INT, nargs="+", default=[0, 1, 2])
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--measure", default="macs", choices=["macs", "params", "groups"])
     p.add_argument("--ramp", type=float, default=0.5, help="sparsity.target_ramp")
     p.add_argument("--lam0", type=float, default=1e-3, help="sparsity.lam: the multiplier's start")
-    p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--grid", type=flg.FLOAT, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--jobs", type=int, default=2, help=flg.JOBS_HELP)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_budget_train")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--unseen-ref", type=Path, default=None, metavar="RUNS",
@@ -101,24 +103,18 @@ def main() -> None:
                         "multiplier with its budget kept, and scored against it")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="budget_train", help="stem of the result files")
-    from fixed_lambda_grid import add_reuse_options
-
-    add_reuse_options(p)
-    args = p.parse_args()
+    flg.add_reuse_options(p)
+    args = flg.parse_args(p)
     if not 0 < args.target <= 1:
         p.error(f"--target must be in (0, 1], got {args.target}")
     if not 0 <= args.ramp <= 1:
         p.error(f"--ramp must be in [0, 1], got {args.ramp}")
     if args.lam0 <= 0:
         p.error(f"--lam0 must be > 0, got {args.lam0}")
-    if any(not g > 0 for g in args.grid) or len(set(args.grid)) != len(args.grid):
-        p.error(f"--grid: give distinct λ > 0, got {args.grid}")
+    flg.check_grid(p, "--grid", args.grid)
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
-    from fixed_lambda_grid import check_args
+    flg.check_args(p, args)  # the config and overrides: checked below, with the budget's
 
-    check_args(p, args)  # the config and overrides: checked below, with the budget's
-
-    import fixed_lambda_grid as flg
     from lambda_inits import _grid_cost
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
@@ -178,7 +174,7 @@ def main() -> None:
                                     *(r["dir"] for r in refs.values())],
                                    refuse=args.current_code_only, error=p.error, root=ROOT)
     t0 = time.time()
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    with flg.Pool(args.jobs) as pool:
         futs = {}
         for s in args.seeds:
             futs[pool.submit(_budget_job, args.config, ovs[s], str(dirs[s]), cfg.data.image_size,

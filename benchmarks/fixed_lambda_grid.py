@@ -30,15 +30,50 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
+import math
 import os
+import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
+
+
+MAX_JOBS = 64
+JOBS_HELP = f"trainings at once, one CPU thread each (1 to {MAX_JOBS})"
+INTERRUPTED = "interrupted; run the same command again to continue: finished runs are reused"
+
+
+class Number:
+    """``type=`` of an option with several numbers (``--seeds 0 1``, ``--grid 1e-3 1e-2``): a
+    key=value override right after its values is taken for one of them; say where it goes."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind, self.__name__ = kind, kind.__name__
+
+    def __call__(self, v: str):
+        try:
+            return self.kind(v)
+        except ValueError:
+            hint = (" (a key=value override cannot follow an option's values: give it before "
+                    "an option, or last)" if "=" in v else "")
+            raise argparse.ArgumentTypeError(f"invalid {self.__name__} value: {v!r}{hint}"
+                                             ) from None
+
+
+INT, FLOAT = Number(int), Number(float)
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``p``'s arguments; the trailing key=value overrides may also come before or between the
+    options (``parse_intermixed_args``)."""
+    return p.parse_intermixed_args(argv)
 
 
 def add_reuse_options(p: argparse.ArgumentParser) -> None:
@@ -51,24 +86,63 @@ def add_reuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
 
 
+def check_jobs(p: argparse.ArgumentParser, jobs: int) -> None:
+    if not 1 <= jobs <= MAX_JOBS:
+        p.error(f"--jobs must be in 1..{MAX_JOBS}, got {jobs}")
+
+
+def check_folder(p: argparse.ArgumentParser, option: str, path: Path | None) -> None:
+    """An output folder option (``--out``, ``--runs``): a folder or none yet, not below a
+    file, and one that can be written where it is (or would be) made: a temporary folder is
+    made there and removed (``/proc``, a read-only mount)."""
+    from metasparsity.utils.errors import UserError
+    from metasparsity.utils.rundir import check_parents
+
+    if path is None:
+        return
+    path = Path(path)
+    try:
+        check_parents(path, option)
+    except UserError as e:
+        p.error(str(e))
+    if path.exists() and not path.is_dir():
+        p.error(f"{option} {path} exists and is not a folder")
+    base = next(q for q in (path, *path.parents) if q.is_dir())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".writable-", dir=base))
+    except OSError as e:
+        p.error(f"{option} {path}: cannot write in {base} ({e.strerror})")
+
+
+def check_grid(p: argparse.ArgumentParser, option: str, grid: list[float],
+               note: str = "") -> None:
+    """λ of a grid: finite, > 0, and distinct also as the run folders' names (``f"{λ:g}"``:
+    0.05 and 0.050000001 would share one)."""
+    names = [f"{g:g}" for g in grid]
+    if any(not 0 < g < math.inf for g in grid) or len(set(names)) != len(names):
+        p.error(f"{option}: give distinct finite λ > 0{note}, distinct in 6 significant digits "
+                f"(the run folders' names), got {grid}")
+
+
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
-               configs: list[tuple[str, list[str]]] = ()) -> None:
+               configs: list[tuple[str, list[str]]] = (),
+               folders: tuple[str, ...] = ("out", "runs", "grid_runs")) -> None:
     """What every benchmark that trains checks before its first training (``p.error``: one
-    line, exit 2): ``--jobs`` ≥ 1, ``--seeds`` given once each, ``--name`` a plain file stem,
-    ``--out`` a folder (or none yet), and each ``(config, overrides)`` of ``configs`` loadable;
-    found in a worker, any of these would come after the other trainings, or train one run
-    folder twice at once."""
-    if getattr(args, "jobs", 1) < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    line, exit 2): ``--jobs`` in 1..:data:`MAX_JOBS`, ``--seeds`` given once each, ``--name`` a
+    plain file stem, the output ``folders`` (``--out``, ``--runs``, ``--grid-runs``) writable
+    folders or none yet (:func:`check_folder`), and each ``(config, overrides)`` of ``configs``
+    loadable; found in a worker, any of these would come after the other trainings, or train
+    one run folder twice at once."""
+    if hasattr(args, "jobs"):
+        check_jobs(p, args.jobs)
     seeds = getattr(args, "seeds", None)
     if isinstance(seeds, list) and len(set(seeds)) != len(seeds):
         p.error(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
     name = getattr(args, "name", None)
     if name is not None and (not name or name.startswith(".") or "/" in name or "\\" in name):
         p.error(f"--name must be a file stem (no folder, not hidden), got {name!r}")
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        p.error(f"--out {out} exists and is not a folder")
+    for f in folders:
+        check_folder(p, "--" + f.replace("_", "-"), getattr(args, f, None))
     from metasparsity.config import load_config
     from metasparsity.utils.errors import UserError
 
@@ -77,6 +151,54 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
             load_config(config, overrides)
         except UserError as e:
             p.error(str(e))
+
+
+_worker = {"busy": False, "stop": False}
+
+
+def _on_interrupt(signum, frame) -> None:
+    """A pool worker's Ctrl-C: the first stops the job it runs (a training saves its last step
+    first) and every job after; an idle worker, or a second Ctrl-C, just waits to be closed."""
+    first, _worker["stop"] = not _worker["stop"], True
+    if first and _worker["busy"]:
+        raise KeyboardInterrupt
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def _job(fn, *args, **kwargs):
+    if _worker["stop"]:  # queued before the interrupt
+        raise KeyboardInterrupt
+    _worker["busy"] = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _worker["busy"] = False
+
+
+class Pool(cf.ProcessPoolExecutor):
+    """The benchmarks' process pool of ``jobs`` workers; as a context manager, Ctrl-C ends
+    the program with one line (:data:`INTERRUPTED`) and exit code 130 once every worker has
+    stopped (a training saves its last step, a queued job does not start)."""
+
+    def __init__(self, jobs: int) -> None:
+        super().__init__(max_workers=jobs, initializer=_init_worker)
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        return super().submit(_job, fn, *args, **kwargs)
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or not issubclass(kind, KeyboardInterrupt):
+            return super().__exit__(kind, exc, tb)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # wait for the workers' saves
+        for proc in list((getattr(self, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError):  # a signal to this process alone: pass it on
+                os.kill(proc.pid, signal.SIGINT)
+        self.shutdown(wait=True, cancel_futures=True)
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130)
 
 
 def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
@@ -156,20 +278,19 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--grid-adam", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
-    p.add_argument("--grid-euclidean", type=float, nargs="*", default=[0.1, 0.3, 0.5],
+    p.add_argument("--seeds", type=INT, nargs="+", default=[0, 1, 2])
+    p.add_argument("--grid-adam", type=FLOAT, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--grid-euclidean", type=FLOAT, nargs="*", default=[0.1, 0.3, 0.5],
                    help="λ of the Euclidean-metric prox (none given: no Euclidean runs)")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help=JOBS_HELP)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
     add_reuse_options(p)
-    args = p.parse_args()
+    args = parse_args(p)
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
     check_args(p, args, [(args.config, args.overrides)])
     for opt, grid in (("--grid-adam", args.grid_adam), ("--grid-euclidean", args.grid_euclidean)):
-        if any(not g > 0 for g in grid) or len(set(grid)) != len(grid):
-            p.error(f"{opt}: give distinct λ > 0 (λ = 0 is the dense run), got {grid}")
+        check_grid(p, opt, grid, " (λ = 0 is the dense run)")
 
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
@@ -191,7 +312,7 @@ def main() -> None:
     other, code_note = check_reuse(dirs, refuse=args.current_code_only, error=p.error, root=ROOT)
     results: dict[tuple, dict] = {}
     t0 = time.time()
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    with Pool(args.jobs) as pool:
         futs = {pool.submit(_train, args.config, args.overrides,
                             str(_run_dir(args.runs, s, m, lam)), s, m, lam): (s, m, lam)
                 for s, m, lam in jobs}

@@ -112,7 +112,7 @@ def main() -> None:
     args = p.parse_args()
     from fixed_lambda_grid import check_args
 
-    check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
+    check_args(p, args, folders=("out",))  # --out a folder, --name a file stem, --seeds
     for f in (args.out / f"{args.name}.{ext}" for ext in ("json", "md", "png")):  # before any
         if f.exists() and not f.is_file():
             p.error(f"--out: {f} exists and is not a file")

@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixed_lambda_grid as flg  # noqa: E402
 from zero_set_jitter import _meta_train  # noqa: E402  (meta-train a run, reused when finished)
 
 
@@ -53,6 +54,9 @@ def _measure(run_dir: Path, terms: list[int], alpha: float | None, reps: int, ba
     ds = build_dataset(cfg, "train")
     sup, qry, held = meta_stream_split(len(ds), cfg.train.seed, cfg.meta.lambda_val_fraction)
     train_ids = sup + qry
+    if batch > min(len(held), len(train_ids)):
+        print(f"note: {run_dir}: batches of {min(batch, len(held))} held-out and "
+              f"{min(batch, len(train_ids))} training ids (--batch {batch})", file=sys.stderr)
     layers = channel_groups(model)
     buffers = batch_stat_buffers(model)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -90,13 +94,15 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=None,
                    help="Neumann step (default meta.inner_lr: J terms ~ J more inner steps)")
     p.add_argument("--reps", type=int, default=6, help="independent (train, held-out) batch pairs")
-    p.add_argument("--batch", type=int, default=64, help="samples per batch")
-    p.add_argument("--jobs", type=int, default=2, help="meta-training runs at once")
+    p.add_argument("--batch", type=int, default=64,
+                   help="samples per batch (at most the held-out ids of the training split)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help=f"meta-training runs at once, one CPU thread each (1 to {flg.MAX_JOBS})")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_hypergrad_horizon")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="hypergrad_horizon")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
-    args = p.parse_args()
+    args = flg.parse_args(p)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         terms = sorted({int(s) for s in args.terms.split(",") if s.strip()})
@@ -109,24 +115,39 @@ def main() -> None:
         p.error("--steps and --reps must be ≥ 1, --batch ≥ 2, --alpha > 0")
     if len(set(seeds)) != len(seeds):
         p.error(f"--seeds: each seed once, got {args.seeds}")
-    from fixed_lambda_grid import check_args
+    flg.check_args(p, args, [(args.config, [*args.overrides, f"meta.lambda_init={args.init}"])])
+    from metasparsity.config import load_config
+    from metasparsity.meta.sampler import meta_stream_split
+    from metasparsity.recipes.reused import check_reused_settings
+    from metasparsity.utils.errors import UserError
 
-    check_args(p, args, [(args.config, [*args.overrides, f"meta.lambda_init={args.init}"])])
-    if args.runs.exists() and not args.runs.is_dir():
-        p.error(f"--runs {args.runs} exists and is not a folder")
+    runs = {s: args.runs / f"seed_{s}" / f"{args.init}_{args.steps}" for s in seeds}
+    ovs = {s: [*args.overrides, f"meta.steps={args.steps}", "meta.final_zero_window=0",
+               f"meta.lambda_init={args.init}", f"train.seed={s}", "train.num_threads=1",
+               "train.progress=false"] for s in seeds}
+    cfgs = {s: load_config(args.config, ovs[s]) for s in seeds}
+    check_reused_settings({runs[s]: cfgs[s] for s in seeds}, p.error)
+    for c in cfgs.values():  # the ids _measure draws a batch from (real data: at most these)
+        if c.data.train_size is None:
+            continue
+        try:
+            sup, qry, held = meta_stream_split(c.data.train_size, c.train.seed,
+                                               c.meta.lambda_val_fraction)
+        except UserError as e:
+            p.error(str(e))
+        if args.batch > min(len(held), len(sup) + len(qry)):
+            p.error(f"--batch {args.batch} is more than the {len(held)} held-out ids of the "
+                    f"training split (data.train_size {c.data.train_size}, "
+                    f"meta.lambda_val_fraction {c.meta.lambda_val_fraction})")
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_json, read_jsonl, write_json
     from metasparsity.utils.provenance import command_line, machine_identity
 
     t0 = time.time()
-    runs = {s: args.runs / f"seed_{s}" / f"{args.init}_{args.steps}" for s in seeds}
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {pool.submit(_meta_train, args.config,
-                            [*args.overrides, f"meta.steps={args.steps}",
-                             "meta.final_zero_window=0", f"meta.lambda_init={args.init}",
-                             f"train.seed={s}", "train.num_threads=1", "train.progress=false"],
-                            str(d)): s for s, d in runs.items()}
+    with flg.Pool(args.jobs) as pool:
+        futs = {pool.submit(_meta_train, args.config, ovs[s], str(d)): s
+                for s, d in runs.items()}
         for fut in cf.as_completed(futs):
             fut.result()
             print(f"meta-trained seed {futs[fut]} ({time.time() - t0:.0f} s)", flush=True)

@@ -36,6 +36,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixed_lambda_grid as flg  # noqa: E402
+
+
+def continuation_config(source: Path, total: int):
+    """The config a continuation of the run ``source`` to ``total`` meta-steps is made with."""
+    from metasparsity.config.load import load_config
+
+    return load_config(source / "config.yaml", [f"meta.steps={total}", "meta.lambda_lr=0",
+                                                 "train.progress=false"])
 
 
 def continue_at(source: str, dst: str, lam: float | None, extra: int) -> dict[str, Any]:
@@ -43,7 +52,6 @@ def continue_at(source: str, dst: str, lam: float | None, extra: int) -> dict[st
     (None: its final λ) in ``dst``; returns ``dst``'s results.  Reused when ``dst`` is finished
     at the same total; the folder appears whole or not at all."""
     from lambda_window import with_lam
-    from metasparsity.config.load import load_config
     from metasparsity.recipes.meta_train import MetaTrainer
     from metasparsity.utils.io import read_json
 
@@ -54,8 +62,7 @@ def continue_at(source: str, dst: str, lam: float | None, extra: int) -> dict[st
     tmp = out.parent / f"{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("finetune_*", "*.png"))
-    cfg = load_config(src / "config.yaml", [f"meta.steps={total}", "meta.lambda_lr=0",
-                                            "train.progress=false"])
+    cfg = continuation_config(src, total)
     tr = MetaTrainer(cfg, tmp, resume=True)
     try:
         tr.setup()
@@ -98,12 +105,12 @@ def main() -> None:
     p.add_argument("--source", type=Path, required=True,
                    help="a lambda_inits.py runs folder (seed_<s>/heldout_<λ0>/)")
     p.add_argument("--init", default="0.0001", help="the λ0 whose end states are continued")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 4])
+    p.add_argument("--seeds", type=flg.INT, nargs="+", default=[0, 4])
     p.add_argument("--lams", default="own,0.0003,0.001,0.003",
                    help="the fixed λ of the continuations; own: each run's final λ")
     p.add_argument("--steps", type=int, default=160, help="meta-steps added")
     p.add_argument("--runs", type=Path, required=True)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help=flg.JOBS_HELP)
     args = p.parse_args()
     lams: list[tuple[str, float | None]] = []
     for v in dict.fromkeys(v.strip() for v in args.lams.split(",") if v.strip()):
@@ -121,12 +128,12 @@ def main() -> None:
         p.error("--lams is empty")
     if args.steps < 1 or args.jobs < 1:
         p.error("--steps and --jobs must be ≥ 1")
+    flg.check_jobs(p, args.jobs)
     runs, source = args.runs.resolve(), args.source.resolve()
     if runs == source or source in runs.parents or runs in source.parents:
         p.error("--runs must lie outside --source and not hold it (a continuation would write "
                 "into its source, or replace it)")
-    if args.runs.exists() and not args.runs.is_dir():
-        p.error(f"--runs {args.runs} exists and is not a folder")
+    flg.check_folder(p, "--runs", args.runs)
     sources = {}
     for s in dict.fromkeys(args.seeds):
         d = args.source / f"seed_{s}" / f"heldout_{args.init}"
@@ -139,7 +146,19 @@ def main() -> None:
     jobs = {(s, label): (str(src), str(args.runs / f"seed_{s}" / f"heldout_{label}"), lam,
                          args.steps)
             for s, src in sources.items() for label, lam in lams}
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    from metasparsity.recipes.reused import check_reused_settings
+    from metasparsity.utils.io import read_json
+
+    # a continuation is reused when it is finished at the same total (else it is made again):
+    # then it must hold its source's settings, with the continuation's
+    totals = {s: read_json(src / "results.json")["steps"] + args.steps
+              for s, src in sources.items()}
+    check_reused_settings({Path(dst): continuation_config(Path(src), totals[s])
+                           for (s, _), (src, dst, _, _) in jobs.items()
+                           if (Path(dst) / "results.json").is_file()
+                           and read_json(Path(dst) / "results.json")["steps"] == totals[s]},
+                          p.error)
+    with flg.Pool(args.jobs) as pool:
         futs = {pool.submit(continue_at, *a): k for k, a in jobs.items()}
         for fut in cf.as_completed(futs):
             s, label = futs[fut]

@@ -172,10 +172,12 @@ def convergence(rows: list[dict[str, Any]], objectives: list[str],
 
 
 def main() -> None:
+    import fixed_lambda_grid as flg
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "synthscenes_meta.yaml"))
     p.add_argument("--grid-config", default=str(ROOT / "configs" / "synthscenes.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=flg.INT, nargs="+", default=[0, 1, 2])
     p.add_argument("--inits", default="auto,0.0001,0.01")
     p.add_argument("--objectives", default="heldout,query",
                    help="comma-separated: heldout, query, window, window_loss, window_heldout "
@@ -186,26 +188,21 @@ def main() -> None:
     p.add_argument("--measure", default="macs")
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="skip the meta-trained dense model (λ = 0) of each seed")
-    p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--grid", type=flg.FLOAT, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--window", type=int, default=20,
                    help="objective window: meta-steps per window (benchmarks/lambda_window.py)")
     p.add_argument("--window-factor", type=float, default=2.0,
                    help="objective window: the two branches run at λ·factor and λ/factor")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help=flg.JOBS_HELP)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_lambda_inits")
     p.add_argument("--grid-runs", type=Path, default=ROOT / "runs" / "bench_fixed_lambda_grid")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="lambda_inits", help="stem of the result files")
-    from fixed_lambda_grid import add_reuse_options
-
-    add_reuse_options(p)
-    args = p.parse_args()
+    flg.add_reuse_options(p)
+    args = flg.parse_args(p)
     os.environ.setdefault("METASPARSITY_NUM_THREADS", "1")
-    from fixed_lambda_grid import check_args
-
-    check_args(p, args, [(args.config, args.overrides), (args.grid_config, [])])
-    if any(not g > 0 for g in args.grid) or len(set(args.grid)) != len(args.grid):
-        p.error(f"--grid: give distinct λ > 0, got {args.grid}")
+    flg.check_args(p, args, [(args.config, args.overrides), (args.grid_config, [])])
+    flg.check_grid(p, "--grid", args.grid)
     if not 0 <= args.target <= 1:
         p.error(f"--target must be in [0, 1] (0: no budget run), got {args.target}")
     if args.measure not in ("macs", "params", "groups"):
@@ -217,7 +214,6 @@ def main() -> None:
         except ValueError:
             p.error(f"--inits: give 'auto' or numbers > 0, comma-separated; got {v!r}")
 
-    import fixed_lambda_grid as flg
     from metasparsity.config import load_config
     from metasparsity.data import resolve_tasks
     from metasparsity.eval.delta import (
@@ -273,8 +269,13 @@ def main() -> None:
 
     ovs = {k: [*args.overrides, *_meta_overrides(k[0], k[1], k[2], args.steps, args.target,
                                                  args.measure)] for k in meta_jobs}
-    check_reused_settings({run_dir(*k): load_config(args.config, ovs[k]) for k in meta_jobs
-                           if k[1] not in WINDOW_SCORES}, p.error)  # a window search: below
+    expected = {run_dir(*k): load_config(args.config, ovs[k]) for k in meta_jobs}
+    for k in meta_jobs:  # an unfinished window search goes on from its branches, made with
+        d = run_dir(*k)  # the run's config (λ is set in the trainer); its settings: below
+        if k[1] in WINDOW_SCORES:
+            expected.update({b: expected[d] for b in sorted(
+                (d.parent / f"{d.name}.branches").glob("w[0-9][0-9]_*")) if b.is_dir()})
+    check_reused_settings(expected, p.error)
     check_reused_settings(flg.expected_configs(args.grid_config, [], args.grid_runs,
                                                [(s, "adam", lam) for s, lam in grid_jobs]),
                           p.error, "--grid-runs")
@@ -294,7 +295,7 @@ def main() -> None:
     t0 = time.time()
     meta_res: dict[tuple, dict] = {}
     grid_res: dict[tuple, dict] = {}
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    with flg.Pool(args.jobs) as pool:
         futs = {}
         for s, o, i in meta_jobs:
             ov = ovs[(s, o, i)]

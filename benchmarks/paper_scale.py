@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides of every run (e.g. to shrink the model for a CPU check; "
                         "the report then no longer measures the paper configs as they are)")
-    args = p.parse_args(argv)
-    from fixed_lambda_grid import check_args
+    from fixed_lambda_grid import check_args, parse_args
+
+    args = parse_args(p, argv)
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
     if args.budget_s <= 0 or args.log_every < 1 or args.fixture_size < 1:

@@ -82,6 +82,7 @@ def _stats(records: list[dict[str, Any]], tail: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    import fixed_lambda_grid as flg
     from metasparsity.utils.provenance import command_line
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -90,12 +91,12 @@ def main() -> None:
     p.add_argument("--inits", default="auto,0.01")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--tail", type=int, default=80, help="steps at the end the jitter is read over")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help=flg.JOBS_HELP)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_zero_set_jitter")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", default="zero_set_jitter")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value), before the variant's")
-    args = p.parse_args()
+    args = flg.parse_args(p)
     inits = [v.strip() for v in args.inits.split(",") if v.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -106,22 +107,29 @@ def main() -> None:
         p.error("--inits and --variants need at least one value each")
     if args.tail < 2:
         p.error(f"--tail must be >= 2 (a standard deviation over its steps), got {args.tail}")
-    from fixed_lambda_grid import check_args
+    flg.check_args(p, args, [(args.config, [*args.overrides, *VARIANTS[v],
+                                            f"meta.lambda_init={i}"])
+                             for v in variants for i in inits])
+    from metasparsity.config import load_config
+    from metasparsity.recipes.reused import check_reused_settings
 
-    check_args(p, args, [(args.config, [*args.overrides, *VARIANTS[v], f"meta.lambda_init={i}"])
-                         for v in variants for i in inits])
+    jobs = [(v, i) for v in variants for i in inits]
+    ovs = {(v, i): [*args.overrides, *VARIANTS[v], f"meta.lambda_init={i}", f"train.seed={args.seed}",
+                    "train.num_threads=1", "train.progress=false"] for v, i in jobs}
+    dirs = {k: args.runs / f"seed_{args.seed}" / f"{k[0]}_{k[1]}" for k in jobs}
+    cfgs = {k: load_config(args.config, ovs[k]) for k in jobs}
+    logged = min(-(-c.meta.steps // c.meta.log_every) for c in cfgs.values())
+    if args.tail > logged:
+        p.error(f"--tail {args.tail} is more than the {logged} logged meta-steps of a run "
+                "(meta.steps / meta.log_every); it would read the whole run")
+    check_reused_settings({dirs[k]: cfgs[k] for k in jobs}, p.error)
 
     from metasparsity.report.tables import markdown_table
     from metasparsity.utils.io import atomic_write_text, read_jsonl, write_json
 
     t0 = time.time()
-    jobs = [(v, i) for v in variants for i in inits]
-    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {pool.submit(_meta_train, args.config,
-                            [*args.overrides, *VARIANTS[v], f"meta.lambda_init={i}", f"train.seed={args.seed}",
-                             "train.num_threads=1", "train.progress=false"],
-                            str(args.runs / f"seed_{args.seed}" / f"{v}_{i}")): (v, i)
-                for v, i in jobs}
+    with flg.Pool(args.jobs) as pool:
+        futs = {pool.submit(_meta_train, args.config, ovs[k], str(dirs[k])): k for k in jobs}
         for n, fut in enumerate(cf.as_completed(futs), 1):
             fut.result()
             print(f"[{n}/{len(futs)}] {' '.join(futs[fut])} ({time.time() - t0:.0f} s)",
