@@ -19,6 +19,15 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+def _args(script: str, tmp_path: Path) -> list[str]:
+    """One seed, one λ (two for the grid), into ``tmp_path``."""
+    if script == "fixed_lambda_grid.py":
+        return ["--runs", str(tmp_path / "runs"), "--seeds", "0", "--grid-adam", "0.001",
+                "--grid-euclidean", "0.1", "--out", str(tmp_path / "out")]
+    return ["--runs", str(tmp_path / "runs"), "--grid-runs", str(tmp_path / "grid"), "--seeds",
+            "0", "--objectives", "", "--no-dense", "--grid", "0.001", "--out", str(tmp_path / "out")]
+
+
 @pytest.mark.parametrize("script, dense", [("fixed_lambda_grid.py", "runs/seed_0/dense"),
                                            ("lambda_inits.py", "grid/seed_0/dense")])
 def test_current_code_only_refuses_a_run_of_other_code(tmp_path, script, dense):
@@ -26,12 +35,7 @@ def test_current_code_only_refuses_a_run_of_other_code(tmp_path, script, dense):
     old.mkdir(parents=True)
     write_json(old / "results.json", {"kind": "mtl", "code": {
         "version": "0.0.1", "commit": "b" * 40, "dirty": False}})
-    args = (["--runs", str(tmp_path / "runs"), "--seeds", "0", "--grid-adam", "0.001",
-             "--grid-euclidean", "0.1", "--out", str(tmp_path / "out")]
-            if script == "fixed_lambda_grid.py" else
-            ["--runs", str(tmp_path / "runs"), "--grid-runs", str(tmp_path / "grid"),
-             "--seeds", "0", "--objectives", "", "--no-dense", "--grid", "0.001",
-             "--out", str(tmp_path / "out")])
+    args = _args(script, tmp_path)
     p = _bench(script, *args, "--current-code-only")
     assert p.returncode == 2, p.stderr
     assert "--current-code-only: 1 of the" in p.stderr and "bbbbbbb: 1" in p.stderr
@@ -59,12 +63,7 @@ def test_a_run_made_with_other_settings_is_refused_not_reused(tmp_path, script, 
     """A finished run was taken whatever settings it was made with: another train.max_steps or
     train.lr put the old numbers under the new settings in the table and the JSON."""
     _made_with(tmp_path / dense, str(ROOT / config), *made, "train.max_steps=120")
-    args = (["--runs", str(tmp_path / "runs"), "--seeds", "0", "--grid-adam", "0.001",
-             "--grid-euclidean", "0.1", "--out", str(tmp_path / "out")]
-            if script == "fixed_lambda_grid.py" else
-            ["--runs", str(tmp_path / "runs"), "--grid-runs", str(tmp_path / "grid"),
-             "--seeds", "0", "--objectives", "", "--no-dense", "--grid", "0.001",
-             "--out", str(tmp_path / "out")])
+    args = _args(script, tmp_path)
     p = _bench(script, *args, "train.max_steps=40")
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()[-1]

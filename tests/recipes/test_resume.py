@@ -185,13 +185,15 @@ def test_resume_into_a_longer_run_updates_config(tmp_path):
         [1, 2, 3, 4, 5, 6]
 
 
-def test_real_sigint_saves_and_exits_130(tmp_path):
-    """A real Ctrl-C (SIGINT) to the console command, mid-run."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_real_signal_saves_and_exits(tmp_path, sig, code):
+    """A real Ctrl-C (SIGINT) to the console command, mid-run; and the SIGTERM of a batch
+    scheduler (or kill), which killed the run at once, without a checkpoint."""
     run = tmp_path / "run"
     proc = start_long_training(run)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = finish(proc)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     msg = next(line for line in err.splitlines() if "interrupted at step" in line)
     step = int(msg.split("interrupted at step ")[1].split(";")[0])
     assert step >= 3 and f"resume with: metasparsity train --resume {run}" in msg
@@ -354,19 +356,6 @@ def test_a_real_ctrl_c_in_a_meta_train_validation_is_not_skipped_on_resume(strai
     assert same_tensors(straight["meta"].model, b.model) == []
     assert load_run_checkpoint(run, "best").meta["step"] == \
         load_run_checkpoint(straight["root"] / "meta", "best").meta["step"]
-
-
-def test_sigterm_is_an_interrupt_saves_and_exits_143(tmp_path):
-    """A batch scheduler's (or kill's) SIGTERM killed the run at once, without a checkpoint."""
-    run = tmp_path / "run"
-    proc = start_long_training(run)
-    proc.send_signal(signal.SIGTERM)
-    _, err = finish(proc)
-    assert proc.returncode == 143, err
-    msg = next(line for line in err.splitlines() if "interrupted at step" in line)
-    step = int(msg.split("interrupted at step ")[1].split(";")[0])
-    assert step >= 3 and _last(run).meta["step"] == step
-    assert f"resume with: metasparsity train --resume {run}" in msg
 
 
 @pytest.mark.parametrize("how", [["--resume", "{run}"], ["--out", "{run}", "--overwrite"]])
