@@ -6,8 +6,9 @@ so ``--help`` lists only commands that exist.  Any :class:`UserError` (bad confi
 file, existing run directory…) is printed as one line and exits with code 2, and so is an error
 of the operating system (no permission, a read-only or full disk, a path under a file), naming
 the path: ``metasparsity CMD: error: No space left on device: runs/x/metrics.jsonl``.  Ctrl-C
-exits with code 130 and one line; a second Ctrl-C while the first one's cleanup runs (saving
-the checkpoint, leaving the interpreter) still ends in 130 and one line, without a traceback.
+exits with code 130 and one line (training first finishes its step; a second Ctrl-C during
+that step stops it at once, unsaved); a Ctrl-C while the first one's cleanup runs (saving the
+checkpoint, leaving the interpreter) still ends in 130 and one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Called without ``argv`` (the ``metasparsity`` program, ``python -m metasparsity``), the first
     Ctrl-C or SIGTERM interrupts the command (exit code 130, or 143 for SIGTERM; training
-    finishes its current step, then saves a checkpoint) and every later one is ignored until
-    the process has exited, so that a second one during the cleanup neither cuts the
-    checkpoint short nor ends in a traceback.  Called with ``argv``
+    finishes its current step, then saves a checkpoint, unless a second one comes during the
+    step, which stops it at once) and every later one is ignored until the process has
+    exited, so that one during the cleanup neither cuts the checkpoint short nor ends in a
+    traceback.  Called with ``argv``
     (from Python), SIGINT handling is left as it is, except while the message is printed.
     """
     program = argv is None

@@ -285,17 +285,24 @@ def test_finetune_interrupted_then_resumed_with_its_recorded_tasks(straight, tmp
     assert [r["from_step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "resume"] == [2]
 
 
-def _signal_on_call(monkeypatch, owner, name: str, k: int, sig=signal.SIGINT):
-    """Make the k-th call of ``owner.name`` send a real ``sig`` to this process, then run."""
+def _signal_on_call(monkeypatch, owner, name: str, k: int, sig=signal.SIGINT, times: int = 1):
+    """Make the k-th call of ``owner.name`` send a real ``sig`` to this process (``times``
+    times, each a minute after the last by the interrupt guard's clock), then run."""
     import os
+
+    from metasparsity.training import interrupt
 
     real = getattr(owner, name)
     calls = {"n": 0}
+    clock = [0.0]
+    monkeypatch.setattr(interrupt, "_now", lambda: clock[-1])
 
     def sending(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == k:
-            os.kill(os.getpid(), sig)
+            for _ in range(times):
+                clock.append(clock[-1] + 60.0)
+                os.kill(os.getpid(), sig)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, sending)
@@ -337,6 +344,47 @@ def test_a_real_ctrl_c_lets_the_step_finish_and_resume_matches(straight, tmp_pat
     assert _last(run).meta["step"] == step
     monkeypatch.undo()
     assert cli("train", "--resume", run) == 0
+    assert same_tensors(straight["train"].model, _last(run).model) == []
+    want = read_json(straight["root"] / "train" / "results.json")
+    got = read_json(run / "results.json")
+    assert got["best_step"] == want["best_step"] and got["test"] == want["test"]
+    assert _val_steps(run) == _val_steps(straight["root"] / "train") == [4, 6]
+
+
+@pytest.mark.parametrize("where, k, last", [
+    ("losses", 3, None),     # in step 3's forward pass, before any checkpoint
+    ("save", 1, None),       # in the save of step 4's checkpoint, the first
+    ("validation", 2, 4),    # in step 6's validation: step 4's checkpoint stays the last
+])
+def test_a_second_ctrl_c_stops_mid_step_saving_nothing_and_resume_matches(
+        straight, tmp_path, monkeypatch, capsys, ctrl_c, where, k, last):
+    """A second Ctrl-C during the step it waits for stops at once (a long validation could
+    not be stopped but by kill -9); the half-done step is not saved, and the resume still
+    ends as the uninterrupted run."""
+    import metasparsity.recipes.train as train_mod
+    import metasparsity.training.session as session_mod
+
+    owner, name = {"losses": (train_mod, "task_losses"), "validation": (Trainer, "_validate"),
+                   "save": (session_mod, "save_checkpoint")}[where]
+    _signal_on_call(monkeypatch, owner, name, k, times=2)
+    run = tmp_path / "run"
+    assert cli("train", "--out", run, *RESUME) == 130
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("interrupt received: the current step finishes"), err
+    if last is None:
+        assert lines[1:] == ["metasparsity train: interrupted mid-step, at once, before the "
+                             "first checkpoint; nothing to resume: run the command again with "
+                             "--overwrite"], err
+        assert not list(run.glob("checkpoints/step_*"))
+    else:
+        assert lines[1:] == [f"metasparsity train: interrupted mid-step, at once; resume with: "
+                             f"metasparsity train --resume {run} (from step {last}, the last "
+                             f"checkpoint)"], err
+        assert [p.name for p in run.glob("checkpoints/step_*")] == [f"step_{last:07d}"]
+    monkeypatch.undo()
+    again = ["--resume", run] if last is not None else ["--out", run, "--overwrite", *RESUME]
+    assert cli("train", *again) == 0
     assert same_tensors(straight["train"].model, _last(run).model) == []
     want = read_json(straight["root"] / "train" / "results.json")
     got = read_json(run / "results.json")

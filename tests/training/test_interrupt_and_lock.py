@@ -82,6 +82,73 @@ def test_a_loop_left_by_an_exception_puts_the_handlers_back(handlers):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.fixture
+def clock(monkeypatch):
+    """The interrupt guard's clock, moved by hand: ``clock.append(t)`` sets the time."""
+    from metasparsity.training import interrupt
+
+    times = [0.0]
+    monkeypatch.setattr(interrupt, "_now", lambda: times[-1])
+    return times
+
+
+def test_a_second_interrupt_in_a_step_stops_it_at_once(handlers, clock):
+    """The first is held until the step is done; one that comes within SECOND_AFTER_S of it
+    (passed on by a launcher, as torchrun and the benchmarks' pool do) is the same Ctrl-C; a
+    second one later goes at once to the handler the first was held from, where the step has
+    got to: ``cut_short`` says it is half done."""
+    from metasparsity.training.interrupt import SECOND_AFTER_S
+
+    steps = OneStepAtATime(range(3))
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        for i in steps:
+            os.kill(os.getpid(), signal.SIGINT)
+            clock.append(SECOND_AFTER_S * 0.9)
+            os.kill(os.getpid(), signal.SIGINT)  # passed on: dropped
+            done.append((i, "held"))
+            clock.append(SECOND_AFTER_S * 1.1)
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append((i, "after the second"))
+    assert done == [(0, "held")] and steps.cut_short
+    steps.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # without second_after, later ones are dropped whenever they come
+    done.clear()
+    with pytest.raises(KeyboardInterrupt):
+        for i in OneStepAtATime(range(3), second_after=None):
+            os.kill(os.getpid(), signal.SIGINT)
+            clock.append(clock[-1] + 100.0)
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append(i)
+    assert done == [0]
+
+
+def test_a_second_interrupt_to_a_handler_that_only_logs_lets_the_step_go_on(handlers, clock):
+    seen = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    steps = OneStepAtATime(range(2))
+    for i in steps:
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            clock.append(10.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == [signal.SIGTERM] and not steps.cut_short
+    assert i == 1 and seen == [signal.SIGTERM]  # the held one was delivered: nothing is left
+
+
+def test_a_loop_left_by_break_delivers_what_its_last_step_held_back(handlers):
+    steps = OneStepAtATime(range(5))
+    for i in steps:
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            break
+    with pytest.raises(KeyboardInterrupt):
+        steps.settle()
+    steps.settle()  # nothing more to deliver
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _child(ready, go):
     release_inherited_locks()  # as a DataLoader worker does
     ready.set()

@@ -112,18 +112,26 @@ def interrupt_message(args: argparse.Namespace, exc: BaseException) -> str:
     from metasparsity.utils.rundir import RunInterrupted, is_run_dir
 
     top = getattr(args, "resume", None) or getattr(args, "out", None)
+    after = ""
     if isinstance(exc, RunInterrupted):
         top = top or str(exc.run_dir)
-        where = f"at step {exc.step}"
-        if Path(exc.run_dir) != Path(top):
-            where += f" of {exc.run_dir}"
+        of = f" of {exc.run_dir}" if Path(exc.run_dir) != Path(top) else ""
+        if not exc.cut_short:
+            where = f"at step {exc.step}{of}"
+        else:  # a second Ctrl-C: the step under way is not saved
+            where = f"mid-step{of}, at once"
+            if exc.step is None and not of:  # a resume would refuse its logged steps
+                return (f"interrupted {where}, before the first checkpoint; nothing to resume: "
+                        f"run the command again with --overwrite")
+            after = (f" (from step {exc.step}, the last checkpoint)" if exc.step is not None
+                     else "")
     else:
         where = ""
     if not top or not is_run_dir(top):
         return "interrupted" + (f" {where}" if where else "")
     source = f" {args.source}" if getattr(args, "source", None) else ""
     return (f"interrupted{' ' + where if where else ''}; resume with: "
-            f"metasparsity {args.command}{source} --resume {top}")
+            f"metasparsity {args.command}{source} --resume {top}{after}")
 
 
 def budget_line(b: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -13,6 +14,13 @@ T = TypeVar("T")
 #: The signals that interrupt a run: Ctrl-C, and the SIGTERM a batch scheduler or ``kill`` sends
 #: before it kills a job (held back and handled alike where a Python handler is installed).
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+#: A second interrupt stops a step at once only this many seconds or more after the first: one
+#: that a launcher passes on (``torchrun``, the benchmarks' process pool), when the terminal
+#: sent it to the whole process group already, comes within milliseconds and is one Ctrl-C.
+SECOND_AFTER_S = 1.0
+
+_now = time.monotonic  # the clock of that gap (a test's to set)
 
 
 def ignore_interrupts_in_worker() -> None:
@@ -40,19 +48,32 @@ class DeferInterrupt:
     work go on.
 
     ``notice``: printed to stderr when the first signal is held back (the step may take a
-    while to finish).
+    while to finish).  ``second_after``: a second signal, that many seconds or more after the
+    first, delivers the first at once, where the block has got to (the block is cut short:
+    :attr:`cut_short` once the handler raised); None (the default): later signals are dropped,
+    as are those that come sooner.
     """
 
-    def __init__(self, notice: str | None = None) -> None:
+    def __init__(self, notice: str | None = None, second_after: float | None = None) -> None:
         self.notice = notice
+        self.second_after = second_after
+        self.cut_short = False
         self._old: dict[int, Any] = {}
         self._pending: int | None = None
+        self._first_at = 0.0
 
     def _handler(self, signum, frame) -> None:
         if self._pending is None:
             self._pending = signum
+            self._first_at = _now()
             if self.notice:
                 print(self.notice, file=sys.stderr, flush=True)
+        elif self.second_after is not None and _now() - self._first_at >= self.second_after:
+            held = self.restore()  # the handlers back: a third signal finds the program's own
+            if held is not None:
+                self.cut_short = True
+                deliver(held)  # Python's and the program's handler raise KeyboardInterrupt
+                self.cut_short = False  # a handler of one's own that did not stop: go on
 
     def __enter__(self) -> DeferInterrupt:
         self._pending = None
@@ -96,9 +117,12 @@ class OneStepAtATime(Generic[T]):
     """Iterate ``steps`` (e.g. a progress bar, whose other attributes, such as
     ``set_postfix``, it passes through), running each one's loop body inside a
     :class:`DeferInterrupt`: an interrupt during a step is delivered when the loop asks for the
-    next step (or ends), once the step is complete.  :meth:`close` when the loop is left by an
-    exception: the handlers are put back, and an interrupt held back gives way to that
-    exception.
+    next step (or ends), once the step is complete; a second one during the step
+    (``second_after`` seconds or more after the first; None: never) delivers it at once
+    (:attr:`cut_short`: the step was left half done).  :meth:`settle` after a loop
+    left by ``break`` delivers what its last step held back.  :meth:`close` when the loop is
+    left by an exception: the handlers are put back, and an interrupt held back gives way to
+    that exception.
 
     ``agree(stop) -> stop``: under ``torchrun``, whether any rank stops after this step (a
     collective every rank calls at every step boundary): the ranks stop after the same step,
@@ -106,34 +130,48 @@ class OneStepAtATime(Generic[T]):
     """
 
     def __init__(self, steps: Iterable[T], notice: str | None = None,
-                 agree: Callable[[bool], bool] | None = None) -> None:
+                 agree: Callable[[bool], bool] | None = None,
+                 second_after: float | None = SECOND_AFTER_S) -> None:
         self._steps = steps
         self._it = iter(steps)
         self.notice = notice
         self.agree = agree
+        self.second_after = second_after
         self._guard: DeferInterrupt | None = None
 
     def __iter__(self) -> OneStepAtATime[T]:
         return self
 
     def __next__(self) -> T:
-        guard, self._guard = self._guard, None
-        if guard is not None:  # the last step is done: deliver what it held back
-            held = guard.restore()
-            stop = False
-            if held is not None:
-                try:
-                    deliver(held)
-                except KeyboardInterrupt:
-                    stop = True
-            if self.agree is not None:
-                stop = self.agree(stop)
-            if stop:
-                raise KeyboardInterrupt
+        self.settle()
         step = next(self._it)
-        self._guard = DeferInterrupt(self.notice)
+        self._guard = DeferInterrupt(self.notice, self.second_after)
         self._guard.__enter__()
         return step
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether the step under way was left half done by a second interrupt (read it before
+        :meth:`close`)."""
+        return self._guard is not None and self._guard.cut_short
+
+    def settle(self) -> None:
+        """The last step is done: deliver the interrupt it held back (as asking for the next
+        step does; call it after a loop left by ``break``)."""
+        guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        held = guard.restore()
+        stop = False
+        if held is not None:
+            try:
+                deliver(held)
+            except KeyboardInterrupt:
+                stop = True
+        if self.agree is not None:
+            stop = self.agree(stop)
+        if stop:
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         guard, self._guard = self._guard, None

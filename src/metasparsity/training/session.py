@@ -20,7 +20,7 @@ from metasparsity.training import collectives
 from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
-from metasparsity.training.interrupt import OneStepAtATime
+from metasparsity.training.interrupt import SECOND_AFTER_S, OneStepAtATime
 from metasparsity.training.logs import RunLogger, progress_bar
 from metasparsity.training.reuse import (
     RESULTS,
@@ -61,6 +61,8 @@ step boundary (:meth:`RunSession.mark`); the session adds the RNG state, the tra
 STOPPING = ("interrupt received: the current step finishes (with its validation and checkpoint, "
             "if due), then the run stops")
 """What rank 0 prints when Ctrl-C (or SIGTERM) arrives during a step."""
+AT_ONCE = "; interrupt again, a second or more later, to stop at once without this step"
+"""Added to :data:`STOPPING` in one process (under torchrun a second Ctrl-C does not stop)."""
 
 
 class RunSession:
@@ -216,10 +218,12 @@ class RunSession:
         """The frame of a recipe's loop: yields the steps still to run up to ``total`` (or
         ``stop_after``), as a progress bar on a terminal.
 
-        Ctrl-C saves a checkpoint of the last completed step, unless it is saved already (no
-        collective: the other ranks may be anywhere; ``best_if_interrupted()``: whether it is
-        the best), and raises :class:`RunInterrupted`; a :class:`NonFiniteError` becomes
-        :meth:`diverged`'s error.
+        Ctrl-C (held back until the step is complete: :class:`OneStepAtATime`) saves a
+        checkpoint of the last completed step, unless it is saved already (no collective: the
+        other ranks may be anywhere; ``best_if_interrupted()``: whether it is the best), and
+        raises :class:`RunInterrupted`; a second Ctrl-C during the step raises it at once,
+        with nothing saved (the run resumes from its last checkpoint).  A
+        :class:`NonFiniteError` becomes :meth:`diverged`'s error.
         """
         self.total = total
         end = total if stop_after is None else max(self.step, min(total, stop_after))
@@ -227,12 +231,21 @@ class RunSession:
                            initial=self.step, total=total)
         agree = ((lambda stop: collectives.any_rank(stop, self.dist.device))
                  if self.dist.world_size > 1 else None)
-        steps = OneStepAtATime(bar, STOPPING if self.main else None, agree)
+        # under torchrun a second Ctrl-C is not a stop at once: a rank would leave the others
+        # waiting in a collective (torchrun kills the processes 30 s after the first one)
+        single = self.dist.world_size == 1
+        steps = OneStepAtATime(bar, (STOPPING + (AT_ONCE if single else "")) if self.main else None,
+                               agree, SECOND_AFTER_S if single else None)
         self._clock = time.perf_counter()
         try:
             yield steps
+            steps.settle()  # a loop left by break: the interrupt its last step held back
         except KeyboardInterrupt:
+            cut_short = steps.cut_short  # a second interrupt: the step is half done
             steps.close()
+            if cut_short:  # nothing of it is saved: the last checkpoint stays the last
+                self.close()
+                raise RunInterrupted(self._saved_step, self.run_dir, cut_short=True) from None
             if self._saved_step != self.step:
                 self.save(best=best_if_interrupted(), gather=False)
             self.close()

@@ -57,13 +57,22 @@ class RunInterrupted(KeyboardInterrupt):
 
     A subclass of :class:`KeyboardInterrupt`, so code that does not know it still stops; the
     command line turns it into the message ``interrupted at step N; resume with: …`` and exit
-    code 130.
+    code 130.  ``cut_short``: a second Ctrl-C stopped the run in the middle of a step, which
+    was not saved; ``step`` is then the last checkpoint's, None when there is none (a resume
+    starts from the beginning).
     """
 
-    def __init__(self, step: int, run_dir: str | Path) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint in {run_dir}")
-        self.step = int(step)
+    def __init__(self, step: int | None, run_dir: str | Path, *, cut_short: bool = False) -> None:
+        if not cut_short:
+            text = f"interrupted at step {step}; checkpoint in {run_dir}"
+        elif step is None:
+            text = f"interrupted mid-step before the first checkpoint of {run_dir}"
+        else:
+            text = f"interrupted mid-step; the last checkpoint in {run_dir} is step {step}"
+        super().__init__(text)
+        self.step = None if step is None else int(step)
         self.run_dir = Path(run_dir)
+        self.cut_short = cut_short
 
 
 # ----------------------------------------------------------------------------- the marker
