@@ -328,4 +328,6 @@ def _markdown(rows, summary, grid_pts, args, command, machine, code_line) -> str
 
 
 if __name__ == "__main__":
-    main()
+    import fixed_lambda_grid as flg
+
+    flg.run_main(main)

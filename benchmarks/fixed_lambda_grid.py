@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,12 @@ def _on_interrupt(signum, frame) -> None:
 
 
 def _init_worker() -> None:
+    from metasparsity.training import interrupt
+
     signal.signal(signal.SIGINT, _on_interrupt)
+    # the pool passes each Ctrl-C on to its workers, which may have had it from the terminal
+    # too: a second one in a training's step is not a request to stop it unsaved
+    interrupt.SECOND_AFTER_S = None
 
 
 def _job(fn, *args, **kwargs):
@@ -199,6 +205,17 @@ class Pool(cf.ProcessPoolExecutor):
         self.shutdown(wait=True, cancel_futures=True)
         print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """A training benchmark's entry point: a Ctrl-C outside its pool (reading runs, measuring,
+    writing the tables) also ends with :data:`INTERRUPTED` and exit code 130, not a
+    traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _run_dir(runs: Path, seed: int, metric: str, lam: float) -> Path:
@@ -426,4 +443,4 @@ def _plot(summary: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

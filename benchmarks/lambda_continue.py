@@ -123,7 +123,10 @@ def main() -> None:
             p.error(f"--lams: {v!r} is not a number or 'own'")
         if not 0 < x < float("inf"):
             p.error(f"--lams: {v} must be a finite number > 0")
-        lams.append((v, x))
+        label = f"{x:g}"  # the folder's name: 1e-3 and 0.001 are one λ, one run
+        if any(label == known for known, _ in lams):
+            p.error(f"--lams: {label} is given twice ({args.lams})")
+        lams.append((label, x))
     if not lams:
         p.error("--lams is empty")
     if args.steps < 1 or args.jobs < 1:
@@ -169,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flg.run_main(main)

@@ -668,4 +668,6 @@ def _plot(trajectories, grid_pts, front, summary, path, objectives) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import fixed_lambda_grid as flg
+
+    flg.run_main(main)

@@ -188,4 +188,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import fixed_lambda_grid as flg
+
+    flg.run_main(main)

@@ -87,6 +87,7 @@ def test_a_fixed_lambda_is_held_on_the_same_batches_and_a_finished_one_reused(
     (["--lams", "0"], "must be a finite number > 0"),
     (["--lams", "inf"], "must be a finite number > 0"),
     (["--lams", "own,20"], "--lams 20 outside the run's [meta.lambda_min, meta.lambda_max]"),
+    (["--lams", "0.001,1e-3"], "--lams: 0.001 is given twice"),  # two folders for one λ
     (["--runs", "SOURCE"], "--runs must lie outside --source"),
     (["--runs", "SOURCE/seed_0/heldout_0.004"], "--runs must lie outside --source"),
     (["--runs", "SOURCE/.."], "--runs must lie outside --source"),

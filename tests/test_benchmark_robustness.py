@@ -193,3 +193,17 @@ def test_ctrl_c_ends_with_one_line_and_130(tmp_path, group):
     assert err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err, err[-2000:]
     assert [q.name for q in (tmp_path / "runs" / "seed_0").iterdir()] == ["dense"]
     assert any((tmp_path / "runs" / "seed_0" / "dense" / "checkpoints").glob("step_*"))
+
+
+def test_ctrl_c_outside_the_pool_ends_with_one_line_and_130(tmp_path):
+    """A Ctrl-C after the trainings (here: while the results are read) was a KeyboardInterrupt
+    traceback; every training benchmark's entry point now says what to do in one line."""
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import fixed_lambda_grid as flg\n"
+            "def main():\n    raise KeyboardInterrupt\n"
+            "flg.run_main(main)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=ENV, timeout=120)
+    assert p.returncode == 130 and p.stderr.strip() == INTERRUPTED, p.stderr
+    for name in ("fixed_lambda_grid", "lambda_inits", "budget_train", "zero_set_jitter",
+                 "hypergrad_horizon", "lambda_continue"):
+        assert "run_main(main)" in (BENCH / f"{name}.py").read_text().split('__name__ == "__main__"')[-1]

@@ -16,11 +16,14 @@ T = TypeVar("T")
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 #: A second interrupt stops a step at once only this many seconds or more after the first: one
-#: that a launcher passes on (``torchrun``, the benchmarks' process pool), when the terminal
-#: sent it to the whole process group already, comes within milliseconds and is one Ctrl-C.
-SECOND_AFTER_S = 1.0
+#: that a launcher passes on (``torchrun``), when the terminal sent it to the whole process
+#: group already, comes within milliseconds and is one Ctrl-C.  None: a second one never stops
+#: a step (set in a process whose parent always passes its Ctrl-C on, as the benchmarks' pool
+#: workers); read when a loop starts.
+SECOND_AFTER_S: float | None = 1.0
 
 _now = time.monotonic  # the clock of that gap (a test's to set)
+_DEFAULT: Any = object()  # OneStepAtATime's second_after: SECOND_AFTER_S as it is then
 
 
 def ignore_interrupts_in_worker() -> None:
@@ -118,7 +121,8 @@ class OneStepAtATime(Generic[T]):
     ``set_postfix``, it passes through), running each one's loop body inside a
     :class:`DeferInterrupt`: an interrupt during a step is delivered when the loop asks for the
     next step (or ends), once the step is complete; a second one during the step
-    (``second_after`` seconds or more after the first; None: never) delivers it at once
+    (``second_after`` seconds or more after the first, by default :data:`SECOND_AFTER_S`;
+    None: never) delivers it at once
     (:attr:`cut_short`: the step was left half done).  :meth:`settle` after a loop
     left by ``break`` delivers what its last step held back.  :meth:`close` when the loop is
     left by an exception: the handlers are put back, and an interrupt held back gives way to
@@ -131,12 +135,12 @@ class OneStepAtATime(Generic[T]):
 
     def __init__(self, steps: Iterable[T], notice: str | None = None,
                  agree: Callable[[bool], bool] | None = None,
-                 second_after: float | None = SECOND_AFTER_S) -> None:
+                 second_after: float | None = _DEFAULT) -> None:
         self._steps = steps
         self._it = iter(steps)
         self.notice = notice
         self.agree = agree
-        self.second_after = second_after
+        self.second_after = SECOND_AFTER_S if second_after is _DEFAULT else second_after
         self._guard: DeferInterrupt | None = None
 
     def __iter__(self) -> OneStepAtATime[T]:

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from metasparsity.training import collectives
+from metasparsity.training import collectives, interrupt
 from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
-from metasparsity.training.interrupt import SECOND_AFTER_S, OneStepAtATime
+from metasparsity.training.interrupt import OneStepAtATime
 from metasparsity.training.logs import RunLogger, progress_bar
 from metasparsity.training.reuse import (
     RESULTS,
@@ -235,7 +235,7 @@ class RunSession:
         # waiting in a collective (torchrun kills the processes 30 s after the first one)
         single = self.dist.world_size == 1
         steps = OneStepAtATime(bar, (STOPPING + (AT_ONCE if single else "")) if self.main else None,
-                               agree, SECOND_AFTER_S if single else None)
+                               agree, interrupt.SECOND_AFTER_S if single else None)
         self._clock = time.perf_counter()
         try:
             yield steps
