@@ -10,18 +10,23 @@ ratios of the equal-weight multi-task loss (gradients averaged over the batches)
 The paper configs' data (NYU-v2, CelebAMask-HQ) cannot be downloaded here; where the data folder
 is missing, SynthScenes stands in at the config's image size with the same task types (segment,
 depth, edge, normal; binary attributes for CelebA's), so the figure measures the architecture and
-the losses, not the real images.  The table says which data each row used; re-run it where the
-data is to set the paper configs' λ from the real gradients.
+the losses, not the real images; a line on stderr says so.  The table says which data each row
+used; re-run it where the data is to set the paper configs' λ from the real gradients, with the
+data's folder (and the ImageNet weights) as overrides, ``--no-stand-in`` to refuse rather than
+stand in, and an ``--out`` of your own (the default holds this repository's table):
 
-    python benchmarks/gradient_scale.py [--batches 3] [--batch-size 4] [CONFIG ...]
+    python benchmarks/gradient_scale.py [--batches 3] [--batch-size 4] [CONFIG ...] [key=value ...]
+    python benchmarks/gradient_scale.py configs/nyuv2_paper.yaml data.root=/data/NYUD_MT \
+        model.pretrained=/weights/resnet50-0676ba61.pth --no-stand-in --out runs/gradient_scale
 
-Writes ``benchmarks/results/gradient_scale.{json,md}``.
+Writes ``benchmarks/results/gradient_scale.{json,md}`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -56,15 +61,29 @@ def _stand_in(cfg) -> tuple[list[str], str]:
         "data.augment=false", "data.num_workers=0"], f"SynthScenes stand-in ({', '.join(seen)})")
 
 
-def resolve(config: str):
-    """The config as measured (a missing data set stood in for, a missing pretrained file
-    dropped) and the data it uses."""
-    cfg = load_config(ROOT / config)
+def resolve(config: str, overrides: list[str] = (), stand_in: bool = True):
+    """The config as measured (``overrides`` on top; a missing data set stood in for, a missing
+    pretrained file dropped, each said on stderr; without ``stand_in`` both are a UserError) and
+    the data it uses."""
+    from metasparsity.utils.errors import UserError
+
+    overrides = list(overrides)
+    cfg = load_config(ROOT / config, overrides)
     extra, data_used = _stand_in(cfg)
     if extra:
-        cfg = load_config(ROOT / config, extra)
+        if not stand_in:
+            raise UserError(f"data.root {cfg.data.root!r} is not a folder here (--no-stand-in); "
+                            f"give the data's folder as data.root=...")
+        print(f"{config}: data.root {cfg.data.root!r} is not a folder here: {data_used}",
+              file=sys.stderr, flush=True)
+        cfg = load_config(ROOT / config, [*overrides, *extra])
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        cfg = load_config(ROOT / config, [*extra, "model.pretrained=null"])
+        if not stand_in:
+            raise UserError(f"model.pretrained {cfg.model.pretrained!r} is not a file here "
+                            f"(--no-stand-in)")
+        print(f"{config}: model.pretrained {cfg.model.pretrained!r} is not a file here: from "
+              f"scratch", file=sys.stderr, flush=True)
+        cfg = load_config(ROOT / config, [*overrides, *extra, "model.pretrained=null"])
     return cfg, data_used
 
 
@@ -95,12 +114,17 @@ def measure(config: str, cfg, data_used: str, batches: int, batch_size: int) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("configs", nargs="*", default=CONFIGS)
+    p.add_argument("configs", nargs="*", default=CONFIGS, metavar="CONFIG | key=value",
+                   help="config files (default: the four presets), then overrides applied to "
+                        "each, e.g. data.root=/data/NYUD_MT")
+    p.add_argument("--no-stand-in", action="store_true",
+                   help="refuse a config whose data folder or model.pretrained file is missing "
+                        "(default: SynthScenes stands in, from scratch, and stderr says so)")
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     from fixed_lambda_grid import check_args
 
     check_args(p, args)  # --out a folder, --name a file stem, --jobs, --seeds
@@ -115,12 +139,16 @@ def main() -> None:
     for f in (args.out / "gradient_scale.json", args.out / "gradient_scale.md"):
         if f.exists() and not f.is_file():
             p.error(f"--out: {f} exists and is not a file")
+    overrides = [c for c in args.configs if "=" in c]
+    files = [c for c in args.configs if "=" not in c] or (CONFIGS if not overrides else [])
+    if not files:
+        p.error("give the config files the overrides are for")
     configs = []
-    for c in args.configs:
+    for c in files:
         if not (ROOT / c).is_file():
             p.error(f"no config file {c}")
         try:
-            cfg, data_used = resolve(c)
+            cfg, data_used = resolve(c, overrides, stand_in=not args.no_stand_in)
             n = len(build_dataset(cfg, "train"))
         except UserError as e:
             p.error(f"{c}: {e}")
@@ -136,8 +164,10 @@ def main() -> None:
     from metasparsity.utils.provenance import machine_text
 
     machine = machine_text()
-    lines = [f"`python benchmarks/gradient_scale.py --batches {args.batches} --batch-size "
-             f"{args.batch_size}`, {machine}: per-group `‖∇_g L‖/w_g` at initialisation "
+    command = " ".join(["python benchmarks/gradient_scale.py", "--batches", str(args.batches),
+                        "--batch-size", str(args.batch_size),
+                        *([*files, *overrides] if args.configs != CONFIGS else [])])
+    lines = [f"`{command}`, {machine}: per-group `‖∇_g L‖/w_g` at initialisation "
              "(equal-weight loss of the seen tasks).", "",
              "| config | data | model | image | groups | median | 10th pct | 90th pct |",
              "|---|---|---|---|---|---|---|---|"]

@@ -113,6 +113,13 @@ def test_a_measuring_benchmark_refuses_an_out_file_and_a_name_that_leaves_it(tmp
     ("gradient_scale.py", ["--batches", "2", "--batch-size", "401", "configs/synthscenes.yaml"],
      ["--batches 2", "--batch-size 401", "800 training images"]),
     ("gradient_scale.py", ["/nonexistent.yaml"], ["/nonexistent.yaml"]),
+    # where the data is not, a stand-in is refused when asked (it was silent and the only way)
+    ("gradient_scale.py", ["--no-stand-in", "configs/nyuv2_paper.yaml"],
+     ["data.root 'data/NYUD_MT' is not a folder here", "data.root=..."]),
+    ("gradient_scale.py", ["configs/synthscenes.yaml", "model.pretrained=/nonexistent.pth",
+                           "--no-stand-in"], ["model.pretrained '/nonexistent.pth'"]),
+    ("gradient_scale.py", ["model.width=0.25"], ["the config files the overrides are for"]),
+    ("gradient_scale.py", ["configs/synthscenes.yaml", "model.nope=1"], ["model.nope"]),
     ("prox_cost.py", ["--threads", "0"], ["--threads", "got 0"]),
     ("prox_cost.py", ["--threads", "1", "1025"], ["--threads", "got 1025"]),
     ("prox_cost.py", ["--batch-size", "0"], ["--batch-size", "got 0"]),
@@ -192,3 +199,19 @@ def test_meta_step_refuses_an_out_dir_that_is_a_file(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "--out-dir" in p.stderr.splitlines()[-1] and "is not a folder" in p.stderr
     assert f.read_text() == "mine" and sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
+
+
+def test_gradient_scale_measures_with_overrides_and_says_where_it_stands_in(tmp_path):
+    """The paper configs' λ is to be re-centred on the real data: the data's folder and the
+    weights are overrides, and a stand-in for what is missing is said, not silent."""
+    p = _bench("gradient_scale.py", *CHEAP["gradient_scale.py"], "--out", tmp_path,
+               "configs/nyuv2_paper.yaml", "data.root=/nonexistent/NYUD_MT", "model.depth=18",
+               "model.width=0.125", "data.image_size=32", "model.pretrained=/nonexistent.pth")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "data.root '/nonexistent/NYUD_MT' is not a folder here: SynthScenes stand-in" in p.stderr
+    assert "model.pretrained '/nonexistent.pth' is not a file here: from scratch" in p.stderr
+    (row,) = json.loads((tmp_path / "gradient_scale.json").read_text())["rows"]
+    assert row["model"] == "ResNet-18 width 0.125" and row["image_size"] == 32
+    assert row["data"].startswith("SynthScenes stand-in") and not row["pretrained"]
+    table = (tmp_path / "gradient_scale.md").read_text()
+    assert "configs/nyuv2_paper.yaml data.root=/nonexistent/NYUD_MT model.depth=18" in table
