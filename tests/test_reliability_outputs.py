@@ -518,11 +518,7 @@ def test_a_second_ctrl_c_during_cleanup_still_exits_130_with_one_line(tmp_path, 
     if lines and lines[0].startswith(STOPPING):  # the Ctrl-C came during a step
         lines = lines[1:]
     assert len(lines) == 1 and "Traceback" not in err, err
-    if lines[0].startswith("metasparsity train: interrupted mid-step, at once"):
-        # "immediately": it came while the step finished, and stopped it there, unsaved
-        assert gap == "immediately" and "nothing to resume" in lines[0], err
-        assert not list(run.glob("checkpoints/step_*"))
-        return
+    # not "mid-step, at once": a second Ctrl-C within SECOND_AFTER_S is the same Ctrl-C
     assert lines[0].startswith("metasparsity train: interrupted at step ")
     assert f"resume with: metasparsity train --resume {run}" in lines[0]
     assert cli("train", "--resume", run, "train.max_steps=5", "train.val_every=5") == 0

@@ -353,14 +353,15 @@ def test_a_real_ctrl_c_lets_the_step_finish_and_resume_matches(straight, tmp_pat
 
 @pytest.mark.parametrize("where, k, last", [
     ("losses", 3, None),     # in step 3's forward pass, before any checkpoint
-    ("save", 1, None),       # in the save of step 4's checkpoint, the first
     ("validation", 2, 4),    # in step 6's validation: step 4's checkpoint stays the last
+    ("save", 1, "saved"),    # in step 4's save: it waits for the files and pointers
 ])
 def test_a_second_ctrl_c_stops_mid_step_saving_nothing_and_resume_matches(
         straight, tmp_path, monkeypatch, capsys, ctrl_c, where, k, last):
     """A second Ctrl-C during the step it waits for stops at once (a long validation could
     not be stopped but by kill -9); the half-done step is not saved, and the resume still
-    ends as the uninterrupted run."""
+    ends as the uninterrupted run.  A save is not cut: between its files and its last/best
+    pointers a resume would keep a stale best."""
     import metasparsity.recipes.train as train_mod
     import metasparsity.training.session as session_mod
 
@@ -372,7 +373,12 @@ def test_a_second_ctrl_c_stops_mid_step_saving_nothing_and_resume_matches(
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert lines[0].startswith("interrupt received: the current step finishes"), err
-    if last is None:
+    if last == "saved":
+        assert lines[1:] == [f"metasparsity train: interrupted at step 4; resume with: "
+                             f"metasparsity train --resume {run}"], err
+        assert _last(run).meta["step"] == 4
+        assert load_run_checkpoint(run, "best").meta["step"] == 4
+    elif last is None:
         assert lines[1:] == ["metasparsity train: interrupted mid-step, at once, before the "
                              "first checkpoint; nothing to resume: run the command again with "
                              "--overwrite"], err
@@ -383,7 +389,7 @@ def test_a_second_ctrl_c_stops_mid_step_saving_nothing_and_resume_matches(
                              f"checkpoint)"], err
         assert [p.name for p in run.glob("checkpoints/step_*")] == [f"step_{last:07d}"]
     monkeypatch.undo()
-    again = ["--resume", run] if last is not None else ["--out", run, "--overwrite", *RESUME]
+    again = ["--out", run, "--overwrite", *RESUME] if last is None else ["--resume", run]
     assert cli("train", *again) == 0
     assert same_tensors(straight["train"].model, _last(run).model) == []
     want = read_json(straight["root"] / "train" / "results.json")

@@ -126,27 +126,88 @@ def test_a_second_interrupt_in_a_step_stops_it_at_once(handlers, clock):
 
 def test_a_second_interrupt_to_a_handler_that_only_logs_lets_the_step_go_on(handlers, clock):
     seen = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     steps = OneStepAtATime(range(2))
     for i in steps:
         if i == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
-            clock.append(10.0)
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert seen == [signal.SIGTERM] and not steps.cut_short
-    assert i == 1 and seen == [signal.SIGTERM]  # the held one was delivered: nothing is left
-
-
-def test_a_loop_left_by_break_delivers_what_its_last_step_held_back(handlers):
-    steps = OneStepAtATime(range(5))
-    for i in steps:
-        if i == 1:
             os.kill(os.getpid(), signal.SIGINT)
-            break
+            clock.append(10.0)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert seen == [signal.SIGINT] and not steps.cut_short
+    assert i == 1 and seen == [signal.SIGINT]  # the held one was delivered: nothing is left
+
+
+def test_a_ctrl_c_during_a_save_does_not_cut_the_step(handlers, clock):
+    """Not a checkpoint save (its files and pointers together): the step goes on, and the
+    first interrupt stops the loop after it."""
+    steps = OneStepAtATime(range(3))
+    done = []
     with pytest.raises(KeyboardInterrupt):
-        steps.settle()
-    steps.settle()  # nothing more to deliver
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        for i in steps:
+            os.kill(os.getpid(), signal.SIGINT)
+            clock.append(clock[-1] + 10.0)
+            with steps.whole():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append(i)
+            assert not steps.cut_short
+    assert done == [0]
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_scheduler_s_sigterm_does_not_cut_the_step(handlers, clock, first):
+    """Only a person's second Ctrl-C cuts: a SIGTERM after the first interrupt waits."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        for i in OneStepAtATime(range(3)):
+            os.kill(os.getpid(), first)
+            clock.append(clock[-1] + 10.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append(i)
+    assert done == [0]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_signal_while_the_handlers_go_back_is_neither_lost_nor_a_silent_save(handlers, clock,
+                                                                             monkeypatch, when):
+    """A third Ctrl-C while a cut puts the handlers back (``when``: before or after the first
+    is put back) is still a cut (it was lost, or a plain interrupt whose session saved the
+    half-done step), and one while a step ends is still delivered (it was lost)."""
+    from metasparsity.training import interrupt
+
+    real = interrupt.signal.signal
+    sent = []
+
+    def signal_and_send(sig, handler):
+        if when == "before" and not sent:
+            sent.append(sig)
+            os.kill(os.getpid(), signal.SIGINT)
+        out = real(sig, handler)
+        if when == "after" and not sent:
+            sent.append(sig)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    steps = OneStepAtATime(range(3))
+    with pytest.raises(KeyboardInterrupt):
+        for _ in steps:
+            os.kill(os.getpid(), signal.SIGINT)
+            clock.append(clock[-1] + 10.0)
+            monkeypatch.setattr(interrupt.signal, "signal", signal_and_send)
+            os.kill(os.getpid(), signal.SIGINT)
+    assert steps.cut_short and sent
+    steps.close()
+    monkeypatch.setattr(interrupt.signal, "signal", real)
+    sent.clear()
+    done = []
+    steps = OneStepAtATime(range(3))
+    with pytest.raises(KeyboardInterrupt):
+        for i in steps:
+            done.append(i)
+            os.kill(os.getpid(), signal.SIGINT)
+            clock.append(clock[-1] + 10.0)
+            monkeypatch.setattr(interrupt.signal, "signal", signal_and_send)
+    assert done == [0] and sent and not steps.cut_short
 
 
 def _child(ready, go):

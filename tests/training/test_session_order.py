@@ -50,3 +50,71 @@ def test_a_recipe_loop_left_by_break_still_stops_for_the_interrupt_its_last_step
         torch.set_rng_state(state)
     assert e.value.step == 3 and not e.value.cut_short
     assert [checkpoint_step(p) for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == [3]
+
+
+def _opened_session(tmp_path, model):
+    session = RunSession(tmp_path / "run", seed=0, device="cpu", num_threads=None,
+                         progress=False)
+    session.restore(lambda ck: None)
+    session.open("seed: 0\n", snapshot=lambda b: (model.state_dict(), {}, {}), model=model,
+                 val_metrics=dict)
+    return session
+
+
+def test_under_torchrun_a_second_ctrl_c_does_not_stop_a_step_and_is_not_offered(tmp_path):
+    """A rank that stopped mid-step would leave the others waiting in a collective."""
+    import dataclasses
+
+    from metasparsity.training.session import AT_ONCE, STOPPING
+
+    state = torch.get_rng_state()
+    try:
+        session = _opened_session(tmp_path, torch.nn.Linear(2, 1))
+        for world, after, notice in [(1, 1.0, STOPPING + AT_ONCE), (2, None, STOPPING)]:
+            session.dist = dataclasses.replace(session.dist, world_size=world)
+            with session.running(1) as steps:
+                assert (steps.second_after, steps.notice) == (after, notice)
+                # the agreement at a step's end (an all-reduce) in one process
+                steps.agree = (lambda stop: stop) if world > 1 else None
+                for _ in steps:
+                    pass
+        session.close()
+    finally:
+        torch.set_rng_state(state)
+
+
+def test_from_python_a_ctrl_c_during_the_interrupt_s_save_waits_for_it(tmp_path, monkeypatch):
+    """Called from Python, the handler back after the first Ctrl-C is Python's: a second one
+    during the checkpoint the first asked for cut the save, and left the run locked."""
+    import os
+    import signal
+
+    import metasparsity.training.session as session_mod
+    from metasparsity.training.checkpoint import checkpoint_step
+    from metasparsity.utils.rundir import RunInterrupted, RunLock
+
+    real = session_mod.save_checkpoint
+
+    def save_with_a_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    state = torch.get_rng_state()
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        session = _opened_session(tmp_path, torch.nn.Linear(2, 1))
+        with pytest.raises(KeyboardInterrupt) as e:  # RunInterrupted is one
+            with session.running(10) as steps:
+                for step in steps:
+                    session.mark(step + 1)
+                    if step == 1:
+                        os.kill(os.getpid(), signal.SIGINT)  # delivered once the step is done
+                        monkeypatch.setattr(session_mod, "save_checkpoint", save_with_a_ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+        torch.set_rng_state(state)
+    assert isinstance(e.value, RunInterrupted) and e.value.step == 2 and not e.value.cut_short
+    assert [checkpoint_step(p) for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == [2]
+    lock = RunLock()
+    lock.acquire(tmp_path / "run")  # released: the session was closed
+    lock.release()

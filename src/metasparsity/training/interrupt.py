@@ -6,7 +6,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -15,7 +16,7 @@ T = TypeVar("T")
 #: before it kills a job (held back and handled alike where a Python handler is installed).
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
-#: A second interrupt stops a step at once only this many seconds or more after the first: one
+#: A second Ctrl-C stops a step at once only this many seconds or more after the first: one
 #: that a launcher passes on (``torchrun``), when the terminal sent it to the whole process
 #: group already, comes within milliseconds and is one Ctrl-C.  None: a second one never stops
 #: a step (set in a process whose parent always passes its Ctrl-C on, as the benchmarks' pool
@@ -51,10 +52,11 @@ class DeferInterrupt:
     work go on.
 
     ``notice``: printed to stderr when the first signal is held back (the step may take a
-    while to finish).  ``second_after``: a second signal, that many seconds or more after the
-    first, delivers the first at once, where the block has got to (the block is cut short:
-    :attr:`cut_short` once the handler raised); None (the default): later signals are dropped,
-    as are those that come sooner.
+    while to finish).  ``second_after``: a second Ctrl-C (SIGINT: a person's, not a
+    scheduler's SIGTERM), that many seconds or more after the first signal and outside a
+    :meth:`whole` part, delivers the first at once, where the block has got to (the block is
+    cut short: :attr:`cut_short`); None (the default): later signals are dropped, as are those
+    that come sooner.
     """
 
     def __init__(self, notice: str | None = None, second_after: float | None = None) -> None:
@@ -64,6 +66,8 @@ class DeferInterrupt:
         self._old: dict[int, Any] = {}
         self._pending: int | None = None
         self._first_at = 0.0
+        self._closing = False  # restore() has begun: what comes now is the same interrupt
+        self._whole = 0  # inside whole(): no cut
 
     def _handler(self, signum, frame) -> None:
         if self._pending is None:
@@ -71,15 +75,31 @@ class DeferInterrupt:
             self._first_at = _now()
             if self.notice:
                 print(self.notice, file=sys.stderr, flush=True)
-        elif self.second_after is not None and _now() - self._first_at >= self.second_after:
-            held = self.restore()  # the handlers back: a third signal finds the program's own
-            if held is not None:
-                self.cut_short = True
-                deliver(held)  # Python's and the program's handler raise KeyboardInterrupt
-                self.cut_short = False  # a handler of one's own that did not stop: go on
+            return
+        if (self.second_after is None or self._closing or self._whole
+                or signum != signal.SIGINT or _now() - self._first_at < self.second_after):
+            return  # the same interrupt passed on again, or one that has to wait
+        self._closing = True  # first: a signal while the handlers go back is not a third cut
+        self.cut_short = True  # and one the program's handler gets from here on cuts the step
+        held = self.restore()
+        deliver(held)  # Python's and the program's handler raise KeyboardInterrupt
+        self.cut_short = False  # a handler of one's own that did not stop: the step goes on
+
+    @contextmanager
+    def whole(self) -> Iterator[None]:
+        """A part of the block that a second signal does not cut (a checkpoint save: its files
+        and its ``last``/``best`` pointers together)."""
+        self._whole += 1
+        try:
+            yield
+        finally:
+            self._whole -= 1
 
     def __enter__(self) -> DeferInterrupt:
         self._pending = None
+        self._closing = False
+        self.cut_short = False
+        self._whole = 0
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in INTERRUPTS:
@@ -94,7 +114,9 @@ class DeferInterrupt:
 
     def restore(self) -> tuple[int, Any] | None:
         """Put the handlers back; return ``(signal, its handler)`` of the signal held back, if
-        any (not delivered)."""
+        any (not delivered).  A signal that reaches this block's handler meanwhile is held back
+        if it is the first, else it is the same interrupt."""
+        self._closing = True
         old, self._old = self._old, {}
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -120,9 +142,9 @@ class OneStepAtATime(Generic[T]):
     """Iterate ``steps`` (e.g. a progress bar, whose other attributes, such as
     ``set_postfix``, it passes through), running each one's loop body inside a
     :class:`DeferInterrupt`: an interrupt during a step is delivered when the loop asks for the
-    next step (or ends), once the step is complete; a second one during the step
+    next step (or ends), once the step is complete; a second Ctrl-C during the step
     (``second_after`` seconds or more after the first, by default :data:`SECOND_AFTER_S`;
-    None: never) delivers it at once
+    None: never; not inside :meth:`whole`) delivers it at once
     (:attr:`cut_short`: the step was left half done).  :meth:`settle` after a loop
     left by ``break`` delivers what its last step held back.  :meth:`close` when the loop is
     left by an exception: the handlers are put back, and an interrupt held back gives way to
@@ -158,6 +180,10 @@ class OneStepAtATime(Generic[T]):
         """Whether the step under way was left half done by a second interrupt (read it before
         :meth:`close`)."""
         return self._guard is not None and self._guard.cut_short
+
+    def whole(self):
+        """The step's part that a second interrupt does not cut (:meth:`DeferInterrupt.whole`)."""
+        return self._guard.whole() if self._guard is not None else nullcontext()
 
     def settle(self) -> None:
         """The last step is done: deliver the interrupt it held back (as asking for the next

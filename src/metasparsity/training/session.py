@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from metasparsity.training import collectives, interrupt
 from metasparsity.training.checkpoint import Checkpoint, save_checkpoint
 from metasparsity.training.collectives import DistInfo, from_main, init_distributed
 from metasparsity.training.divergence import NonFiniteError, diverged_error, nonfinite_metrics
-from metasparsity.training.interrupt import OneStepAtATime
+from metasparsity.training.interrupt import DeferInterrupt, OneStepAtATime
 from metasparsity.training.logs import RunLogger, progress_bar
 from metasparsity.training.reuse import (
     RESULTS,
@@ -61,7 +61,7 @@ step boundary (:meth:`RunSession.mark`); the session adds the RNG state, the tra
 STOPPING = ("interrupt received: the current step finishes (with its validation and checkpoint, "
             "if due), then the run stops")
 """What rank 0 prints when Ctrl-C (or SIGTERM) arrives during a step."""
-AT_ONCE = "; interrupt again, a second or more later, to stop at once without this step"
+AT_ONCE = "; press Ctrl-C again, a second or more later, to stop at once without this step"
 """Added to :data:`STOPPING` in one process (under torchrun a second Ctrl-C does not stop)."""
 
 
@@ -106,6 +106,7 @@ class RunSession:
         self._boundary: dict[str, Any] = {}
         self._saved_step: int | None = None
         self._clock: float | None = None
+        self._steps: OneStepAtATime | None = None  # the loop running() yields, while it runs
 
     # ------------------------------------------------------------------ start
     def restore(self, load: Callable[[Checkpoint], None]) -> Checkpoint | None:
@@ -207,7 +208,10 @@ class RunSession:
                 state["rng_ranks"] = rngs
             meta = {**meta, "train_time": self.train_time, "val_finite": validated,
                     "code": self._codes()}
-            save_checkpoint(self.run_dir, b["step"], model_state, state, meta, best=best)
+            # a second Ctrl-C waits for the files and the last/best pointers: cut between
+            # them, a resume would keep a stale best, and the message name a stale step
+            with self._steps.whole() if self._steps is not None else nullcontext():
+                save_checkpoint(self.run_dir, b["step"], model_state, state, meta, best=best)
         self._saved_step = b["step"]  # once written: a save cut short is not a saved step
         if validated and self._clock is not None:
             self._clock = time.perf_counter()
@@ -237,24 +241,34 @@ class RunSession:
         steps = OneStepAtATime(bar, (STOPPING + (AT_ONCE if single else "")) if self.main else None,
                                agree, interrupt.SECOND_AFTER_S if single else None)
         self._clock = time.perf_counter()
+        self._steps = steps
         try:
             yield steps
             steps.settle()  # a loop left by break: the interrupt its last step held back
         except KeyboardInterrupt:
-            cut_short = steps.cut_short  # a second interrupt: the step is half done
+            cut_short = steps.cut_short  # a second Ctrl-C: the step is half done
             steps.close()
-            if cut_short:  # nothing of it is saved: the last checkpoint stays the last
+            self._steps = None
+            try:
+                if not cut_short and self._saved_step != self.step:
+                    # called from Python, Python's Ctrl-C handler is back: one more Ctrl-C
+                    # waits for this save (the program ignores it by now)
+                    guard = DeferInterrupt().__enter__()
+                    try:
+                        self.save(best=best_if_interrupted(), gather=False)
+                    finally:
+                        guard.restore()  # held back: the run stops anyway
+            finally:
                 self.close()
+            if cut_short:  # nothing of the step is saved: the last checkpoint stays the last
                 raise RunInterrupted(self._saved_step, self.run_dir, cut_short=True) from None
-            if self._saved_step != self.step:
-                self.save(best=best_if_interrupted(), gather=False)
-            self.close()
             raise RunInterrupted(self.step, self.run_dir) from None
         except NonFiniteError as e:
             steps.close()  # first: a Ctrl-C while the checkpoints are checked is not held back
             raise self.diverged(e) from None
         finally:
             steps.close()  # the signal handlers back (a loop left by an exception)
+            self._steps = None
             self._clock = None
             if hasattr(bar, "close"):
                 bar.close()
