@@ -412,6 +412,25 @@ def test_a_real_ctrl_c_in_a_meta_train_validation_is_not_skipped_on_resume(strai
         load_run_checkpoint(straight["root"] / "meta", "best").meta["step"]
 
 
+def test_a_meta_train_resume_points_best_at_the_validated_checkpoint_it_resumes(straight,
+                                                                                tmp_path):
+    """Killed between a validation checkpoint's ``last`` and ``best`` pointers, a meta-train
+    run kept ``best`` at an older checkpoint for good (finetune, evaluate and prune read it)."""
+    import shutil
+
+    run = tmp_path / "meta"
+    shutil.copytree(straight["root"] / "meta", run)
+    (run / "results.json").unlink()  # as if killed in its last save
+    ckpts = run / "checkpoints"
+    shutil.copytree(ckpts / "step_0000006", ckpts / "step_0000004")
+    state = read_json(ckpts / "step_0000004" / "state.json")
+    write_json(ckpts / "step_0000004" / "state.json", {**state, "step": 4})
+    (ckpts / "best").write_text("step_0000004\n")
+    assert cli("meta-train", "--resume", run) == 0
+    assert (ckpts / "best").read_text().strip() == "step_0000006"
+    assert load_run_checkpoint(run, "best").meta["step"] == 6
+
+
 @pytest.mark.parametrize("how", [["--resume", "{run}"], ["--out", "{run}", "--overwrite"]])
 def test_a_run_another_process_writes_is_not_resumed_or_replaced(tmp_path, capsys, how):
     """A second process used to truncate the first one's log and delete its checkpoint in

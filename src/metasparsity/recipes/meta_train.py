@@ -55,7 +55,7 @@ from metasparsity.training.divergence import (
 )
 from metasparsity.training.evaluation import evaluate, recompute_bn_stats
 from metasparsity.training.rng import preserved_rng, set_rng_state
-from metasparsity.training.run_checkpoints import has_checkpoints, load_model_state
+from metasparsity.training.run_checkpoints import has_checkpoints, load_model_state, repoint
 from metasparsity.training.schedule import lr_factor
 from metasparsity.training.session import RunSession
 from metasparsity.training.weighting import LossWeighting
@@ -198,6 +198,11 @@ class MetaTrainer:
         collectives.broadcast_state(self.model, self.lam, self.weighting)
         self.session.open(cfg.to_yaml(), snapshot=self._snapshot, model=self.model,
                           val_metrics=self.validate)
+        ck = self.session.checkpoint
+        if ck is not None and self.main and ck.meta.get("val_finite") is True:
+            # ``best`` names the newest checkpoint saved at a validation: this one (a kill
+            # between its ``last`` and ``best`` pointers left ``best`` at an older one)
+            repoint(self.run_dir, "best", self.step)
         self._mark()
 
     def _example_input(self) -> torch.Tensor:
