@@ -62,8 +62,8 @@ class Number:
         try:
             return self.kind(v)
         except ValueError:
-            hint = (" (a key=value override cannot follow an option's values: give it before "
-                    "an option, or last)" if "=" in v else "")
+            hint = (" (a key=value override cannot follow the values of an option that takes "
+                    "several: give it before that option)" if "=" in v else "")
             raise argparse.ArgumentTypeError(f"invalid {self.__name__} value: {v!r}{hint}"
                                              ) from None
 
