@@ -608,3 +608,28 @@ def test_check_output_file_names_the_suffix_a_folder_and_a_file_parent(tmp_path)
                         (tmp_path / "afile" / "a.png", "is not a folder")]:
         with pytest.raises(UserError, match=words):
             check_output_file(path, (".png", ".svg"), "--out")
+
+
+def test_the_interrupt_message_names_a_command_that_continues_the_run(tmp_path):
+    """demo has no --resume (running it again continues its folder): it was told to use one."""
+    import argparse
+
+    from metasparsity.commands.common import interrupt_message
+    from metasparsity.utils.rundir import RunInterrupted
+
+    top = make_run(tmp_path / "top")
+    sub = top / "seed_0" / "mtl"
+    demo = argparse.Namespace(command="demo", out=str(top))
+    assert interrupt_message(demo, RunInterrupted(5, sub)) == (
+        f"interrupted at step 5 of {sub}; continue with the same command "
+        f"(metasparsity demo --out {top}): finished runs are reused")
+    compare = argparse.Namespace(command="compare", out=str(top), resume=None)
+    assert interrupt_message(compare, RunInterrupted(None, sub, cut_short=True)) == (
+        f"interrupted mid-step of {sub}, at once; resume with: metasparsity compare --resume {top}")
+    fine = argparse.Namespace(command="finetune", out=str(top), resume=None, source="runs/meta")
+    assert interrupt_message(fine, RunInterrupted(4, top, cut_short=True)) == (
+        f"interrupted mid-step, at once; resume with: metasparsity finetune runs/meta --resume "
+        f"{top} (from step 4, the last checkpoint)")
+    assert interrupt_message(fine, RunInterrupted(None, top, cut_short=True)) == (
+        "interrupted mid-step, at once, before the first checkpoint; nothing to resume: run the "
+        "command again with --overwrite")

@@ -129,6 +129,9 @@ def interrupt_message(args: argparse.Namespace, exc: BaseException) -> str:
         where = ""
     if not top or not is_run_dir(top):
         return "interrupted" + (f" {where}" if where else "")
+    if not hasattr(args, "resume"):  # demo: the same command continues its folder
+        return (f"interrupted{' ' + where if where else ''}; continue with the same command "
+                f"(metasparsity {args.command} --out {top}): finished runs are reused")
     source = f" {args.source}" if getattr(args, "source", None) else ""
     return (f"interrupted{' ' + where if where else ''}; resume with: "
             f"metasparsity {args.command}{source} --resume {top}{after}")
