@@ -61,16 +61,23 @@ def _opened_session(tmp_path, model):
     return session
 
 
-def test_under_torchrun_a_second_ctrl_c_does_not_stop_a_step_and_is_not_offered(tmp_path):
-    """A rank that stopped mid-step would leave the others waiting in a collective."""
+def test_under_torchrun_a_second_ctrl_c_does_not_stop_a_step_and_is_not_offered(tmp_path,
+                                                                                monkeypatch):
+    """A rank that stopped mid-step would leave the others waiting in a collective, and
+    torchrun passes each Ctrl-C on again, to one process too."""
     import dataclasses
 
     from metasparsity.training.session import AT_ONCE, STOPPING
 
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     state = torch.get_rng_state()
     try:
         session = _opened_session(tmp_path, torch.nn.Linear(2, 1))
-        for world, after, notice in [(1, 1.0, STOPPING + AT_ONCE), (2, None, STOPPING)]:
+        for world, elastic, after, notice in [(1, False, 1.0, STOPPING + AT_ONCE),
+                                              (2, True, None, STOPPING),
+                                              (1, True, None, STOPPING)]:
+            if elastic:
+                monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
             session.dist = dataclasses.replace(session.dist, world_size=world)
             with session.running(1) as steps:
                 assert (steps.second_after, steps.notice) == (after, notice)

@@ -7,6 +7,7 @@ one rule by which sweeps and comparisons reuse, continue or start their sub-runs
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -236,8 +237,9 @@ class RunSession:
         agree = ((lambda stop: collectives.any_rank(stop, self.dist.device))
                  if self.dist.world_size > 1 else None)
         # under torchrun a second Ctrl-C is not a stop at once: a rank would leave the others
-        # waiting in a collective (torchrun kills the processes 30 s after the first one)
-        single = self.dist.world_size == 1
+        # waiting in a collective, and torchrun passes each Ctrl-C on (a second copy, also to
+        # one process), then kills the processes 30 s after the first one
+        single = self.dist.world_size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ
         steps = OneStepAtATime(bar, (STOPPING + (AT_ONCE if single else "")) if self.main else None,
                                agree, interrupt.SECOND_AFTER_S if single else None)
         self._clock = time.perf_counter()
