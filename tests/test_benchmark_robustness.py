@@ -103,7 +103,7 @@ def test_overrides_may_come_between_the_options(tmp_path):
     _refused(_bench("fixed_lambda_grid.py", *base, "train.lr=0.5", "--jobs", "1", "foo.bar=1"),
              "unknown key 'foo'")
     _refused(_bench("fixed_lambda_grid.py", *base, "--seeds", "0", "1", "foo.bar=1"),
-             "--seeds", "'foo.bar=1'", "give it before an option")
+             "--seeds", "'foo.bar=1'", "give it before that option")
     assert list(tmp_path.iterdir()) == []
 
 
