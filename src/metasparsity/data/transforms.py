@@ -229,9 +229,9 @@ class SampleTransform:
     Normalisation uses the ImageNet mean and standard deviation, the statistics every torchvision
     ImageNet checkpoint (loadable into our ResNets) was trained with.
 
-    Randomness comes from the ``generator`` argument (a :class:`torch.Generator`), or from torch's
-    global generator when it is None, which the DataLoader seeds per worker; the same generator state
-    gives the same output.
+    Randomness comes from the ``generator`` argument (a :class:`torch.Generator`; training's
+    ``BatchStream`` passes one seeded by the run's seed, the epoch and the sample's index), or from
+    torch's global generator when it is None; the same generator state gives the same output.
 
     Training (``train=True``): random scale-crop (``scale_range``) to ``size × size``, then a
     horizontal flip with probability ``flip_p``.  Evaluation: :func:`center_crop_resize`.  Then
